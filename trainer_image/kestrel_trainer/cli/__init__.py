@@ -1,0 +1,1 @@
+"""Command-line front ends: `kestrel ...` and the drop-in `classification_tf1 ...`."""
