@@ -1,0 +1,5 @@
+"""Datasets on disk (image folders, classmaps, bad-image checks, importers) and the tf.data input pipeline.
+
+`folders`, `check` (apart from its TensorFlow decode), `stats` and `datasets` do not import TensorFlow at
+module import time, so CLI commands stay fast; `transforms` and `pipeline` do.
+"""

@@ -1,0 +1,1 @@
+"""Importers that turn real public data sets into `root/<class>/<images>` folders."""

@@ -1,0 +1,156 @@
+"""Image-folder datasets: `root/<class_name>/<images>` and the classmap that fixes label order.
+
+A class's label is its index in the sorted list of class folder names unless a classmap
+(`{"name": index}`) is given, in which case the classmap decides, so a model trained with one
+classmap keeps its output order on a dataset whose folders sort differently. Everything here is
+plain file-system work (no TensorFlow) and raises DataError with the offending path for user mistakes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from kestrel_trainer.errors import DataError
+
+# Lower-case; matching is case-insensitive so photo.JPG and scan.PNG count too.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+CLASSMAP_FILENAME = "classmap.json"
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A scanned dataset: `files[i]` (absolute path) has label `labels[i]`, an index into `classes`."""
+
+    root: str
+    classes: tuple[str, ...]
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def classmap(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
+
+    def counts(self) -> dict[str, int]:
+        """Images per class, in label order."""
+        out = dict.fromkeys(self.classes, 0)
+        for label in self.labels:
+            out[self.classes[label]] += 1
+        return out
+
+
+def is_image_file(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def class_folder_names(root: str) -> list[str]:
+    """Sorted names of the class folders under `root` (hidden folders such as .ipynb_checkpoints skipped)."""
+    if not os.path.isdir(root):
+        raise DataError(f"dataset folder not found: {root}")
+    return sorted(
+        entry.name
+        for entry in os.scandir(root)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
+def _images_under(folder: str) -> list[str]:
+    """Images in a class folder, recursing into sub-folders (as Keras' flow_from_directory does), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+    return sorted(found)
+
+
+def classes_from_classmap(classmap: Mapping[str, int], source: str = "classmap") -> tuple[str, ...]:
+    """Class names in label order; the indices must be exactly 0..N-1 (a gap would leave a dead output)."""
+    indices = sorted(classmap.values())
+    if indices != list(range(len(classmap))):
+        raise DataError(f"{source}: class indices must be 0..{len(classmap) - 1} with no gaps or repeats, "
+                        f"got {indices}")
+    return tuple(sorted(classmap, key=lambda name: classmap[name]))
+
+
+def _difference_message(what: str, a_name: str, a: set[str], b_name: str, b: set[str]) -> str:
+    parts = []
+    if a - b:
+        parts.append(f"only in {a_name}: {', '.join(sorted(a - b))}")
+    if b - a:
+        parts.append(f"only in {b_name}: {', '.join(sorted(b - a))}")
+    return f"{what} differ ({'; '.join(parts)})"
+
+
+def scan(root: str, classmap: Optional[Mapping[str, int]] = None) -> ImageFolder:
+    """Scan `root/<class>/<images>` into an ImageFolder.
+
+    Classes are the sorted folder names, or the classmap's order when one is given (then the folders
+    must be exactly the classmap's classes). Errors: missing root, fewer than two classes, a class
+    folder without images (named), folders not matching the classmap (differences listed).
+    """
+    root = os.path.abspath(root)
+    folders = class_folder_names(root)
+    if classmap is not None:
+        classes = classes_from_classmap(classmap)
+        if set(classes) != set(folders):
+            raise DataError(f"{root}: " + _difference_message(
+                "class folders and classmap", "folders", set(folders), "classmap", set(classes)))
+    else:
+        classes = tuple(folders)
+    if len(classes) < 2:
+        raise DataError(f"{root}: need at least 2 class folders, found {len(classes)}"
+                        + (f" ({classes[0]})" if classes else ""))
+    files: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        images = _images_under(os.path.join(root, name))
+        if not images:
+            raise DataError(f"class folder has no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                            f"{os.path.join(root, name)}")
+        files.extend(images)
+        labels.extend([label] * len(images))
+    return ImageFolder(root=root, classes=classes, files=tuple(files), labels=tuple(labels))
+
+
+def check_same_classes(train: ImageFolder, val: ImageFolder) -> None:
+    """Train and val must have the same classes in the same label order, or metrics would be nonsense."""
+    if set(train.classes) != set(val.classes):
+        raise DataError(_difference_message(
+            f"classes of {train.root} and {val.root}", "train", set(train.classes), "val", set(val.classes)))
+    if train.classes != val.classes:
+        raise DataError(f"classes of {train.root} and {val.root} are in a different label order: "
+                        "pass the training classmap when scanning the validation set")
+
+
+def read_classmap(path: str) -> dict[str, int]:
+    """Read `{"name": index}`; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"classmap not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable JSON classmap ({err})") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in data.items()
+    ):
+        raise DataError(f'{path}: a classmap is a JSON object {{"class_name": index}} with integer indices')
+    classes_from_classmap(data, source=path)
+    return data
+
+
+def write_classmap(path: str, classes: Sequence[str]) -> None:
+    """Write `{"name": index}` in label order, atomically (a crash never leaves half a file)."""
+    data = {name: i for i, name in enumerate(classes)}
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
