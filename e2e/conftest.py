@@ -1,0 +1,103 @@
+"""Session fixtures for the end-to-end suite: one real control plane shared by every test.
+
+The binaries come from e2e/build.sh (a cold build takes a long time, so it is never started implicitly):
+when they are absent the suite is skipped with a message, unless KESTREL_E2E_BUILD is set, in which case the
+fixture runs build.sh first. CI sets it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e import cluster as cl
+
+FAILED_KEY = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ARG001
+    report = yield
+    if report.failed:
+        item.session.stash[FAILED_KEY] = True
+    return report
+
+
+def _binaries() -> Path:
+    folder = cl.bin_dir()
+    missing = cl.missing_binaries(folder)
+    if not missing:
+        return folder
+    if not os.environ.get("KESTREL_E2E_BUILD"):
+        pytest.skip(
+            f"e2e binaries missing in {folder} ({', '.join(missing)}): run `bash e2e/build.sh` "
+            "(tens of minutes cold) or set KESTREL_E2E_BUILD=1 to build them from this run"
+        )
+    subprocess.run(["bash", str(cl.BUILD_SCRIPT)], check=True)
+    missing = cl.missing_binaries(folder)
+    if missing:
+        pytest.fail(f"e2e/build.sh finished but {missing} are still missing in {folder}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def e2e_workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Temp dir for etcd data, keys and logs: removed after a clean run, kept (and named) after a failure."""
+    workdir = Path(tempfile.mkdtemp(prefix="kestrel-e2e-"))
+    yield workdir
+    if request.session.stash.get(FAILED_KEY, False) or os.environ.get("KESTREL_E2E_KEEP"):
+        sys.stderr.write(f"\n[e2e] kept control-plane logs and data in {workdir}/logs\n")
+    else:
+        cl.remove_workdir(workdir)
+
+
+@pytest.fixture(scope="session")
+def cluster(e2e_workdir: Path) -> Iterator[cl.ControlPlane]:
+    """etcd, kube-apiserver, controller-manager, scheduler and kwok with two fake 8-GPU nodes."""
+    cp = cl.start_control_plane(_binaries(), e2e_workdir)
+    try:
+        yield cp
+    finally:
+        cp.stop_all()
+
+
+@pytest.fixture
+def namespace(cluster: cl.ControlPlane) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards without waiting (the namespace controller finishes)."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def wait_until(what: str, check, timeout: float = 60, interval: float = 0.5):
+    """Poll check() until it returns a truthy value and return that value; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - a transient miss; reported on timeout
+            last_error = exc
+        time.sleep(interval)
+    suffix = f" (last error: {last_error})" if last_error else ""
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{suffix}")
+
+
+def repo_path(*parts: str) -> Path:
+    return cl.REPO_ROOT.joinpath(*parts)
+
+
+def have_tool(name: str) -> bool:
+    return shutil.which(name) is not None

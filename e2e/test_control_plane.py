@@ -1,0 +1,93 @@
+"""The control plane itself works the way the operator tests assume: versioned binaries, RBAC, a
+scheduler that places GPU pods on the kwok nodes, kwok moving them through their phases, and the
+controller-manager's Job controller and garbage collector."""
+
+from __future__ import annotations
+
+import json
+
+from e2e import cluster as cl
+from e2e.conftest import wait_until
+
+K8S_VERSION = "v1.36.3"
+
+
+def test_versions_are_stamped(cluster: cl.ControlPlane) -> None:
+    out = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    assert out["clientVersion"]["gitVersion"] == K8S_VERSION
+    assert out["serverVersion"]["gitVersion"] == K8S_VERSION
+    assert cluster.get_json("/version")["gitVersion"] == K8S_VERSION
+
+
+def test_only_loopback_listeners_for_api(cluster: cl.ControlPlane) -> None:
+    assert cluster.server.startswith("https://127.0.0.1:")
+    endpoints = cluster.get("endpoints", "kubernetes", "default")
+    addresses = {a["ip"] for s in endpoints["subsets"] for a in s["addresses"]}
+    assert addresses == {"127.0.0.1"}
+
+
+def test_unauthenticated_request_is_rejected(cluster: cl.ControlPlane) -> None:
+    out = cluster.kubectl("get", "pods", "-A", f"--token=not-{cluster.token}", check=False)
+    assert out.returncode != 0
+    assert "Unauthorized" in out.stderr or "must be logged in" in out.stderr
+
+
+def test_fake_gpu_nodes_are_ready_with_gpu_capacity(cluster: cl.ControlPlane) -> None:
+    nodes = cluster.get("nodes")["items"]
+    assert len(nodes) >= 2
+    for node in nodes:
+        assert node["status"]["allocatable"][cl.GPU_RESOURCE] == "8"
+        ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready and ready[0]["status"] == "True"
+
+
+def test_gpu_pod_is_scheduled_and_runs(cluster: cl.ControlPlane, namespace: str) -> None:
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gpu-pod", "namespace": namespace},
+        "spec": {"containers": [{"name": "main", "image": "example.invalid/none:1",
+                                 "resources": {"limits": {cl.GPU_RESOURCE: "8"}}}]},
+    }
+    cluster.apply(pod)
+    running = wait_until(
+        "pod Running on a fake GPU node",
+        lambda: (p := cluster.get("pod", "gpu-pod", namespace))["status"].get("phase") == "Running" and p,
+    )
+    assert running["spec"]["nodeName"].startswith("gpu-node-")
+
+
+def test_pod_asking_for_more_gpus_than_a_node_has_stays_pending(cluster: cl.ControlPlane, namespace: str) -> None:
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "too-big", "namespace": namespace},
+        "spec": {"containers": [{"name": "main", "image": "example.invalid/none:1",
+                                 "resources": {"limits": {cl.GPU_RESOURCE: "9"}}}]},
+    }
+    cluster.apply(pod)
+    unschedulable = wait_until(
+        "scheduler reports the pod Unschedulable",
+        lambda: [c for c in cluster.get("pod", "too-big", namespace)["status"].get("conditions", [])
+                 if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"],
+    )
+    assert "nvidia.com/gpu" in unschedulable[0]["message"]
+
+
+def test_job_completes_and_its_pods_are_garbage_collected(cluster: cl.ControlPlane, namespace: str) -> None:
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "one-shot", "namespace": namespace},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "example.invalid/none:1"}]}}},
+    }
+    cluster.apply(job)
+    wait_until(
+        "Job Complete (kwok finishes Job pods, the Job controller counts them)",
+        lambda: any(c["type"] == "Complete" and c["status"] == "True"
+                    for c in cluster.get("job", "one-shot", namespace)["status"].get("conditions", [])),
+        timeout=90,
+    )
+    pods = cluster.get("pods", namespace=namespace)["items"]
+    assert pods and all(p["status"]["phase"] == "Succeeded" for p in pods)
+    cluster.kubectl("delete", "job", "one-shot", "-n", namespace, "--cascade=background")
+    wait_until(
+        "Job's pods deleted by the garbage collector",
+        lambda: not cluster.get("pods", namespace=namespace)["items"], timeout=90,
+    )
