@@ -512,7 +512,11 @@ def apply_crds(cp: ControlPlane, paths: Sequence[Path]) -> list[str]:
     names: list[str] = []
     for path in paths:
         out = cp.kubectl("apply", "--server-side", "-f", str(path)).stdout
-        names += [line.split()[0].split("/", 1)[1] for line in out.splitlines() if line.startswith("customresourcedefinition")]
+        names += [
+            line.split()[0].split("/", 1)[1]
+            for line in out.splitlines()
+            if line.startswith("customresourcedefinition")
+        ]
     for name in names:
         cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     return names

@@ -101,3 +101,58 @@ def repo_path(*parts: str) -> Path:
 
 def have_tool(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+def _mpi_mode(bin_folder: Path) -> str:
+    """`real` (the Kubeflow MPI Operator binary) unless it was not built or KESTREL_E2E_MPI=double."""
+    forced = os.environ.get("KESTREL_E2E_MPI", "")
+    if forced in ("real", "double"):
+        return forced
+    return "real" if os.access(bin_folder / "mpi-operator", os.X_OK) else "double"
+
+
+@pytest.fixture(scope="session")
+def mpi_controller(cluster: cl.ControlPlane) -> Iterator[str]:
+    """The MPIJob CRD applied and a controller for it running; yields "real" or "double"."""
+    crds = cl.mpijob_crd_paths()
+    if not crds:
+        pytest.skip("no MPIJob CRD (a file named *mpijob*.yaml) under crds/ yet")
+    cl.apply_crds(cluster, crds)
+    mode = _mpi_mode(cluster.bin)
+    proc = cl.start_mpi_operator(cluster) if mode == "real" else cl.start_mpi_test_double(cluster)
+    yield mode
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def kestrel_crds(cluster: cl.ControlPlane) -> list[str]:
+    paths = cl.our_crd_paths()
+    if not paths:
+        pytest.skip("our CRDs (crds/*.yaml) have not landed yet")
+    return cl.apply_crds(cluster, paths)
+
+
+def _operator_argv() -> list[str]:
+    exe = Path(sys.executable).with_name("kestrel-operator")
+    if not exe.exists():
+        pytest.skip(f"{exe} not installed (pip install -e .[operator])")
+    probe = subprocess.run([str(exe), "run", "--help"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"`kestrel-operator run` is not available yet: {probe.stderr.strip().splitlines()[-1:]}")
+    return [str(exe), "run"]
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: cl.ControlPlane, mpi_controller: str, kestrel_crds: list[str]) -> Iterator[cl.Operator]:
+    """Our operator as a subprocess with the cluster's KUBECONFIG; tests may kill() and start() it."""
+    env = cluster.env(
+        KESTREL_GPUS_PER_NODE="8",
+        KESTREL_DEFAULT_IMAGE="kestrel-trainer:e2e",
+        KESTREL_RESYNC_SECONDS="5",
+        KESTREL_LOG_LEVEL="DEBUG",
+        PYTHONUNBUFFERED="1",
+    )
+    op = cl.Operator(cp=cluster, argv=_operator_argv(), env=env)
+    op.start()
+    yield op
+    op.stop()
