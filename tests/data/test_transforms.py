@@ -1,0 +1,128 @@
+"""Every transform against an independent NumPy reference (the original's formulas, PIL-style resampling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from kestrel_trainer.data import transforms as T
+
+from tests.data.numpy_refs import (
+    ref_center_box,
+    ref_color,
+    ref_preprocess,
+    ref_random_box,
+    ref_resize_crop,
+)
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("shape,box", [
+    ((7, 9), (20, 26, 3, 5)),      # upscale, window inside
+    ((30, 24), (12, 10, 1, 2)),    # downscale (antialiased)
+    ((11, 13), (11, 13, 0, 0)),    # identity size
+])
+def test_resize_and_crop_matches_pil_style_reference(method, shape, box):
+    img = RNG.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    rh, rw, top, left = box
+    th, tw = min(rh, 8), min(rw, 8)
+    got = T.resize_and_crop(tf.constant(img), rh, rw, top, left, th, tw, method).numpy()
+    np.testing.assert_allclose(got, ref_resize_crop(img, rh, rw, top, left, th, tw, method), atol=2e-3)
+
+
+def test_plain_resize_ignores_aspect():
+    img = RNG.integers(0, 256, size=(10, 30, 1), dtype=np.uint8)
+    got = T.resize(tf.constant(img), 8, 8, "bilinear").numpy()
+    np.testing.assert_allclose(got, ref_resize_crop(img, 8, 8, 0, 0, 8, 8, "bilinear"), atol=2e-3)
+
+
+def test_random_crop_box_matches_the_original_formula():
+    for _ in range(300):
+        h, w = (int(v) for v in RNG.integers(5, 400, size=2))
+        th, tw = (int(v) for v in RNG.integers(16, 240, size=2))
+        f, uy, ux = RNG.uniform(0.45, 1.0), RNG.uniform(), RNG.uniform()
+        got = [int(v) for v in T.random_crop_box(h, w, th, tw, tf.constant(f, tf.float64), uy, ux)]
+        assert got == list(ref_random_box(h, w, th, tw, f, uy, ux)), (h, w, th, tw, f)
+        rh, rw, top, left = got
+        assert 0 <= top <= rh - th and 0 <= left <= rw - tw
+        # the limiting side is resized to target / fraction (truncated), the other one is larger
+        assert -1 < min(rw - tw / f, rh - th / f) <= 1e-6
+        assert abs(rh / h - rw / w) <= 1.0 / min(h, w)  # aspect kept, up to truncation
+
+
+def test_center_crop_box_matches_the_original_including_odd_sizes():
+    for h, w, th, tw in [(28, 28, 224, 224), (300, 451, 224, 224), (99, 40, 32, 32), (500, 375, 17, 33),
+                         (225, 225, 225, 225), (31, 57, 16, 16)]:
+        got = [int(v) for v in T.center_crop_box(h, w, th, tw)]
+        assert got == list(ref_center_box(h, w, th, tw)), (h, w, th, tw)
+        rh, rw, top, left = got
+        assert min(rh - th, rw - tw) >= 31  # both sides at least target + 32, to int truncation
+
+
+def test_to_channels():
+    rgb = RNG.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((4, 5, 1), 7, np.uint8)], axis=-1)
+    grey = RNG.integers(0, 256, size=(4, 5, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(T.to_channels(tf.constant(rgba), 3).numpy(), rgb)
+    np.testing.assert_array_equal(T.to_channels(tf.constant(grey), 3).numpy(), np.repeat(grey, 3, axis=-1))
+    want = np.round(rgb.astype(np.float64) @ [0.299, 0.587, 0.114])[..., None]
+    np.testing.assert_allclose(T.to_channels(tf.constant(rgb), 1).numpy(), want, atol=1)
+    np.testing.assert_array_equal(T.to_channels(tf.constant(grey), 1).numpy(), grey)
+
+
+@pytest.mark.parametrize("amounts", [(25.0, 0.2, 0.1), (-25.0, -0.2, -0.1), (7.5, 0.05, -0.03)])
+def test_color_adjustment_matches_hsv_reference(amounts):
+    img = RNG.uniform(0, 255, size=(5, 6, 3))
+    got = T.adjust_color(tf.constant(img, tf.float32), *amounts).numpy()
+    np.testing.assert_allclose(got, ref_color(img, *amounts), atol=0.02)
+
+
+def test_random_color_amounts_stay_in_range():
+    draws = np.array([[float(v) for v in T.random_color_amounts(tf.constant([i, 3], tf.int64))]
+                      for i in range(200)])
+    assert np.all(np.abs(draws) <= [25.0, 0.2, 0.1]) and np.all(draws.std(axis=0) > [5.0, 0.04, 0.02])
+
+
+def test_flip():
+    img = RNG.uniform(size=(3, 4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(T.flip_left_right(tf.constant(img), tf.constant(True)).numpy(), img[:, ::-1])
+    np.testing.assert_array_equal(T.flip_left_right(tf.constant(img), tf.constant(False)).numpy(), img)
+
+
+@pytest.mark.parametrize("mode,channels,mean", [
+    ("caffe", 3, None), ("caffe", 3, {"r": 120.0, "g": 110.5, "b": 100.25}), ("caffe", 1, None),
+    ("caffe", 1, {"l": 50.0}), ("torch", 3, None), ("torch", 1, None), ("tf", 3, None), ("tf", 1, None),
+])
+def test_preprocess_modes(mode, channels, mean):
+    x = RNG.uniform(0, 255, size=(2, 3, 4, channels))
+    got = T.preprocess(tf.constant(x, tf.float32), mode, mean).numpy()
+    np.testing.assert_allclose(got, ref_preprocess(x, mode, mean), atol=1e-4)
+
+
+def test_preprocess_rejects_wrong_mean_keys_and_modes():
+    with pytest.raises(ValueError, match="r, g, b"):
+        T.preprocess_constants("caffe", 3, {"l": 1.0})
+    with pytest.raises(ValueError, match="caffe, torch or tf"):
+        T.preprocess_constants("bgr", 3)
+
+
+def test_mixup_mixes_with_the_reversed_batch_and_labels_sum_to_one():
+    x = RNG.uniform(size=(5, 2, 2, 3)).astype(np.float32)
+    y = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 1]]
+    lam = T.mixup_lambda(tf.constant([1, 2], tf.int64), 5, 0.4).numpy()
+    assert np.all((lam >= 0.5) & (lam <= 1.0))
+    mx, my = (t.numpy() for t in T.mixup(tf.constant(x), tf.constant(y), tf.constant(lam)))
+    lx = lam[:, None, None, None]
+    np.testing.assert_allclose(mx, lx * x + (1 - lx) * x[::-1], atol=1e-6)
+    np.testing.assert_allclose(my, lam[:, None] * y + (1 - lam[:, None]) * y[::-1], atol=1e-6)
+    np.testing.assert_allclose(my.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_mixup_lambda_is_a_folded_beta():
+    # Beta(1, 1) folded at 0.5 is U(0.5, 1): mean 0.75, var 1/48
+    lam = T.mixup_lambda(tf.constant([3, 4], tf.int64), 20000, 1.0).numpy()
+    assert abs(lam.mean() - 0.75) < 0.005 and abs(lam.var() - 1 / 48) < 0.002
+    small = T.mixup_lambda(tf.constant([3, 4], tf.int64), 20000, 0.1).numpy()
+    assert small.mean() > 0.9  # small alpha: mostly nearly unmixed
