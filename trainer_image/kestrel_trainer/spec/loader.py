@@ -268,6 +268,7 @@ def _build_train(
             c.in_range(value, f"{p}.image_mean", 0.0, 255.0)
         if mode != "caffe":
             c.warn(f"{p}.image_mean", f"is used in caffe mode only; preprocess_mode is {mode}")
+    class_weighting = c.one_of(str(tc["class_weighting"]).lower(), f"{p}.class_weighting", ("none", "balanced"))
     vis = tc["visualizer"]
     if vis["wandb_config"]["enabled"]:
         c.warn(f"{p}.visualizer.wandb_config", "is ignored: Kestrel contacts no external service")
@@ -294,6 +295,7 @@ def _build_train(
         visualizer=t.VisualizerSpec(
             enabled=vis["enabled"], num_images=vis["num_images"], weight_histograms=vis["weight_histograms"]
         ),
+        class_weighting=class_weighting,
     )
 
 

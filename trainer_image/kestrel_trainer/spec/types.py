@@ -190,6 +190,7 @@ class TrainSpec:
     image_mean: Mapping[str, float]  # empty: the preprocess mode's standard mean
     disable_horizontal_flip: bool
     visualizer: VisualizerSpec
+    class_weighting: str = "none"  # Kestrel extension: "none" | "balanced"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,58 @@
+"""`kestrel train` (and `classification_tf1 train`): train a classifier from a spec file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from kestrel_trainer.cli.common import add_common_task_arguments, add_key_argument, resolve_key, setup_logging
+from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.spec import load_spec
+
+ORDER = 30
+log = logging.getLogger("kestrel.train")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.experiment_spec, "train")
+    setup_logging(args.log_file, args.verbose)
+    for warning in spec.warnings:
+        log.warning("%s", warning)
+    processes = args.num_processes or args.gpus
+    if processes > 1 or args.gpus > 1:
+        raise KestrelError(
+            f"--gpus {args.gpus} --num_processes {processes}: multi-rank training needs Horovod, which this "
+            "build does not include yet; run with one process", exit_code=2)
+    key = resolve_key(args)
+    if not key:
+        log.warning("no key given (-k or KESTREL_KEY): checkpoints are written unencrypted as .hdf5")
+    from kestrel_trainer.train.loop import TrainOptions, run_training
+
+    run_training(
+        spec,
+        TrainOptions(
+            results_dir=args.results_dir,
+            key=key,
+            init_epoch=args.init_epoch,
+            classmap_path=args.classmap,
+            skip_bad_images=args.skip_bad_images,
+            use_amp=args.use_amp,
+        ),
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a classifier from a spec file")
+    p.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="experiment_spec", required=True,
+                   metavar="SPEC")
+    p.add_argument("-r", "--results_dir", required=True, metavar="RESULTS")
+    add_key_argument(p)
+    p.add_argument("--init_epoch", type=int, default=None,
+                   help="resume at epoch N from the epoch N-1 checkpoint (default: the newest checkpoint, if any)")
+    p.add_argument("-c", "--classmap_json", "--classmap", dest="classmap", default=None,
+                   help="classmap.json fixing the class order")
+    p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true",
+                   help="train on the rest when some images cannot be decoded (default: refuse, listing them)")
+    add_common_task_arguments(p)
+    p.set_defaults(func=run)

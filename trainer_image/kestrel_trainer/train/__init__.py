@@ -1,0 +1,1 @@
+"""Training: a task (model, loss, optimizer, data) apart from the loop (epochs, checkpoints, ranks)."""

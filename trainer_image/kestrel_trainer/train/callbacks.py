@@ -1,0 +1,195 @@
+"""Keras callbacks of the training loop: per-epoch outputs, preemption, plain progress lines.
+
+Everything that writes runs on the chief rank only (the loop does not attach them elsewhere).
+Order inside an epoch end: checkpoint first (atomic), then the records that point at it, so a crash
+between the two leaves a checkpoint without a CSV row (the resumed run re-writes it), never a row
+for a checkpoint that does not exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+
+from kestrel_trainer.report.status import StatusLogger
+
+log = logging.getLogger("kestrel.train")
+
+CSV_FIELDS = ("epoch", "loss", "acc", "val_loss", "val_acc", "lr")
+
+
+def current_lr(model: tf.keras.Model) -> float:
+    """The rate the optimizer applies at its current step (schedule and decay included)."""
+    opt = model.optimizer
+    inner = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer under AMP
+    lr = inner.learning_rate if hasattr(inner, "learning_rate") else inner.lr
+    if callable(lr):
+        return float(lr(inner.iterations))
+    return float(tf.keras.backend.get_value(lr))
+
+
+def read_csv_rows(path: str) -> list[dict[str, str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_csv_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class EpochOutputs(tf.keras.callbacks.Callback):
+    """Checkpoint, training.csv, status.json, LR in the logs (for TensorBoard), curves, cluster status."""
+
+    def __init__(
+        self,
+        results_dir: str,
+        max_epoch: int,
+        save_checkpoint: Callable[[int], str],
+        status: StatusLogger,
+        reporter: Optional[Any] = None,
+        rows: Optional[list[dict[str, Any]]] = None,
+    ) -> None:
+        super().__init__()
+        self.results_dir = results_dir
+        self.max_epoch = max_epoch
+        self.save_checkpoint = save_checkpoint
+        self.status = status
+        self.reporter = reporter
+        self.rows: list[dict[str, Any]] = list(rows or [])
+        self.csv_path = os.path.join(results_dir, "training.csv")
+        self._epoch_start = time.monotonic()
+        self.last_checkpoint: Optional[str] = None
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        self._epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        logs = logs if logs is not None else {}
+        number = epoch + 1
+        lr = current_lr(self.model)
+        logs["lr"] = lr  # TensorBoard, placed after this callback, logs it as epoch_lr
+        seconds = time.monotonic() - self._epoch_start
+        self.last_checkpoint = self.save_checkpoint(number)
+        row = {"epoch": number, **{k: logs.get(k) for k in CSV_FIELDS[1:]}}
+        row["lr"] = lr
+        self.rows = [r for r in self.rows if int(r["epoch"]) < number] + [row]
+        write_csv_rows(self.csv_path, self.rows)
+        self.status.epoch(number, self.max_epoch, seconds, logs, lr)
+        try:
+            from kestrel_trainer.report.plots import training_curves
+
+            training_curves(self.rows, os.path.join(self.results_dir, "training_curves.png"))
+        except Exception as err:  # a plot must never stop training
+            log.warning("could not draw training_curves.png: %s", err)
+        val = f", val_loss {logs['val_loss']:.4f}, val_acc {logs['val_acc']:.4f}" if "val_acc" in logs else ""
+        log.info(
+            "epoch %d/%d: loss %.4f, acc %.4f%s, lr %.6g, %.1f s -> %s",
+            number, self.max_epoch, logs.get("loss", float("nan")), logs.get("acc", float("nan")), val, lr,
+            seconds, os.path.basename(self.last_checkpoint),
+        )
+        if self.reporter is not None:
+            self.reporter.report(
+                epoch=number,
+                max_epoch=self.max_epoch,
+                loss=float(logs.get("loss", 0.0)),
+                accuracy=float(logs.get("acc", 0.0)),
+                val_loss=logs.get("val_loss"),
+                val_accuracy=logs.get("val_acc"),
+            )
+
+
+class Preemption(tf.keras.callbacks.Callback):
+    """SIGTERM (Kubernetes preemption, `kill`): finish the current step, checkpoint, stop.
+
+    The signal handler only sets a flag; the checkpoint is written between steps, where the model
+    and optimizer are consistent.
+    """
+
+    def __init__(self, save_partial: Callable[[int, int], str], steps_offset: int = 0) -> None:
+        super().__init__()
+        self.save_partial = save_partial
+        self.requested: Optional[int] = None
+        self.saved_path: Optional[str] = None
+        self.steps_offset = steps_offset  # batches of the first epoch done before this fit started
+        self._epoch = 0
+        self._previous: Any = None
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signum
+        log.warning("received signal %d: finishing the current step, then checkpointing", signum)
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        if self.requested is None or self.saved_path is not None:
+            return
+        steps_done = batch + 1 + self.steps_offset
+        self.saved_path = self.save_partial(self._epoch + 1, steps_done)
+        self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        self.steps_offset = 0
+
+
+class PlainProgress(tf.keras.callbacks.Callback):
+    """Progress lines for logs and non-terminals (Kubernetes pods): about ten per epoch."""
+
+    def __init__(self, steps_per_epoch: int, batch_size: int, max_epoch: int) -> None:
+        super().__init__()
+        self.steps = steps_per_epoch
+        self.every = max(1, steps_per_epoch // 10)
+        self.batch_size = batch_size
+        self.max_epoch = max_epoch
+        self._t0 = time.monotonic()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        self._t0 = time.monotonic()
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        done = batch + 1
+        if done % self.every and done != self.steps:
+            return
+        logs = logs or {}
+        rate = done * self.batch_size / max(time.monotonic() - self._t0, 1e-9)
+        log.info(
+            "epoch %d/%d step %d/%d: loss %.4f, acc %.4f, %.0f img/s",
+            self._epoch + 1, self.max_epoch, done, self.steps, logs.get("loss", float("nan")),
+            logs.get("acc", float("nan")), rate,
+        )
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""Checkpoint names, discovery and the resume decision.
+
+`weights/<arch>_<epoch:03d>.tlt` after each completed epoch (the original's names, e.g. resnet_080.tlt;
+`.hdf5` when no key is given). A run stopped mid-epoch (SIGTERM, preemption) writes
+`<arch>_<epoch:03d>_step<steps:06d>.tlt`: `steps` batches of epoch `epoch` are done. Resume picks the
+checkpoint furthest along; ordering needs no steps-per-epoch: a partial epoch e sorts before a
+completed epoch e.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from kestrel_trainer.errors import KestrelError
+
+_NAME = re.compile(r"^(?P<arch>[A-Za-z0-9_]+?)_(?P<epoch>\d{3,})(?:_step(?P<step>\d{6,}))?\.(?P<ext>tlt|hdf5)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: str
+    epoch: int  # completed: epochs done; partial: the epoch in progress (1-based)
+    step: Optional[int] = None  # batches done within `epoch` for a partial checkpoint
+
+    @property
+    def epochs_done(self) -> int:
+        return self.epoch if self.step is None else self.epoch - 1
+
+    @property
+    def steps_into_epoch(self) -> int:
+        return 0 if self.step is None else self.step
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.epochs_done, self.steps_into_epoch)
+
+
+def suffix(key: Optional[str]) -> str:
+    return ".tlt" if key else ".hdf5"
+
+
+def epoch_path(weights_dir: str, arch: str, epoch: int, key: Optional[str]) -> str:
+    return os.path.join(weights_dir, f"{arch}_{epoch:03d}{suffix(key)}")
+
+
+def partial_path(weights_dir: str, arch: str, epoch: int, step: int, key: Optional[str]) -> str:
+    return os.path.join(weights_dir, f"{arch}_{epoch:03d}_step{step:06d}{suffix(key)}")
+
+
+def find_checkpoints(weights_dir: str, arch: str) -> list[Checkpoint]:
+    """Checkpoints of `arch` in the folder, oldest progress first (temp files are ignored)."""
+    if not os.path.isdir(weights_dir):
+        return []
+    found = []
+    for name in os.listdir(weights_dir):
+        m = _NAME.match(name)
+        if m and m.group("arch") == arch:
+            step = m.group("step")
+            found.append(Checkpoint(os.path.join(weights_dir, name), int(m.group("epoch")),
+                                    int(step) if step else None))
+    return sorted(found, key=lambda c: c.order)
+
+
+def choose_resume(weights_dir: str, arch: str, init_epoch: Optional[int]) -> Optional[Checkpoint]:
+    """`--init_epoch N` -> the checkpoint of epoch N-1; no flag -> the newest one, if any."""
+    found = find_checkpoints(weights_dir, arch)
+    if init_epoch is None:
+        return found[-1] if found else None
+    if init_epoch < 1:
+        raise KestrelError(f"--init_epoch must be >= 1, got {init_epoch}", exit_code=2)
+    if init_epoch == 1:
+        return None
+    wanted = [c for c in found if c.step is None and c.epoch == init_epoch - 1]
+    if not wanted:
+        have = ", ".join(os.path.basename(c.path) for c in found) or "none"
+        raise KestrelError(
+            f"--init_epoch {init_epoch} needs the epoch {init_epoch - 1} checkpoint "
+            f"{arch}_{init_epoch - 1:03d}.tlt in {weights_dir}; found: {have}",
+            exit_code=2,
+        )
+    return wanted[0]

@@ -1,0 +1,274 @@
+"""The training loop: data -> model -> fit -> checkpoints and reports, with resume and preemption.
+
+What varies per experiment is built by task.py; this module owns what does not: which epoch to
+start from, which checkpoint to load, the callbacks that write outputs (chief rank only), the
+SIGTERM path, and the final summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from kestrel_trainer.data import folders
+from kestrel_trainer.data.check import exclude_bad_images
+from kestrel_trainer.data.pipeline import make_dataset, steps_per_epoch
+from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.model_io.files import load_model, save_model
+from kestrel_trainer.report.status import StatusLogger
+from kestrel_trainer.spec.types import ExperimentSpec
+from kestrel_trainer.train import checkpoints as ckpt
+from kestrel_trainer.train.callbacks import (
+    EpochOutputs,
+    PlainProgress,
+    Preemption,
+    read_csv_rows,
+    write_json_atomic,
+)
+from kestrel_trainer.train.distributed import Ranks
+from kestrel_trainer.train.regularizers import add_regularization
+from kestrel_trainer.train.schedules import SpecSchedule  # noqa: F401  (registers it for checkpoint loading)
+from kestrel_trainer.train.task import compile_model, make_optimizer
+
+log = logging.getLogger("kestrel.train")
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what Kubernetes and shells expect
+
+
+class Preempted(KestrelError):
+    """Stopped by SIGTERM after writing a checkpoint; a restart resumes from it."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+
+@dataclass
+class TrainOptions:
+    results_dir: str
+    key: Optional[str] = None
+    init_epoch: Optional[int] = None
+    classmap_path: Optional[str] = None
+    skip_bad_images: bool = False
+    use_amp: bool = False
+    verbose: Optional[bool] = None  # progress bar; None: when stdout is a terminal
+    ranks: Ranks = field(default_factory=Ranks)
+
+
+def class_weights(labels: list[int], n_classes: int) -> np.ndarray:
+    """'balanced' weights n / (n_classes * count_c): every class contributes equally to the loss."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    return (len(labels) / (n_classes * np.maximum(counts, 1))).astype(np.float32)
+
+
+def _with_sample_weights(ds: tf.data.Dataset, weights: np.ndarray) -> tf.data.Dataset:
+    w = tf.constant(weights)
+    return ds.map(lambda x, y: (x, y, tf.linalg.matvec(y, w)), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _load_data(spec: ExperimentSpec, opts: TrainOptions) -> tuple[folders.ImageFolder, folders.ImageFolder]:
+    classmap = folders.read_classmap(opts.classmap_path) if opts.classmap_path else None
+    train = folders.scan(spec.train.train_dataset_path, classmap)
+    val = folders.scan(spec.train.val_dataset_path, train.classmap)
+    folders.check_same_classes(train, val)
+    return train, val
+
+
+def _drop_bad(data: folders.ImageFolder, opts: TrainOptions, n_workers: int) -> tuple[list[str], list[int], int]:
+    return exclude_bad_images(
+        data.files, data.labels, skip_bad_images=opts.skip_bad_images, n_workers=n_workers, log=log.warning
+    )
+
+
+def _build_model(
+    spec: ExperimentSpec, n_classes: int, resume: Optional[ckpt.Checkpoint], opts: TrainOptions, total_steps: int
+) -> tf.keras.Model:
+    if resume is not None:
+        model = load_model(resume.path, opts.key, compile=True)
+        optimizer = model.optimizer
+        if optimizer is None:
+            raise KestrelError(f"{resume.path}: has no optimizer state; cannot resume from it", exit_code=2)
+        out = model.output_shape[-1]
+        if out != n_classes:
+            raise KestrelError(
+                f"{resume.path}: has {out} classes but the dataset has {n_classes}; "
+                "use a new results folder or --init_epoch 1 to start over", exit_code=2)
+    else:
+        from kestrel_trainer.models.weights import build_with_pretrained
+
+        model, report = build_with_pretrained(spec.model, n_classes, spec.train.pretrained_model_path or None, opts.key)
+        if report is not None:
+            log.info("pretrained weights: %s", report.summary())
+        optimizer = make_optimizer(spec, total_steps=total_steps, n_ranks=opts.ranks.size)
+    compile_model(model, spec, optimizer)
+    covered = add_regularization(model, spec.train.reg)
+    if covered:
+        log.info("%s regularization (weight_decay %g) on %d kernels (%s)", spec.train.reg.type,
+                 spec.train.reg.weight_decay, len(covered), ",".join(spec.train.reg.scope))
+    return model
+
+
+def _configure_precision(use_amp: bool) -> None:
+    if not use_amp:
+        return
+    if not tf.config.list_physical_devices("GPU"):
+        log.warning("--use_amp ignored: no GPU visible, training in float32 on CPU")
+        return
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    log.info("automatic mixed precision on: float16 compute, float32 variables, dynamic loss scaling")
+
+
+def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
+    """Train as the spec says; returns the summary also written to RESULTS/summary.json."""
+    started = time.time()
+    ranks = opts.ranks
+    results = os.path.abspath(opts.results_dir)
+    weights_dir = os.path.join(results, "weights")
+    if ranks.is_chief:
+        os.makedirs(weights_dir, exist_ok=True)
+    status = StatusLogger(os.path.join(results, "status.json"))
+    tf.keras.utils.set_random_seed(spec.train.random_seed)
+    _configure_precision(opts.use_amp)
+
+    train, val = _load_data(spec, opts)
+    train_files, train_labels, skipped_train = _drop_bad(train, opts, spec.train.n_workers)
+    val_files, val_labels, skipped_val = _drop_bad(val, opts, spec.train.n_workers)
+    n_classes = train.n_classes
+    if ranks.is_chief:
+        folders.write_classmap(os.path.join(results, folders.CLASSMAP_FILENAME), train.classes)
+    batch = spec.train.batch_size_per_gpu
+    spe = steps_per_epoch(len(train_files), batch, ranks.size)
+    n_epochs = spec.train.n_epochs
+    total_steps = spe * n_epochs
+    arch = spec.model.arch
+
+    resume = ckpt.choose_resume(weights_dir, arch, opts.init_epoch)
+    epochs_done = resume.epochs_done if resume else 0
+    steps_done = resume.steps_into_epoch if resume else 0
+    if resume is not None:
+        how = "--init_epoch" if opts.init_epoch else "found in the results folder (no --init_epoch given)"
+        log.info("resuming from %s (%s): %d epochs%s done", resume.path, how, epochs_done,
+                 f" and {steps_done} steps" if steps_done else "")
+    if epochs_done >= n_epochs:
+        log.info("all %d epochs are already done in %s; nothing to train", n_epochs, results)
+        summary_path = os.path.join(results, "summary.json")
+        if os.path.exists(summary_path):
+            import json
+
+            with open(summary_path, encoding="utf-8") as fh:
+                return json.load(fh)
+    model = _build_model(spec, n_classes, resume, opts, total_steps)
+    log.info(
+        "training %s (%s params) on %d images of %d classes (%d val), %d epochs x %d steps of %d, %d rank(s)",
+        spec.model.name, f"{model.count_params():,}", len(train_files), n_classes, len(val_files), n_epochs, spe,
+        batch, ranks.size,
+    )
+    if ranks.is_chief:
+        status.write("STARTED", "Starting Training Loop.", epoch=epochs_done, max_epoch=n_epochs)
+
+    key = opts.key
+
+    def save_epoch(number: int) -> str:
+        return str(save_model(model, ckpt.epoch_path(weights_dir, arch, number, key), key))
+
+    def save_partial(number: int, steps: int) -> str:
+        return str(save_model(model, ckpt.partial_path(weights_dir, arch, number, steps, key), key))
+
+    rows = [r for r in read_csv_rows(os.path.join(results, "training.csv")) if int(r["epoch"]) <= epochs_done]
+    outputs = EpochOutputs(results, n_epochs, save_epoch, status, _cluster_reporter(), rows)
+    preemption = Preemption(save_partial, steps_offset=steps_done)
+    verbose = sys.stdout.isatty() if opts.verbose is None else opts.verbose
+    callbacks: list[tf.keras.callbacks.Callback] = []
+    if ranks.is_chief:
+        callbacks += [
+            outputs,
+            tf.keras.callbacks.TensorBoard(os.path.join(results, "events"), update_freq="epoch",
+                                           profile_batch=0, write_graph=False),
+            preemption,
+        ]
+        if not verbose:
+            callbacks.append(PlainProgress(spe, batch * ranks.size, n_epochs))
+
+    weights = class_weights(train_labels, n_classes) if spec.train.class_weighting == "balanced" else None
+    if weights is not None:
+        log.info("class weighting 'balanced': %s", ", ".join(f"{c}={w:.3f}" for c, w in zip(train.classes, weights)))
+
+    def train_data(first_epoch: int, skip: int = 0) -> tf.data.Dataset:
+        ds = make_dataset(train_files, train_labels, n_classes, spec.model, spec.train, training=True,
+                          batch_size=batch, rank=ranks.rank, size=ranks.size, initial_epoch=first_epoch,
+                          n_epochs=n_epochs - first_epoch)
+        if skip:
+            ds = ds.skip(skip)
+        return _with_sample_weights(ds, weights) if weights is not None else ds
+
+    val_ds = make_dataset(val_files, val_labels, n_classes, spec.model, spec.train, training=False,
+                          batch_size=batch, rank=ranks.rank, size=ranks.size,
+                          center_crop=spec.train.enable_center_crop).cache()
+
+    preemption.install()
+    try:
+        fit_kwargs = dict(validation_data=val_ds, callbacks=callbacks, verbose=1 if verbose else 0)
+        first = epochs_done
+        if steps_done:
+            model.fit(train_data(first, skip=steps_done), initial_epoch=first, epochs=first + 1,
+                      steps_per_epoch=spe - steps_done, **fit_kwargs)
+            first += 1
+        if first < n_epochs and preemption.saved_path is None:
+            model.fit(train_data(first), initial_epoch=first, epochs=n_epochs, steps_per_epoch=spe, **fit_kwargs)
+    except KeyboardInterrupt:
+        if ranks.is_chief:
+            status.write("FAILURE", "Training interrupted by the user.")
+        raise
+    except Exception as err:
+        if ranks.is_chief:
+            status.write("FAILURE", f"Training failed: {err}")
+        raise
+    finally:
+        preemption.uninstall()
+
+    if preemption.saved_path is not None:
+        if ranks.is_chief:
+            status.write("FAILURE", f"Preempted by signal {preemption.requested}; checkpoint {preemption.saved_path}")
+        raise Preempted(
+            f"stopped by signal {preemption.requested}: checkpoint written to {preemption.saved_path}; "
+            "run the same command again to resume from it"
+        )
+
+    rows = outputs.rows
+    val_accs = [float(r["val_acc"]) for r in rows if r.get("val_acc") not in (None, "")]
+    best = int(np.argmax(val_accs)) if val_accs else None
+    summary = {
+        "model": spec.model.name,
+        "epochs": n_epochs,
+        "best_val_acc": val_accs[best] if best is not None else None,
+        "best_epoch": int(rows[best]["epoch"]) if best is not None else None,
+        "last_val_acc": val_accs[-1] if val_accs else None,
+        "last_val_loss": float(rows[-1]["val_loss"]) if rows and rows[-1].get("val_loss") not in (None, "") else None,
+        "final_model": outputs.last_checkpoint,
+        "n_classes": n_classes,
+        "train_images": len(train_files),
+        "val_images": len(val_files),
+        "skipped_bad_images": skipped_train + skipped_val,
+        "ranks": ranks.size,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    if ranks.is_chief:
+        write_json_atomic(os.path.join(results, "summary.json"), summary)
+        status.write("SUCCESS", "Training finished successfully.", kpi={"validation_accuracy": summary["last_val_acc"]})
+        log.info("done: best val_acc %.4f (epoch %s), last %.4f, %s", summary["best_val_acc"] or 0.0,
+                 summary["best_epoch"], summary["last_val_acc"] or 0.0, summary["final_model"])
+    return summary
+
+
+def _cluster_reporter() -> Optional[Any]:
+    """The in-cluster status reporter when the operator set its environment, else None."""
+    try:
+        from kestrel_trainer.report.cluster_status import ClusterStatusReporter
+    except ImportError:
+        return None
+    return ClusterStatusReporter.from_env()
