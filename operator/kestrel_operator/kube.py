@@ -1,0 +1,169 @@
+"""The one module that talks to the Kubernetes API (through the official client).
+
+Everything above it works on plain dicts, so the reconciler is tested against an in-memory double of
+this class and `render` needs no cluster. Requests are raw REST calls on a small kind -> path table:
+no discovery round-trips, the same code for core objects, RBAC, MPIJobs and our own resources.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+# kind -> plural, for every kind the operator reads or writes.
+PLURALS: Mapping[str, str] = {
+    "ServiceAccount": "serviceaccounts",
+    "ConfigMap": "configmaps",
+    "Event": "events",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "MPIJob": "mpijobs",
+    "ClassificationTrain": "classificationtrains",
+    "ClassificationPrune": "classificationprunes",
+    "ClassificationExport": "classificationexports",
+}
+
+
+class KubeError(RuntimeError):
+    """An API call failed for a reason other than not-found/already-exists; `status` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def load_client_config() -> Any:
+    """In a pod: the service account. Elsewhere: KUBECONFIG (or ~/.kube/config)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    plural = PLURALS[kind]
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{plural}"
+
+
+class KubeApi:
+    """Get, list, create, delete, patch status, post events: all the reconciler needs."""
+
+    def __init__(self, api_client: Any = None, timeout: float = 30.0) -> None:
+        self._client = api_client
+        self.timeout = timeout
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = load_client_config()
+        return self._client
+
+    def _request(self, method: str, path: str, body: Any = None, query: Optional[list] = None,
+                 content_type: str = "application/json") -> tuple[int, Any]:
+        request = self.client.param_serialize(
+            method, path, query_params=query or [], body=body,
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*request, _request_timeout=self.timeout)
+        data = response.read()
+        text = data.decode("utf-8") if isinstance(data, bytes) else (data or "")
+        payload = json.loads(text) if text else None
+        return response.status, payload
+
+    def _ok(self, status: int, payload: Any, what: str, allowed: tuple[int, ...] = ()) -> None:
+        if 200 <= status < 300 or status in allowed:
+            return
+        message = payload.get("message") if isinstance(payload, dict) else payload
+        raise KubeError(f"{what}: HTTP {status}: {message}", status)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        status, payload = self._request("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
+        if status == 404:
+            return None
+        self._ok(status, payload, f"get {kind} {namespace}/{name}")
+        return payload
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        status, payload = self._request("GET", collection_path(api_version, kind, namespace), query=query)
+        if status == 404:  # e.g. the MPIJob CRD is not installed: nothing to list
+            return []
+        self._ok(status, payload, f"list {kind} in {namespace}")
+        return list(payload.get("items") or [])
+
+    def create(self, obj: Mapping[str, Any]) -> bool:
+        """True when created, False when an object of that name already exists."""
+        meta = obj["metadata"]
+        status, payload = self._request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]),
+                                        body=dict(obj))
+        if status == 409:
+            return False
+        self._ok(status, payload, f"create {obj['kind']} {meta['namespace']}/{meta['name']}")
+        return True
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool:
+        """Background deletion (the garbage collector removes what the object owns). False if gone."""
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        status, payload = self._request("DELETE", f"{collection_path(api_version, kind, namespace)}/{name}", body=body)
+        if status in (404, 409):
+            return False
+        self._ok(status, payload, f"delete {kind} {namespace}/{name}")
+        return True
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
+                     status_patch: Mapping[str, Any]) -> bool:
+        """JSON merge patch of the status subresource; the uid guards against a recreated namesake."""
+        body = {"metadata": {"uid": uid}, "status": dict(status_patch)} if uid else {"status": dict(status_patch)}
+        status, payload = self._request("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}/status",
+                                        body=body, content_type="application/merge-patch+json")
+        if status in (404, 409):
+            return False
+        self._ok(status, payload, f"patch status of {kind} {namespace}/{name}")
+        return True
+
+    def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
+        """A core/v1 Event on `involved` (the resource); failures are logged, never raised."""
+        meta = involved.get("metadata") or {}
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'kestrel')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": etype,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "kestrel-operator"},
+            "reportingComponent": "kestrel.dev/operator",
+            "reportingInstance": os.environ.get("HOSTNAME", "kestrel-operator"),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            status, payload = self._request("POST", collection_path("v1", "Event", str(meta.get("namespace"))),
+                                            body=event)
+            self._ok(status, payload, "post event")
+        except Exception as err:  # an Event is best effort: never fail a reconcile for it
+            log.warning("could not post event %s on %s: %s", reason, meta.get("name"), err)

@@ -1,0 +1,192 @@
+"""Resource -> the exact objects of one run. Pure: the handlers and `render` both call `plan_run`.
+
+Order matters only for readability of `render`: RBAC, then the spec ConfigMap, then the MPIJob.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from kestrel_operator.manifests import names
+from kestrel_operator.manifests.commands import SPEC_FILE, launcher_command, trainer_command
+from kestrel_operator.manifests.gpu_mapping import GpuMapping, map_gpus
+from kestrel_operator.manifests.outputs import ModelSource, OutputLocation, model_source, output_location
+from kestrel_operator.manifests.pods import pod_template, trainer_env, volumes_and_mounts
+from kestrel_operator.resources.errors import InvalidSpec
+from kestrel_operator.resources.spec_text import check_spec_text, with_pretrained_model
+from kestrel_operator.resources.types import ModelRef, Resource, TrainResource
+
+MPIJOB_API_VERSION = "kubeflow.org/v2beta1"
+# Recorded on the MPIJob so status can name the run's artifact without re-reading the spec text.
+OUTPUT_ANNOTATION = "kestrel.dev/output"  # "claimName|subPath|relativePath|path"
+INPUT_MODEL_ANNOTATION = "kestrel.dev/input-model"
+# The trainer image's contract for multi-pod runs: user 1000 with this home, sshd configured to run
+# unprivileged from ~/.sshd_config (as in the MPI Operator's non-root examples).
+SSH_AUTH_MOUNT_PATH = "/home/kestrel/.ssh"
+WORKER_COMMAND = ["/usr/sbin/sshd", "-De", "-f", "/home/kestrel/.sshd_config"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    resource: Resource
+    mapping: GpuMapping
+    experiment: Any  # kestrel_trainer.spec.ExperimentSpec, or None when the kind has no spec text
+    spec_text: Optional[str]  # what the run mounts (pretrained path filled in)
+    model: Optional[ModelSource]
+    output: OutputLocation
+    mpijob_name: str
+    objects: list[dict[str, Any]]
+
+
+def encode_output(loc: OutputLocation) -> str:
+    return "|".join((loc.claim_name, loc.sub_path, loc.relative_path, loc.path))
+
+
+def decode_output(value: Optional[str]) -> Optional[dict[str, str]]:
+    parts = (value or "").split("|")
+    if len(parts) != 4:
+        return None
+    return {"claimName": parts[0], "subPath": parts[1], "relativePath": parts[2], "path": parts[3]}
+
+
+def model_ref_of(res: Resource) -> Optional[ModelRef]:
+    if isinstance(res, TrainResource):
+        return res.pretrained_model
+    return res.model
+
+
+def validate_spec_text(res: Resource, spec_text: Optional[str]) -> Any:
+    """The resolved ExperimentSpec (or None): the InvalidSpec path checks this before anything else."""
+    if spec_text is None:
+        return None
+    field = "spec.experimentSpec" if res.run.experiment_spec is not None else "spec.experimentSpecRef"
+    return check_spec_text(spec_text, res.meta, field)
+
+
+def _rbac(res: Resource) -> tuple[str, list[dict[str, Any]]]:
+    """A Role letting the run's pods get/patch this one resource's status (progress reporting)."""
+    meta = res.meta
+    group = meta.api_version.split("/")[0]
+    objects: list[dict[str, Any]] = []
+    sa = res.run.service_account_name
+    if sa is None:
+        sa = names.service_account_name(meta)
+        objects.append({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": names.object_meta(meta, sa, per_run=False),
+        })
+    role = names.role_name(meta)
+    objects.append({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": names.object_meta(meta, role, per_run=False),
+        "rules": [{
+            "apiGroups": [group],
+            "resources": [f"{meta.plural}/status"],
+            "resourceNames": [meta.name],
+            "verbs": ["get", "patch"],
+        }],
+    })
+    objects.append({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": names.object_meta(meta, role, per_run=False),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": meta.namespace}],
+    })
+    return sa, objects
+
+
+def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[str],
+            model: Optional[ModelSource], service_account: str) -> dict[str, Any]:
+    meta = res.meta
+    labels = names.run_labels(meta)
+    volumes, mounts = volumes_and_mounts(res, configmap, model.volume if model else None)
+    trainer = trainer_command(res, mapping, model.path if model else None, configmap is not None)
+    command = launcher_command(trainer, mapping)
+
+    def common() -> dict[str, Any]:
+        # Fresh copies per template: shared lists would become YAML anchors in `render`.
+        return dict(labels=labels, volumes=copy.deepcopy(volumes), mounts=copy.deepcopy(mounts),
+                    service_account=service_account)
+
+    launcher = pod_template(
+        res, container="launcher", command=command[:1], args=command[1:], env=trainer_env(res, name),
+        gpus=mapping.gpus_per_pod if mapping.launcher_as_worker else 0,
+        runs_ranks=mapping.launcher_as_worker, **common(),
+    )
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": res.run.backoff_limit}
+    if res.run.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = res.run.active_deadline_seconds
+    spec: dict[str, Any] = {
+        "slotsPerWorker": mapping.slots_per_worker,
+        "runLauncherAsWorker": mapping.launcher_as_worker,
+        "mpiImplementation": "OpenMPI",
+        "sshAuthMountPath": SSH_AUTH_MOUNT_PATH,
+        "runPolicy": run_policy,
+        "mpiReplicaSpecs": {"Launcher": {"replicas": 1, "restartPolicy": "Never", "template": launcher}},
+    }
+    if not mapping.launcher_as_worker:
+        # Start mpirun only once every worker's sshd is up, instead of failing on the first try.
+        spec["launcherCreationPolicy"] = "WaitForWorkersReady"
+        spec["mpiReplicaSpecs"]["Worker"] = {
+            "replicas": mapping.workers,
+            "restartPolicy": "OnFailure",
+            "template": pod_template(
+                res, container="worker", command=WORKER_COMMAND[:1], args=WORKER_COMMAND[1:], env=[],
+                gpus=mapping.gpus_per_pod, runs_ranks=True, **common(),
+            ),
+        }
+    return {
+        "apiVersion": MPIJOB_API_VERSION,
+        "kind": "MPIJob",
+        "metadata": names.object_meta(meta, name, per_run=True),
+        "spec": spec,
+    }
+
+
+def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputLocation] = None) -> RunPlan:
+    """Everything one run of `res` creates. `spec_text` is the resource's text (inline or from its
+    ConfigMap); `upstream` is the output of a referenced Train/Prune (None for a path reference)."""
+    experiment = validate_spec_text(res, spec_text)
+    ref = model_ref_of(res)
+    model = model_source(ref, upstream) if ref is not None else None
+    parallelism = experiment.train.model_parallelism if isinstance(res, TrainResource) else None
+    run = res.run
+    mapping = map_gpus(run.gpus, run.num_processes, run.gpus_per_node, parallelism)
+    if isinstance(res, TrainResource) and model is not None:
+        field = "spec.experimentSpec" if run.experiment_spec is not None else "spec.experimentSpecRef"
+        spec_text = with_pretrained_model(spec_text or "", model.path, res.meta, field)
+    if isinstance(res, TrainResource) and experiment is None:
+        raise InvalidSpec("a ClassificationTrain needs spec text", "spec.experimentSpec")
+
+    service_account, objects = _rbac(res)
+    configmap = None
+    if spec_text is not None:
+        configmap = names.configmap_name(res.meta)
+        objects.append({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": names.object_meta(res.meta, configmap, per_run=True),
+            "data": {SPEC_FILE: spec_text},
+        })
+    job_name = names.mpijob_name(res.meta)
+    output = output_location(res, experiment)
+    job = _mpijob(res, mapping, job_name, configmap, model, service_account)
+    job["metadata"]["annotations"] = {OUTPUT_ANNOTATION: encode_output(output)}
+    if model is not None:
+        job["metadata"]["annotations"][INPUT_MODEL_ANNOTATION] = model.path
+    objects.append(job)
+    return RunPlan(
+        resource=res,
+        mapping=mapping,
+        experiment=experiment,
+        spec_text=spec_text,
+        model=model,
+        output=output,
+        mpijob_name=job_name,
+        objects=objects,
+    )

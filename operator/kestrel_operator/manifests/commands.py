@@ -1,0 +1,88 @@
+"""The trainer command each kind runs, and the mpirun line around it for multi-rank training.
+
+The model key never appears here: it reaches the trainer as the environment variable KESTREL_KEY
+(from the Secret), and mpirun forwards it to the ranks with `-x KESTREL_KEY`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from kestrel_operator.manifests.gpu_mapping import GpuMapping
+from kestrel_operator.resources.types import ExportResource, PruneResource, Resource, TrainResource
+
+SPEC_DIR = "/etc/kestrel/spec"
+SPEC_FILE = "spec.txt"
+SPEC_PATH = f"{SPEC_DIR}/{SPEC_FILE}"
+KEY_ENV = "KESTREL_KEY"
+# Environment the trainer's rank 0 needs to patch its own resource's status (see report/cluster_status.py).
+RESOURCE_ENV = (
+    "KESTREL_RESOURCE_GROUP",
+    "KESTREL_RESOURCE_VERSION",
+    "KESTREL_RESOURCE_PLURAL",
+    "KESTREL_RESOURCE_NAME",
+    "KESTREL_RESOURCE_NAMESPACE",
+    "KESTREL_RESOURCE_UID",
+    "KESTREL_RUN",
+)
+# OpenMPI over TCP without InfiniBand verbs; ranks placed slot by slot, not pinned to cores (Horovod
+# and tf.data spawn their own threads). Non-root pods, so no --allow-run-as-root.
+MPIRUN_FLAGS = ("--bind-to", "none", "-map-by", "slot")
+MPIRUN_MCA = ("-mca", "pml", "ob1", "-mca", "btl", "^openib")
+MPIRUN_ENV = (KEY_ENV, "NCCL_DEBUG=INFO", "LD_LIBRARY_PATH", "PATH", *RESOURCE_ENV)
+
+
+def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str], has_spec: bool) -> list[str]:
+    """`kestrel train|prune|export ...` with the original CLI's flags."""
+    if isinstance(res, TrainResource):
+        cmd = ["kestrel", "train", "-e", SPEC_PATH, "-r", res.run.results.mount_path]
+        if mapping.ranks > 1 or mapping.total_gpus > 1:
+            cmd += ["--gpus", str(mapping.total_gpus), "--num_processes", str(mapping.ranks)]
+        if res.use_amp:
+            cmd.append("--use_amp")
+        if res.init_epoch is not None:
+            cmd += ["--init_epoch", str(res.init_epoch)]
+        return cmd
+    assert model_path is not None
+    if isinstance(res, PruneResource):
+        cmd = ["kestrel", "prune", "-m", model_path, "-o", res.output_path]
+        if has_spec:
+            cmd += ["-e", SPEC_PATH]
+        cmd += [
+            "-n", res.normalizer,
+            "-eq", res.equalization_criterion,
+            "-pg", str(res.pruning_granularity),
+            "-pth", repr(res.pruning_threshold),
+            "-nf", str(res.min_num_filters),
+        ]
+        if res.excluded_layers:
+            cmd += ["-el", *res.excluded_layers]
+        return cmd
+    assert isinstance(res, ExportResource)
+    cmd = ["kestrel", "export", "-m", model_path, "-o", res.output_path, "--data_type", res.data_type]
+    if has_spec:
+        cmd += ["-e", SPEC_PATH]
+    if res.gen_ds_config:
+        cmd.append("--gen_ds_config")
+    cal = res.calibration
+    for flag, value in (
+        ("--cal_image_dir", cal.image_dir),
+        ("--cal_cache_file", cal.cache_file),
+        ("--batches", cal.batches),
+        ("--batch_size", cal.batch_size),
+        ("--max_batch_size", res.max_batch_size),
+        ("--engine_file", res.engine_file),
+    ):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def launcher_command(trainer: list[str], mapping: GpuMapping) -> list[str]:
+    """One rank: run the trainer in the launcher pod itself. More: mpirun over the worker pods."""
+    if mapping.ranks == 1:
+        return trainer
+    cmd = ["mpirun", "-np", str(mapping.ranks), *MPIRUN_FLAGS]
+    for name in MPIRUN_ENV:
+        cmd += ["-x", name]
+    return [*cmd, *MPIRUN_MCA, *trainer]

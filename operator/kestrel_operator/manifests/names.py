@@ -1,0 +1,87 @@
+"""Deterministic names, labels and owner references for everything a resource owns.
+
+Names are a pure function of (kind, name, generation), so an operator restart finds what it already
+created instead of creating a duplicate, and a new generation gets a new run with a new name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from kestrel_operator import MANAGED_BY
+from kestrel_operator.resources.types import ResourceMeta
+
+# The MPI Operator names pods `<mpijob>-worker-<i>` and `<mpijob>-launcher-<5>`; those are also host
+# names (DNS labels, <= 63 characters), so an MPIJob name stays well below that.
+MAX_MPIJOB_NAME = 45
+MAX_NAME = 63
+GENERATION_LABEL = "kestrel.dev/generation"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+
+def _fit(name: str, suffix: str, limit: int) -> str:
+    """`name + suffix`, with `name` shortened and a hash of it appended when it would not fit."""
+    base = name.replace(".", "-")
+    if not base[:1].isalpha():
+        base = "k" + base
+    if len(base) + len(suffix) <= limit:
+        return base + suffix
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    keep = limit - len(suffix) - len(digest) - 1
+    return f"{base[:keep].rstrip('-')}-{digest}{suffix}"
+
+
+def kind_label(meta: ResourceMeta) -> str:
+    """`kestrel.dev/classificationtrain`: the label naming the owning resource."""
+    return f"kestrel.dev/{meta.kind.lower()}"
+
+
+def label_value(name: str) -> str:
+    return name if len(name) <= MAX_NAME else _fit(name, "", MAX_NAME)
+
+
+def mpijob_name(meta: ResourceMeta) -> str:
+    return _fit(meta.name, f"-g{meta.generation}", MAX_MPIJOB_NAME)
+
+
+def configmap_name(meta: ResourceMeta) -> str:
+    return _fit(meta.name, f"-g{meta.generation}-spec", MAX_NAME)
+
+
+def service_account_name(meta: ResourceMeta) -> str:
+    return _fit(meta.name, "-kestrel-trainer", MAX_NAME)
+
+
+def role_name(meta: ResourceMeta) -> str:
+    return _fit(meta.name, "-kestrel-status", MAX_NAME)
+
+
+def owner_labels(meta: ResourceMeta) -> dict[str, str]:
+    """Labels that select everything any run of this resource created (all generations)."""
+    return {MANAGED_BY_LABEL: MANAGED_BY, kind_label(meta): label_value(meta.name)}
+
+
+def run_labels(meta: ResourceMeta) -> dict[str, str]:
+    """Labels of one run (one generation): also set on its pods so `kubectl get pods -l` finds them."""
+    return {**owner_labels(meta), "app.kubernetes.io/name": "kestrel", GENERATION_LABEL: str(meta.generation)}
+
+
+def owner_reference(meta: ResourceMeta) -> dict[str, object]:
+    """Controller reference: deleting the resource garbage-collects what it owns."""
+    return {
+        "apiVersion": meta.api_version,
+        "kind": meta.kind,
+        "name": meta.name,
+        "uid": meta.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(meta: ResourceMeta, name: str, per_run: bool) -> dict[str, object]:
+    return {
+        "name": name,
+        "namespace": meta.namespace,
+        "labels": run_labels(meta) if per_run else owner_labels(meta),
+        "ownerReferences": [owner_reference(meta)],
+    }

@@ -1,0 +1,77 @@
+"""Where each kind leaves its final artifact, and how a consumer mounts a referenced one.
+
+A ClassificationPrune with `model: {fromTrain: x}` mounts x's results volume read-only at
+MODEL_SOURCE_MOUNT and reads the model from there; the location comes from x's status once it
+succeeded (in the cluster) or from x's spec (in `render`), through the same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from kestrel_operator.resources.types import (
+    ExportResource,
+    ModelRef,
+    PruneResource,
+    Resource,
+    TrainResource,
+    VolumeSpec,
+)
+
+MODEL_SOURCE_MOUNT = "/kestrel/model-source"
+
+
+@dataclass(frozen=True)
+class OutputLocation:
+    claim_name: str
+    sub_path: str
+    relative_path: str  # under the volume's sub-path
+    path: str  # absolute, as the producing pods see it
+
+    def to_status(self) -> dict[str, str]:
+        return {"claimName": self.claim_name, "subPath": self.sub_path, "relativePath": self.relative_path}
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> Optional[OutputLocation]:
+        out = status.get("output") or {}
+        if not out.get("claimName") or not out.get("relativePath") or not status.get("outputPath"):
+            return None
+        return cls(out["claimName"], out.get("subPath") or "", out["relativePath"], status["outputPath"])
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The model a run reads: its path in the run's pods, and the extra read-only volume if any."""
+
+    path: str
+    volume: Optional[VolumeSpec] = None
+
+
+def final_model_relative_path(arch: str, n_epochs: int) -> str:
+    """The trainer's last checkpoint: weights/<arch>_<epoch:03d>.tlt (classification_tf1's naming)."""
+    return f"weights/{arch}_{n_epochs:03d}.tlt"
+
+
+def output_location(res: Resource, experiment: Any = None) -> OutputLocation:
+    """The final artifact of `res`; a train needs its resolved ExperimentSpec (arch, n_epochs)."""
+    results = res.run.results
+    if isinstance(res, TrainResource):
+        if experiment is None:
+            raise ValueError("a ClassificationTrain's output depends on its spec text")
+        rel = final_model_relative_path(experiment.model.arch, experiment.train.n_epochs)
+        return OutputLocation(results.claim_name, results.sub_path, rel, f"{results.mount_path}/{rel}")
+    assert isinstance(res, (PruneResource, ExportResource))
+    rel = res.output_path[len(results.mount_path) + 1:]
+    return OutputLocation(results.claim_name, results.sub_path, rel, res.output_path)
+
+
+def model_source(ref: ModelRef, upstream: Optional[OutputLocation]) -> ModelSource:
+    """A path reference is used as is; a resource reference mounts the upstream's results volume."""
+    if ref.path:
+        return ModelSource(path=ref.path)
+    if upstream is None:
+        raise ValueError(f"{ref.source_kind} {ref.source_name} has no output location yet")
+    volume = VolumeSpec(upstream.claim_name, upstream.sub_path, MODEL_SOURCE_MOUNT, read_only=True)
+    return ModelSource(path=f"{MODEL_SOURCE_MOUNT}/{upstream.relative_path}", volume=volume)

@@ -1,0 +1,142 @@
+"""Pod templates for the launcher and the workers.
+
+Every pod gets the same volumes (spec, data, results, a referenced model, /dev/shm) so a rank finds
+the same paths wherever it runs, and runs as a non-root user without privilege escalation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from kestrel_operator.manifests.commands import KEY_ENV, SPEC_DIR, SPEC_FILE
+from kestrel_operator.resources.defaults import GPU_RESOURCE
+from kestrel_operator.resources.types import Resource, VolumeSpec
+
+RUN_AS_USER = 1000
+SHM_VOLUME = "shm"
+SPEC_VOLUME = "spec"
+# Resources of a launcher that only runs mpirun (its ranks run on the workers).
+MPIRUN_LAUNCHER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}}
+
+
+def _claim_volumes(mounts: list[tuple[str, VolumeSpec]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One pod volume per distinct claim (named by its first role), one mount per role."""
+    volumes: list[dict[str, Any]] = []
+    by_claim: dict[str, str] = {}
+    volume_mounts: list[dict[str, Any]] = []
+    for role, vol in mounts:
+        name = by_claim.get(vol.claim_name)
+        if name is None:
+            name = by_claim[vol.claim_name] = role
+            volumes.append({"name": name, "persistentVolumeClaim": {"claimName": vol.claim_name}})
+        mount: dict[str, Any] = {"name": name, "mountPath": vol.mount_path}
+        if vol.sub_path:
+            mount["subPath"] = vol.sub_path
+        if vol.read_only:
+            mount["readOnly"] = True
+        volume_mounts.append(mount)
+    return volumes, volume_mounts
+
+
+def volumes_and_mounts(
+    res: Resource, configmap: Optional[str], model_volume: Optional[VolumeSpec]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    run = res.run
+    claims: list[tuple[str, VolumeSpec]] = []
+    if run.data is not None:
+        claims.append(("data", run.data))
+    claims.append(("results", run.results))
+    if model_volume is not None:
+        claims.append(("model-source", model_volume))
+    volumes, mounts = _claim_volumes(claims)
+    if configmap is not None:
+        volumes.append({"name": SPEC_VOLUME, "configMap": {"name": configmap, "items": [
+            {"key": SPEC_FILE, "path": SPEC_FILE}]}})
+        mounts.append({"name": SPEC_VOLUME, "mountPath": SPEC_DIR, "readOnly": True})
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if run.shm_size:
+        shm["sizeLimit"] = run.shm_size
+    volumes.append({"name": SHM_VOLUME, "emptyDir": shm})
+    mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def trainer_env(res: Resource, run_name: str) -> list[dict[str, Any]]:
+    """The key from the Secret, and who the trainer is (to patch its own status)."""
+    meta = res.meta
+    group, _, version = meta.api_version.partition("/")
+    return [
+        {"name": KEY_ENV, "valueFrom": {"secretKeyRef": {"name": res.run.key_secret.name,
+                                                         "key": res.run.key_secret.key}}},
+        {"name": "KESTREL_RESOURCE_GROUP", "value": group},
+        {"name": "KESTREL_RESOURCE_VERSION", "value": version},
+        {"name": "KESTREL_RESOURCE_PLURAL", "value": meta.plural},
+        {"name": "KESTREL_RESOURCE_NAME", "value": meta.name},
+        {"name": "KESTREL_RESOURCE_NAMESPACE", "value": meta.namespace},
+        {"name": "KESTREL_RESOURCE_UID", "value": meta.uid},
+        {"name": "KESTREL_RUN", "value": run_name},
+    ]
+
+
+def _resources(res: Resource, gpus: int, runs_ranks: bool) -> dict[str, Any]:
+    if not runs_ranks:
+        return {k: dict(v) for k, v in MPIRUN_LAUNCHER_RESOURCES.items()}
+    out: dict[str, dict[str, str]] = {k: dict(v) for k, v in res.run.resources.items()}
+    if gpus:
+        out.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
+    return out
+
+
+def pod_template(
+    res: Resource,
+    *,
+    container: str,
+    labels: dict[str, str],
+    command: Optional[list[str]],
+    args: Optional[list[str]],
+    env: list[dict[str, Any]],
+    gpus: int,
+    runs_ranks: bool,
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+    service_account: str,
+) -> dict[str, Any]:
+    run = res.run
+    c: dict[str, Any] = {"name": container, "image": run.image}
+    if run.image_pull_policy:
+        c["imagePullPolicy"] = run.image_pull_policy
+    if command:
+        c["command"] = command
+    if args:
+        c["args"] = args
+    if env:
+        c["env"] = env
+    c["resources"] = _resources(res, gpus, runs_ranks)
+    c["volumeMounts"] = mounts
+    c["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    spec: dict[str, Any] = {
+        "serviceAccountName": service_account,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [c],
+        "volumes": volumes,
+    }
+    if run.node_selector:
+        spec["nodeSelector"] = dict(run.node_selector)
+    if run.tolerations:
+        spec["tolerations"] = [dict(t) for t in run.tolerations]
+    if run.priority_class_name:
+        spec["priorityClassName"] = run.priority_class_name
+    if run.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in run.image_pull_secrets]
+    return {"metadata": {"labels": dict(labels)}, "spec": spec}

@@ -1,0 +1,338 @@
+"""The three CustomResourceDefinitions, built from the same defaults as the parser.
+
+`crds/*.yaml` are this module's output (`kestrel-operator crds`), checked by a test, so the schema
+the API server enforces and the rules `parse.py` enforces cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from kestrel_operator import GROUP, VERSION
+from kestrel_operator.resources import defaults as d
+from kestrel_operator.resources.types import KINDS, SHORT_NAMES
+
+Schema = dict[str, Any]
+ABS_PATH = r"^/"
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+                    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def _s(desc: str, default: Any = None, **kw: Any) -> Schema:
+    out: Schema = {"type": "string", "description": desc, **kw}
+    if default is not None:
+        out["default"] = default
+    return out
+
+
+def _i(desc: str, default: Optional[int] = None, minimum: Optional[int] = None, fmt: str = "int32") -> Schema:
+    out: Schema = {"type": "integer", "format": fmt, "description": desc}
+    if minimum is not None:
+        out["minimum"] = minimum
+    if default is not None:
+        out["default"] = default
+    return out
+
+
+def _b(desc: str, default: bool = False) -> Schema:
+    return {"type": "boolean", "description": desc, "default": default}
+
+
+def _o(desc: str, props: dict[str, Schema], required: tuple[str, ...] = (), rules: tuple[tuple[str, str], ...] = (),
+       default: Any = None) -> Schema:
+    out: Schema = {"type": "object", "description": desc, "properties": props}
+    if required:
+        out["required"] = list(required)
+    if rules:
+        out["x-kubernetes-validations"] = [{"rule": r, "message": m} for r, m in rules]
+    if default is not None:
+        out["default"] = default
+    return out
+
+
+def _name(desc: str) -> Schema:
+    return _s(desc, maxLength=253, pattern=NAME_PATTERN)
+
+
+def _quantity_map(desc: str) -> Schema:
+    return {
+        "type": "object",
+        "description": desc,
+        "additionalProperties": {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+        },
+    }
+
+
+def _volume(role: str, default_mount: str, read_only_note: str) -> Schema:
+    return _o(
+        f"The {role} volume: a PersistentVolumeClaim (sub-)directory mounted into every pod of the run"
+        f"{read_only_note}.",
+        {
+            "claimName": _name("Name of the PersistentVolumeClaim in the resource's namespace."),
+            "subPath": _s("Directory inside the claim to mount (default: the whole volume).", maxLength=1024,
+                          pattern=r"^[^/]"),
+            "mountPath": _s(f"Where the pods see it; paths in the spec text refer to this (default {default_mount}).",
+                            default=default_mount, pattern=ABS_PATH, maxLength=1024),
+        },
+        required=("claimName",),
+    )
+
+
+def _model_ref(desc: str) -> Schema:
+    return _o(
+        desc,
+        {
+            "path": _s("Absolute path of a .tlt/.hdf5 model as the run's pods see it (on the data or results "
+                       "volume).", pattern=ABS_PATH, maxLength=4096),
+            "fromTrain": _name("A ClassificationTrain in this namespace: the run waits until it succeeded and "
+                               "reads its final checkpoint (its results volume is mounted read-only)."),
+            "fromPrune": _name("A ClassificationPrune in this namespace: the run waits until it succeeded and "
+                               "reads its pruned model."),
+        },
+        rules=(("(has(self.path) ? 1 : 0) + (has(self.fromTrain) ? 1 : 0) + (has(self.fromPrune) ? 1 : 0) == 1",
+                "exactly one of path, fromTrain, fromPrune"),),
+    )
+
+
+def _common_spec(kind: str) -> dict[str, Schema]:
+    default_gpus = d.DEFAULT_GPUS[kind]
+    return {
+        "experimentSpec": _s("The experiment spec in classification_tf1's text format (model_config, "
+                             "train_config, eval_config), inline.", maxLength=262144),
+        "experimentSpecRef": _o(
+            "The experiment spec text from a ConfigMap key instead of inline (copied into the run when it starts).",
+            {"name": _name("ConfigMap name."),
+             "key": _s("Key holding the spec text.", default=d.DEFAULT_SPEC_CONFIGMAP_KEY, maxLength=253)},
+            required=("name",),
+        ),
+        "keySecretRef": _o(
+            "The Secret key holding the model encryption key; it reaches the trainer as the environment "
+            "variable KESTREL_KEY, never on a command line.",
+            {"name": _name("Secret name."), "key": _s("Key in the Secret.", default=d.DEFAULT_KEY_SECRET_KEY,
+                                                      maxLength=253)},
+            required=("name",),
+        ),
+        "gpus": _i(f"Total GPUs of the run (0: CPU only). Default {default_gpus}.", default=default_gpus,
+                   minimum=0),
+        "numProcesses": _i("MPI/Horovod ranks; each gets gpus/numProcesses GPUs (more than 1 is model "
+                           "parallelism). Default: gpus (or 1 when gpus is 0).", minimum=1),
+        "gpusPerNode": _i("GPUs per node, used to pack ranks into worker pods. Default: the operator's "
+                          "KESTREL_GPUS_PER_NODE.", minimum=1),
+        "image": _s("Trainer image. Default: the operator's KESTREL_DEFAULT_IMAGE.", maxLength=1024),
+        "imagePullPolicy": _s("Image pull policy of the trainer containers.", enum=list(d.IMAGE_PULL_POLICIES)),
+        "imagePullSecrets": {
+            "type": "array",
+            "description": "Secrets for pulling the trainer image.",
+            "maxItems": 16,
+            "items": _o("A Secret in this namespace.", {"name": _name("Secret name.")}, required=("name",)),
+        },
+        "volumes": _o(
+            "Volumes mounted into every pod of the run.",
+            {
+                "data": _volume("data", d.DEFAULT_DATA_MOUNT, ", read-only (datasets, calibration images)"),
+                "results": _volume("results", d.DEFAULT_RESULTS_MOUNT, " (checkpoints, logs, outputs)"),
+            },
+            required=("results", "data") if kind == "ClassificationTrain" else ("results",),
+            rules=(("!has(self.data) || self.data.mountPath != self.results.mountPath",
+                    "data and results need different mountPaths"),),
+        ),
+        "resources": _o(
+            "CPU/memory requests and limits of each pod that runs ranks; nvidia.com/gpu is set from gpus.",
+            {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
+            rules=(("(!has(self.requests) || !('nvidia.com/gpu' in self.requests)) && "
+                    "(!has(self.limits) || !('nvidia.com/gpu' in self.limits))",
+                    "nvidia.com/gpu is set by the operator from spec.gpus"),),
+        ),
+        "nodeSelector": {"type": "object", "description": "Node labels the pods must match.",
+                         "additionalProperties": {"type": "string"}},
+        "tolerations": {
+            "type": "array",
+            "description": "Tolerations of the pods (e.g. for tainted GPU nodes).",
+            "maxItems": 32,
+            "items": _o("A toleration (core/v1).", {
+                "key": _s("Taint key.", maxLength=317),
+                "operator": _s("Exists or Equal.", enum=["Exists", "Equal"]),
+                "value": _s("Taint value.", maxLength=63),
+                "effect": _s("Taint effect.", enum=["NoSchedule", "PreferNoSchedule", "NoExecute"]),
+                "tolerationSeconds": _i("How long a NoExecute taint is tolerated.", fmt="int64"),
+            }),
+        },
+        "priorityClassName": _name("PriorityClass of the pods."),
+        "serviceAccountName": _name("ServiceAccount of the pods. Default: one the operator creates; either way "
+                                    "the operator binds it to a Role that can patch this resource's status."),
+        "backoffLimit": _i("Retries of a failed run (each starts the trainer again).",
+                           default=d.DEFAULT_BACKOFF_LIMIT, minimum=0),
+        "activeDeadlineSeconds": _i("Fail the run after this many seconds.", minimum=1, fmt="int64"),
+        "shmSize": {"description": "Size limit of the /dev/shm memory volume (default: no limit).",
+                    "anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True},
+    }
+
+
+def _spec_schema(kind: str) -> Schema:
+    props = _common_spec(kind)
+    rules: list[tuple[str, str]] = [
+        ("!has(self.numProcesses) || (self.gpus == 0 ? self.numProcesses == 1 : self.gpus % self.numProcesses == 0)",
+         "gpus must be a multiple of numProcesses (and a CPU-only run, gpus 0, has one process)"),
+    ]
+    required = ["keySecretRef", "volumes"]
+    if kind == "ClassificationTrain":
+        props.update({
+            "useAmp": _b("Automatic mixed precision (--use_amp)."),
+            "initEpoch": _i("Resume: start at this epoch from the previous epoch's checkpoint (--init_epoch).",
+                            minimum=1),
+            "pretrainedModel": _model_ref("Pretrained weights, overriding train_config.pretrained_model_path; "
+                                          "retraining a pruned model is fromPrune."),
+        })
+        rules.append(("has(self.experimentSpec) != has(self.experimentSpecRef)",
+                      "exactly one of experimentSpec or experimentSpecRef"))
+    else:
+        rules.append(("!(has(self.experimentSpec) && has(self.experimentSpecRef))",
+                      "at most one of experimentSpec or experimentSpecRef"))
+        rules.append(("!has(self.numProcesses) || self.numProcesses == 1", f"a {kind} runs one process"))
+        required.append("model")
+    if kind == "ClassificationPrune":
+        props.update({
+            "model": _model_ref("The model to prune."),
+            "outputPath": _s("The pruned model (default <results mountPath>/pruned/<name>.tlt); must be on the "
+                             "results volume.", pattern=ABS_PATH, maxLength=4096),
+            "normalizer": _s("Score normalisation within a layer (-n).", default=d.DEFAULT_NORMALIZER,
+                             enum=list(d.NORMALIZERS)),
+            "equalizationCriterion": _s("How scores of layers joined by element-wise ops combine (-eq).",
+                                        default=d.DEFAULT_EQUALIZATION, enum=list(d.EQUALIZATION_CRITERIA)),
+            "pruningGranularity": _i("Kept filters are a multiple of this (-pg).", default=d.DEFAULT_GRANULARITY,
+                                     minimum=1),
+            "pruningThreshold": {"type": "number", "description": "Filters scoring at or below this are pruned "
+                                 "(-pth).", "default": d.DEFAULT_THRESHOLD, "minimum": 0, "maximum": 1},
+            "minNumFilters": _i("Minimum filters kept per layer (-nf).", default=d.DEFAULT_MIN_FILTERS, minimum=1),
+            "excludedLayers": {"type": "array", "description": "Layers never pruned (-el).", "maxItems": 1024,
+                               "items": {"type": "string", "maxLength": 256}},
+        })
+    if kind == "ClassificationExport":
+        props.update({
+            "model": _model_ref("The model to export."),
+            "outputPath": _s("The exported model (default <results mountPath>/export/<name>.etlt); must be on "
+                             "the results volume.", pattern=ABS_PATH, maxLength=4096),
+            "dataType": _s("Engine precision (--data_type).", default=d.DEFAULT_DATA_TYPE, enum=list(d.DATA_TYPES)),
+            "genDsConfig": _b("Also write a DeepStream nvinfer config and labels.txt (--gen_ds_config)."),
+            "calibration": _o("INT8 calibration.", {
+                "imageDir": _s("Images to calibrate on (--cal_image_dir).", pattern=ABS_PATH, maxLength=4096),
+                "cacheFile": _s("Calibration cache to write or reuse (--cal_cache_file).", pattern=ABS_PATH,
+                                maxLength=4096),
+                "batches": _i("Calibration batches (--batches).", minimum=1),
+                "batchSize": _i("Calibration batch size (--batch_size).", minimum=1),
+            }),
+            "maxBatchSize": _i("Maximum engine batch size (--max_batch_size).", minimum=1),
+            "engineFile": _s("Also build a TensorRT engine here (--engine_file).", pattern=ABS_PATH, maxLength=4096),
+        })
+        rules.append(("self.dataType != 'int8' || (has(self.calibration) && (has(self.calibration.imageDir) || "
+                      "has(self.calibration.cacheFile)))", "int8 needs calibration.imageDir or calibration.cacheFile"))
+    return _o(f"Desired state of a {kind}: a change starts a new run (the running one is stopped).", props,
+              required=tuple(required), rules=tuple(rules))
+
+
+def _status_schema(kind: str) -> Schema:
+    time = {"type": "string", "format": "date-time"}
+    number = {"type": "number"}
+    props: dict[str, Schema] = {
+        "phase": _s("Pending, Running, Succeeded or Failed.", enum=["Pending", "Running", "Succeeded", "Failed"]),
+        "reason": _s("Why: InvalidSpec, WaitingForModel, SpecNotFound, or the MPIJob's reason."),
+        "message": _s("Human-readable detail (for InvalidSpec the spec loader's message with its line)."),
+        "observedGeneration": _i("The metadata.generation this status describes.", fmt="int64"),
+        "mpiJobName": _s("The MPIJob of the current run."),
+        "startTime": {**time, "description": "When the run started."},
+        "completionTime": {**time, "description": "When the run finished."},
+        "outputPath": _s("The final artifact (model, pruned model, exported file) as the run's pods see it."),
+        "output": _o("Where the final artifact is on its volume (what fromTrain/fromPrune references mount).", {
+            "claimName": _s("PersistentVolumeClaim."), "subPath": _s("Sub-path of the results volume."),
+            "relativePath": _s("Path below the sub-path.")}),
+        "inputModelPath": _s("The model this run read, as its pods see it."),
+        "conditions": {
+            "type": "array",
+            "description": "Created, Running, Restarting, Succeeded, Failed (mirrored from the MPIJob).",
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+            "items": _o("A condition.", {
+                "type": _s("Condition type."),
+                "status": _s("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+                "reason": _s("Machine-readable reason."),
+                "message": _s("Detail."),
+                "lastTransitionTime": {**time, "description": "When status last changed."},
+            }, required=("type", "status")),
+        },
+    }
+    if kind == "ClassificationTrain":
+        props["progress"] = _o("Written by the trainer's rank 0 after every epoch.", {
+            "epoch": _i("Last finished epoch."),
+            "maxEpoch": _i("Epochs of the run."),
+            "loss": {**number, "description": "Training loss."},
+            "accuracy": {**number, "description": "Training accuracy."},
+            "valLoss": {**number, "description": "Validation loss."},
+            "valAccuracy": {**number, "description": "Validation accuracy."},
+            "message": _s("Trainer message."),
+            "run": _s("The MPIJob (run) that reported it."),
+            "updateTime": {**time, "description": "When it was reported."},
+        })
+    return _o(f"Observed state of a {kind}, written by the operator (and progress by the trainer).", props)
+
+
+def _columns(kind: str) -> list[dict[str, Any]]:
+    cols = [{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}]
+    if kind == "ClassificationTrain":
+        cols += [
+            {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
+            {"name": "Max", "type": "integer", "jsonPath": ".status.progress.maxEpoch"},
+            {"name": "Val Acc", "type": "number", "jsonPath": ".status.progress.valAccuracy"},
+        ]
+    else:
+        cols.append({"name": "Output", "type": "string", "jsonPath": ".status.outputPath"})
+    cols += [
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+        {"name": "MPIJob", "type": "string", "jsonPath": ".status.mpiJobName", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return cols
+
+
+def crd(kind: str) -> dict[str, Any]:
+    plural = KINDS[kind]
+    what = {"ClassificationTrain": "trains an image classifier", "ClassificationPrune": "prunes a trained "
+            "classifier", "ClassificationExport": "exports a classifier for deployment"}[kind]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/name": "kestrel"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
+                      "shortNames": [SHORT_NAMES[kind]], "categories": ["kestrel"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": _columns(kind),
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": f"A {kind} {what} with a classification_tf1 spec, run as a Kubeflow MPIJob "
+                                   "by the Kestrel operator.",
+                    "properties": {
+                        "apiVersion": {"type": "string", "description": "kestrel.dev/v1alpha1"},
+                        "kind": {"type": "string", "description": kind},
+                        "metadata": {"type": "object"},
+                        "spec": _spec_schema(kind),
+                        "status": _status_schema(kind),
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    }
+
+
+def all_crds() -> list[dict[str, Any]]:
+    return [crd(kind) for kind in KINDS]

@@ -1,0 +1,155 @@
+"""Typed, validated views of the three custom resources.
+
+The CR dict from the API server (or a YAML file for `render`) is parsed once into these frozen
+dataclasses with every default applied, so the builders below never guess about missing keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from kestrel_operator import API_VERSION
+
+KINDS: Mapping[str, str] = {
+    "ClassificationTrain": "classificationtrains",
+    "ClassificationPrune": "classificationprunes",
+    "ClassificationExport": "classificationexports",
+}
+SHORT_NAMES: Mapping[str, str] = {
+    "ClassificationTrain": "ctrain",
+    "ClassificationPrune": "cprune",
+    "ClassificationExport": "cexport",
+}
+# The `kestrel` subcommand each kind runs, and the spec loader's task for its spec text.
+TASKS: Mapping[str, str] = {
+    "ClassificationTrain": "train",
+    "ClassificationPrune": "prune",
+    "ClassificationExport": "export",
+}
+
+
+@dataclass(frozen=True)
+class ResourceMeta:
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    api_version: str = API_VERSION
+
+    @property
+    def plural(self) -> str:
+        return KINDS[self.kind]
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A PVC (sub-)directory mounted into every pod of the run."""
+
+    claim_name: str
+    sub_path: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A key in a Secret or ConfigMap of the resource's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Exactly one of: a path in the pods, a ClassificationTrain, a ClassificationPrune."""
+
+    path: Optional[str] = None
+    from_train: Optional[str] = None
+    from_prune: Optional[str] = None
+
+    @property
+    def source_kind(self) -> Optional[str]:
+        if self.from_train:
+            return "ClassificationTrain"
+        if self.from_prune:
+            return "ClassificationPrune"
+        return None
+
+    @property
+    def source_name(self) -> Optional[str]:
+        return self.from_train or self.from_prune
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What every kind shares: where and how its pods run."""
+
+    image: str
+    image_pull_policy: Optional[str]
+    image_pull_secrets: tuple[str, ...]
+    gpus: int
+    num_processes: int
+    gpus_per_node: int
+    key_secret: KeyRef
+    experiment_spec: Optional[str]
+    experiment_spec_ref: Optional[KeyRef]
+    data: Optional[VolumeSpec]
+    results: VolumeSpec
+    resources: Mapping[str, Mapping[str, str]]
+    node_selector: Mapping[str, str]
+    tolerations: tuple[Mapping[str, Any], ...]
+    priority_class_name: Optional[str]
+    service_account_name: Optional[str]
+    backoff_limit: int
+    active_deadline_seconds: Optional[int]
+    shm_size: Optional[str]
+
+
+@dataclass(frozen=True)
+class TrainResource:
+    meta: ResourceMeta
+    run: RunSpec
+    use_amp: bool
+    init_epoch: Optional[int]
+    pretrained_model: Optional[ModelRef]
+
+
+@dataclass(frozen=True)
+class PruneResource:
+    meta: ResourceMeta
+    run: RunSpec
+    model: ModelRef
+    output_path: str
+    normalizer: str
+    equalization_criterion: str
+    pruning_granularity: int
+    pruning_threshold: float
+    min_num_filters: int
+    excluded_layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    image_dir: Optional[str] = None
+    cache_file: Optional[str] = None
+    batches: Optional[int] = None
+    batch_size: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ExportResource:
+    meta: ResourceMeta
+    run: RunSpec
+    model: ModelRef
+    output_path: str
+    data_type: str
+    gen_ds_config: bool
+    calibration: Calibration
+    max_batch_size: Optional[int]
+    engine_file: Optional[str]
+
+
+Resource = Union[TrainResource, PruneResource, ExportResource]

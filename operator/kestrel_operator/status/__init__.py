@@ -1,0 +1,1 @@
+"""Pure status helpers: phase from MPIJob conditions, condition mirroring, progress merge."""
