@@ -1,0 +1,111 @@
+"""An in-memory stand-in for kube.KubeApi: the API server's object store, for reconciler tests.
+
+It keeps objects by (kind, namespace, name), assigns uids, resourceVersions and generations, answers
+create with "exists" on a name clash, and records status patches and events, which is what the
+reconciler's behaviour is judged on. The real HTTP path is covered by test_kube.py and e2e/.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping
+from typing import Any, Optional
+
+_counter = itertools.count(1)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str, str]] = []  # (object name, type, reason, message)
+        self.status_patches: list[dict[str, Any]] = []
+        self.creates: list[str] = []
+        self.deletes: list[str] = []
+
+    # -- test setup helpers --------------------------------------------------------------------
+    def put(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Store `obj` as the API server would (uid, generation, resourceVersion); return the stored copy."""
+        obj = copy.deepcopy(dict(obj))
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("namespace", "default")
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        old = self.objects.get(key)
+        if old is not None:
+            meta["uid"] = old["metadata"]["uid"]
+            gen = old["metadata"].get("generation", 1)
+            meta["generation"] = gen + 1 if old.get("spec") != obj.get("spec") else gen
+            obj.setdefault("status", old.get("status"))
+        else:
+            meta.setdefault("uid", f"uid-{next(_counter)}")
+            meta.setdefault("generation", 1)
+        meta["resourceVersion"] = str(next(_counter))
+        self.objects[key] = obj
+        return copy.deepcopy(obj)
+
+    def body(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
+        return copy.deepcopy(self.objects[(kind, namespace, name)])
+
+    def set_mpijob_conditions(self, name: str, conditions: list[dict[str, Any]], namespace: str = "default",
+                              **status: Any) -> None:
+        job = self.objects[("MPIJob", namespace, name)]
+        job["status"] = {"conditions": conditions, **status}
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for (k, _, _), o in self.objects.items() if k == kind]
+
+    # -- the Api protocol ----------------------------------------------------------------------
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        obj = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        wanted = dict(p.split("=", 1) for p in label_selector.split(",") if p)
+        out = []
+        for (k, ns, _), obj in self.objects.items():
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            if k == kind and ns == namespace and all(labels.get(a) == b for a, b in wanted.items()):
+                out.append(copy.deepcopy(obj))
+        return out
+
+    def create(self, obj: Mapping[str, Any]) -> bool:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.creates.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        self.put(obj)
+        return True
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool:
+        obj = self.objects.get((kind, namespace, name))
+        if obj is None or (uid and obj["metadata"]["uid"] != uid):
+            return False
+        del self.objects[(kind, namespace, name)]
+        self.deletes.append(f"{kind}/{name}")
+        return True
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
+                     status_patch: Mapping[str, Any]) -> bool:
+        obj = self.objects.get((kind, namespace, name))
+        if obj is None or (uid and obj["metadata"]["uid"] != uid):
+            return False
+        obj["status"] = merge_patch(obj.get("status") or {}, status_patch)
+        obj["metadata"]["resourceVersion"] = str(next(_counter))
+        self.status_patches.append(copy.deepcopy(dict(status_patch)))
+        return True
+
+    def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
+        self.events.append((involved["metadata"]["name"], etype, reason, message))

@@ -1,0 +1,131 @@
+"""Training progress into the Kubernetes resource that started the run (ClassificationTrain status).
+
+The operator sets KESTREL_RESOURCE_GROUP/VERSION/PLURAL/NAME/NAMESPACE/UID (and KESTREL_RUN) on the
+run's pods and binds their ServiceAccount to a Role allowing get/patch of that one resource's status.
+Rank 0 calls `report()` after every epoch; it JSON-merge-patches `status.progress` only, so it never
+fights the operator over phase or conditions. Reporting is best effort: any failure (no token, no
+network, RBAC) is logged once per kind of error and training goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+_ENV = {
+    "group": "KESTREL_RESOURCE_GROUP",
+    "version": "KESTREL_RESOURCE_VERSION",
+    "plural": "KESTREL_RESOURCE_PLURAL",
+    "name": "KESTREL_RESOURCE_NAME",
+    "namespace": "KESTREL_RESOURCE_NAMESPACE",
+}
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """JSON has no NaN/inf: a diverged loss is reported as absent rather than breaking the patch."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class ClusterStatusReporter:
+    def __init__(self, group: str, version: str, plural: str, name: str, namespace: str, uid: str = "",
+                 run: str = "", timeout: float = 10.0) -> None:
+        self.group, self.version, self.plural = group, version, plural
+        self.name, self.namespace, self.uid, self.run = name, namespace, uid, run
+        self.timeout = timeout
+        self._api: Any = None
+        self._disabled = False
+        self._logged: set[str] = set()
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> Optional[ClusterStatusReporter]:
+        """A reporter when the operator's variables are all set (running in a cluster), else None."""
+        env = os.environ if env is None else env
+        values = {key: env.get(var, "").strip() for key, var in _ENV.items()}
+        if not all(values.values()):
+            return None
+        return cls(**values, uid=env.get("KESTREL_RESOURCE_UID", "").strip(), run=env.get("KESTREL_RUN", "").strip())
+
+    @property
+    def path(self) -> str:
+        return f"/apis/{self.group}/{self.version}/namespaces/{self.namespace}/{self.plural}/{self.name}/status"
+
+    def body(self, epoch: int, max_epoch: int, loss: float, accuracy: float, val_loss: Optional[float],
+             val_accuracy: Optional[float], phase_message: Optional[str] = None) -> dict[str, Any]:
+        """The merge patch: status.progress (+ metadata.uid, which makes the API server refuse the
+        patch if the resource was deleted and recreated under the same name)."""
+        progress = {
+            "epoch": int(epoch),
+            "maxEpoch": int(max_epoch),
+            "loss": _finite(loss),
+            "accuracy": _finite(accuracy),
+            "valLoss": _finite(val_loss),
+            "valAccuracy": _finite(val_accuracy),
+            "message": phase_message,
+            "run": self.run or None,
+            "updateTime": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        body: dict[str, Any] = {"status": {"progress": progress}}
+        if self.uid:
+            body["metadata"] = {"uid": self.uid}
+        return body
+
+    def _log_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning(message, *args)
+
+    def _client(self) -> Any:
+        if self._api is None:
+            from kubernetes import client, config
+
+            configuration = client.Configuration()
+            if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+                config.load_kube_config(client_configuration=configuration)
+            else:
+                config.load_incluster_config(client_configuration=configuration)
+            self._api = client.ApiClient(configuration)
+        return self._api
+
+    def report(self, epoch: int, max_epoch: int, loss: float, accuracy: float, val_loss: Optional[float],
+               val_accuracy: Optional[float], phase_message: Optional[str] = None) -> bool:
+        """Patch status.progress; True when the API server accepted it. Never raises."""
+        if self._disabled:
+            return False
+        try:
+            body = self.body(epoch, max_epoch, loss, accuracy, val_loss, val_accuracy, phase_message)
+            try:
+                api = self._client()
+            except ImportError:
+                raise
+            except Exception as err:  # no kubeconfig / no service-account token: not in a cluster
+                self._disabled = True
+                self._log_once("config", "cluster status reporting disabled: %s", err)
+                return False
+            request = api.param_serialize(
+                "PATCH", self.path, body=body, auth_settings=["BearerToken"],
+                header_params={"Accept": "application/json", "Content-Type": "application/merge-patch+json"},
+            )
+            response = api.call_api(*request, _request_timeout=self.timeout)
+            response.read()
+            if 200 <= response.status < 300:
+                return True
+            if response.status in (401, 403, 404):
+                # Not allowed or not there: it will not get better during this run.
+                self._disabled = True
+            self._log_once(f"http{response.status}", "cluster status report refused (HTTP %s): %s",
+                           response.status, (response.data or b"")[:300])
+        except ImportError:
+            self._disabled = True
+            self._log_once("import", "cluster status reporting needs the kubernetes package; not reporting")
+        except Exception as err:  # never let reporting break training
+            self._log_once(type(err).__name__, "cluster status report failed: %s", err)
+        return False
