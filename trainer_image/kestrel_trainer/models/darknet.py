@@ -5,8 +5,8 @@ Names follow the original: stem `conv1`; darknet19 `maxpool_<k>`, `b<k>_conv<i>`
 `b<k>_csp_part1/part2/transition/fuse` and `b<k>_concat`; every conv has `<name>_bn` and `<name>_act`.
 Freeze ids: 0 = stem, 1-5 = stages (the layers named b<k>, conv<k+1>, maxpool_<k>).
 
-Activation: the family's own is LeakyReLU(0.1); `relu` (the spec default) keeps it, `leaky_relu` takes
-its `alpha` parameter, `mish`/`swish`/`relu6` replace it.
+Activation: the spec's (the loader defaults this family to leaky_relu, alpha 0.1, the original's
+LeakyReLU(0.1)); relu, relu6, swish and mish work too.
 retain_head: 1x1 conv `conv_head` (n_classes) -> global average pool -> softmax `predictions` (YOLO9000's
 classifier). cspdarknet19 is not a published network: we use the darknet19 layout with each stage
 wrapped in a CSP split/transition/concat (the original's own definition is undocumented).
@@ -40,13 +40,6 @@ def block_of(name: str):
         return None
     k = int(m.group(1))
     return k - 1 if name.startswith("conv") else k
-
-
-def _ctx(spec: ModelSpec) -> Ctx:
-    ctx = Ctx.from_spec(spec)
-    if spec.activation.activation_type == "relu":
-        return ctx.with_activation("leaky_relu", alpha=0.1)
-    return ctx
 
 
 def _cba(ctx: Ctx, x, filters: int, kernel: int, stride: int, name: str):
@@ -112,14 +105,14 @@ def _features(spec: ModelSpec, ctx: Ctx, inputs, csp: bool):
 
 @register_model("darknet", family="darknet", block_of=block_of, min_input=32)
 def build_darknet(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
-    ctx = _ctx(spec)
+    ctx = Ctx.from_spec(spec)
     inputs = model_input(spec)
     return _head(spec, ctx, inputs, _features(spec, ctx, inputs, csp=False), n_classes)
 
 
 @register_model("cspdarknet", family="darknet", block_of=block_of, min_input=32)
 def build_cspdarknet(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
-    ctx = _ctx(spec)
+    ctx = Ctx.from_spec(spec)
     inputs = model_input(spec)
     return _head(spec, ctx, inputs, _features(spec, ctx, inputs, csp=True), n_classes)
 
@@ -139,7 +132,7 @@ def _tiny_block(ctx: Ctx, x, k: int, filters: int):
 
 @register_model("cspdarknet_tiny", family="darknet", block_of=block_of, min_input=32)
 def build_cspdarknet_tiny(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
-    ctx = _ctx(spec)
+    ctx = Ctx.from_spec(spec)
     inputs = model_input(spec)
     x = _cba(ctx, inputs, 32, 3, 2, "conv1")
     x = _cba(ctx, x, 64, 3, 2, "conv2")  # block 1

@@ -8,7 +8,7 @@ are stock Keras layers (mish is built into Keras 2.15), so model files need no c
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import tensorflow as tf
@@ -42,9 +42,6 @@ class Ctx:
             activation=activation or spec.activation.activation_type,
             activation_params=dict(spec.activation.parameters),
         )
-
-    def with_activation(self, activation: str, **params: float) -> Ctx:
-        return replace(self, activation=activation, activation_params=dict(params))
 
     # -- layers -----------------------------------------------------------------------------------
     def act(self, name: str) -> tf.keras.layers.Layer:
