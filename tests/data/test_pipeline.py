@@ -138,3 +138,20 @@ def test_static_shapes_for_keras(ds13):
     assert ds.element_spec[1].shape.as_list() == [None, 3]
     assert int(ds.cardinality()) == pipeline.steps_per_epoch(13, 4)
     assert os.path.exists(ds13.files[0])
+
+
+def test_jpeg_and_bmp_files_go_through_the_same_geometry(tmp_path):
+    import tensorflow as tf
+
+    from tests.data.numpy_refs import ref_center_box, ref_preprocess, ref_resize_crop
+
+    root = str(tmp_path / "ds")
+    make_folder(root, {"a": 2}, size=(30, 41), ext=".jpg")
+    make_folder(root, {"b": 2}, size=(23, 17), ext=".bmp", seed=1)
+    ds = folders.scan(root)
+    x = _batches(ds, training=False, batch_size=4, center_crop=True)[0][0].numpy()
+    for i, path in enumerate(ds.files):
+        img = tf.io.decode_image(tf.io.read_file(path), channels=3).numpy()  # TF's own decoder as reference
+        box = ref_center_box(img.shape[0], img.shape[1], 8, 8)
+        np.testing.assert_allclose(x[i], ref_preprocess(ref_resize_crop(img, *box, 8, 8, "bilinear"), "caffe"),
+                                   atol=2e-3)

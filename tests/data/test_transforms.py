@@ -126,3 +126,27 @@ def test_mixup_lambda_is_a_folded_beta():
     assert abs(lam.mean() - 0.75) < 0.005 and abs(lam.var() - 1 / 48) < 0.002
     small = T.mixup_lambda(tf.constant([3, 4], tf.int64), 20000, 0.1).numpy()
     assert small.mean() > 0.9  # small alpha: mostly nearly unmixed
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+def test_decoding_only_the_needed_jpeg_window_gives_the_full_decode_result(method):
+    import io
+
+    from PIL import Image
+
+    smooth = np.cumsum(RNG.integers(0, 9, size=(61, 83, 3)), axis=1) % 256
+    buf = io.BytesIO()
+    Image.fromarray(smooth.astype(np.uint8)).save(buf, format="JPEG", quality=92)
+    raw = tf.constant(buf.getvalue())
+    full = tf.io.decode_jpeg(raw, channels=3)
+    for _ in range(40):
+        th, tw = (int(v) for v in RNG.integers(8, 40, size=2))
+        box = T.random_crop_box(61, 83, th, tw, tf.constant(RNG.uniform(0.45, 1.0), tf.float64),
+                                RNG.uniform(), RNG.uniform())
+        rh, rw, top, left = box
+        y0, hh = T.source_window(61, rh, top, th, method)
+        x0, ww = T.source_window(83, rw, left, tw, method)
+        window = tf.image.decode_and_crop_jpeg(raw, tf.stack([y0, x0, hh, ww]), channels=3)
+        got = T.resize_window_and_crop(window, y0, x0, 61, 83, *box, th, tw, method).numpy()
+        want = T.resize_and_crop(full, *box, th, tw, method).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-3)

@@ -136,18 +136,36 @@ def make_dataset(
         s = tf.random.experimental.stateless_fold_in(
             tf.random.experimental.stateless_fold_in(base_seed, epoch), index)
         s_crop, s_color, s_flip = tf.unstack(tf.random.experimental.stateless_split(s, 3))
-        image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
-        image = T.to_channels(image, c)
-        shape = tf.shape(image)
+        raw = tf.io.read_file(path)
         if random_crop:
             u = tf.random.stateless_uniform([3], seed=s_crop)
             fraction = T.RANDOM_CROP_MIN_FRACTION + (1.0 - T.RANDOM_CROP_MIN_FRACTION) * u[0]
-            box = T.random_crop_box(shape[0], shape[1], h, w, fraction, u[1], u[2])
-            image = T.resize_and_crop(image, *box, h, w, method)
+
+            def geometry(height, width):
+                return T.random_crop_box(height, width, h, w, fraction, u[1], u[2])
         elif not training and center_crop:
-            image = T.resize_and_crop(image, *T.center_crop_box(shape[0], shape[1], h, w), h, w, method)
+            def geometry(height, width):
+                return T.center_crop_box(height, width, h, w)
         else:
-            image = T.resize(image, h, w, method)
+            def geometry(height, width):
+                return tf.constant(h), tf.constant(w), tf.constant(0), tf.constant(0)
+
+        def decode_jpeg_window():
+            # Decode only the rows/columns the crop needs: JPEG decoding is the most expensive step.
+            full = tf.io.extract_jpeg_shape(raw)
+            rh, rw, top, left = geometry(full[0], full[1])
+            y0, hh = T.source_window(full[0], rh, top, h, method)
+            x0, ww = T.source_window(full[1], rw, left, w, method)
+            window = tf.image.decode_and_crop_jpeg(raw, tf.stack([y0, x0, hh, ww]), channels=c)
+            return tf.ensure_shape(window, [None, None, c]), y0, x0, full[0], full[1]
+
+        def decode_any():
+            image = T.to_channels(tf.io.decode_image(raw, channels=0, expand_animations=False), c)
+            shape = tf.shape(image)
+            return tf.ensure_shape(image, [None, None, c]), tf.constant(0), tf.constant(0), shape[0], shape[1]
+
+        window, y0, x0, height, width = tf.cond(tf.io.is_jpeg(raw), decode_jpeg_window, decode_any)
+        image = T.resize_window_and_crop(window, y0, x0, height, width, *geometry(height, width), h, w, method)
         if color:
             image = T.adjust_color(image, *T.random_color_amounts(s_color))
         if flip:

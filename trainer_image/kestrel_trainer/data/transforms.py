@@ -104,6 +104,54 @@ def center_crop_box(
     return resized_h, resized_w, top, left
 
 
+_RADIUS = {"bilinear": 1.0, "bicubic": 2.0}
+
+
+def source_window(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target: int, method: str
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(start, length) of the source pixels that output pixels [offset, offset+target) of an image
+    resized from `size` to `resized` depend on (kernel support, widened when shrinking, plus one
+    pixel of margin). Decoding only this window of a JPEG gives the same result as decoding all of it.
+    """
+    size_f, resized_f = _f64(size), _f64(resized)
+    scale = resized_f / size_f
+    support = _RADIUS[method] * tf.maximum(1.0 / scale, 1.0)
+    first = (_f64(offset) + 0.5) / scale - 0.5 - support
+    last = (_f64(offset) + _f64(target) - 0.5) / scale - 0.5 + support
+    start = tf.clip_by_value(tf.cast(tf.floor(first), tf.int32) - 1, 0, size)
+    end = tf.clip_by_value(tf.cast(tf.math.ceil(last), tf.int32) + 2, 0, size)
+    return start, tf.maximum(end - start, 1)
+
+
+def resize_window_and_crop(
+    window: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+    resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
+    target_h: int, target_w: int, method: str = "bilinear",
+) -> tf.Tensor:
+    """resize_and_crop of a height x width image of which only `window` (starting at y0, x0) is given.
+
+    The window must hold source_window(...) for both axes; the result then equals resize_and_crop
+    on the whole image (up to float rounding).
+    """
+    if method not in _KERNELS:
+        raise ValueError(f"resize method must be one of {sorted(_KERNELS)}, got {method!r}")
+    scale = tf.stack([
+        tf.cast(resized_h, tf.float32) / tf.cast(height, tf.float32),
+        tf.cast(resized_w, tf.float32) / tf.cast(width, tf.float32),
+    ])
+    translation = tf.cast(tf.stack([y0, x0]), tf.float32) * scale - tf.cast(tf.stack([top, left]), tf.float32)
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=window[tf.newaxis],
+        size=tf.constant([target_h, target_w], tf.int32),
+        scale=scale,
+        translation=translation,
+        kernel_type=_KERNELS[method],
+        antialias=True,
+    )[0]
+    # Bicubic overshoots; PIL clips to the 8-bit range.
+    return tf.clip_by_value(out, 0.0, 255.0)
+
+
 def resize_and_crop(
     image: tf.Tensor, resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
     target_h: int, target_w: int, method: str = "bilinear",
@@ -114,24 +162,10 @@ def resize_and_crop(
     antialias=True)[top:top+target_h, left:left+target_w], but only the window is computed.
     Antialiasing when shrinking matches PIL, which the original used. Returns float32 in [0, 255].
     """
-    if method not in _KERNELS:
-        raise ValueError(f"resize method must be one of {sorted(_KERNELS)}, got {method!r}")
     shape = tf.shape(image)
-    scale = tf.stack([
-        tf.cast(resized_h, tf.float32) / tf.cast(shape[0], tf.float32),
-        tf.cast(resized_w, tf.float32) / tf.cast(shape[1], tf.float32),
-    ])
-    translation = -tf.cast(tf.stack([top, left]), tf.float32)
-    out = tf.raw_ops.ScaleAndTranslate(
-        images=image[tf.newaxis],
-        size=tf.constant([target_h, target_w], tf.int32),
-        scale=scale,
-        translation=translation,
-        kernel_type=_KERNELS[method],
-        antialias=True,
-    )[0]
-    # Bicubic overshoots; PIL clips to the 8-bit range.
-    return tf.clip_by_value(out, 0.0, 255.0)
+    zero = tf.constant(0, tf.int32)
+    return resize_window_and_crop(image, zero, zero, shape[0], shape[1], resized_h, resized_w, top, left,
+                                  target_h, target_w, method)
 
 
 def resize(image: tf.Tensor, target_h: int, target_w: int, method: str = "bilinear") -> tf.Tensor:
