@@ -78,6 +78,7 @@ _VALUE_ONLY = {"type", "description", "default", "nullable", "additionalProperti
                "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string", "x-kubernetes-embedded-resource",
                "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-map-type",
                "x-kubernetes-validations"}
+_INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
 _FORBIDDEN = {"$ref", "definitions", "dependencies", "id", "$schema", "patternProperties", "uniqueItems"}
 
 
@@ -98,7 +99,7 @@ def structural_errors(schema: Mapping[str, Any], path: str = "", in_junctor: boo
             errors.append(f"{path}: no type")
     if schema.get("x-kubernetes-int-or-string"):
         any_of = schema.get("anyOf") or (schema.get("allOf") or [{}])[0].get("anyOf")
-        if any_of != [{"type": "integer"}, {"type": "string"}]:
+        if any_of != _INT_OR_STRING:
             errors.append(f"{path}: x-kubernetes-int-or-string needs anyOf [integer, string]")
     if "properties" in schema and "additionalProperties" in schema:
         errors.append(f"{path}: properties and additionalProperties are mutually exclusive")
@@ -121,6 +122,8 @@ def structural_errors(schema: Mapping[str, Any], path: str = "", in_junctor: boo
     if isinstance(schema.get("items"), Mapping):
         errors += structural_errors(schema["items"], f"{path}[]")
     for junctor in ("anyOf", "allOf", "oneOf"):
+        if schema.get("x-kubernetes-int-or-string") and schema.get(junctor) == _INT_OR_STRING:
+            continue  # the one type-bearing anyOf the API server accepts
         for i, sub in enumerate(schema.get(junctor) or []):
             errors += structural_errors(sub, f"{path}.{junctor}[{i}]", in_junctor=True)
     if "default" in schema:

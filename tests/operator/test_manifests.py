@@ -3,13 +3,13 @@ object against the hand-written MPIJob CRD schema and the Kubernetes client's co
 
 from __future__ import annotations
 
-import yaml
 import pytest
-
+import yaml
 from kestrel_operator.manifests import plan_run
 from kestrel_operator.manifests.names import mpijob_name
 from kestrel_operator.manifests.outputs import OutputLocation
 from kestrel_operator.resources import parse_resource
+
 from tests.operator.conftest import CRDS, TRAIN_SPEC, export_body, prune_body, train_body
 from tests.operator.k8s_schema import check_core, validate
 
@@ -112,7 +112,7 @@ def test_key_only_from_secret_env_never_on_command_line(settings):
     assert env["KESTREL_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "kestrel-key", "key": "key"}}
     args = launcher["args"]
     assert args[args.index("KESTREL_KEY") - 1] == "-x"
-    assert not any("-k" == a or "--key" in a for a in args)
+    assert not any(a == "-k" or "--key" in a for a in args)
     for name in ("KESTREL_RESOURCE_GROUP", "KESTREL_RESOURCE_PLURAL", "KESTREL_RESOURCE_NAME",
                  "KESTREL_RESOURCE_NAMESPACE", "KESTREL_RESOURCE_UID", "KESTREL_RUN"):
         assert name in env and args[args.index(name) - 1] == "-x"

@@ -89,7 +89,8 @@ class ClusterStatusReporter:
 
             configuration = client.Configuration()
             if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_kube_config(client_configuration=configuration)
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                        client_configuration=configuration)
             else:
                 config.load_incluster_config(client_configuration=configuration)
             self._api = client.ApiClient(configuration)

@@ -1,0 +1,97 @@
+"""Our CRDs: structural, generated from the code (no drift), defaults valid, examples valid against them."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from kestrel_operator.resources.crd import all_crds, crd
+from kestrel_operator.resources.types import KINDS
+
+from tests.operator.conftest import CRDS, EXAMPLES
+from tests.operator.k8s_schema import preserve_unknown_paths, structural_errors, validate
+
+
+def _file(plural):
+    return yaml.safe_load((CRDS / f"{plural}.yaml").read_text())
+
+
+def _schema(doc):
+    return doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+@pytest.mark.parametrize("kind,plural", sorted(KINDS.items()))
+def test_crd_file_is_the_generated_one(kind, plural):
+    assert _file(plural) == crd(kind), f"crds/{plural}.yaml is stale: regenerate with `kestrel-operator crds`"
+
+
+@pytest.mark.parametrize("doc", all_crds(), ids=lambda d: d["metadata"]["name"])
+def test_structural(doc):
+    schema = _schema(doc)
+    assert structural_errors(schema) == []
+    assert preserve_unknown_paths(schema) == []  # nothing in our resources needs it
+    version = doc["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert doc["spec"]["names"]["shortNames"]
+    cols = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Phase", "Age"} <= cols
+
+
+def test_train_printer_columns():
+    cols = {c["name"]: c["jsonPath"] for c in crd("ClassificationTrain")["spec"]["versions"][0][
+        "additionalPrinterColumns"]}
+    assert cols["Epoch"] == ".status.progress.epoch"
+    assert cols["Max"] == ".status.progress.maxEpoch"
+    assert cols["Val Acc"] == ".status.progress.valAccuracy"
+
+
+def test_every_field_has_a_description():
+    def walk(schema, path):
+        missing = []
+        for name, sub in (schema.get("properties") or {}).items():
+            if path.startswith(".spec") and "description" not in sub:
+                missing.append(f"{path}.{name}")
+            missing += walk(sub, f"{path}.{name}")
+        if isinstance(schema.get("items"), dict):
+            missing += walk(schema["items"], path + "[]")
+        return missing
+
+    for doc in all_crds():
+        assert walk(_schema(doc), "") == []
+
+
+def test_cel_rules_for_cross_field_values():
+    rules = {kind: [r["rule"] for r in _schema(crd(kind))["properties"]["spec"]["x-kubernetes-validations"]]
+             for kind in KINDS}
+    assert any("self.gpus % self.numProcesses == 0" in r for r in rules["ClassificationTrain"])
+    assert "has(self.experimentSpec) != has(self.experimentSpecRef)" in rules["ClassificationTrain"]
+    assert any("int8" in r for r in rules["ClassificationExport"])
+    model = _schema(crd("ClassificationPrune"))["properties"]["spec"]["properties"]["model"]
+    assert "has(self.fromTrain)" in model["x-kubernetes-validations"][0]["rule"]
+
+
+def test_status_has_what_the_operator_and_trainer_write():
+    from kestrel_operator.status.compute import _base
+
+    status = _schema(crd("ClassificationTrain"))["properties"]["status"]["properties"]
+    assert set(_base(1, "Pending", "r", "m")) | {"conditions", "progress"} <= set(status)
+    from kestrel_trainer.report.cluster_status import ClusterStatusReporter
+
+    body = ClusterStatusReporter("g", "v", "p", "n", "ns", run="r").body(1, 2, 0.5, 0.9, 0.6, 0.8, "ok")
+    assert validate(body["status"], _schema(crd("ClassificationTrain"))["properties"]["status"], ".status") == []
+
+
+@pytest.mark.parametrize("name", ["train.yaml", "prune.yaml", "retrain.yaml", "export.yaml"])
+def test_examples_validate_against_crds(name):
+    for doc in yaml.safe_load_all((EXAMPLES / name).read_text()):
+        schema = _schema(crd(doc["kind"]))
+        assert validate(doc, schema) == []
+
+
+def test_test_mpijob_crd_is_structural_and_marked():
+    text = (CRDS / "test" / "mpijob-v2beta1.yaml").read_text()
+    assert "FOR TESTS ONLY" in text.splitlines()[0]
+    schema = _schema(yaml.safe_load(text))
+    assert structural_errors(schema) == []
+    assert set(preserve_unknown_paths(schema)) == {
+        ".spec.mpiReplicaSpecs.Launcher.template", ".spec.mpiReplicaSpecs.Worker.template",
+        ".status.replicaStatuses.additionalProperties.labelSelector"}

@@ -1,0 +1,244 @@
+"""The reconciler and the kopf handlers against an in-memory API store: what gets created, status
+mapping, events, the invalid-spec path, restarts on spec change, waiting for upstream models."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+import pytest
+from kestrel_operator.handlers import kopf_handlers
+from kestrel_operator.handlers.reconcile import Reconciler
+
+from tests.operator.conftest import TRAIN_SPEC, prune_body, train_body
+from tests.operator.fake_api import FakeApi
+
+RUN_KINDS = ["ServiceAccount/resnet18-kestrel-trainer", "Role/resnet18-kestrel-status",
+             "RoleBinding/resnet18-kestrel-status", "ConfigMap/resnet18-g1-spec", "MPIJob/resnet18-g1"]
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi()
+
+
+@pytest.fixture
+def rec(api, settings) -> Reconciler:
+    return Reconciler(api, settings)
+
+
+def status(api, kind="ClassificationTrain", name="resnet18"):
+    return api.body(kind, name).get("status") or {}
+
+
+def cond(conds):
+    return [{"type": t, "status": s, "reason": f"MPIJob{t}", "message": t} for t, s in conds]
+
+
+def test_create_then_idempotent(api, rec):
+    api.put(train_body())
+    out = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert api.creates == RUN_KINDS
+    st = status(api)
+    assert (st["phase"], st["reason"], st["observedGeneration"], st["mpiJobName"]) == (
+        "Pending", "MPIJobPending", 1, "resnet18-g1")
+    assert [(e[1], e[2]) for e in api.events] == [("Normal", "MPIJobCreated"), ("Normal", "MPIJobPending")]
+    assert out.created == RUN_KINDS
+
+    # Same state again: nothing created, no status write, no events.
+    n_events, n_patches = len(api.events), len(api.status_patches)
+    again = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert again.created == [] and again.status_patch is None
+    assert (len(api.events), len(api.status_patches)) == (n_events, n_patches)
+
+
+def test_operator_restart_creates_no_duplicates(api, settings):
+    api.put(train_body())
+    Reconciler(api, settings).reconcile(api.body("ClassificationTrain", "resnet18"))
+    # Status not yet written when the old operator died: the new one still finds the run by name.
+    api.objects[("ClassificationTrain", "default", "resnet18")].pop("status")
+    out = Reconciler(api, settings).reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert out.created == [] and len(api.of_kind("MPIJob")) == 1
+    assert status(api)["mpiJobName"] == "resnet18-g1"
+
+
+def test_status_follows_the_mpijob(api, rec):
+    api.put(train_body())
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    api.set_mpijob_conditions("resnet18-g1", cond([("Created", "True"), ("Running", "True")]),
+                              startTime="2026-01-01T00:00:00Z")
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    st = status(api)
+    assert st["phase"] == "Running" and st["startTime"] == "2026-01-01T00:00:00Z"
+    assert [c["type"] for c in st["conditions"]] == ["Created", "Running"]
+    running_since = st["conditions"][1]["lastTransitionTime"]
+    assert api.events[-1][1:3] == ("Normal", "MPIJobRunning")
+
+    api.set_mpijob_conditions("resnet18-g1", cond([("Created", "True"), ("Running", "False"), ("Succeeded", "True")]),
+                              startTime="2026-01-01T00:00:00Z", completionTime="2026-01-01T02:00:00Z")
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    st = status(api)
+    assert st["phase"] == "Succeeded" and st["completionTime"] == "2026-01-01T02:00:00Z"
+    assert st["outputPath"] == "/results/weights/resnet_012.tlt"
+    assert st["output"] == {"claimName": "results", "subPath": "resnet18", "relativePath": "weights/resnet_012.tlt"}
+    assert st["conditions"][1]["status"] == "False" and st["conditions"][1]["lastTransitionTime"]
+    assert running_since
+    assert api.events[-1][1:3] == ("Normal", "MPIJobSucceeded")
+
+    api.set_mpijob_conditions("resnet18-g1", cond([("Created", "True"), ("Failed", "True")]))
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert status(api)["phase"] == "Failed" and api.events[-1][1:3] == ("Warning", "MPIJobFailed")
+
+
+def test_invalid_spec_text_creates_nothing_then_fixing_goes_on(api, rec):
+    broken = TRAIN_SPEC.replace('n_layers: 18', 'n_layers: "eighteen"')
+    api.put(train_body(experimentSpec=broken))
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert api.creates == []
+    st = status(api)
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidSpec")
+    assert ":3" in st["message"] and "n_layers" in st["message"]  # the loader's message, line 3
+    assert st["conditions"][0]["type"] == "Failed" and st["conditions"][0]["reason"] == "InvalidSpec"
+    assert api.events == [("resnet18", "Warning", "InvalidSpec", f"Failed: {st['message']}")]
+
+    # Unchanged: no new event.
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert len(api.events) == 1
+
+    api.put(train_body())  # fixed: generation 2
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert "MPIJob/resnet18-g2" in api.creates
+    st = status(api)
+    assert st["phase"] == "Pending" and st["observedGeneration"] == 2 and st["conditions"] == []
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"gpus": 6, "numProcesses": 4}, "must be a multiple of numProcesses"),
+    ({"gpus": 8, "numProcesses": 4}, "model_parallelism needs 2 entries"),
+    ({"experimentSpecRef": {"name": "cm"}}, "not both"),
+    ({"resources": {"limits": {"nvidia.com/gpu": "1"}}}, "set by the operator"),
+])
+def test_cross_field_errors_are_invalid_spec(api, rec, spec, needle):
+    api.put(train_body(**spec))
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    st = status(api)
+    assert st["reason"] == "InvalidSpec" and needle in st["message"]
+    assert api.creates == [] and api.events[0][2] == "InvalidSpec"
+
+
+def test_spec_change_restarts_the_run(api, rec):
+    api.put(train_body())
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    api.set_mpijob_conditions("resnet18-g1", cond([("Created", "True"), ("Running", "True")]))
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    api.patch_status("", "ClassificationTrain", "default", "resnet18", "",
+                     {"progress": {"epoch": 3, "run": "resnet18-g1"}})
+
+    api.put(train_body(useAmp=True))  # GitOps edit: generation 2
+    out = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert set(out.deleted) == {"MPIJob/resnet18-g1", "ConfigMap/resnet18-g1-spec"}
+    assert [j["metadata"]["name"] for j in api.of_kind("MPIJob")] == ["resnet18-g2"]
+    assert api.events[-3][:3] == ("resnet18", "Normal", "SpecChanged")
+    st = status(api)
+    assert st["mpiJobName"] == "resnet18-g2" and st["observedGeneration"] == 2 and st["phase"] == "Pending"
+    assert "progress" not in st and "startTime" not in st
+    # The RBAC objects are per resource, not per run: kept, not recreated.
+    assert len(api.of_kind("Role")) == 1 and "Role/resnet18-kestrel-status" not in out.created
+
+
+def test_name_conflict_is_reported_not_overwritten(api, rec):
+    api.put({"apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": {"name": "resnet18-g1"},
+             "spec": {"foreign": True}})
+    api.put(train_body())
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert status(api)["reason"] == "NameConflict"
+    assert api.body("MPIJob", "resnet18-g1")["spec"] == {"foreign": True}
+
+
+def test_prune_waits_for_its_train_then_runs(api, rec):
+    api.put(prune_body())
+    rec.reconcile(api.body("ClassificationPrune", "pruned"))
+    assert status(api, "ClassificationPrune", "pruned")["reason"] == "WaitingForModel" and api.creates == []
+
+    api.put(train_body())
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    rec.reconcile(api.body("ClassificationPrune", "pruned"))
+    assert status(api, "ClassificationPrune", "pruned")["reason"] == "WaitingForModel"
+
+    api.set_mpijob_conditions("resnet18-g1", cond([("Succeeded", "True")]))
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    waiting = rec.dependents(api.body("ClassificationTrain", "resnet18"))
+    assert [w["metadata"]["name"] for w in waiting] == ["pruned"]
+    rec.reconcile(waiting[0])
+    job = api.body("MPIJob", "pruned-g1")
+    assert job["metadata"]["annotations"]["kestrel.dev/input-model"] == "/kestrel/model-source/weights/resnet_012.tlt"
+    assert status(api, "ClassificationPrune", "pruned")["inputModelPath"].endswith("resnet_012.tlt")
+
+
+def test_failed_upstream_is_reported(api, rec):
+    api.put(train_body())
+    api.patch_status("", "ClassificationTrain", "default", "resnet18", "",
+                     {"phase": "Failed", "reason": "InvalidSpec", "message": "bad", "observedGeneration": 1})
+    api.put(prune_body())
+    rec.reconcile(api.body("ClassificationPrune", "pruned"))
+    st = status(api, "ClassificationPrune", "pruned")
+    assert st["reason"] == "ModelSourceFailed" and api.events[-1][1] == "Warning"
+
+
+def test_spec_configmap_missing_then_present(api, rec):
+    body = train_body(experimentSpecRef={"name": "specs", "key": "resnet.txt"})
+    del body["spec"]["experimentSpec"]
+    api.put(body)
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert status(api)["reason"] == "SpecNotFound" and api.events[-1][1] == "Warning"
+    api.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "specs"},
+             "data": {"resnet.txt": TRAIN_SPEC}})
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert api.body("ConfigMap", "resnet18-g1-spec")["data"]["spec.txt"] == TRAIN_SPEC
+
+
+def test_deleting_resource_is_left_to_the_garbage_collector(api, rec):
+    body = train_body()
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    api.put(body)
+    out = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert out.created == [] and api.status_patches == []
+
+
+# -- the kopf layer: handlers called as kopf would call them --------------------------------------
+@pytest.fixture
+def wired(api, rec, monkeypatch):
+    monkeypatch.setitem(kopf_handlers._state, "reconciler", rec)
+    return api
+
+
+def test_kopf_resource_event_handler(wired):
+    api = wired
+    api.put(train_body())
+    body = kopf.Body(api.body("ClassificationTrain", "resnet18"))
+    kopf_handlers.on_resource_event(type=None, body=body, logger=logging.getLogger("t"), event={}, patch=kopf.Patch())
+    assert "MPIJob/resnet18-g1" in api.creates
+    kopf_handlers.on_resource_event(type="DELETED", body=body, logger=logging.getLogger("t"))
+    assert len(api.of_kind("MPIJob")) == 1
+
+
+def test_kopf_mpijob_event_mirrors_owner_and_wakes_dependents(wired):
+    api = wired
+    api.put(train_body())
+    api.put(prune_body())
+    log = logging.getLogger("t")
+    kopf_handlers.on_resource_event(type="ADDED", body=kopf.Body(api.body("ClassificationTrain", "resnet18")),
+                                    logger=log)
+    api.set_mpijob_conditions("resnet18-g1", cond([("Succeeded", "True")]))
+    kopf_handlers.on_mpijob_event(type="MODIFIED", body=kopf.Body(api.body("MPIJob", "resnet18-g1")), logger=log)
+    assert status(api)["phase"] == "Succeeded"
+    assert "MPIJob/pruned-g1" in api.creates  # the waiting prune was reconciled right away
+
+
+def test_kopf_registry_watches_three_kinds_and_mpijobs_without_finalizers():
+    registry = kopf.get_default_registry()
+    selectors = {h.selector.any_name or h.selector.plural for h in registry._watching._handlers}
+    assert {"classificationtrains", "classificationprunes", "classificationexports", "mpijobs"} <= selectors
+    # Timers, daemons and deletion handlers would put a finalizer on every resource, blocking deletion
+    # whenever the operator is down: there must be none.
+    assert registry._spawning._handlers == [] and registry._changing._handlers == []
