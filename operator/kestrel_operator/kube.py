@@ -126,8 +126,9 @@ class KubeApi:
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
                      status_patch: Mapping[str, Any]) -> bool:
-        """JSON merge patch of the status subresource; the uid guards against a recreated namesake."""
-        body = {"metadata": {"uid": uid}, "status": dict(status_patch)} if uid else {"status": dict(status_patch)}
+        """JSON merge patch of the status subresource. (The API server ignores metadata on /status, so
+        `uid` is no precondition there; handlers reconcile a fresh read whose uid they checked.)"""
+        body = {"status": dict(status_patch)}
         status, payload = self._request("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}/status",
                                         body=body, content_type="application/merge-patch+json")
         if status in (404, 409):

@@ -41,7 +41,7 @@ def test_kube_api_calls(server):
     patch = reqs[3]
     assert (patch["method"], patch["path"]) == ("PATCH", NS_PATH + "/status")
     assert patch["content_type"] == "application/merge-patch+json"
-    assert patch["body"] == {"metadata": {"uid": "u1"}, "status": {"phase": "Running"}}
+    assert patch["body"] == {"status": {"phase": "Running"}}
     assert reqs[4]["query"] == "labelSelector=a%3Db%2Cc%3Dd"
     assert reqs[5]["method"] == "DELETE" and reqs[5]["body"]["preconditions"] == {"uid": "u9"}
     assert reqs[5]["body"]["propagationPolicy"] == "Background"
@@ -68,19 +68,30 @@ def test_reporter_from_env():
 
 
 def test_reporter_patches_progress(server):
+    server.responses[("GET", NS_PATH + "/status")] = (200, {"metadata": {"uid": "u1"}})
     rep = ClusterStatusReporter.from_env(ENV)
     assert rep.report(3, 30, 0.52, 0.81, float("nan"), 0.79, "epoch 3/30") is True
     req = server.requests[-1]
     assert (req["method"], req["path"], req["content_type"]) == ("PATCH", NS_PATH + "/status",
                                                                  "application/merge-patch+json")
     progress = req["body"]["status"]["progress"]
-    assert req["body"]["metadata"] == {"uid": "u1"}
+    assert rep.report(4, 30, 0.5, 0.8, 0.5, 0.8) is True
+    assert [r["method"] for r in server.requests] == ["GET", "PATCH", "PATCH"]  # identity checked once
     assert {k: progress[k] for k in ("epoch", "maxEpoch", "loss", "accuracy", "valLoss", "valAccuracy", "run")} == {
         "epoch": 3, "maxEpoch": 30, "loss": 0.52, "accuracy": 0.81, "valLoss": None, "valAccuracy": 0.79,
         "run": "r18-g2"}
 
 
+def test_reporter_does_not_write_into_a_recreated_namesake(server, caplog):
+    server.responses[("GET", NS_PATH + "/status")] = (200, {"metadata": {"uid": "someone-else"}})
+    rep = ClusterStatusReporter.from_env(ENV)
+    with caplog.at_level(logging.WARNING):
+        assert rep.report(1, 2, 0.1, 0.2, None, None) is False
+    assert [r["method"] for r in server.requests] == ["GET"] and "another resource" in caplog.text
+
+
 def test_reporter_never_raises(server, caplog):
+    server.responses[("GET", NS_PATH + "/status")] = (200, {"metadata": {"uid": "u1"}})
     server.responses[("PATCH", NS_PATH + "/status")] = (403, {"message": "forbidden"})
     rep = ClusterStatusReporter.from_env(ENV)
     with caplog.at_level(logging.WARNING):

@@ -10,6 +10,7 @@ Prune waiting for a Train is reconciled when that Train changes).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -23,6 +24,15 @@ from kestrel_operator.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
 _state: dict[str, Any] = {}
+_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(body: Any) -> threading.Lock:
+    meta = body.get("metadata") or {}
+    key = (body.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
 
 
 def reconciler() -> Reconciler:
@@ -41,8 +51,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 def _reconcile(body: Any, logger: logging.Logger) -> None:
+    """One pass at a time per resource, on a fresh read: the resource's own watch and its MPIJob's
+    watch fire concurrently, and two passes on the same stale status would post the same Event twice."""
+    rec = reconciler()
+    meta = body.get("metadata") or {}
     try:
-        outcome = reconciler().reconcile(body)
+        with _lock_for(body):
+            fresh = rec.api.get(body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
+            if fresh is None or (fresh.get("metadata") or {}).get("uid") != meta.get("uid"):
+                return
+            outcome = rec.reconcile(fresh)
     except KubeError as err:
         logger.warning("reconcile failed, will retry on the next event: %s", err)
         return

@@ -44,6 +44,7 @@ class ClusterStatusReporter:
         self._api: Any = None
         self._disabled = False
         self._logged: set[str] = set()
+        self._checked_uid = not uid
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> Optional[ClusterStatusReporter]:
@@ -60,8 +61,8 @@ class ClusterStatusReporter:
 
     def body(self, epoch: int, max_epoch: int, loss: float, accuracy: float, val_loss: Optional[float],
              val_accuracy: Optional[float], phase_message: Optional[str] = None) -> dict[str, Any]:
-        """The merge patch: status.progress (+ metadata.uid, which makes the API server refuse the
-        patch if the resource was deleted and recreated under the same name)."""
+        """The merge patch of status.progress (the status subresource ignores metadata, so the
+        resource's identity is checked once by `_same_resource` instead)."""
         progress = {
             "epoch": int(epoch),
             "maxEpoch": int(max_epoch),
@@ -73,10 +74,30 @@ class ClusterStatusReporter:
             "run": self.run or None,
             "updateTime": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-        body: dict[str, Any] = {"status": {"progress": progress}}
-        if self.uid:
-            body["metadata"] = {"uid": self.uid}
-        return body
+        return {"status": {"progress": progress}}
+
+    def _same_resource(self, api: Any) -> bool:
+        """Is the resource under this name still the one that started the run (same uid)? A run of a
+        deleted resource must not write progress into a new resource that reuses the name."""
+        import json
+
+        request = api.param_serialize("GET", self.path, auth_settings=["BearerToken"],
+                                      header_params={"Accept": "application/json"})
+        response = api.call_api(*request, _request_timeout=self.timeout)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            self._disabled = response.status in (401, 403, 404)
+            self._log_once(f"get{response.status}", "cluster status: cannot read %s (HTTP %s)", self.path,
+                           response.status)
+            return False
+        uid = (json.loads(data or b"{}").get("metadata") or {}).get("uid")
+        if uid != self.uid:
+            self._disabled = True
+            self._log_once("uid", "cluster status: %s/%s is another resource now (uid %s, expected %s); not "
+                           "reporting", self.namespace, self.name, uid, self.uid)
+            return False
+        self._checked_uid = True
+        return True
 
     def _log_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._logged:
@@ -115,6 +136,8 @@ class ClusterStatusReporter:
                 "PATCH", self.path, body=body, auth_settings=["BearerToken"],
                 header_params={"Accept": "application/json", "Content-Type": "application/merge-patch+json"},
             )
+            if not self._checked_uid and not self._same_resource(api):
+                return False
             response = api.call_api(*request, _request_timeout=self.timeout)
             response.read()
             if 200 <= response.status < 300:
