@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 DEFAULT_IMAGE = "kestrel-trainer:0.1.0"
 DEFAULT_GPUS_PER_NODE = 8
-DEFAULT_RESYNC_SECONDS = 15.0
 
 
 class SettingsError(ValueError):
@@ -27,8 +26,6 @@ class Settings:
     # Empty: watch every namespace (cluster-wide).
     watch_namespaces: tuple[str, ...] = ()
     log_level: str = "INFO"
-    # How often each resource is re-reconciled even without events (level-triggered safety net).
-    resync_seconds: float = DEFAULT_RESYNC_SECONDS
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -44,22 +41,9 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """KESTREL_DEFAULT_IMAGE, KESTREL_GPUS_PER_NODE, KESTREL_WATCH_NAMESPACES (comma list, empty = all),
-    KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS."""
+    KESTREL_LOG_LEVEL."""
     env = os.environ if env is None else env
     level = env.get("KESTREL_LOG_LEVEL", "").strip().upper() or "INFO"
     if not isinstance(logging.getLevelName(level), int):
@@ -70,5 +54,4 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         gpus_per_node=_int(env, "KESTREL_GPUS_PER_NODE", DEFAULT_GPUS_PER_NODE, 1),
         watch_namespaces=namespaces,
         log_level=level,
-        resync_seconds=_float(env, "KESTREL_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS, 1.0),
     )

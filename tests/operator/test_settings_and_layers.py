@@ -1,0 +1,51 @@
+"""Operator settings from the environment, and the layering rule: only kube.py (and the kopf handlers)
+touch the API machinery; resources/, manifests/ and status/ stay pure."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import kestrel_operator
+import pytest
+from kestrel_operator.settings import Settings, SettingsError, from_env
+
+PACKAGE = Path(kestrel_operator.__file__).parent
+
+
+def test_settings_defaults_and_env():
+    assert from_env({}) == Settings()
+    s = from_env({"KESTREL_DEFAULT_IMAGE": "reg/img:1", "KESTREL_GPUS_PER_NODE": "4",
+                  "KESTREL_WATCH_NAMESPACES": " a, b ,", "KESTREL_LOG_LEVEL": "debug"})
+    assert (s.default_image, s.gpus_per_node, s.watch_namespaces, s.log_level) == ("reg/img:1", 4, ("a", "b"), "DEBUG")
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"KESTREL_GPUS_PER_NODE": "eight"}, "KESTREL_GPUS_PER_NODE"),
+    ({"KESTREL_GPUS_PER_NODE": "0"}, ">= 1"),
+    ({"KESTREL_LOG_LEVEL": "LOUD"}, "KESTREL_LOG_LEVEL"),
+])
+def test_bad_settings_name_the_variable(env, needle):
+    with pytest.raises(SettingsError, match=needle):
+        from_env(env)
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("layer", ["resources", "manifests", "status"])
+def test_pure_layers_do_not_import_kopf_or_the_client(layer):
+    for path in (PACKAGE / layer).glob("*.py"):
+        assert not _imports(path) & {"kopf", "kubernetes", "tensorflow"}, path
+
+
+def test_only_kube_py_imports_the_kubernetes_client():
+    users = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if "kubernetes" in _imports(p)}
+    assert users == {"kube.py"}
