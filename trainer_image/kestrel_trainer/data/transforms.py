@@ -140,16 +140,42 @@ def resize_window_and_crop(
         tf.cast(resized_w, tf.float32) / tf.cast(width, tf.float32),
     ])
     translation = tf.cast(tf.stack([y0, x0]), tf.float32) * scale - tf.cast(tf.stack([top, left]), tf.float32)
-    out = tf.raw_ops.ScaleAndTranslate(
-        images=window[tf.newaxis],
-        size=tf.constant([target_h, target_w], tf.int32),
-        scale=scale,
-        translation=translation,
-        kernel_type=_KERNELS[method],
-        antialias=True,
-    )[0]
+
+    def general() -> tf.Tensor:
+        return tf.raw_ops.ScaleAndTranslate(
+            images=window[tf.newaxis],
+            size=tf.constant([target_h, target_w], tf.int32),
+            scale=scale,
+            translation=translation,
+            kernel_type=_KERNELS[method],
+            antialias=True,
+        )[0]
+
+    if method == "bilinear" and target_h > 1 and target_w > 1:
+        # Enlarging with the triangle kernel is plain half-pixel bilinear interpolation with clamped
+        # edges; crop_and_resize computes that ~3x faster. Shrinking keeps ScaleAndTranslate (antialias).
+        out = tf.cond(tf.reduce_all(scale >= 1.0), lambda: _bilinear_enlarge(window, scale, translation,
+                                                                            target_h, target_w), general)
+        return out  # bilinear weights are a convex combination: no overshoot to clip
     # Bicubic overshoots; PIL clips to the 8-bit range.
-    return tf.clip_by_value(out, 0.0, 255.0)
+    return tf.clip_by_value(general(), 0.0, 255.0)
+
+
+def _bilinear_enlarge(window: tf.Tensor, scale: tf.Tensor, translation: tf.Tensor, target_h: int, target_w: int
+                      ) -> tf.Tensor:
+    """ScaleAndTranslate(triangle) for scale >= 1 via crop_and_resize on the edge-padded window.
+
+    Output pixel i samples window coordinate (i + 0.5 - t) / s - 0.5 (pixel centres at integers);
+    one replicated pixel of padding turns crop_and_resize's out-of-range extrapolation into the
+    edge clamping ScaleAndTranslate does.
+    """
+    # float32 first: crop_and_resize is about twice as fast on float32 as on uint8 input.
+    padded = tf.pad(tf.cast(window, tf.float32), [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    size = tf.cast(tf.shape(padded)[:2], tf.float32) - 1.0  # crop_and_resize maps [0, 1] to [0, size - 1]
+    start = (0.5 - translation) / scale + 0.5  # "- 0.5 + 1": centre convention, then the padding
+    span = tf.constant([target_h - 1, target_w - 1], tf.float32) / scale
+    box = tf.concat([start / size, (start + span) / size], axis=0)[tf.newaxis]
+    return tf.image.crop_and_resize(padded[tf.newaxis], box, [0], [target_h, target_w])[0]
 
 
 def resize_and_crop(
@@ -264,4 +290,5 @@ def preprocess(images: tf.Tensor, mode: str, image_mean: Optional[Mapping[str, f
     x = tf.cast(images, tf.float32)
     if to_bgr:
         x = tf.reverse(x, axis=[-1])
-    return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    x = x - tf.constant(mean, tf.float32)
+    return x if all(s == 1.0 for s in std) else x * tf.constant([1.0 / s for s in std], tf.float32)
