@@ -47,6 +47,10 @@ MPI_OPERATOR_HEALTH_PORT = 8080
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 
 
+class KubectlError(RuntimeError):
+    """A kubectl call failed; the message carries its stderr so a test failure says why."""
+
+
 class ControlPlaneError(RuntimeError):
     """A component did not come up; the message names it and where its log is."""
 
@@ -205,6 +209,33 @@ class Process:
             self.popen.wait(timeout=15)
 
 
+def listening_addresses(pid: int) -> set[str]:
+    """`ip:port` of every TCP socket process `pid` listens on (from /proc, no tools needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A = LISTEN
+                continue
+            hex_ip, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc prints each 32-bit word in host (little-endian) order.
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(raw)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            found.add(f"{ip}:{int(hex_port, 16)}")
+    return found
+
+
 def wait_for(
     what: str, check: Callable[[], bool], timeout: float, interval: float = 0.25,
     proc: Process | None = None,
@@ -287,10 +318,17 @@ class ControlPlane:
     def _ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.pki["ca.crt"]))
 
-    def get_json(self, path: str) -> dict:
-        req = urllib.request.Request(self.server + path, headers={"Authorization": f"Bearer {self.token}"})
+    def get_json(self, path: str, accept: str = "application/json") -> dict:
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": accept}
+        req = urllib.request.Request(self.server + path, headers=headers)
         with urllib.request.urlopen(req, context=self._ssl(), timeout=10) as resp:  # noqa: S310 - loopback
             return json.loads(resp.read())
+
+    def table(self, path: str) -> list[dict[str, object]]:
+        """The server-side Table (what `kubectl get` prints) as one {column name: cell} per row."""
+        table = self.get_json(path, accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+        names = [c["name"] for c in table["columnDefinitions"]]
+        return [dict(zip(names, row["cells"], strict=True)) for row in table["rows"]]
 
     def readyz(self) -> bool:
         req = urllib.request.Request(self.server + "/readyz", headers={"Authorization": f"Bearer {self.token}"})
@@ -308,7 +346,7 @@ class ControlPlane:
             env=self.env(), timeout=timeout,
         )
         if check and out.returncode != 0:
-            raise subprocess.CalledProcessError(out.returncode, out.args, out.stdout, out.stderr)
+            raise KubectlError(f"kubectl {' '.join(args)} exited {out.returncode}: {out.stderr.strip()}")
         return out
 
     def apply(self, manifest: str | dict | list, namespace: str | None = None) -> str:
@@ -384,6 +422,9 @@ def start_apiserver(cp: ControlPlane) -> None:
         f"--service-account-signing-key-file={cp.pki['sa.key']}",
         "--service-cluster-ip-range=10.0.0.0/24",
         "--allow-privileged=true",
+        # The `kubernetes` Service cannot point at a loopback address (Endpoints validation rejects
+        # 127.0.0.0/8) and nothing here runs inside a pod network, so do not try every 10 s.
+        "--endpoint-reconciler-type=none",
         # Pods would otherwise wait for each namespace's default ServiceAccount; nothing here runs them.
         "--disable-admission-plugins=ServiceAccount",
         "--enable-priority-and-fairness=false",
@@ -472,8 +513,10 @@ def start_kwok(cp: ControlPlane, nodes: Sequence[str]) -> None:
     wait_for(f"kwok nodes {list(nodes)} Ready", all_ready, timeout=90, interval=1, proc=proc)
 
 
-def start_control_plane(bin: Path, workdir: Path, gpu_nodes: Sequence[str] = ("gpu-node-0", "gpu-node-1")
-                        ) -> ControlPlane:
+DEFAULT_GPU_NODES = ("gpu-node-0", "gpu-node-1", "gpu-node-2", "gpu-node-3")
+
+
+def start_control_plane(bin: Path, workdir: Path, gpu_nodes: Sequence[str] = DEFAULT_GPU_NODES) -> ControlPlane:
     """etcd -> kube-apiserver -> controller-manager -> scheduler -> kwok with fake GPU nodes.
 
     On any failure everything started so far is stopped before the error propagates.

@@ -62,7 +62,7 @@ def e2e_workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def cluster(e2e_workdir: Path) -> Iterator[cl.ControlPlane]:
-    """etcd, kube-apiserver, controller-manager, scheduler and kwok with two fake 8-GPU nodes."""
+    """etcd, kube-apiserver, controller-manager, scheduler and kwok with four fake 8-GPU nodes."""
     cp = cl.start_control_plane(_binaries(), e2e_workdir)
     try:
         yield cp

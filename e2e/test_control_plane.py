@@ -19,11 +19,12 @@ def test_versions_are_stamped(cluster: cl.ControlPlane) -> None:
     assert cluster.get_json("/version")["gitVersion"] == K8S_VERSION
 
 
-def test_only_loopback_listeners_for_api(cluster: cl.ControlPlane) -> None:
+def test_every_component_listens_on_loopback_only(cluster: cl.ControlPlane) -> None:
     assert cluster.server.startswith("https://127.0.0.1:")
-    endpoints = cluster.get("endpoints", "kubernetes", "default")
-    addresses = {a["ip"] for s in endpoints["subsets"] for a in s["addresses"]}
-    assert addresses == {"127.0.0.1"}
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
+        addresses = cl.listening_addresses(cluster.processes[name].pid)
+        assert addresses, f"{name} listens on nothing?"
+        assert all(a.startswith("127.0.0.1:") for a in addresses), (name, addresses)
 
 
 def test_unauthenticated_request_is_rejected(cluster: cl.ControlPlane) -> None:
