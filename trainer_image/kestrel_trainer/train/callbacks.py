@@ -114,6 +114,10 @@ class EpochOutputs(tf.keras.callbacks.Callback):
             )
 
 
+class PreemptedSignal(Exception):
+    """Raised out of fit() after the preemption checkpoint is written; the loop turns it into an exit."""
+
+
 class Preemption(tf.keras.callbacks.Callback):
     """SIGTERM (Kubernetes preemption, `kill`): finish the current step, checkpoint, stop.
 
@@ -150,7 +154,9 @@ class Preemption(tf.keras.callbacks.Callback):
             return
         steps_done = batch + 1 + self.steps_offset
         self.saved_path = self.save_partial(self._epoch + 1, steps_done)
-        self.model.stop_training = True
+        # Leave fit() now: no validation pass and no end-of-epoch outputs for an epoch that did not finish
+        # (Kubernetes only waits terminationGracePeriodSeconds before SIGKILL).
+        raise PreemptedSignal(self.saved_path)
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         self.steps_offset = 0

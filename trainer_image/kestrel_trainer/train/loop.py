@@ -28,6 +28,7 @@ from kestrel_trainer.train import checkpoints as ckpt
 from kestrel_trainer.train.callbacks import (
     EpochOutputs,
     PlainProgress,
+    PreemptedSignal,
     Preemption,
     read_csv_rows,
     write_json_atomic,
@@ -89,7 +90,7 @@ def _build_model(
     spec: ExperimentSpec, n_classes: int, resume: Optional[ckpt.Checkpoint], opts: TrainOptions, total_steps: int
 ) -> tf.keras.Model:
     if resume is not None:
-        model = load_model(resume.path, opts.key, compile=True)
+        model = load_model(resume.path, opts.key, compile=True)  # SpecSchedule is registered by its import
         optimizer = model.optimizer
         if optimizer is None:
             raise KestrelError(f"{resume.path}: has no optimizer state; cannot resume from it", exit_code=2)
@@ -220,6 +221,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
             first += 1
         if first < n_epochs and preemption.saved_path is None:
             model.fit(train_data(first), initial_epoch=first, epochs=n_epochs, steps_per_epoch=spe, **fit_kwargs)
+    except PreemptedSignal:
+        pass  # handled below, after the signal handler is restored
     except KeyboardInterrupt:
         if ranks.is_chief:
             status.write("FAILURE", "Training interrupted by the user.")

@@ -127,3 +127,8 @@ class SpecSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
             "min_lr_ratio": self.min_lr_ratio,
             "decay": self.decay,
         }
+
+
+# Keras 2's h5 format stores an optimizer's schedule by bare class name; register that name too, so any
+# load_model(..., compile=True) of our checkpoints works once this module is imported.
+tf.keras.utils.get_custom_objects()["SpecSchedule"] = SpecSchedule

@@ -1,0 +1,156 @@
+"""Real training runs on a small real Fashion-MNIST subset (CPU, seeded): outputs, resume, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kestrel_trainer.model_io.files import load_model
+from kestrel_trainer.train import schedules  # noqa: F401  (checkpoints' optimizers use its schedule)
+from tests.train.conftest import write_spec
+
+KEY = "test-key-123"
+
+
+def _train(spec: Path, results: Path, *extra: str, env_key: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KESTREL_KEY=KEY) if env_key else dict(os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results), *extra],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    return load_model(path, KEY, compile=False).get_weights()
+
+
+@pytest.mark.slow
+def test_train_writes_every_output_and_they_parse(tmp_path, fashion_subset):
+    spec = write_spec(tmp_path, fashion_subset, epochs=2, mixup=0.2)
+    results = tmp_path / "results"
+    proc = _train(spec, results, "--log_file", str(tmp_path / "train.log"))
+    assert proc.returncode == 0, proc.stderr
+    weights = sorted(p.name for p in (results / "weights").iterdir())
+    assert weights == ["resnet_001.tlt", "resnet_002.tlt"]
+    classmap = json.loads((results / "classmap.json").read_text())
+    assert classmap["Ankle_boot"] == 0 and len(classmap) == 10
+    rows = list(csv.DictReader((results / "training.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "loss", "acc", "val_loss", "val_acc", "lr"]
+    assert all(0.0 <= float(r["val_acc"]) <= 1.0 and float(r["lr"]) > 0 for r in rows)
+    status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
+    assert status[0]["status"] == "STARTED" and status[-1]["status"] == "SUCCESS"
+    running = [s for s in status if s["status"] == "RUNNING"]
+    assert [s["epoch"] for s in running] == [1, 2] and running[0]["max_epoch"] == 2
+    assert set(running[0]["graphical"]) == {"loss", "training_accuracy", "validation_loss", "validation_accuracy",
+                                            "learning_rate"}
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["last_val_acc"] == pytest.approx(float(rows[-1]["val_acc"]))
+    assert summary["best_val_acc"] == pytest.approx(max(float(r["val_acc"]) for r in rows))
+    assert (results / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = list((results / "events").rglob("events.out.tfevents*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_events = EventAccumulator(str(results / "events" / "train")).Reload()
+    assert "epoch_lr" in train_events.Tags()["tensors"] + train_events.Tags()["scalars"]
+    log_text = (tmp_path / "train.log").read_text()
+    assert "epoch 2/2" in log_text and KEY not in log_text
+    # the model file is really encrypted: no HDF5 signature, and the key is needed
+    assert b"HDF" not in (results / "weights" / "resnet_002.tlt").read_bytes()[:64]
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path, fashion_subset):
+    spec4 = write_spec(tmp_path, fashion_subset, epochs=4, mixup=0.2)
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    assert _train(spec4, full).returncode == 0
+    # the same run stopped after 2 epochs: train 4 epochs' schedule but stop early by copying epoch-2 state
+    first = _train(spec4, broken, "--init_epoch", "1")
+    assert first.returncode == 0
+    for name in ("resnet_003.tlt", "resnet_004.tlt", "summary.json"):
+        target = broken / ("weights" if name.endswith(".tlt") else "") / name
+        target.unlink()
+    resumed = _train(spec4, broken, "--init_epoch", "3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "resnet_002.tlt" in resumed.stderr
+    a, b = _weights(full / "weights" / "resnet_004.tlt"), _weights(broken / "weights" / "resnet_004.tlt")
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+    rows = list(csv.DictReader((broken / "training.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.slow
+def test_two_seeded_runs_give_identical_weights(tmp_path, fashion_subset):
+    spec = write_spec(tmp_path, fashion_subset, epochs=1, mixup=0.2)
+    assert _train(spec, tmp_path / "a").returncode == 0
+    assert _train(spec, tmp_path / "b").returncode == 0
+    for x, y in zip(_weights(tmp_path / "a/weights/resnet_001.tlt"), _weights(tmp_path / "b/weights/resnet_001.tlt")):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_existing_checkpoints_resume_instead_of_overwriting(tmp_path, fashion_subset):
+    spec = write_spec(tmp_path, fashion_subset, epochs=1)
+    results = tmp_path / "r"
+    assert _train(spec, results).returncode == 0
+    first = (results / "weights" / "resnet_001.tlt").stat().st_mtime_ns
+    spec2 = write_spec(tmp_path, fashion_subset, epochs=2)
+    again = _train(spec2, results)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stderr and "no --init_epoch given" in again.stderr
+    assert (results / "weights" / "resnet_001.tlt").stat().st_mtime_ns == first
+    assert (results / "weights" / "resnet_002.tlt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(tmp_path, fashion_subset):
+    spec = write_spec(tmp_path, fashion_subset, epochs=40)
+    results = tmp_path / "r"
+    env = dict(os.environ, KESTREL_KEY=KEY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (results / "weights" / "resnet_001.tlt").exists():
+        time.sleep(0.2)
+    assert (results / "weights" / "resnet_001.tlt").exists(), "first epoch never finished"
+    time.sleep(0.3)
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "checkpoint written to" in err and "Traceback" not in err
+    partial = sorted((results / "weights").glob("resnet_*_step*.tlt")) or sorted((results / "weights").glob("*.tlt"))
+    newest = partial[-1]
+    assert load_model(newest, KEY, compile=True).optimizer.iterations.numpy() > 0
+    assert not list((results / "weights").glob("*.tmp*")), "a temp file was left behind"
+    status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
+    assert status[-1]["status"] == "FAILURE" and "Preempted" in status[-1]["message"]
+    # restart: resumes from that checkpoint (epochs cut to keep the test short)
+    spec_short = write_spec(tmp_path, fashion_subset, epochs=3)
+    again = _train(spec_short, results)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {newest}" in again.stderr
+
+
+def test_wrong_key_is_a_clear_error(tmp_path, fashion_subset):
+    spec = write_spec(tmp_path, fashion_subset, epochs=1)
+    results = tmp_path / "r"
+    weights = results / "weights"
+    weights.mkdir(parents=True)
+    (weights / "resnet_001.tlt").write_bytes(b"not a model at all")
+    proc = _train(spec, results, "-k", "other")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(f"wrong key or corrupt file: {weights / 'resnet_001.tlt'}")
+    assert "Traceback" not in proc.stderr
