@@ -77,7 +77,7 @@ def provide_key_secret(cp: cl.ControlPlane, namespace: str, resource: dict) -> N
     if not ref:
         return
     cp.kubectl("create", "secret", "generic", ref["name"], "-n", namespace,
-               f"--from-literal={ref['key']}=e2e-{uuid.uuid4().hex}", check=False)
+               f"--from-literal={ref.get('key', 'key')}=e2e-{uuid.uuid4().hex}", check=False)
 
 
 def prepare(cp: cl.ControlPlane, namespace: str, resource: dict) -> None:

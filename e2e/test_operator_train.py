@@ -152,7 +152,7 @@ def test_spec_change_starts_a_new_run_and_delete_collects_everything(
     res = _apply_train(cluster, namespace, _train(namespace, name="gitops"))
     first = _one_mpijob(cluster, res)
     cluster.kubectl("patch", f"classificationtrains.{ko.GROUP}", "gitops", "-n", namespace, "--type=merge",
-                    "-p", '{"spec": {"useAmp": false, "initEpoch": 0, "backoffLimit": 1}}')
+                    "-p", '{"spec": {"useAmp": false, "backoffLimit": 1}}')
     res2 = ko.get_resource(cluster, KIND, "gitops", namespace)
     assert res2["metadata"]["generation"] > res["metadata"]["generation"]
 
