@@ -20,7 +20,7 @@ import tensorflow as tf
 from kestrel_trainer.data import folders
 from kestrel_trainer.data.check import exclude_bad_images
 from kestrel_trainer.data.pipeline import make_dataset, steps_per_epoch
-from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.errors import DataError, KestrelError
 from kestrel_trainer.model_io.files import load_model, save_model
 from kestrel_trainer.report.status import StatusLogger
 from kestrel_trainer.spec.types import ExperimentSpec
@@ -41,6 +41,7 @@ from kestrel_trainer.train.task import compile_model, make_optimizer
 log = logging.getLogger("kestrel.train")
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what Kubernetes and shells expect
+VAL_CACHE_BYTES = 512 * 2**20
 
 
 class Preempted(KestrelError):
@@ -59,6 +60,7 @@ class TrainOptions:
     use_amp: bool = False
     verbose: Optional[bool] = None  # progress bar; None: when stdout is a terminal
     ranks: Ranks = field(default_factory=Ranks)
+    extra_callbacks: list = field(default_factory=list)  # library users and benchmarks: run after ours
 
 
 def class_weights(labels: list[int], n_classes: int) -> np.ndarray:
@@ -75,8 +77,14 @@ def _with_sample_weights(ds: tf.data.Dataset, weights: np.ndarray) -> tf.data.Da
 def _load_data(spec: ExperimentSpec, opts: TrainOptions) -> tuple[folders.ImageFolder, folders.ImageFolder]:
     classmap = folders.read_classmap(opts.classmap_path) if opts.classmap_path else None
     train = folders.scan(spec.train.train_dataset_path, classmap)
+    # compare class sets first, so a mismatch is reported as train vs val (not val vs classmap)
+    val_classes = set(folders.class_folder_names(os.path.abspath(spec.train.val_dataset_path)))
+    if val_classes != set(train.classes):
+        only_train = ", ".join(sorted(set(train.classes) - val_classes)) or "none"
+        only_val = ", ".join(sorted(val_classes - set(train.classes))) or "none"
+        raise DataError(f"classes of {train.root} and {spec.train.val_dataset_path} differ "
+                        f"(only in train: {only_train}; only in val: {only_val})")
     val = folders.scan(spec.train.val_dataset_path, train.classmap)
-    folders.check_same_classes(train, val)
     return train, val
 
 
@@ -137,6 +145,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     _configure_precision(opts.use_amp)
 
     train, val = _load_data(spec, opts)
+    log.info("checking that all %d images decode (refusing bad ones unless --skip-bad-images)",
+             len(train.files) + len(val.files))
     train_files, train_labels, skipped_train = _drop_bad(train, opts, spec.train.n_workers)
     val_files, val_labels, skipped_val = _drop_bad(val, opts, spec.train.n_workers)
     n_classes = train.n_classes
@@ -195,6 +205,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
         if not verbose:
             callbacks.append(PlainProgress(spe, batch * ranks.size, n_epochs))
 
+    callbacks += list(opts.extra_callbacks)
+
     weights = class_weights(train_labels, n_classes) if spec.train.class_weighting == "balanced" else None
     if weights is not None:
         log.info("class weighting 'balanced': %s", ", ".join(f"{c}={w:.3f}" for c, w in zip(train.classes, weights)))
@@ -209,7 +221,10 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
 
     val_ds = make_dataset(val_files, val_labels, n_classes, spec.model, spec.train, training=False,
                           batch_size=batch, rank=ranks.rank, size=ranks.size,
-                          center_crop=spec.train.enable_center_crop).cache()
+                          center_crop=spec.train.enable_center_crop)
+    h, w, c = spec.model.input_shape
+    if len(val_files) * h * w * c * 4 <= VAL_CACHE_BYTES:
+        val_ds = val_ds.cache()  # decoded once; small validation sets only (memory)
 
     preemption.install()
     try:
