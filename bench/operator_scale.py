@@ -44,20 +44,26 @@ class MPIJobWatcher:
         self.seen: dict[str, float] = {}
         self.count: dict[str, int] = {}
         self._watch = watch.Watch()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        for event in self._watch.stream(self.api.list_namespaced_custom_object, "kubeflow.org", "v2beta1",
-                                        self.namespace, "mpijobs", timeout_seconds=3600):
-            if event["type"] != "ADDED":
-                continue
-            now = time.monotonic()
-            for ref in event["object"]["metadata"].get("ownerReferences", []):
-                self.seen.setdefault(ref["name"], now)
-                self.count[ref["name"]] = self.count.get(ref["name"], 0) + 1
+        try:
+            for event in self._watch.stream(self.api.list_namespaced_custom_object, "kubeflow.org", "v2beta1",
+                                            self.namespace, "mpijobs", timeout_seconds=3600):
+                if event["type"] != "ADDED":
+                    continue
+                now = time.monotonic()
+                for ref in event["object"]["metadata"].get("ownerReferences", []):
+                    self.seen.setdefault(ref["name"], now)
+                    self.count[ref["name"]] = self.count.get(ref["name"], 0) + 1
+        except Exception:
+            if not self._stopped:  # the stream ends with the API server at shutdown; only earlier is news
+                raise
 
     def stop(self) -> None:
+        self._stopped = True
         self._watch.stop()
 
 
