@@ -3,4 +3,4 @@
 # bundles libprotoc 25 to match the protobuf 4.25 runtime; a newer protoc emits code 4.25 cannot import).
 set -euo pipefail
 cd "$(dirname "$0")/../trainer_image"
-python -m grpc_tools.protoc -I . --python_out=. kestrel_trainer/spec/proto/*.proto
+"${PYTHON:-python3}" -m grpc_tools.protoc -I . --python_out=. kestrel_trainer/spec/proto/*.proto

@@ -7,6 +7,8 @@ from dataclasses import replace
 from types import MappingProxyType
 
 import numpy as np
+from PIL import Image
+
 from kestrel_trainer.spec.types import (
     ActivationSpec,
     BatchNormSpec,
@@ -17,7 +19,6 @@ from kestrel_trainer.spec.types import (
     TrainSpec,
     VisualizerSpec,
 )
-from PIL import Image
 
 
 def model_spec(c: int = 3, h: int = 16, w: int = 16, method: str = "bilinear") -> ModelSpec:

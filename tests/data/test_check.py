@@ -6,11 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from kestrel_trainer.cli.main import main
 from kestrel_trainer.data import check, folders
 from kestrel_trainer.errors import DataError
-from PIL import Image
-
 from tests.data.helpers import make_folder
 
 

@@ -7,11 +7,12 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from kestrel_trainer.cli.main import main
 from kestrel_trainer.data import folders
 from kestrel_trainer.data.datasets import fashion_mnist as fm
 from kestrel_trainer.errors import DataError
-from PIL import Image
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(fm.DEFAULT_SOURCE),
                                 reason=f"needs the Debian package: {fm.INSTALL_HINT}")

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
+
 from kestrel_trainer.data import folders
 from kestrel_trainer.errors import DataError
-
 from tests.data.helpers import make_folder, write_image
 
 

@@ -7,10 +7,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from kestrel_trainer.data import folders, pipeline
-from kestrel_trainer.errors import DataError
 from PIL import Image
 
+from kestrel_trainer.data import folders, pipeline
+from kestrel_trainer.errors import DataError
 from tests.data.helpers import make_folder, model_spec, train_spec
 from tests.data.numpy_refs import ref_center_box, ref_preprocess, ref_resize_crop
 

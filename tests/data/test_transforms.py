@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from kestrel_trainer.data import transforms as T
 
+from kestrel_trainer.data import transforms as T
 from tests.data.numpy_refs import (
     ref_center_box,
     ref_color,

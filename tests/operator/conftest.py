@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kestrel_operator.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

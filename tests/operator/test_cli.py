@@ -7,10 +7,10 @@ import sys
 import textwrap
 
 import yaml
+
 from kestrel_operator.cli import main
 from kestrel_operator.handlers.reconcile import Reconciler
 from kestrel_operator.settings import Settings
-
 from tests.operator.conftest import EXAMPLES, load_example
 from tests.operator.fake_api import FakeApi
 

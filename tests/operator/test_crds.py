@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from kestrel_operator.resources.crd import all_crds, crd
 from kestrel_operator.resources.types import KINDS
-
 from tests.operator.conftest import CRDS, EXAMPLES
 from tests.operator.k8s_schema import preserve_unknown_paths, structural_errors, validate
 

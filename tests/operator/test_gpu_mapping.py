@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from kestrel_operator.manifests import map_gpus, plan_run
 from kestrel_operator.resources import InvalidSpec, parse_resource
-
 from tests.operator.conftest import TRAIN_SPEC, spec_with_parallelism, train_body
 
 # gpus, numProcesses, gpusPerNode, model_parallelism -> slotsPerWorker, workers, GPUs per pod, launcher as worker

@@ -7,9 +7,9 @@ import logging
 
 import kopf
 import pytest
+
 from kestrel_operator.handlers import kopf_handlers
 from kestrel_operator.handlers.reconcile import Reconciler
-
 from tests.operator.conftest import TRAIN_SPEC, prune_body, train_body
 from tests.operator.fake_api import FakeApi
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from kestrel_operator.kube import KubeApi, load_client_config
 from kestrel_trainer.report.cluster_status import ClusterStatusReporter
-
 from tests.operator.loopback_api import LoopbackApi
 
 NS_PATH = "/apis/kestrel.dev/v1alpha1/namespaces/ml/classificationtrains/r18"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from kestrel_operator.manifests import plan_run
 from kestrel_operator.manifests.names import mpijob_name
 from kestrel_operator.manifests.outputs import OutputLocation
 from kestrel_operator.resources import parse_resource
-
 from tests.operator.conftest import CRDS, TRAIN_SPEC, export_body, prune_body, train_body
 from tests.operator.k8s_schema import check_core, validate
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import kestrel_operator
 import pytest
+
+import kestrel_operator
 from kestrel_operator.settings import Settings, SettingsError, from_env
 
 PACKAGE = Path(kestrel_operator.__file__).parent

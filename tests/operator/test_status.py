@@ -4,6 +4,7 @@ stale progress, and which changes deserve an Event."""
 from __future__ import annotations
 
 import pytest
+
 from kestrel_operator.status import compute
 from kestrel_operator.status.conditions import mirror, set_condition
 from kestrel_operator.status.phase import phase_of

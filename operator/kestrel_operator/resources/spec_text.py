@@ -38,6 +38,7 @@ def with_pretrained_model(text: str, model_path: Optional[str], meta: ResourceMe
     if model_path is None:
         return text
     from google.protobuf import text_format
+
     from kestrel_trainer.errors import SpecError
     from kestrel_trainer.spec.parse import parse_text
 
