@@ -22,6 +22,15 @@ import pytest
 from e2e import cluster as cl
 
 FAILED_KEY = pytest.StashKey[bool]()
+MPI_KEY = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    """Say which MPI controller the run used: the real operator or the test double."""
+    mode = config.stash.get(MPI_KEY, None)
+    if mode:
+        what = "the real Kubeflow MPI Operator" if mode == "real" else "the TEST DOUBLE e2e/mpijob_test_double.py"
+        terminalreporter.write_line(f"e2e: MPIJobs were run by {what}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -112,13 +121,14 @@ def _mpi_mode(bin_folder: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def mpi_controller(cluster: cl.ControlPlane) -> Iterator[str]:
+def mpi_controller(cluster: cl.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """The MPIJob CRD applied and a controller for it running; yields "real" or "double"."""
     crds = cl.mpijob_crd_paths()
     if not crds:
         pytest.skip("no MPIJob CRD (a file named *mpijob*.yaml) under crds/ yet")
     cl.apply_crds(cluster, crds)
     mode = _mpi_mode(cluster.bin)
+    request.config.stash[MPI_KEY] = mode
     proc = cl.start_mpi_operator(cluster) if mode == "real" else cl.start_mpi_test_double(cluster)
     yield mode
     proc.stop()

@@ -40,7 +40,7 @@ def _worker_limits(job: dict) -> dict:
 
 
 @pytest.mark.usefixtures("operator")
-def test_example_train_runs_to_succeeded(cluster: cl.ControlPlane, namespace: str) -> None:
+def test_example_train_runs_to_succeeded(cluster: cl.ControlPlane, namespace: str, mpi_controller: str) -> None:
     res = _apply_train(cluster, namespace, _train(namespace))
     name, spec = res["metadata"]["name"], res["spec"]
 
@@ -75,6 +75,14 @@ def test_example_train_runs_to_succeeded(cluster: cl.ControlPlane, namespace: st
 
     table = cluster.kubectl("get", "classificationtrains", "-n", namespace).stdout
     assert name in table and "Succeeded" in table
+
+    if mpi_controller == "real":
+        # What only the real MPI Operator makes from our MPIJob: the hostfile with our slots, SSH keys.
+        mpi_name = job["metadata"]["name"]
+        hostfile = cluster.get("configmap", f"{mpi_name}-config", namespace)["data"]["hostfile"]
+        hosts = [line for line in hostfile.splitlines() if line.strip()]
+        assert len(hosts) == replicas and all(line.endswith(f"slots={slots}") for line in hosts), hostfile
+        assert cluster.exists("secret", f"{mpi_name}-ssh", namespace)
 
 
 @pytest.mark.usefixtures("operator")
