@@ -236,6 +236,17 @@ def listening_addresses(pid: int) -> set[str]:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the test process dies, so a killed pytest
+    (a CI timeout, SIGKILL) leaves no etcd or API server behind. Best effort: no-op where prctl is absent."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def wait_for(
     what: str, check: Callable[[], bool], timeout: float, interval: float = 0.25,
     proc: Process | None = None,
@@ -303,6 +314,7 @@ class ControlPlane:
         popen = subprocess.Popen(
             [str(a) for a in argv], stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env if env is not None else self.env(), cwd=cwd, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         handle.close()
         proc = Process(name, popen, log)
@@ -446,8 +458,6 @@ def start_controller_manager(cp: ControlPlane) -> None:
         f"--cert-dir={cp.workdir / 'kcm-certs'}",
         f"--service-account-private-key-file={cp.pki['sa.key']}",
         f"--root-ca-file={cp.pki['ca.crt']}",
-        # Fewer, faster GC/Job syncs than the defaults help tests without changing what they check.
-        "--concurrent-gc-syncs=5",
         "--v=1",
     ])
     # The kube-system ServiceAccount controller is one of the first to start: use it as the ready signal.
