@@ -28,6 +28,11 @@ if [[ "${1:-}" == "--print" ]]; then
     exit 0
 fi
 
+if ! command -v go >/dev/null; then
+    [[ -x /usr/local/go/bin/go ]] && export PATH="/usr/local/go/bin:$PATH"
+fi
+command -v go >/dev/null || { echo "e2e/build.sh: the go command is needed (Go >= 1.26)" >&2; exit 1; }
+
 mkdir -p "$BIN"
 # The machine is shared: every compile runs at the lowest CPU priority (children inherit it).
 renice -n 19 $$ >/dev/null
