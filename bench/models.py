@@ -89,6 +89,7 @@ def main(argv=None) -> int:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+
     from kestrel_trainer.models.registry import create_model
     from kestrel_trainer.models.summary import count_macs, param_counts
     from kestrel_trainer.spec.defaults import default_activation

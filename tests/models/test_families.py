@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from kestrel_trainer.models.registry import create_model, family_of, get_entry, list_archs
 from kestrel_trainer.spec.types import ALL_ARCHS
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from kestrel_trainer.errors import SpecError
 from kestrel_trainer.models.registry import block_id_of, create_model
 from kestrel_trainer.spec.types import FREEZE_BLOCK_IDS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kestrel_trainer.models.registry import create_model
 
 from .specs import make_spec

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from kestrel_trainer.errors import ModelFileError
 from kestrel_trainer.model_io import crypto
 from kestrel_trainer.model_io.files import load_model, save_model

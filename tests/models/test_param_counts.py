@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from kestrel_trainer.models.registry import create_model
 
 from .specs import make_spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from kestrel_trainer.errors import ModelFileError
 from kestrel_trainer.model_io.files import save_model
 from kestrel_trainer.models.registry import create_model
