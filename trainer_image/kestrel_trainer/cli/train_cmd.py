@@ -19,13 +19,25 @@ def run(args: argparse.Namespace) -> int:
     for warning in spec.warnings:
         log.warning("%s", warning)
     processes = args.num_processes or args.gpus
-    if processes > 1 or args.gpus > 1:
-        raise KestrelError(
-            f"--gpus {args.gpus} --num_processes {processes}: multi-rank training needs Horovod, which this "
-            "build does not include yet; run with one process", exit_code=2)
     key = resolve_key(args)
     if not key:
         log.warning("no key given (-k or KESTREL_KEY): checkpoints are written unencrypted as .hdf5")
+    from kestrel_trainer.train.distributed import Ranks, init_ranks, launched_world
+
+    world = launched_world()
+    if world is None and processes > 1:
+        # Not under mpirun/horovodrun: start the ranks ourselves (each one comes back here and joins).
+        from kestrel_trainer.train.launcher import launch, rank_arguments
+
+        return launch(processes, rank_arguments(args), key, args.results_dir, spec.model.arch)
+    ranks = Ranks()
+    if world is not None and world.size > 1:
+        if args.num_processes and args.num_processes != world.size:
+            raise KestrelError(f"--num_processes {args.num_processes} but the launcher started {world.size} "
+                               "ranks; start as many ranks as --num_processes says", exit_code=2)
+        ranks = init_ranks()
+        if not ranks.is_chief:  # rank 0 reports progress; the others speak only of trouble
+            logging.getLogger().setLevel(logging.WARNING)
     from kestrel_trainer.train.loop import TrainOptions, run_training
 
     run_training(
@@ -37,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
             classmap_path=args.classmap,
             skip_bad_images=args.skip_bad_images,
             use_amp=args.use_amp,
+            ranks=ranks,
+            gpus=args.gpus,
+            gpu_index=tuple(args.gpu_index) if args.gpu_index else None,
         ),
     )
     return 0

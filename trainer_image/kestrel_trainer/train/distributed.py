@@ -2,12 +2,29 @@
 
 Single-process runs use `Ranks()`; a Horovod launch (mpirun, horovodrun, an MPIJob) fills it from
 Horovod. The loop only asks: am I the chief (rank 0 writes outputs), how many ranks scale the LR,
-which shard do I read.
+which shard do I read, and, when there is more than one rank, the few collective steps of
+data-parallel training (wrap the optimizer, broadcast rank 0's state, average the epoch metrics).
+
+Horovod is imported only when there is more than one rank, so single-process training never needs it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+log = logging.getLogger("kestrel.train")
+
+# Environment variables by which a launcher tells a process its place in the job: horovodrun (Gloo or
+# MPI) sets HOROVOD_*, Open MPI's mpirun (the MPIJob launcher) sets OMPI_COMM_WORLD_*, MPICH/Intel MPI
+# and Slurm's PMI set PMI_*.
+_WORLD_VARS = (
+    ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+)
 
 
 @dataclass(frozen=True)
@@ -19,3 +36,124 @@ class Ranks:
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def launched_world(env: Optional[Mapping[str, str]] = None) -> Optional[Ranks]:
+    """The rank/size a launcher gave this process (from its environment), or None when not launched.
+
+    This is how a rank started by `mpirun -np P kestrel train ...` (an MPIJob) knows it must join the
+    job instead of starting P ranks of its own.
+    """
+    env = os.environ if env is None else env
+    for rank_var, size_var, local_var in _WORLD_VARS:
+        if rank_var in env and size_var in env:
+            rank, size = int(env[rank_var]), int(env[size_var])
+            return Ranks(rank=rank, size=size, local_rank=int(env.get(local_var, "0") or 0))
+    return None
+
+
+def _hvd() -> Any:
+    """horovod.tensorflow.keras, or a clear error when this install has no Horovod."""
+    try:
+        import horovod.tensorflow.keras as hvd
+    except ImportError as err:
+        from kestrel_trainer.errors import KestrelError
+
+        raise KestrelError(
+            f"multi-rank training needs Horovod 0.28.1, which cannot be imported here ({err}); "
+            "install it with scripts/build_horovod.sh", exit_code=2) from err
+    return hvd
+
+
+def init_ranks() -> Ranks:
+    """Join the launched job (Horovod over MPI when started by mpirun, else Gloo) and say who we are."""
+    hvd = _hvd()
+    hvd.init()
+    ranks = Ranks(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank())
+    controller = "MPI" if hvd.mpi_enabled() else "Gloo" if hvd.gloo_enabled() else "?"
+    log.info("rank %d of %d (local rank %d), Horovod over %s", ranks.rank, ranks.size, ranks.local_rank, controller)
+    return ranks
+
+
+def optimizer_wrapper(ranks: Ranks, loss_scaling: bool) -> Optional[Callable[[Any], Any]]:
+    """What task.compile_model does to the optimizer: loss scaling (AMP) inside Horovod's averaging.
+
+    DistributedOptimizer(LossScaleOptimizer(opt)): each rank scales its loss and unscales its own
+    gradients before they are averaged, so every rank applies the same (unscaled) averaged gradients,
+    and a non-finite gradient on any rank reaches all ranks through the average, so all ranks skip
+    the step and lower the scale together.
+    """
+    if not ranks.distributed and not loss_scaling:
+        return None
+
+    def wrap(optimizer: Any) -> Any:
+        import tensorflow as tf
+
+        if loss_scaling:
+            optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        if ranks.distributed:
+            optimizer = _hvd().DistributedOptimizer(optimizer)
+        return optimizer
+
+    return wrap
+
+
+def broadcast_object(ranks: Ranks, obj: Any) -> Any:
+    """Rank 0's value of a picklable object on every rank (e.g. the resume decision)."""
+    if not ranks.distributed:
+        return obj
+    return _hvd().broadcast_object(obj, root_rank=0, name="kestrel_object")
+
+
+def broadcast_state(ranks: Ranks, model: Any) -> None:
+    """Make every rank start from rank 0's weights and optimizer state (explicitly, before fit)."""
+    if not ranks.distributed:
+        return
+    import horovod.tensorflow as hvd_tf
+
+    hvd_tf.broadcast_variables(model.variables, root_rank=0)
+    opt_vars = model.optimizer.variables() if callable(getattr(model.optimizer, "variables", None)) else []
+    if opt_vars:  # a resumed optimizer has state already; a fresh one creates it on the first step
+        hvd_tf.broadcast_variables(opt_vars, root_rank=0)
+
+
+def allreduce_sum(values: list[float]) -> list[float]:
+    """Sum of each value over all ranks (a collective: every rank must call it with the same length)."""
+    import numpy as np
+    import tensorflow as tf
+
+    hvd = _hvd()
+    total = hvd.allreduce(tf.constant(np.asarray(values, dtype=np.float64)), op=hvd.Sum, name="kestrel_metrics")
+    return [float(v) for v in total.numpy()]
+
+
+def metric_average_callback(ranks: Ranks, n_train: int, n_val: int) -> Any:
+    """A Keras callback (first in the list) that replaces each rank's epoch metrics with the job's.
+
+    Each rank's Keras metrics are means over the images of its own shard (train and validation are
+    both sharded), so the job's mean is the image-count-weighted mean of the ranks' means. Exact
+    even when shards differ by one image, unlike a plain average.
+    """
+    import tensorflow as tf
+
+    from kestrel_trainer.data.pipeline import shard_indices
+
+    train_w = float(len(shard_indices(n_train, ranks.rank, ranks.size)))
+    val_w = float(len(shard_indices(n_val, ranks.rank, ranks.size)))
+
+    class AverageMetrics(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+            if logs is None:
+                return
+            keys = sorted(k for k, v in logs.items() if isinstance(v, (int, float)) or hasattr(v, "numpy"))
+            weights = [val_w if k.startswith("val_") else train_w for k in keys]
+            sums = allreduce_sum([float(logs[k]) * w for k, w in zip(keys, weights)] + [train_w, val_w])
+            total_train, total_val = sums[-2], sums[-1]
+            for k, s in zip(keys, sums):
+                logs[k] = s / (total_val if k.startswith("val_") else total_train)
+
+    return AverageMetrics()

@@ -25,6 +25,8 @@ from kestrel_trainer.model_io.files import load_model, save_model
 from kestrel_trainer.report.status import StatusLogger
 from kestrel_trainer.spec.types import ExperimentSpec
 from kestrel_trainer.train import checkpoints as ckpt
+from kestrel_trainer.train import distributed as dist
+from kestrel_trainer.train import model_parallel as mp
 from kestrel_trainer.train.callbacks import (
     EpochOutputs,
     PlainProgress,
@@ -60,6 +62,8 @@ class TrainOptions:
     use_amp: bool = False
     verbose: Optional[bool] = None  # progress bar; None: when stdout is a terminal
     ranks: Ranks = field(default_factory=Ranks)
+    gpus: int = 1  # --gpus: with ranks.size, how many devices each rank owns (model parallelism)
+    gpu_index: Optional[tuple[int, ...]] = None
     extra_callbacks: list = field(default_factory=list)  # library users and benchmarks: run after ours
 
 
@@ -94,14 +98,48 @@ def _drop_bad(data: folders.ImageFolder, opts: TrainOptions, n_workers: int) -> 
     )
 
 
+# Debugging aid for data-parallel runs: when set, each rank appends the path of every training image
+# it feeds to the model to DIR/rank<r>_epoch<e>.txt (one line per image, in order).
+SEEN_PATHS_ENV = "KESTREL_DEBUG_SEEN_PATHS_DIR"
+
+
+def _record_paths(ds: tf.data.Dataset, folder: str, rank: int, first_epoch: int, spe: int,
+                  skip: int) -> tf.data.Dataset:
+    """Write each batch's paths (ds yields x, y, paths) to the rank's per-epoch file, then drop them."""
+    os.makedirs(folder, exist_ok=True)
+    counter = {"batch": skip}
+
+    def write(paths: tf.Tensor) -> np.int64:
+        epoch = first_epoch + counter["batch"] // spe + 1
+        counter["batch"] += 1
+        with open(os.path.join(folder, f"rank{rank}_epoch{epoch}.txt"), "a", encoding="utf-8") as fh:
+            fh.writelines(p.decode("utf-8") + "\n" for p in paths.numpy())
+        return np.int64(0)
+
+    def record(x: tf.Tensor, y: tf.Tensor, paths: tf.Tensor):
+        done = tf.py_function(write, [paths], tf.int64)
+        with tf.control_dependencies([done]):
+            return tf.identity(x), y
+
+    return ds.map(record)  # sequential map: batches are written in the order they are fed
+
+
 def _build_model(
-    spec: ExperimentSpec, n_classes: int, resume: Optional[ckpt.Checkpoint], opts: TrainOptions, total_steps: int
+    spec: ExperimentSpec, n_classes: int, resume: Optional[ckpt.Checkpoint], opts: TrainOptions, total_steps: int,
+    devices: list[str], plan: mp.DevicePlan,
 ) -> tf.keras.Model:
+    ranks = opts.ranks
+    wrap = dist.optimizer_wrapper(ranks, loss_scaling=_amp_active(opts.use_amp))
+    optimizer_state: Optional[list[np.ndarray]] = None
     if resume is not None:
         model = load_model(resume.path, opts.key, compile=True)  # SpecSchedule is registered by its import
         optimizer = model.optimizer
         if optimizer is None:
             raise KestrelError(f"{resume.path}: has no optimizer state; cannot resume from it", exit_code=2)
+        if wrap is not None or plan.split:
+            # A wrapped (Horovod, loss scaling) or re-placed model needs a new optimizer: carry the state over.
+            optimizer_state = optimizer.get_weights()
+            optimizer = mp.rebuild_optimizer(optimizer)
         out = model.output_shape[-1]
         if out != n_classes:
             raise KestrelError(
@@ -114,7 +152,15 @@ def _build_model(
         if report is not None:
             log.info("pretrained weights: %s", report.summary())
         optimizer = make_optimizer(spec, total_steps=total_steps, n_ranks=opts.ranks.size)
-    compile_model(model, spec, optimizer)
+    if plan.split:
+        model, rows = mp.place_model(model, devices, plan.fractions, spec.train.batch_size_per_gpu,
+                                     bytes_per_value=2 if _amp_active(opts.use_amp) else 4)
+        if ranks.is_chief:
+            log.info("model parallelism over %d devices per rank:\n%s", len(devices),
+                     mp.format_table(rows, spec.train.batch_size_per_gpu, plan.gpu_ids or None))
+    compile_model(model, spec, optimizer, wrap_optimizer=wrap)
+    if optimizer_state is not None:
+        mp.restore_optimizer_state(model.optimizer, model.trainable_variables, optimizer_state)
     covered = add_regularization(model, spec.train.reg)
     if covered:
         log.info("%s regularization (weight_decay %g) on %d kernels (%s)", spec.train.reg.type,
@@ -122,10 +168,14 @@ def _build_model(
     return model
 
 
+def _amp_active(use_amp: bool) -> bool:
+    return use_amp and bool(tf.config.list_physical_devices("GPU"))
+
+
 def _configure_precision(use_amp: bool) -> None:
     if not use_amp:
         return
-    if not tf.config.list_physical_devices("GPU"):
+    if not _amp_active(use_amp):
         log.warning("--use_amp ignored: no GPU visible, training in float32 on CPU")
         return
     tf.keras.mixed_precision.set_global_policy("mixed_float16")
@@ -136,6 +186,10 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     """Train as the spec says; returns the summary also written to RESULTS/summary.json."""
     started = time.time()
     ranks = opts.ranks
+    # devices first: TensorFlow fixes them when it runs its first op
+    plan = mp.plan_devices(max(opts.gpus, ranks.size), ranks.size, ranks.local_rank, spec.train.model_parallelism,
+                           len(tf.config.list_physical_devices("GPU")), opts.gpu_index)
+    devices = mp.configure_devices(plan)
     results = os.path.abspath(opts.results_dir)
     weights_dir = os.path.join(results, "weights")
     if ranks.is_chief:
@@ -158,7 +212,12 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     total_steps = spe * n_epochs
     arch = spec.model.arch
 
-    resume = ckpt.choose_resume(weights_dir, arch, opts.init_epoch)
+    resume = ckpt.choose_resume(weights_dir, arch, opts.init_epoch) if ranks.is_chief else None
+    if ranks.distributed:  # every rank resumes from the checkpoint rank 0 chose
+        resume = dist.broadcast_object(ranks, resume)
+        if resume is not None and not os.path.exists(resume.path):
+            raise KestrelError(f"rank {ranks.rank} cannot read {resume.path}, which rank 0 resumes from: the "
+                               "results folder must be shared by all ranks", exit_code=2)
     epochs_done = resume.epochs_done if resume else 0
     steps_done = resume.steps_into_epoch if resume else 0
     if resume is not None:
@@ -173,7 +232,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
 
             with open(summary_path, encoding="utf-8") as fh:
                 return json.load(fh)
-    model = _build_model(spec, n_classes, resume, opts, total_steps)
+    model = _build_model(spec, n_classes, resume, opts, total_steps, devices, plan)
+    dist.broadcast_state(ranks, model)
     log.info(
         "training %s (%s params) on %d images of %d classes (%d val), %d epochs x %d steps of %d, %d rank(s)",
         spec.model.name, f"{model.count_params():,}", len(train_files), n_classes, len(val_files), n_epochs, spe,
@@ -195,6 +255,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     preemption = Preemption(save_partial, steps_offset=steps_done)
     verbose = sys.stdout.isatty() if opts.verbose is None else opts.verbose
     callbacks: list[tf.keras.callbacks.Callback] = []
+    if ranks.distributed:  # first: the chief's outputs below see the job's metrics, not its own shard's
+        callbacks.append(dist.metric_average_callback(ranks, len(train_files), len(val_files)))
     if ranks.is_chief:
         callbacks += [
             outputs,
@@ -211,12 +273,16 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     if weights is not None:
         log.info("class weighting 'balanced': %s", ", ".join(f"{c}={w:.3f}" for c, w in zip(train.classes, weights)))
 
+    seen_dir = os.environ.get(SEEN_PATHS_ENV)
+
     def train_data(first_epoch: int, skip: int = 0) -> tf.data.Dataset:
         ds = make_dataset(train_files, train_labels, n_classes, spec.model, spec.train, training=True,
                           batch_size=batch, rank=ranks.rank, size=ranks.size, initial_epoch=first_epoch,
-                          n_epochs=n_epochs - first_epoch)
+                          n_epochs=n_epochs - first_epoch, with_paths=bool(seen_dir))
         if skip:
             ds = ds.skip(skip)
+        if seen_dir:
+            ds = _record_paths(ds, seen_dir, ranks.rank, first_epoch, spe, skip)
         return _with_sample_weights(ds, weights) if weights is not None else ds
 
     val_ds = make_dataset(val_files, val_labels, n_classes, spec.model, spec.train, training=False,
@@ -228,7 +294,7 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
 
     preemption.install()
     try:
-        fit_kwargs = dict(validation_data=val_ds, callbacks=callbacks, verbose=1 if verbose else 0)
+        fit_kwargs = dict(validation_data=val_ds, callbacks=callbacks, verbose=1 if verbose and ranks.is_chief else 0)
         first = epochs_done
         if steps_done:
             model.fit(train_data(first, skip=steps_done), initial_epoch=first, epochs=first + 1,

@@ -1,0 +1,103 @@
+"""Start P training ranks on this machine when `kestrel train --num_processes P` is not already under a launcher.
+
+As in the original, `kestrel train --gpus 2` on a workstation starts its own ranks. Under an MPIJob (or any
+`mpirun`/`horovodrun`) the ranks already exist and join the job (distributed.launched_world); this module
+is only for the first case. Ranks are started with `horovodrun --gloo` (no MPI installation needed) or,
+with KESTREL_LAUNCHER=mpi, with Open MPI's `mpirun`. The key travels in the environment (KESTREL_KEY),
+never on a command line, where any user of the machine could read it.
+
+Fail fast: both launchers stop every rank as soon as one exits with an error or dies (a dead rank would
+otherwise leave the others waiting in an allreduce forever); this module then says which checkpoint a
+rerun resumes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from typing import Mapping, Optional, Sequence
+
+from kestrel_trainer.errors import KestrelError
+
+log = logging.getLogger("kestrel.train")
+
+LAUNCHER_ENV = "KESTREL_LAUNCHER"  # "gloo" (default: horovodrun --gloo) or "mpi" (mpirun)
+KEY_ENV = "KESTREL_KEY"
+
+
+def rank_arguments(args: argparse.Namespace) -> list[str]:
+    """The `kestrel train` arguments every rank runs with: the caller's, minus the key."""
+    out = ["train", "-e", args.experiment_spec, "-r", args.results_dir,
+           "--gpus", str(args.gpus), "--num_processes", str(args.num_processes or args.gpus)]
+    if args.init_epoch is not None:
+        out += ["--init_epoch", str(args.init_epoch)]
+    if args.classmap:
+        out += ["--classmap", args.classmap]
+    if args.skip_bad_images:
+        out.append("--skip-bad-images")
+    if args.gpu_index:
+        out += ["--gpu_index", *map(str, args.gpu_index)]
+    if args.use_amp:
+        out.append("--use_amp")
+    if args.log_file:
+        out += ["--log_file", args.log_file]
+    if args.verbose:
+        out.append("--verbose")
+    return out
+
+
+def _tool(name: str) -> str:
+    """A launcher from this Python's environment first (the venv's horovodrun), then PATH."""
+    local = os.path.join(os.path.dirname(sys.executable), name)
+    found = local if os.access(local, os.X_OK) else shutil.which(name)
+    if not found:
+        hint = "install Horovod with scripts/build_horovod.sh" if name == "horovodrun" else \
+            "install Open MPI (Debian: openmpi-bin)"
+        raise KestrelError(f"cannot start ranks: '{name}' not found; {hint}", exit_code=2)
+    return found
+
+
+def launch_command(n: int, rank_argv: Sequence[str], kind: str = "gloo", is_root: bool = False,
+                   forward_key: bool = False) -> list[str]:
+    """The launcher command line starting n local ranks of `python -m kestrel_trainer.cli.main ARGS`."""
+    rank_cmd = [sys.executable, "-m", "kestrel_trainer.cli.main", *rank_argv]
+    if kind == "gloo":
+        return [_tool("horovodrun"), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *rank_cmd]
+    if kind == "mpi":
+        cmd = [_tool("mpirun"), "-np", str(n), "--bind-to", "none", "-map-by", "slot", "-x", "PATH"]
+        if forward_key:  # the variable's name only: mpirun copies its value from our environment
+            cmd += ["-x", KEY_ENV]
+        if is_root:
+            cmd.append("--allow-run-as-root")
+        return [*cmd, *rank_cmd]
+    raise KestrelError(f"{LAUNCHER_ENV}={kind!r}: use 'gloo' or 'mpi'", exit_code=2)
+
+
+def launch(n: int, rank_argv: Sequence[str], key: Optional[str], results_dir: str, arch: str,
+           env: Optional[Mapping[str, str]] = None) -> int:
+    """Run n ranks to completion; 0 on success, else the failure is raised as a one-line KestrelError."""
+    child_env = dict(os.environ if env is None else env)
+    if key:
+        child_env[KEY_ENV] = key
+    kind = child_env.get(LAUNCHER_ENV, "gloo")
+    cmd = launch_command(n, rank_argv, kind, is_root=hasattr(os, "getuid") and os.getuid() == 0,
+                         forward_key=bool(child_env.get(KEY_ENV)))
+    log.info("starting %d ranks with %s", n, os.path.basename(cmd[0]))
+    proc = subprocess.run(cmd, env=child_env, check=False)
+    if proc.returncode == 0:
+        return 0
+    from kestrel_trainer.train import checkpoints as ckpt
+
+    found = ckpt.find_checkpoints(os.path.join(os.path.abspath(results_dir), "weights"), arch)
+    complete = [c for c in found if c.step is None]
+    where = (f"the last complete checkpoint is {complete[-1].path}" if complete
+             else "no epoch was completed yet")
+    how = "signal" if proc.returncode < 0 else "exit code"
+    raise KestrelError(
+        f"a rank failed, so all {n} ranks were stopped ({os.path.basename(cmd[0])} {how} "
+        f"{abs(proc.returncode)}; the rank's own error is above); {where}; run the same command again to resume",
+        exit_code=proc.returncode if proc.returncode > 0 else 1)
