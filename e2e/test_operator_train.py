@@ -180,3 +180,22 @@ def test_spec_change_starts_a_new_run_and_delete_collects_everything(
                and not ko.configmaps_of(cluster, res2)
                and not cluster.get("jobs", namespace=namespace)["items"]
                and not cluster.get("pods", namespace=namespace)["items"], timeout=120)
+
+
+@pytest.mark.usefixtures("operator")
+def test_sixteen_gpus_run_as_two_workers_on_two_nodes(cluster: cl.ControlPlane, namespace: str) -> None:
+    res = _apply_train(cluster, namespace, _train(namespace, name="wide", gpus=16, numProcesses=16, gpusPerNode=8))
+    job = _one_mpijob(cluster, res)
+    assert job["spec"]["slotsPerWorker"] == 8
+    assert job["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+    assert _worker_limits(job)[cl.GPU_RESOURCE] in (8, "8")
+
+    def worker_nodes() -> set[str] | None:
+        pods = cluster.get("pods", namespace=namespace)["items"]
+        workers = [p for p in pods if (p["spec"].get("containers") or [{}])[0].get("resources", {})
+                   .get("limits", {}).get(cl.GPU_RESOURCE) == "8" and p["status"].get("phase") == "Running"]
+        return {p["spec"]["nodeName"] for p in workers} if len(workers) == 2 else None
+
+    # The real scheduler cannot fit two 8-GPU workers on one 8-GPU node.
+    assert len(wait_until("two GPU workers Running", worker_nodes, timeout=90)) == 2
+    ko.wait_phase(cluster, KIND, "wide", namespace, "Succeeded", timeout=180)
