@@ -11,7 +11,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: the default real data set (Fashion-MNIST IDX files), and the build tools Horovod needs.
-APT_PKGS=(dataset-fashion-mnist)
+APT_PKGS=(dataset-fashion-mnist cmake g++ openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -31,4 +31,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/pip" install -q -c constraints.txt -e ".[trainer,operator,dev]"
   echo "$want" > "$stamp"
 fi
+bash scripts/build_horovod.sh "$VENV"  # Horovod 0.28.1 wheel: built once into a cache, then installed
 echo "setup: ready ($VENV)"

@@ -63,12 +63,12 @@ def _tool(name: str) -> str:
 
 def launch_command(n: int, rank_argv: Sequence[str], kind: str = "gloo", is_root: bool = False,
                    forward_key: bool = False) -> list[str]:
-    """The launcher command line starting n local ranks of `python -m kestrel_trainer.cli.main ARGS`."""
+    """The launcher command line (tool by name) starting n local ranks of `python -m kestrel_trainer.cli.main ARGS`."""
     rank_cmd = [sys.executable, "-m", "kestrel_trainer.cli.main", *rank_argv]
     if kind == "gloo":
-        return [_tool("horovodrun"), "-np", str(n), "-H", f"localhost:{n}", "--gloo", *rank_cmd]
+        return ["horovodrun", "-np", str(n), "-H", f"localhost:{n}", "--gloo", *rank_cmd]
     if kind == "mpi":
-        cmd = [_tool("mpirun"), "-np", str(n), "--bind-to", "none", "-map-by", "slot", "-x", "PATH"]
+        cmd = ["mpirun", "-np", str(n), "--bind-to", "none", "-map-by", "slot", "-x", "PATH"]
         if forward_key:  # the variable's name only: mpirun copies its value from our environment
             cmd += ["-x", KEY_ENV]
         if is_root:
@@ -86,6 +86,7 @@ def launch(n: int, rank_argv: Sequence[str], key: Optional[str], results_dir: st
     kind = child_env.get(LAUNCHER_ENV, "gloo")
     cmd = launch_command(n, rank_argv, kind, is_root=hasattr(os, "getuid") and os.getuid() == 0,
                          forward_key=bool(child_env.get(KEY_ENV)))
+    cmd[0] = _tool(cmd[0])
     log.info("starting %d ranks with %s", n, os.path.basename(cmd[0]))
     proc = subprocess.run(cmd, env=child_env, check=False)
     if proc.returncode == 0:

@@ -98,9 +98,10 @@ def _drop_bad(data: folders.ImageFolder, opts: TrainOptions, n_workers: int) -> 
     )
 
 
-# Debugging aid for data-parallel runs: when set, each rank appends the path of every training image
-# it feeds to the model to DIR/rank<r>_epoch<e>.txt (one line per image, in order).
-SEEN_PATHS_ENV = "KESTREL_DEBUG_SEEN_PATHS_DIR"
+# Debugging aid for data-parallel runs: when set, each rank writes into DIR its process id (rank<r>.pid),
+# the path of every training image it feeds to the model (rank<r>_epoch<e>.txt, one line per image, in
+# order) and, at the end, its own copy of the weights (rank<r>_final.h5). Outputs proper stay chief-only.
+DEBUG_DIR_ENV = "KESTREL_DEBUG_RANKS_DIR"
 
 
 def _record_paths(ds: tf.data.Dataset, folder: str, rank: int, first_epoch: int, spe: int,
@@ -273,7 +274,11 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     if weights is not None:
         log.info("class weighting 'balanced': %s", ", ".join(f"{c}={w:.3f}" for c, w in zip(train.classes, weights)))
 
-    seen_dir = os.environ.get(SEEN_PATHS_ENV)
+    seen_dir = os.environ.get(DEBUG_DIR_ENV)
+    if seen_dir:
+        os.makedirs(seen_dir, exist_ok=True)
+        with open(os.path.join(seen_dir, f"rank{ranks.rank}.pid"), "w", encoding="utf-8") as fh:
+            fh.write(str(os.getpid()))
 
     def train_data(first_epoch: int, skip: int = 0) -> tf.data.Dataset:
         ds = make_dataset(train_files, train_labels, n_classes, spec.model, spec.train, training=True,
@@ -323,6 +328,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
             "run the same command again to resume from it"
         )
 
+    if seen_dir:
+        model.save_weights(os.path.join(seen_dir, f"rank{ranks.rank}_final.h5"))
     rows = outputs.rows
     val_accs = [float(r["val_acc"]) for r in rows if r.get("val_acc") not in (None, "")]
     best = int(np.argmax(val_accs)) if val_accs else None

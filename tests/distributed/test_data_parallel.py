@@ -1,0 +1,156 @@
+"""Data-parallel training with Horovod on CPU: 2 real ranks over Gloo (our launcher) and over `mpirun`.
+
+Each rank writes its own debugging records into KESTREL_DEBUG_RANKS_DIR (its pid, the images it fed
+to the model per epoch, its final weights), so the tests can see every rank, not just rank 0's outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from kestrel_trainer.data import folders
+from kestrel_trainer.model_io.files import load_model
+from kestrel_trainer.train import schedules  # noqa: F401  (checkpoints' optimizers use its schedule)
+from tests.distributed.conftest import KEY, kestrel_train, needs_horovod, train_env, write_spec
+
+pytestmark = [needs_horovod, pytest.mark.slow]
+
+
+def _rank_weights(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _assert_ranks_identical(debug: Path) -> None:
+    w0, w1 = _rank_weights(debug / "rank0_final.h5"), _rank_weights(debug / "rank1_final.h5")
+    assert w0.keys() == w1.keys() and len(w0) > 10
+    for name in w0:
+        np.testing.assert_array_equal(w0[name], w1[name], err_msg=name)
+
+
+def _assert_epochs_cover_the_set_once(debug: Path, data: Path, epochs: int) -> None:
+    everything = sorted(folders.scan(str(data / "train")).files)
+    for epoch in range(1, epochs + 1):
+        seen = [(debug / f"rank{r}_epoch{epoch}.txt").read_text().split() for r in (0, 1)]
+        assert seen[0] and seen[1]
+        assert not set(seen[0]) & set(seen[1]), "an image went to both ranks"
+        union = seen[0] + seen[1]
+        assert len(union) == len(set(union)), "an image was seen twice in one epoch"
+        assert sorted(union) == everything
+
+
+def _val_metrics_single_process(model_path: Path, spec_path: Path) -> tuple[float, float]:
+    """Loss and accuracy of a checkpoint on the whole validation set, in this one process."""
+    from kestrel_trainer.data.pipeline import make_dataset
+    from kestrel_trainer.spec import load_spec
+
+    spec = load_spec(str(spec_path), "train")
+    val = folders.scan(spec.train.val_dataset_path)
+    model = load_model(model_path, KEY, compile=True)
+    ds = make_dataset(val.files, val.labels, val.n_classes, spec.model, spec.train, training=False,
+                      batch_size=spec.train.batch_size_per_gpu, center_crop=spec.train.enable_center_crop)
+    loss, acc = model.evaluate(ds, verbose=0)
+    return float(loss), float(acc)
+
+
+def test_two_gloo_ranks_train_in_step_and_only_rank0_writes(tmp_path, small_subset):
+    spec = write_spec(tmp_path, small_subset, epochs=2)
+    results, debug = tmp_path / "r", tmp_path / "debug"
+    proc = kestrel_train(spec, results, "--gpus", "2", "--use_amp",
+                         env=train_env(KESTREL_DEBUG_RANKS_DIR=str(debug)))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "starting 2 ranks with horovodrun" in proc.stderr
+    assert "--use_amp ignored: no GPU visible" in proc.stderr
+    _assert_ranks_identical(debug)
+    _assert_epochs_cover_the_set_once(debug, small_subset, 2)
+    # rank 0 alone wrote the outputs: one of each, one STARTED, progress lines from rank 0 only
+    assert sorted(p.name for p in (results / "weights").iterdir()) == ["resnet_001.tlt", "resnet_002.tlt"]
+    status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
+    assert [s["status"] for s in status] == ["STARTED", "RUNNING", "RUNNING", "SUCCESS"]
+    assert len(list((results / "events" / "train").glob("events.out.tfevents*"))) == 1
+    assert "[0]<stderr>" in proc.stderr and "epoch 2/2" in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("[1]") and "epoch 2/2" in line]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["ranks"] == 2
+    # the final checkpoint is rank 0's (= every rank's) weights
+    final = load_model(results / "weights" / "resnet_002.tlt", KEY, compile=False)
+    w0 = _rank_weights(debug / "rank0_final.h5")
+    for layer in final.layers:
+        for var, value in zip(layer.weights, layer.get_weights()):
+            key = next(k for k in w0 if k.endswith(var.name))
+            np.testing.assert_array_equal(w0[key], value)
+    # validation is sharded; its metrics, weighted by each rank's images, are the whole set's metrics
+    row = list(csv.DictReader((results / "training.csv").open()))[-1]
+    loss, acc = _val_metrics_single_process(results / "weights" / "resnet_002.tlt", spec)
+    assert float(row["val_acc"]) == pytest.approx(acc, abs=1e-6)
+    assert float(row["val_loss"]) == pytest.approx(loss, rel=1e-4)
+    # the LR is scaled by the number of ranks: the schedule in the checkpoint says 2
+    assert load_model(results / "weights" / "resnet_002.tlt", KEY).optimizer.learning_rate.n_ranks == 2
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI's mpirun is not installed")
+def test_ranks_started_by_mpirun_join_the_job(tmp_path, small_subset):
+    """The MPIJob way: mpirun starts the ranks; each detects it and joins instead of launching its own."""
+    spec = write_spec(tmp_path, small_subset, epochs=1)
+    results, debug = tmp_path / "r", tmp_path / "debug"
+    cmd = ["mpirun", "-np", "2", "--bind-to", "none", "-map-by", "slot", "-x", "KESTREL_KEY",
+           "-x", "KESTREL_DEBUG_RANKS_DIR", "-x", "PATH"]
+    if os.getuid() == 0:
+        cmd.append("--allow-run-as-root")
+    cmd += [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results),
+            "--gpus", "2", "--num_processes", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=train_env(KESTREL_DEBUG_RANKS_DIR=str(debug)))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "starting 2 ranks" not in proc.stderr  # nobody launched a second time
+    assert "rank 0 of 2 (local rank 0), Horovod over MPI" in proc.stderr
+    _assert_ranks_identical(debug)
+    _assert_epochs_cover_the_set_once(debug, small_subset, 1)
+    assert sorted(p.name for p in (results / "weights").iterdir()) == ["resnet_001.tlt"]
+
+
+def test_a_dead_rank_stops_the_job_fast_and_a_rerun_resumes(tmp_path, small_subset):
+    spec = write_spec(tmp_path, small_subset, epochs=8)
+    results, debug = tmp_path / "r", tmp_path / "debug"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results),
+         "--gpus", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=train_env(KESTREL_DEBUG_RANKS_DIR=str(debug)))
+    deadline = time.time() + 400
+    first = results / "weights" / "resnet_001.tlt"
+    while time.time() < deadline and not first.exists() and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), "the first epoch never finished"
+    os.kill(int((debug / "rank1.pid").read_text()), signal.SIGKILL)  # rank 1 dies mid-run
+    killed = time.time()
+    _, err = proc.communicate(timeout=180)
+    assert time.time() - killed < 120, "the job did not stop promptly after a rank died"
+    assert proc.returncode not in (0, None)
+    assert "a rank failed, so all 2 ranks were stopped" in err
+    assert "the last complete checkpoint is" in err and "run the same command again to resume" in err
+    last = err.split("the last complete checkpoint is ")[1].split(";")[0]
+    assert last.endswith(".tlt") and Path(last).exists()
+    done = int(Path(last).stem.split("_")[1])
+    assert load_model(last, KEY, compile=True).optimizer.iterations.numpy() > 0
+    status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
+    assert status[-1]["status"] in ("RUNNING", "FAILURE")  # never SUCCESS
+    # rerun (fewer epochs to keep the test short): resumes from that checkpoint and finishes
+    spec2 = write_spec(tmp_path, small_subset, epochs=done + 1)
+    again = kestrel_train(spec2, results, "--gpus", "2")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert f"resuming from {last}" in again.stderr
+    assert (results / "weights" / f"resnet_{done + 1:03d}.tlt").exists()
