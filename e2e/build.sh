@@ -71,11 +71,11 @@ build() {
 }
 
 k8s_build() {  # k8s_build NAME: one command of k8s.io/kubernetes through our wrapper module
-    (cd "$HERE/build/k8s" && go build -trimpath -tags selinux,notest -ldflags "$K8S_LDFLAGS" \
+    (cd "$HERE/gomod/k8s" && go build -trimpath -tags selinux,notest -ldflags "$K8S_LDFLAGS" \
         -o "$out" "k8s.io/kubernetes/cmd/$1")
 }
 etcd_build() {
-    (cd "$HERE/build/etcd" && go build -trimpath -ldflags "-s -w" -o "$out" go.etcd.io/etcd/server/v3)
+    (cd "$HERE/gomod/etcd" && go build -trimpath -ldflags "-s -w" -o "$out" go.etcd.io/etcd/server/v3)
 }
 kwok_build() {
     local gobin
@@ -85,7 +85,7 @@ kwok_build() {
     mv "$gobin/kwok" "$out" && rmdir "$gobin"
 }
 mpi_build() {
-    (cd "$HERE/build/mpi-operator" && go build -trimpath -ldflags "-s -w" -o "$out" \
+    (cd "$HERE/gomod/mpi-operator" && go build -trimpath -ldflags "-s -w" -o "$out" \
         github.com/kubeflow/mpi-operator/cmd/mpi-operator)
 }
 
