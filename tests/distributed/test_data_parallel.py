@@ -57,10 +57,12 @@ def _val_metrics_single_process(model_path: Path, spec_path: Path) -> tuple[floa
     """Loss and accuracy of a checkpoint on the whole validation set, in this one process."""
     from kestrel_trainer.data.pipeline import make_dataset
     from kestrel_trainer.spec import load_spec
+    from kestrel_trainer.train.regularizers import add_regularization
 
     spec = load_spec(str(spec_path), "train")
     val = folders.scan(spec.train.val_dataset_path)
     model = load_model(model_path, KEY, compile=True)
+    add_regularization(model, spec.train.reg)  # training's val_loss includes the L2 term; files do not keep it
     ds = make_dataset(val.files, val.labels, val.n_classes, spec.model, spec.train, training=False,
                       batch_size=spec.train.batch_size_per_gpu, center_crop=spec.train.enable_center_crop)
     loss, acc = model.evaluate(ds, verbose=0)
@@ -154,3 +156,55 @@ def test_a_dead_rank_stops_the_job_fast_and_a_rerun_resumes(tmp_path, small_subs
     assert again.returncode == 0, again.stderr[-4000:]
     assert f"resuming from {last}" in again.stderr
     assert (results / "weights" / f"resnet_{done + 1:03d}.tlt").exists()
+
+
+AMP_CHAIN = """
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+from kestrel_trainer.train import distributed as dist
+ranks = dist.init_ranks()
+tf.keras.utils.set_random_seed(1 + ranks.rank)  # different starts: the broadcast must align them
+model = tf.keras.Sequential([tf.keras.Input((6,)), tf.keras.layers.Dense(4, activation="relu"),
+                             tf.keras.layers.Dense(3, activation="softmax")])
+wrap = dist.optimizer_wrapper(ranks, loss_scaling=True)
+model.compile(optimizer=wrap(tf.keras.optimizers.legacy.SGD(0.1)), loss="categorical_crossentropy")
+dist.broadcast_state(ranks, model)
+rng = np.random.default_rng(ranks.rank)  # each rank its own data
+x = rng.normal(size=(32, 6)).astype("float32")
+y = tf.keras.utils.to_categorical(rng.integers(0, 3, 32), 3)
+model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+opt = model.optimizer
+if ranks.is_chief:  # the wrapped optimizer's checkpoint must load without Horovod
+    from kestrel_trainer.model_io.files import save_model
+    save_model(model, sys.argv[1], None)
+import horovod.tensorflow as hvd
+flat = np.concatenate([w.ravel() for w in model.get_weights()])
+both = hvd.allgather(tf.constant(flat[None, :])).numpy()
+print(json.dumps({"rank": ranks.rank, "loss_scale": float(opt.loss_scale),
+                  "is_lso": isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer),
+                  "distributed": "_allreduce" in type(opt.inner_optimizer).__dict__,  # Horovod's SGD
+                  "iterations": int(opt.iterations.numpy()),
+                  "same": bool(np.array_equal(both[0], both[1]))}))
+"""
+
+
+def test_loss_scaling_around_the_distributed_optimizer_steps_and_saves(tmp_path):
+    """--use_amp's optimizer chain, LossScaleOptimizer(DistributedOptimizer(SGD)), on 2 CPU ranks in float32."""
+    script = tmp_path / "amp_chain.py"
+    script.write_text(AMP_CHAIN)
+    horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    proc = subprocess.run([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(script),
+                           str(tmp_path / "m.hdf5")], capture_output=True, text=True, timeout=300, env=train_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs = [json.loads(line.split(">:", 1)[1]) for line in proc.stdout.splitlines() if line.strip().endswith("}")]
+    assert sorted(o["rank"] for o in outs) == [0, 1]
+    for o in outs:
+        assert o["is_lso"] and o["distributed"], o
+        assert o["loss_scale"] > 1 and o["iterations"] == 4  # dynamic loss scale in use, 4 steps applied
+        assert o["same"]  # both ranks hold the same weights after averaged, unscaled updates
+    import tensorflow as tf
+
+    saved = load_model(tmp_path / "m.hdf5", None, compile=True)  # no Horovod needed to read it back
+    assert isinstance(saved.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    assert int(saved.optimizer.iterations.numpy()) == 4

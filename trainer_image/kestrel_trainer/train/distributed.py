@@ -80,12 +80,15 @@ def init_ranks() -> Ranks:
 
 
 def optimizer_wrapper(ranks: Ranks, loss_scaling: bool) -> Optional[Callable[[Any], Any]]:
-    """What task.compile_model does to the optimizer: loss scaling (AMP) inside Horovod's averaging.
+    """What task.compile_model does to the optimizer: Horovod's gradient averaging, under loss scaling (AMP).
 
-    DistributedOptimizer(LossScaleOptimizer(opt)): each rank scales its loss and unscales its own
-    gradients before they are averaged, so every rank applies the same (unscaled) averaged gradients,
-    and a non-finite gradient on any rank reaches all ranks through the average, so all ranks skip
-    the step and lower the scale together.
+    LossScaleOptimizer(DistributedOptimizer(opt)): each rank scales its loss, Horovod averages the
+    scaled gradients, the loss-scale optimizer unscales the average and checks it. The average is the
+    same on every rank, so all ranks make the same finite/non-finite decision, skip the same steps and
+    keep the same scale. (The other order, DistributedOptimizer(LossScaleOptimizer(opt)), cannot be built
+    with Horovod 0.28.1 and Keras 2.15: Horovod re-creates the optimizer with from_config, and Keras'
+    LossScaleOptimizer.from_config passes its inner optimizer positionally, which Horovod's class
+    rejects with a TypeError.) Keras leaves an optimizer that is already loss-scaling as it is.
     """
     if not ranks.distributed and not loss_scaling:
         return None
@@ -93,10 +96,10 @@ def optimizer_wrapper(ranks: Ranks, loss_scaling: bool) -> Optional[Callable[[An
     def wrap(optimizer: Any) -> Any:
         import tensorflow as tf
 
-        if loss_scaling:
-            optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         if ranks.distributed:
             optimizer = _hvd().DistributedOptimizer(optimizer)
+        if loss_scaling:
+            optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         return optimizer
 
     return wrap
@@ -106,7 +109,10 @@ def broadcast_object(ranks: Ranks, obj: Any) -> Any:
     """Rank 0's value of a picklable object on every rank (e.g. the resume decision)."""
     if not ranks.distributed:
         return obj
-    return _hvd().broadcast_object(obj, root_rank=0, name="kestrel_object")
+    _hvd()
+    import horovod.tensorflow as hvd_tf
+
+    return hvd_tf.broadcast_object(obj, root_rank=0, name="kestrel_object")
 
 
 def broadcast_state(ranks: Ranks, model: Any) -> None:
@@ -126,17 +132,44 @@ def allreduce_sum(values: list[float]) -> list[float]:
     import numpy as np
     import tensorflow as tf
 
-    hvd = _hvd()
+    _hvd()
+    import horovod.tensorflow as hvd
+
     total = hvd.allreduce(tf.constant(np.asarray(values, dtype=np.float64)), op=hvd.Sum, name="kestrel_metrics")
     return [float(v) for v in total.numpy()]
 
 
-def metric_average_callback(ranks: Ranks, n_train: int, n_val: int) -> Any:
-    """A Keras callback (first in the list) that replaces each rank's epoch metrics with the job's.
+def average_model_state(model: Any) -> None:
+    """Average the non-trainable float variables (BatchNorm moving mean/variance) over all ranks.
 
-    Each rank's Keras metrics are means over the images of its own shard (train and validation are
-    both sharded), so the job's mean is the image-count-weighted mean of the ranks' means. Exact
-    even when shards differ by one image, unlike a plain average.
+    Averaged gradients keep the trainable weights identical on every rank, but each rank's BatchNorm
+    statistics follow its own batches. Averaging them at each validation makes every rank's model (and
+    so rank 0's checkpoint) the same and evaluates the job's statistics, not one shard's. For the moving
+    mean this is exactly the moving average of the job's batch means; for the variance it leaves out the
+    spread between the ranks' means (small: the shards are random halves of the same data).
+    """
+    import tensorflow as tf
+
+    _hvd()
+    import horovod.tensorflow as hvd
+
+    state = [v for v in model.non_trainable_variables if v.dtype.is_floating]
+    if not state:
+        return
+    averaged = hvd.grouped_allreduce([tf.convert_to_tensor(v) for v in state], op=hvd.Average,
+                                     name="kestrel_model_state")
+    for var, value in zip(state, averaged):
+        var.assign(value)
+
+
+def metric_average_callback(ranks: Ranks, n_train: int, n_val: int) -> Any:
+    """A Keras callback (first in the list) that makes the ranks agree at each epoch end.
+
+    Before validation it averages the BatchNorm statistics (average_model_state). At the epoch end it
+    replaces each rank's metrics with the job's: each rank's Keras metrics are means over the images
+    of its own shard (train and validation are both sharded), so the job's mean is the
+    image-count-weighted mean of the ranks' means: exact even when shards differ by one image,
+    unlike a plain average.
     """
     import tensorflow as tf
 
@@ -146,6 +179,9 @@ def metric_average_callback(ranks: Ranks, n_train: int, n_val: int) -> Any:
     val_w = float(len(shard_indices(n_val, ranks.rank, ranks.size)))
 
     class AverageMetrics(tf.keras.callbacks.Callback):
+        def on_test_begin(self, logs: Optional[dict] = None) -> None:
+            average_model_state(self.model)  # validation inside fit(): every rank, every epoch
+
         def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
             if logs is None:
                 return
