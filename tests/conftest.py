@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,14 @@ def conformance_specs() -> list[Path]:
     if not specs:
         pytest.fail(f"no conformance specs found under {CONFORMANCE}; set KESTREL_SHARED")
     return specs
+
+
+def import_fashion_subset(out: Path, per_class: int) -> Path:
+    """`kestrel dataset import fashion-mnist --per-class N`: small real data from the Debian package."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kestrel_trainer.cli.main", "dataset", "import", "fashion-mnist", "--out", str(out),
+         "--per-class", str(per_class)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import import_fashion_subset
 from tests.train.conftest import TINY_SPEC
 
 KEY = "dist-test-key-42"
@@ -22,13 +23,7 @@ needs_horovod = pytest.mark.skipif(
 def small_subset(tmp_path_factory) -> Path:
     """4 real images per class per split (120 files), imported from the Debian package."""
     out = tmp_path_factory.mktemp("fashion-dist") / "fm"
-    proc = subprocess.run(
-        [sys.executable, "-m", "kestrel_trainer.cli.main", "dataset", "import", "fashion-mnist", "--out", str(out),
-         "--per-class", "4"],
-        capture_output=True, text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return import_fashion_subset(out, per_class=4)
 
 
 def write_spec(folder: Path, data: Path, epochs: int = 2, model_parallelism: tuple[float, ...] = ()) -> Path:

@@ -45,50 +45,36 @@ def settings() -> Settings:
     return Settings(default_image="kestrel-trainer:test", gpus_per_node=8)
 
 
+def _body(kind: str, name: str, base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A custom resource of `kind` with a minimal valid spec, then the test's overrides."""
+    spec = {**base, **copy.deepcopy(overrides)}
+    return {"apiVersion": "kestrel.dev/v1alpha1", "kind": kind, "metadata": {"name": name, "namespace": "default"},
+            "spec": spec}
+
+
 def train_body(name: str = "resnet18", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "kestrel.dev/v1alpha1",
-        "kind": "ClassificationTrain",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "experimentSpec": TRAIN_SPEC,
-            "keySecretRef": {"name": "kestrel-key", "key": "key"},
-            "gpus": 1,
-            "volumes": {
-                "data": {"claimName": "datasets", "subPath": "fashion-mnist", "mountPath": "/data"},
-                "results": {"claimName": "results", "subPath": name, "mountPath": "/results"},
-            },
+    return _body("ClassificationTrain", name, {
+        "experimentSpec": TRAIN_SPEC,
+        "keySecretRef": {"name": "kestrel-key", "key": "key"},
+        "gpus": 1,
+        "volumes": {
+            "data": {"claimName": "datasets", "subPath": "fashion-mnist", "mountPath": "/data"},
+            "results": {"claimName": "results", "subPath": name, "mountPath": "/results"},
         },
-    }
-    body["spec"].update(copy.deepcopy(spec))
-    return body
+    }, spec)
 
 
 def prune_body(name: str = "pruned", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "kestrel.dev/v1alpha1",
-        "kind": "ClassificationPrune",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "model": {"fromTrain": "resnet18"},
-            "keySecretRef": {"name": "kestrel-key"},
-            "volumes": {"results": {"claimName": "results", "subPath": name}},
-        },
-    }
-    body["spec"].update(copy.deepcopy(spec))
-    return body
+    return _body("ClassificationPrune", name, {
+        "model": {"fromTrain": "resnet18"},
+        "keySecretRef": {"name": "kestrel-key"},
+        "volumes": {"results": {"claimName": "results", "subPath": name}},
+    }, spec)
 
 
 def export_body(name: str = "exported", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "kestrel.dev/v1alpha1",
-        "kind": "ClassificationExport",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "model": {"path": "/results/pruned.tlt"},
-            "keySecretRef": {"name": "kestrel-key"},
-            "volumes": {"results": {"claimName": "results", "subPath": name}},
-        },
-    }
-    body["spec"].update(copy.deepcopy(spec))
-    return body
+    return _body("ClassificationExport", name, {
+        "model": {"path": "/results/pruned.tlt"},
+        "keySecretRef": {"name": "kestrel-key"},
+        "volumes": {"results": {"claimName": "results", "subPath": name}},
+    }, spec)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import import_fashion_subset
 
 TINY_SPEC = """\
 model_config {{
@@ -39,13 +39,7 @@ eval_config {{ eval_dataset_path: "{data}/test" top_k: 3 batch_size: 32 }}
 def fashion_subset(tmp_path_factory) -> Path:
     """8 real images per class per split (240 files), imported from the Debian package."""
     out = tmp_path_factory.mktemp("fashion") / "fm"
-    proc = subprocess.run(
-        [sys.executable, "-m", "kestrel_trainer.cli.main", "dataset", "import", "fashion-mnist", "--out", str(out),
-         "--per-class", "8"],
-        capture_output=True, text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return import_fashion_subset(out, per_class=8)
 
 
 def write_spec(folder: Path, data: Path, epochs: int = 2, mixup: float = 0.0) -> Path:
