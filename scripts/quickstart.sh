@@ -4,7 +4,7 @@
 #
 #   bash scripts/quickstart.sh          # a small real subset (500 images per class), a few minutes on 2 cores
 #   bash scripts/quickstart.sh --full   # the full data set (54,000 train / 6,000 val / 10,000 test): the
-#                                       # accuracy goal run (>= 0.90 test top-1), about 15-25 minutes on 2 cores
+#                                       # accuracy goal run (>= 0.90 test top-1), about 8 minutes of training on 2 idle cores
 #
 # Results land in results/quickstart[-full]/; the key comes from KESTREL_KEY (a demo key is used if unset).
 set -euo pipefail
