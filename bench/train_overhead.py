@@ -5,7 +5,7 @@ progress lines, L2 regularization); the baseline is `model.fit` of the same mode
 pipeline with the same validation set and nothing else. Steady-state epochs only (the first pays for
 tracing). Run by hand:
 
-    .venv/bin/python bench/train_overhead.py [--per-class 300] [--epochs 4] [--arch resnet --layers 18]
+    .venv/bin/python bench/train_overhead.py [--per-class 1500] [--epochs 3] [--arch resnet --layers 18]
 
 Prints images/s of each and the ratio ours/baseline (goal >= 0.95).
 """
@@ -55,8 +55,8 @@ class EpochTimer(tf.keras.callbacks.Callback):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--per-class", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--per-class", type=int, default=1500)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--arch", default="resnet")
     ap.add_argument("--layers", type=int, default=18)
     args = ap.parse_args()
