@@ -33,8 +33,9 @@ TARGET = 224
 
 
 def make_files(work: str, n: int, seed: int = 0) -> list[str]:
-    from kestrel_trainer.data.datasets import fashion_mnist as fm
     from PIL import Image
+
+    from kestrel_trainer.data.datasets import fashion_mnist as fm
 
     marker = os.path.join(work, f"done-{n}")
     paths = [os.path.join(work, f"{i:05d}.{ext}") for i in range(n) for ext in ("jpg", "png")]
