@@ -125,7 +125,7 @@ def mpi_controller(cluster: cl.ControlPlane, request: pytest.FixtureRequest) -> 
     """The MPIJob CRD applied and a controller for it running; yields "real" or "double"."""
     crds = cl.mpijob_crd_paths()
     if not crds:
-        pytest.skip("no MPIJob CRD (a file named *mpijob*.yaml) under crds/ yet")
+        pytest.fail("no MPIJob CRD (a file named *mpijob*.yaml) under crds/")
     cl.apply_crds(cluster, crds)
     mode = _mpi_mode(cluster.bin)
     request.config.stash[MPI_KEY] = mode
@@ -138,17 +138,17 @@ def mpi_controller(cluster: cl.ControlPlane, request: pytest.FixtureRequest) -> 
 def kestrel_crds(cluster: cl.ControlPlane) -> list[str]:
     paths = cl.our_crd_paths()
     if not paths:
-        pytest.skip("our CRDs (crds/*.yaml) have not landed yet")
+        pytest.fail("our CRDs (crds/*.yaml) are missing")
     return cl.apply_crds(cluster, paths)
 
 
 def _operator_argv() -> list[str]:
     exe = Path(sys.executable).with_name("kestrel-operator")
     if not exe.exists():
-        pytest.skip(f"{exe} not installed (pip install -e .[operator])")
+        pytest.fail(f"{exe} not installed (pip install -e .[operator])")
     probe = subprocess.run([str(exe), "run", "--help"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip(f"`kestrel-operator run` is not available yet: {probe.stderr.strip().splitlines()[-1:]}")
+        pytest.fail(f"`kestrel-operator run --help` failed: {probe.stderr.strip().splitlines()[-1:]}")
     return [str(exe), "run"]
 
 
