@@ -253,6 +253,7 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
 
     rows = [r for r in read_csv_rows(os.path.join(results, "training.csv")) if int(r["epoch"]) <= epochs_done]
     outputs = EpochOutputs(results, n_epochs, save_epoch, status, _cluster_reporter(), rows)
+    outputs.last_checkpoint = resume.path if resume is not None else None  # until this run writes one
     preemption = Preemption(save_partial, steps_offset=steps_done)
     verbose = sys.stdout.isatty() if opts.verbose is None else opts.verbose
     callbacks: list[tf.keras.callbacks.Callback] = []
