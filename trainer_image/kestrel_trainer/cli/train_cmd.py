@@ -19,6 +19,12 @@ def run(args: argparse.Namespace) -> int:
     for warning in spec.warnings:
         log.warning("%s", warning)
     processes = args.num_processes or args.gpus
+    if args.dry_run:
+        from kestrel_trainer.train.dry_run import describe_run
+
+        for line in describe_run(spec, args.results_dir, args.init_epoch, processes, args.classmap):
+            print(line)
+        return 0
     key = resolve_key(args)
     if not key:
         log.warning("no key given (-k or KESTREL_KEY): checkpoints are written unencrypted as .hdf5")
@@ -69,5 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="classmap.json fixing the class order")
     p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true",
                    help="train on the rest when some images cannot be decoded (default: refuse, listing them)")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="print what the run would build and do (model, data, schedule, resume), then exit")
     add_common_task_arguments(p)
     p.set_defaults(func=run)
