@@ -64,10 +64,28 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def pil_random_crop(path: str):
+    """The original's PIL random crop: resize keeping aspect so TARGET/fraction fits, random TARGET window."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    width, height = img.size
+    fraction = random.uniform(0.45, 1.0)
+    ratio = max(TARGET / fraction / width, TARGET / fraction / height)
+    img = img.resize((int(width * ratio), int(height * ratio)), resample=Image.BILINEAR)
+    width, height = img.size
+    left, top = random.randint(0, width - TARGET), random.randint(0, height - TARGET)
+    return img.crop((left, top, left + TARGET, top + TARGET))
+
+
+def caffe(x: np.ndarray) -> np.ndarray:
+    """RGB -> BGR minus the caffe mean, as the original's NumPy preprocessing."""
+    return x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+
+
 def make_sequence(files: list[str], batch: int):
     """The original's loading: PIL decode + random crop in a Keras Sequence, NumPy preprocessing."""
     import tensorflow as tf
-    from PIL import Image
 
     class OriginalStyleSequence(tf.keras.utils.Sequence):
         def __len__(self) -> int:
@@ -75,17 +93,10 @@ def make_sequence(files: list[str], batch: int):
 
         @staticmethod
         def _load(path: str) -> np.ndarray:
-            img = Image.open(path).convert("RGB")
-            width, height = img.size
-            fraction = random.uniform(0.45, 1.0)
-            ratio = max(TARGET / fraction / width, TARGET / fraction / height)
-            img = img.resize((int(width * ratio), int(height * ratio)), resample=Image.BILINEAR)
-            width, height = img.size
-            left, top = random.randint(0, width - TARGET), random.randint(0, height - TARGET)
-            x = np.asarray(img.crop((left, top, left + TARGET, top + TARGET)), dtype=np.float32)
+            x = np.asarray(pil_random_crop(path), dtype=np.float32)
             if random.random() < 0.5:
                 x = x[:, ::-1]
-            return x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+            return caffe(x)
 
         def __getitem__(self, idx: int):
             chunk = files[idx * batch:(idx + 1) * batch]
@@ -99,18 +110,10 @@ def make_directory_iterator(files: list[str], batch: int):
     keras' load_img replaced by a PIL random-crop loader, per-image flip and caffe preprocessing."""
     import tensorflow as tf
     from keras.src.utils import image_utils
-    from PIL import Image
 
     def load_and_crop_img(path, grayscale=False, color_mode="rgb", target_size=None, interpolation="nearest",
                           keep_aspect_ratio=False):
-        img = Image.open(path).convert("RGB")
-        width, height = img.size
-        fraction = random.uniform(0.45, 1.0)
-        ratio = max(TARGET / fraction / width, TARGET / fraction / height)
-        img = img.resize((int(width * ratio), int(height * ratio)), resample=Image.BILINEAR)
-        width, height = img.size
-        left, top = random.randint(0, width - TARGET), random.randint(0, height - TARGET)
-        return img.crop((left, top, left + TARGET, top + TARGET))
+        return pil_random_crop(path)
 
     image_utils.load_img = load_and_crop_img
     folder = os.path.join(os.path.dirname(files[0]), f"tree-{os.path.splitext(files[0])[1][1:]}-{len(files)}")
@@ -118,9 +121,6 @@ def make_directory_iterator(files: list[str], batch: int):
         os.makedirs(os.path.join(folder, "c0"))
         for f in files:
             os.symlink(f, os.path.join(folder, "c0", os.path.basename(f)))
-
-    def caffe(x):
-        return x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
 
     gen = tf.keras.preprocessing.image.ImageDataGenerator(horizontal_flip=True, preprocessing_function=caffe)
     return gen.flow_from_directory(folder, target_size=(TARGET, TARGET), batch_size=batch, shuffle=True,
