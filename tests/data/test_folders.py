@@ -71,10 +71,20 @@ def test_classmap_fixes_order_and_must_match_folders(tmp_path):
 def test_train_and_val_must_have_the_same_classes(tmp_path):
     make_folder(str(tmp_path / "train"), {"a": 1, "b": 1, "c": 1})
     make_folder(str(tmp_path / "val"), {"a": 1, "b": 1, "d": 1})
-    train, val = folders.scan(str(tmp_path / "train")), folders.scan(str(tmp_path / "val"))
     with pytest.raises(DataError, match="only in train: c; only in val: d"):
-        folders.check_same_classes(train, val)
-    folders.check_same_classes(train, folders.scan(str(tmp_path / "train")))
+        folders.scan_train_val(str(tmp_path / "train"), str(tmp_path / "val"))
+    train, val = folders.scan_train_val(str(tmp_path / "train"), str(tmp_path / "train"))
+    assert train.classes == val.classes
+
+
+def test_val_is_labelled_in_the_training_classmap_order(tmp_path):
+    make_folder(str(tmp_path / "train"), {"a": 1, "b": 1, "c": 1})
+    make_folder(str(tmp_path / "val"), {"a": 1, "b": 2, "c": 1})
+    classmap = tmp_path / "classmap.json"
+    classmap.write_text(json.dumps({"c": 0, "b": 1, "a": 2}))
+    train, val = folders.scan_train_val(str(tmp_path / "train"), str(tmp_path / "val"), str(classmap))
+    assert train.classes == val.classes == ("c", "b", "a")
+    assert sorted(val.classes[y] for y in val.labels) == ["a", "b", "b", "c"]
 
 
 def test_classmap_round_trip_and_bad_files(tmp_path):

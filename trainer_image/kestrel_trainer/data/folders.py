@@ -119,14 +119,21 @@ def scan(root: str, classmap: Optional[Mapping[str, int]] = None) -> ImageFolder
     return ImageFolder(root=root, classes=classes, files=tuple(files), labels=tuple(labels))
 
 
-def check_same_classes(train: ImageFolder, val: ImageFolder) -> None:
-    """Train and val must have the same classes in the same label order, or metrics would be nonsense."""
-    if set(train.classes) != set(val.classes):
+def scan_train_val(train_root: str, val_root: str, classmap_path: Optional[str] = None
+                   ) -> tuple[ImageFolder, ImageFolder]:
+    """Both folders of a training run, val labelled in train's order (a given classmap fixes that order).
+
+    Class sets are compared before val is scanned with train's classmap, so a mismatch reads as train vs
+    val (which is what the user got wrong), not as val vs classmap.
+    """
+    classmap = read_classmap(classmap_path) if classmap_path else None
+    train = scan(train_root, classmap)
+    val_classes = set(class_folder_names(os.path.abspath(val_root)))
+    if val_classes != set(train.classes):
         raise DataError(_difference_message(
-            f"classes of {train.root} and {val.root}", "train", set(train.classes), "val", set(val.classes)))
-    if train.classes != val.classes:
-        raise DataError(f"classes of {train.root} and {val.root} are in a different label order: "
-                        "pass the training classmap when scanning the validation set")
+            f"classes of {train.root} and {os.path.abspath(val_root)}", "train", set(train.classes), "val",
+            val_classes))
+    return train, scan(val_root, train.classmap)
 
 
 def read_classmap(path: str) -> dict[str, int]:

@@ -31,9 +31,7 @@ def describe_run(spec: ExperimentSpec, results_dir: str, init_epoch: Optional[in
     lines = [f"spec: {summarize(spec)}"]
     n_classes, n_train = ASSUMED_CLASSES, None
     try:
-        classmap = folders.read_classmap(classmap_path) if classmap_path else None
-        train = folders.scan(tr.train_dataset_path, classmap)
-        val = folders.scan(tr.val_dataset_path, train.classmap)
+        train, val = folders.scan_train_val(tr.train_dataset_path, tr.val_dataset_path, classmap_path)
         n_classes, n_train = train.n_classes, len(train.files)
         lines.append(f"data: {n_train} training and {len(val.files)} validation images of {n_classes} classes "
                      f"({tr.train_dataset_path}, {tr.val_dataset_path})")

@@ -20,7 +20,7 @@ import tensorflow as tf
 from kestrel_trainer.data import folders
 from kestrel_trainer.data.check import exclude_bad_images
 from kestrel_trainer.data.pipeline import make_dataset, steps_per_epoch
-from kestrel_trainer.errors import DataError, KestrelError
+from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.model_io.files import load_model, save_model
 from kestrel_trainer.report.status import StatusLogger
 from kestrel_trainer.spec.types import ExperimentSpec
@@ -76,20 +76,6 @@ def class_weights(labels: list[int], n_classes: int) -> np.ndarray:
 def _with_sample_weights(ds: tf.data.Dataset, weights: np.ndarray) -> tf.data.Dataset:
     w = tf.constant(weights)
     return ds.map(lambda x, y: (x, y, tf.linalg.matvec(y, w)), num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _load_data(spec: ExperimentSpec, opts: TrainOptions) -> tuple[folders.ImageFolder, folders.ImageFolder]:
-    classmap = folders.read_classmap(opts.classmap_path) if opts.classmap_path else None
-    train = folders.scan(spec.train.train_dataset_path, classmap)
-    # compare class sets first, so a mismatch is reported as train vs val (not val vs classmap)
-    val_classes = set(folders.class_folder_names(os.path.abspath(spec.train.val_dataset_path)))
-    if val_classes != set(train.classes):
-        only_train = ", ".join(sorted(set(train.classes) - val_classes)) or "none"
-        only_val = ", ".join(sorted(val_classes - set(train.classes))) or "none"
-        raise DataError(f"classes of {train.root} and {spec.train.val_dataset_path} differ "
-                        f"(only in train: {only_train}; only in val: {only_val})")
-    val = folders.scan(spec.train.val_dataset_path, train.classmap)
-    return train, val
 
 
 def _drop_bad(data: folders.ImageFolder, opts: TrainOptions, n_workers: int) -> tuple[list[str], list[int], int]:
@@ -199,7 +185,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     tf.keras.utils.set_random_seed(spec.train.random_seed)
     _configure_precision(opts.use_amp)
 
-    train, val = _load_data(spec, opts)
+    train, val = folders.scan_train_val(spec.train.train_dataset_path, spec.train.val_dataset_path,
+                                        opts.classmap_path)
     log.info("checking that all %d images decode (refusing bad ones unless --skip-bad-images)",
              len(train.files) + len(val.files))
     train_files, train_labels, skipped_train = _drop_bad(train, opts, spec.train.n_workers)
