@@ -7,6 +7,7 @@ scripts parse); `--top_k K` appends `class_2,confidence_2,...` columns.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from typing import Optional, Sequence
@@ -40,15 +41,16 @@ def top_k_rows(scores: np.ndarray, class_names: Sequence[str], k: int) -> list[l
 
 
 def write_result_csv(path: str, files: Sequence[str], rows: Sequence[Sequence[tuple[str, float]]]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        for file, predictions in zip(files, rows):
-            line = [file]
-            for name, confidence in predictions:
-                line += [name, f"{confidence:.6f}"]
-            writer.writerow(line)
-    os.replace(tmp, path)
+    from kestrel_trainer.model_io.files import write_atomic
+
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    for file, predictions in zip(files, rows):
+        line = [file]
+        for name, confidence in predictions:
+            line += [name, f"{confidence:.6f}"]
+        writer.writerow(line)
+    write_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
 def class_names_from(classmap_path: str, n_outputs: int) -> list[str]:

@@ -9,6 +9,7 @@ for a checkpoint that does not exist.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
+from kestrel_trainer.model_io.files import write_atomic
 from kestrel_trainer.report.status import StatusLogger
 
 log = logging.getLogger("kestrel.train")
@@ -43,14 +45,11 @@ def read_csv_rows(path: str) -> list[dict[str, str]]:
 
 
 def write_csv_rows(path: str, rows: list[dict[str, Any]]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
 class EpochOutputs(tf.keras.callbacks.Callback):
@@ -192,10 +191,4 @@ class PlainProgress(tf.keras.callbacks.Callback):
 
 
 def write_json_atomic(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
