@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from kestrel_trainer.cli.common import add_common_task_arguments, add_key_argument, resolve_key, setup_logging
 from kestrel_trainer.errors import KestrelError
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             ranks=ranks,
             gpus=args.gpus,
             gpu_index=tuple(args.gpu_index) if args.gpu_index else None,
+            image_cache=args.image_cache,
         ),
     )
     return 0
@@ -75,6 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="classmap.json fixing the class order")
     p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true",
                    help="train on the rest when some images cannot be decoded (default: refuse, listing them)")
+    p.add_argument("--image-cache", "--image_cache", dest="image_cache", choices=("auto", "on", "off"),
+                   default=os.environ.get("KESTREL_IMAGE_CACHE") or "auto",
+                   help="keep the decoded training images in memory so epochs do not decode them again: auto "
+                   "(when they fit in a quarter of the free memory), on, off (default: $KESTREL_IMAGE_CACHE or auto)")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print what the run would build and do (model, data, schedule, resume), then exit")
     add_common_task_arguments(p)

@@ -14,8 +14,10 @@ Why it looks like this:
   batch is split in two halves. Only with batch_size 1 and uneven shards is that impossible: then
   the short ranks repeat their first image once per epoch.
 - Decoding uses tf.io.decode_image in a parallel map (n_workers, or AUTOTUNE when it is 0); JPEGs
-  decode only the window the crop needs; resize and crop are one op computing only the kept pixels;
-  preprocessing runs per image (cache-hot); mixup runs once per batch.
+  decode only the window the crop needs. With `decoded` (data/decoded.py: the rank's shard decoded
+  once, kept in memory) no epoch decodes at all. Resize, crop, flip and preprocessing are one
+  `resample_crop` (two sparse matrix products computing only the kept pixels); colour augmentation,
+  when on, runs between resampling and preprocessing; mixup runs once per batch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from kestrel_trainer.data import transforms as T
+from kestrel_trainer.data.decoded import DecodedImages
 from kestrel_trainer.errors import DataError
 from kestrel_trainer.spec.types import ModelSpec, TrainSpec
 
@@ -87,6 +90,7 @@ def make_dataset(
     initial_epoch: int = 0,
     n_epochs: Optional[int] = None,
     with_paths: bool = False,
+    decoded: Optional[DecodedImages] = None,
 ) -> tf.data.Dataset:
     """Batches of (images float32 [B, H, W, C] preprocessed, labels one-hot float32 [B, n_classes]).
 
@@ -101,6 +105,8 @@ def make_dataset(
     else plain resize, last partial batch kept.
     seed defaults to train_spec.random_seed; n_workers to train_spec.n_workers (0 -> AUTOTUNE).
     with_paths=True adds a third element: the batch's file paths (tf.string [B]).
+    decoded: this rank's shard (shard_indices order) already decoded with input_channels channels
+    (data/decoded.decode_shard); the files are then not read again.
     """
     if len(files) != len(labels):
         raise ValueError(f"{len(files)} files but {len(labels)} labels")
@@ -110,6 +116,10 @@ def make_dataset(
     steps = steps_per_epoch(n_total, batch_size, size)
     shard = shard_indices(n_total, rank, size)
     plan = batch_plan(len(shard), batch_size, steps)
+    c = model_spec.input_channels
+    if decoded is not None and (len(decoded) != len(shard) or np.any(decoded.shapes[:, 2] != c)):
+        raise ValueError(f"decoded holds {len(decoded)} images, not rank {rank}'s shard of {len(shard)} with "
+                         f"{model_spec.input_channels} channels")
 
     seed = train_spec.random_seed if seed is None else seed
     center_crop = train_spec.enable_center_crop if center_crop is None else center_crop
@@ -131,13 +141,16 @@ def make_dataset(
     shard_paths = tf.constant([files[i] for i in shard], tf.string)
     shard_labels = tf.constant([labels[i] for i in shard], tf.int32)
     shard_ids = tf.constant(shard, tf.int64)
+    if decoded is not None:
+        pixels = tf.constant(decoded.pixels)
+        offsets = tf.constant(decoded.offsets)
+        shapes = tf.constant(decoded.shapes)
     base_seed = tf.constant([seed, 0], tf.int64)
 
-    def load(path: tf.Tensor, label: tf.Tensor, index: tf.Tensor, epoch: tf.Tensor):
+    def load(path: tf.Tensor, label: tf.Tensor, index: tf.Tensor, position: tf.Tensor, epoch: tf.Tensor):
         s = tf.random.experimental.stateless_fold_in(
             tf.random.experimental.stateless_fold_in(base_seed, epoch), index)
         s_crop, s_color, s_flip = tf.unstack(tf.random.experimental.stateless_split(s, 3))
-        raw = tf.io.read_file(path)
         if random_crop:
             u = tf.random.stateless_uniform([3], seed=s_crop)
             fraction = T.RANDOM_CROP_MIN_FRACTION + (1.0 - T.RANDOM_CROP_MIN_FRACTION) * u[0]
@@ -151,28 +164,43 @@ def make_dataset(
             def geometry(height, width):
                 return tf.constant(h), tf.constant(w), tf.constant(0), tf.constant(0)
 
-        def decode_jpeg_window():
+        def decode_jpeg_window(raw: tf.Tensor):
             # Decode only the rows/columns the crop needs: JPEG decoding is the most expensive step.
             full = tf.io.extract_jpeg_shape(raw)
             rh, rw, top, left = geometry(full[0], full[1])
             y0, hh = T.source_window(full[0], rh, top, h, method)
             x0, ww = T.source_window(full[1], rw, left, w, method)
-            window = tf.image.decode_and_crop_jpeg(raw, tf.stack([y0, x0, hh, ww]), channels=c)
+            # Grey models: decode RGB and convert like every other format (PIL's rounded ITU-R 601 luma, as
+            # the original), not libjpeg's own Y channel, which differs by a few levels.
+            window = T.to_channels(tf.image.decode_and_crop_jpeg(raw, tf.stack([y0, x0, hh, ww]), channels=3), c)
             return tf.ensure_shape(window, [None, None, c]), y0, x0, full[0], full[1]
 
-        def decode_any():
-            image = T.to_channels(tf.io.decode_image(raw, channels=0, expand_animations=False), c)
+        def whole(image: tf.Tensor):
             shape = tf.shape(image)
             return tf.ensure_shape(image, [None, None, c]), tf.constant(0), tf.constant(0), shape[0], shape[1]
 
-        window, y0, x0, height, width = tf.cond(tf.io.is_jpeg(raw), decode_jpeg_window, decode_any)
-        image = T.resize_window_and_crop(window, y0, x0, height, width, *geometry(height, width), h, w, method)
-        if color:
-            image = T.adjust_color(image, *T.random_color_amounts(s_color))
-        if flip:
-            image = T.flip_left_right(image, tf.random.stateless_uniform([], seed=s_flip) < 0.5)
-        # Preprocess here, per image, while it is in cache: on whole batches it costs a pass over memory.
-        image = tf.ensure_shape(T.preprocess(image, mode, image_mean), [h, w, c])
+        def decode_any(raw: tf.Tensor):
+            return whole(T.to_channels(tf.io.decode_image(raw, channels=0, expand_animations=False), c))
+
+        transposed = decoded is not None
+        if transposed:  # the cache keeps images laid out [W, C, H] (what resample_crop reads best)
+            shape = shapes[position]
+            window = tf.reshape(pixels[offsets[position]:offsets[position + 1]], tf.stack([shape[1], c, shape[0]]))
+            window, y0, x0, height, width = window, tf.constant(0), tf.constant(0), shape[0], shape[1]
+        else:
+            raw = tf.io.read_file(path)
+            window, y0, x0, height, width = tf.cond(
+                tf.io.is_jpeg(raw), lambda: decode_jpeg_window(raw), lambda: decode_any(raw))
+        box = geometry(height, width)
+        mirror = tf.random.stateless_uniform([], seed=s_flip) < 0.5 if flip else None
+        if color:  # colour augmentation works on RGB 0..255, so preprocessing comes after it
+            image = T.resample_crop(window, y0, x0, height, width, *box, h, w, method, flip=mirror,
+                                    transposed=transposed)
+            image = T.preprocess(T.adjust_color(image, *T.random_color_amounts(s_color)), mode, image_mean)
+        else:  # flip and preprocessing folded into the resampling weights
+            image = T.resample_crop(window, y0, x0, height, width, *box, h, w, method, flip=mirror, mode=mode,
+                                    image_mean=image_mean, transposed=transposed)
+        image = tf.ensure_shape(image, [h, w, c])
         return image, tf.one_hot(label, n_classes, dtype=tf.float32), path
 
     def finish(batch_index: tf.Tensor, epoch: tf.Tensor, images, onehot, paths):
@@ -192,11 +220,12 @@ def make_dataset(
         paths = tf.gather(shard_paths, order)
         labs = tf.gather(shard_labels, order)
         ids = tf.gather(shard_ids, order)
+        positions = tf.cast(order, tf.int64)
         out = None
         for start, count, batch in plan:
-            part = tf.data.Dataset.from_tensor_slices(
-                (paths[start:start + count], labs[start:start + count], ids[start:start + count]))
-            part = part.map(lambda p, y, i: load(p, y, i, epoch), num_parallel_calls=num_calls,
+            part = tf.data.Dataset.from_tensor_slices((paths[start:start + count], labs[start:start + count],
+                                                       ids[start:start + count], positions[start:start + count]))
+            part = part.map(lambda p, y, i, k: load(p, y, i, k, epoch), num_parallel_calls=num_calls,
                             deterministic=True).batch(batch)
             out = part if out is None else out.concatenate(part)
         return out.enumerate().map(lambda k, b: finish(k, epoch, *b), num_parallel_calls=num_calls,

@@ -7,8 +7,9 @@ stateless, seeded random numbers (deterministic under parallel `map`).
 Geometry follows classification_tf1 (PIL-based): random crop resizes the whole image, aspect kept,
 so that target/fraction fits (fraction ~ U(0.45, 1)), then cuts a random target-size window; center
 crop resizes so both sides are >= target + 32 and cuts the middle. Resizing and cropping are fused
-into one `ScaleAndTranslate` call that computes only the kept window: the same pixels as resizing
-the whole image first (PIL-style, antialiased when shrinking) at a fraction of the cost.
+into `resample_crop`, two sparse matrix products that compute only the kept window: the same pixels
+as resizing the whole image first (PIL-style, antialiased when shrinking) at a fraction of the cost,
+with flip and preprocessing folded into the weights.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)  # the original uses 0.224 for all three channels
 TORCH_MEAN_GRAY = 0.449
 TORCH_STD_GRAY = 0.224
-
-_KERNELS = {"bilinear": "triangle", "bicubic": "keyscubic"}
-
 
 def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     """Convert a decoded HxWxc image (c in 1..4) to `channels` (1 or 3), keeping its dtype.
@@ -123,6 +121,119 @@ def source_window(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target
     return start, tf.maximum(end - start, 1)
 
 
+def _kernel(method: str, x: tf.Tensor) -> tf.Tensor:
+    """Resampling kernel at distance x (in kernel units): triangle, or Keys cubic with a = -0.5 (PIL's)."""
+    ax = tf.abs(x)
+    if method == "bilinear":
+        return tf.maximum(1.0 - ax, 0.0)
+    a = -0.5
+    near = ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1.0
+    far = ((a * ax - 5.0 * a) * ax + 8.0 * a) * ax - 4.0 * a
+    return tf.where(ax <= 1.0, near, tf.where(ax < 2.0, far, tf.zeros_like(ax)))
+
+
+def axis_taps(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target: int, method: str,
+              start: tf.Tensor, length: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(taps [..., target, K] int32, weights [..., target, K] float32) of image axes, PIL-style.
+
+    Output pixel i of the `target` pixels at `offset` in a `size` -> `resized` resize reads source
+    pixels taps[i] (relative to a window of `length` pixels at `start`) with normalised weights; the
+    kernel is widened by 1/scale when shrinking (antialiasing, as PIL). Taps outside the image get
+    weight 0; K = ceil(2 * support) + 1 covers every non-zero weight. The arguments may be vectors
+    (one entry per axis): computing both axes in one set of ops halves the per-image op overhead.
+    """
+    if method not in _RADIUS:
+        raise ValueError(f"resize method must be one of {sorted(_RADIUS)}, got {method!r}")
+    size, start, length = (tf.convert_to_tensor(v, tf.int32)[..., tf.newaxis, tf.newaxis]
+                           for v in (size, start, length))
+    scale = _f64(resized) / _f64(size[..., 0, 0])
+    stretch = tf.maximum(1.0 / scale, 1.0)
+    support = _RADIUS[method] * stretch
+    k = tf.cast(tf.math.ceil(2.0 * tf.reduce_max(support)), tf.int32) + 1
+    centres = ((tf.range(target, dtype=tf.float64) + _f64(offset)[..., tf.newaxis] + 0.5)
+               / scale[..., tf.newaxis])[..., tf.newaxis]
+    first = tf.floor(centres - support[..., tf.newaxis, tf.newaxis])
+    taps = tf.cast(first, tf.int32) + tf.range(k)
+    weights = _kernel(method, (first + tf.range(k, dtype=tf.float64) + 0.5 - centres)
+                      / stretch[..., tf.newaxis, tf.newaxis])
+    weights = tf.where((taps >= 0) & (taps < size), weights, tf.zeros_like(weights))
+    weights = weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
+    return tf.clip_by_value(taps - start, 0, length - 1), tf.cast(weights, tf.float32)
+
+
+def _axis_matrix(taps: tf.Tensor, weights: tf.Tensor, length: tf.Tensor, target: int, channels: int,
+                 flip, order: tuple[int, ...], scale: tuple[float, ...]) -> tf.SparseTensor:
+    """Sparse [target * channels, length * channels] matrix: row (i, c) = weights of (taps[i], order[c]).
+
+    Folding a horizontal flip (rows reversed), a channel reorder (RGB -> BGR) and per-channel scales
+    (1 / std) into the resampling weights makes them free: no pass over the pixels of their own.
+    """
+    k = tf.shape(taps)[1]
+    rows = tf.range(target)
+    if flip is not None:
+        rows = tf.where(flip, target - 1 - rows, rows)
+    if channels == 1:
+        rows = tf.broadcast_to(rows[:, tf.newaxis], [target, k])
+        values = weights if scale[0] == 1.0 else weights * scale[0]
+        cols = taps
+    else:
+        rows = tf.broadcast_to(rows[:, tf.newaxis, tf.newaxis] * channels
+                               + tf.range(channels)[tf.newaxis, :, tf.newaxis], [target, channels, k])
+        cols = taps[:, tf.newaxis, :] * channels + tf.constant(order, tf.int32)[tf.newaxis, :, tf.newaxis]
+        values = weights[:, tf.newaxis, :] * tf.constant(scale, tf.float32)[tf.newaxis, :, tf.newaxis]
+    indices = tf.stack([tf.reshape(rows, [-1]), tf.reshape(cols, [-1])], axis=1)
+    return tf.SparseTensor(tf.cast(indices, tf.int64), tf.reshape(values, [-1]),
+                           tf.cast(tf.stack([target * channels, length * channels]), tf.int64))
+
+
+def resample_crop(
+    window: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+    resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
+    target_h: int, target_w: int, method: str = "bilinear", *, flip: Optional[tf.Tensor] = None,
+    mode: Optional[str] = None, image_mean: Optional[Mapping[str, float]] = None, transposed: bool = False,
+) -> tf.Tensor:
+    """The target window at (top, left) of a height x width image resized to resized_h x resized_w,
+    optionally mirrored (`flip`) and preprocessed (`mode`), from the source pixels `window` (which
+    start at row y0, column x0 and must hold source_window(...) of both axes). float32 [th, tw, C].
+    transposed: `window` is laid out [W, C, H] (as the decoded-image cache keeps it) instead of [H, W, C].
+
+    Two sparse matrix products (columns, then rows) compute only the kept pixels, PIL-style
+    (antialiased when shrinking, bicubic clipped to 0..255). Flip, RGB -> BGR and 1/std ride in the
+    column weights and the mean in one subtraction, so a training image costs two passes over its
+    pixels: about twice as fast as ScaleAndTranslate or crop_and_resize followed by separate flip and
+    preprocess ops (bench/data_pipeline.py).
+    """
+    channels = window.shape[1 if transposed else -1]
+    if channels is None:
+        raise ValueError("resample_crop needs a static channel dimension")
+    if mode is None:
+        mean, std, to_bgr = (0.0,) * channels, (1.0,) * channels, False
+    else:
+        mean, std, to_bgr = preprocess_constants(mode, channels, image_mean)
+    order = tuple(reversed(range(channels))) if to_bgr else tuple(range(channels))
+    scale = tuple(1.0 / s for s in std)
+    shape = tf.shape(window)
+    hh, ww = (shape[2], shape[0]) if transposed else (shape[0], shape[1])
+    if not transposed:
+        window = tf.transpose(window, [1, 2, 0])
+    # Both axes' taps in one set of ops; rows of x are (source column, channel), so that flip, BGR and
+    # 1/std fold into the column weights.
+    taps, weights = axis_taps(tf.stack([height, width]), tf.stack([resized_h, resized_w]), tf.stack([top, left]),
+                              max(target_h, target_w), method, tf.stack([y0, x0]), tf.stack([hh, ww]))
+    x = tf.cast(tf.reshape(window, [ww * channels, hh]), tf.float32)
+    cols = tf.sparse.sparse_dense_matmul(
+        _axis_matrix(taps[1, :target_w], weights[1, :target_w], ww, target_w, channels, flip, order, scale), x)
+    # Pass 2 (rows) on the transposed [hh, tw * C] result gives the final [th, tw * C] layout directly.
+    out = tf.sparse.sparse_dense_matmul(
+        _axis_matrix(taps[0, :target_h], weights[0, :target_h], hh, target_h, 1, None, (0,), (1.0,)),
+        tf.transpose(cols))
+    if method != "bilinear":  # bicubic overshoots; PIL clips to the 8-bit range
+        out = tf.clip_by_value(out, 0.0, tf.constant([255.0 * s for s in scale] * target_w, tf.float32))
+    if any(m != 0.0 for m in mean):  # row-broadcast: far cheaper than broadcasting over [..., C]
+        out = out - tf.constant([m / s for m, s in zip(mean, std)] * target_w, tf.float32)
+    return tf.reshape(out, [target_h, target_w, channels])
+
+
 def resize_window_and_crop(
     window: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
     resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
@@ -133,49 +244,8 @@ def resize_window_and_crop(
     The window must hold source_window(...) for both axes; the result then equals resize_and_crop
     on the whole image (up to float rounding).
     """
-    if method not in _KERNELS:
-        raise ValueError(f"resize method must be one of {sorted(_KERNELS)}, got {method!r}")
-    scale = tf.stack([
-        tf.cast(resized_h, tf.float32) / tf.cast(height, tf.float32),
-        tf.cast(resized_w, tf.float32) / tf.cast(width, tf.float32),
-    ])
-    translation = tf.cast(tf.stack([y0, x0]), tf.float32) * scale - tf.cast(tf.stack([top, left]), tf.float32)
-
-    def general() -> tf.Tensor:
-        return tf.raw_ops.ScaleAndTranslate(
-            images=window[tf.newaxis],
-            size=tf.constant([target_h, target_w], tf.int32),
-            scale=scale,
-            translation=translation,
-            kernel_type=_KERNELS[method],
-            antialias=True,
-        )[0]
-
-    if method == "bilinear" and target_h > 1 and target_w > 1:
-        # Enlarging with the triangle kernel is plain half-pixel bilinear interpolation with clamped
-        # edges; crop_and_resize computes that ~3x faster. Shrinking keeps ScaleAndTranslate (antialias).
-        out = tf.cond(tf.reduce_all(scale >= 1.0), lambda: _bilinear_enlarge(window, scale, translation,
-                                                                            target_h, target_w), general)
-        return out  # bilinear weights are a convex combination: no overshoot to clip
-    # Bicubic overshoots; PIL clips to the 8-bit range.
-    return tf.clip_by_value(general(), 0.0, 255.0)
-
-
-def _bilinear_enlarge(window: tf.Tensor, scale: tf.Tensor, translation: tf.Tensor, target_h: int, target_w: int
-                      ) -> tf.Tensor:
-    """ScaleAndTranslate(triangle) for scale >= 1 via crop_and_resize on the edge-padded window.
-
-    Output pixel i samples window coordinate (i + 0.5 - t) / s - 0.5 (pixel centres at integers);
-    one replicated pixel of padding turns crop_and_resize's out-of-range extrapolation into the
-    edge clamping ScaleAndTranslate does.
-    """
-    # float32 first: crop_and_resize is about twice as fast on float32 as on uint8 input.
-    padded = tf.pad(tf.cast(window, tf.float32), [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
-    size = tf.cast(tf.shape(padded)[:2], tf.float32) - 1.0  # crop_and_resize maps [0, 1] to [0, size - 1]
-    start = (0.5 - translation) / scale + 0.5  # "- 0.5 + 1": centre convention, then the padding
-    span = tf.constant([target_h - 1, target_w - 1], tf.float32) / scale
-    box = tf.concat([start / size, (start + span) / size], axis=0)[tf.newaxis]
-    return tf.image.crop_and_resize(padded[tf.newaxis], box, [0], [target_h, target_w])[0]
+    return resample_crop(window, y0, x0, height, width, resized_h, resized_w, top, left, target_h, target_w,
+                         method)
 
 
 def resize_and_crop(
@@ -290,5 +360,14 @@ def preprocess(images: tf.Tensor, mode: str, image_mean: Optional[Mapping[str, f
     x = tf.cast(images, tf.float32)
     if to_bgr:
         x = tf.reverse(x, axis=[-1])
-    x = x - tf.constant(mean, tf.float32)
-    return x if all(s == 1.0 for s in std) else x * tf.constant([1.0 / s for s in std], tf.float32)
+    width = images.shape[-2] if images.shape.rank and images.shape.rank >= 2 else None
+    if width is None:
+        x = x - tf.constant(mean, tf.float32)
+        return x if all(s == 1.0 for s in std) else x * tf.constant([1.0 / s for s in std], tf.float32)
+    # Broadcasting a [C] vector over [..., W, C] is slow in TensorFlow; a [W * C] row over [..., W * C] is not.
+    shape = tf.shape(x)
+    rows = tf.reshape(x, tf.concat([shape[:-2], [width * channels]], axis=0))
+    rows = rows - tf.constant(list(mean) * width, tf.float32)
+    if any(s != 1.0 for s in std):
+        rows = rows * tf.constant([1.0 / s for s in std] * width, tf.float32)
+    return tf.reshape(rows, shape)

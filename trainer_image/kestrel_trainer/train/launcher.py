@@ -47,6 +47,8 @@ def rank_arguments(args: argparse.Namespace) -> list[str]:
         out += ["--log_file", args.log_file]
     if args.verbose:
         out.append("--verbose")
+    if getattr(args, "image_cache", "auto") != "auto":
+        out += ["--image-cache", args.image_cache]
     return out
 
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from kestrel_trainer.data import folders
 from kestrel_trainer.data.check import exclude_bad_images
+from kestrel_trainer.data.decoded import decode_shard
 from kestrel_trainer.data.pipeline import make_dataset, steps_per_epoch
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.model_io.files import load_model, save_model
@@ -64,6 +65,7 @@ class TrainOptions:
     ranks: Ranks = field(default_factory=Ranks)
     gpus: int = 1  # --gpus: with ranks.size, how many devices each rank owns (model parallelism)
     gpu_index: Optional[tuple[int, ...]] = None
+    image_cache: str = "auto"  # decoded training images kept in memory: auto (if they fit), on, off
     extra_callbacks: list = field(default_factory=list)  # library users and benchmarks: run after ours
 
 
@@ -268,10 +270,16 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
         with open(os.path.join(seen_dir, f"rank{ranks.rank}.pid"), "w", encoding="utf-8") as fh:
             fh.write(str(os.getpid()))
 
+    started = time.monotonic()
+    decoded = decode_shard(train_files, ranks.rank, ranks.size, spec.model.input_channels, opts.image_cache,
+                           n_workers=spec.train.n_workers, log=log.info)
+    if decoded is not None:
+        log.info("image cache filled in %.1f s: epochs read no image files", time.monotonic() - started)
+
     def train_data(first_epoch: int, skip: int = 0) -> tf.data.Dataset:
         ds = make_dataset(train_files, train_labels, n_classes, spec.model, spec.train, training=True,
                           batch_size=batch, rank=ranks.rank, size=ranks.size, initial_epoch=first_epoch,
-                          n_epochs=n_epochs - first_epoch, with_paths=bool(seen_dir))
+                          n_epochs=n_epochs - first_epoch, with_paths=bool(seen_dir), decoded=decoded)
         if skip:
             ds = ds.skip(skip)
         if seen_dir:

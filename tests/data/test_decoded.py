@@ -1,0 +1,105 @@
+"""The in-memory cache of decoded training images, and the resampler that reads it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kestrel_trainer.data import decoded as D
+from kestrel_trainer.data import folders, pipeline
+from kestrel_trainer.data import transforms as T
+from tests.data.helpers import make_folder, model_spec, train_spec
+from tests.data.numpy_refs import ref_preprocess, ref_resize_crop
+
+RNG = np.random.default_rng(11)
+
+
+def _images(folder, channels=3, **kw):
+    """All batches' images of one pass, as one array."""
+    ms = kw.pop("model", model_spec(c=channels, h=8, w=8))
+    spec = train_spec(**{k: kw.pop(k) for k in list(kw) if k in (
+        "enable_random_crop", "enable_color_augmentation", "preprocess_mode", "random_seed")})
+    ds = pipeline.make_dataset(folder.files, folder.labels, folder.n_classes, ms, spec, batch_size=4, **kw)
+    return np.concatenate([x.numpy() for x, _ in ds])
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_cached_epochs_equal_decoding_every_epoch(tmp_path, ext, channels):
+    root = str(tmp_path / "ds")
+    make_folder(root, {"a": 5, "b": 4}, size=(21, 30), ext=ext)
+    folder = folders.scan(root)
+    decoded = D.decode_images(folder.files, channels)
+    assert len(decoded) == 9 and decoded.nbytes == 9 * 21 * 30 * channels
+    for kw in (dict(training=True, enable_random_crop=True, n_epochs=2, preprocess_mode="caffe"),
+               dict(training=True, enable_random_crop=True, n_epochs=1, preprocess_mode="torch", random_seed=5),
+               dict(training=False, center_crop=True, preprocess_mode="tf")):
+        plain = _images(folder, channels, **kw)
+        cached = _images(folder, channels, decoded=decoded, **kw)
+        # JPEGs: the uncached path decodes only the crop's window, which libjpeg may round differently
+        np.testing.assert_allclose(cached, plain, atol=1e-4 if ext == ".png" else 2e-2)
+
+
+def test_each_rank_caches_its_own_shard(tmp_path):
+    root = str(tmp_path / "ds")
+    make_folder(root, {"a": 4, "b": 3}, size=(12, 10))
+    folder = folders.scan(root)
+    decoded = D.decode_shard(folder.files, 1, 2, 3, "on", log=lambda _: None)
+    assert len(decoded) == len(pipeline.shard_indices(len(folder.files), 1, 2)) == 3
+    kw = dict(training=True, enable_random_crop=True, rank=1, size=2)
+    np.testing.assert_allclose(_images(folder, decoded=decoded, **kw), _images(folder, **kw), atol=1e-4)
+    with pytest.raises(ValueError, match="shard"):
+        _images(folder, decoded=decoded, training=True, rank=0, size=2)  # rank 0's shard has 4 images
+
+
+def test_budget_exceeded_falls_back_to_decoding_and_says_so(tmp_path):
+    root = str(tmp_path / "ds")
+    make_folder(root, {"a": 3, "b": 3}, size=(12, 10))
+    files = folders.scan(root).files
+    said = []
+    assert D.decode_images(files, 3, max_bytes=12 * 10 * 3 * 4, log=said.append) is None
+    assert "cache budget" in said[0] and "decoding them every epoch" in said[0]
+    assert len(D.decode_images(files, 3, max_bytes=12 * 10 * 3 * 6)) == 6
+    assert D.decode_shard(files, 0, 1, 3, "off") is None
+    assert D.cache_budget("on") is None and D.cache_budget("off") == 0
+    with pytest.raises(ValueError, match="auto, on, off"):
+        D.cache_budget("always")
+
+
+def test_auto_budget_respects_a_pod_memory_limit(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 33554432 kB\nMemAvailable: 16777216 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(str(4 * 2**30))
+    (cgroup / "memory.current").write_text(str(3 * 2**30))
+    assert D.available_memory(str(meminfo), str(cgroup)) == 2**30  # the pod's room, not the node's 16 GiB
+    (cgroup / "memory.max").write_text("max")
+    assert D.available_memory(str(meminfo), str(cgroup)) == 16 * 2**30
+
+
+def test_a_file_that_breaks_after_the_check_is_a_clear_error(tmp_path):
+    root = str(tmp_path / "ds")
+    paths = make_folder(root, {"a": 2, "b": 2}, size=(12, 10))
+    with open(paths[1], "wb") as fh:
+        fh.write(b"not an image")
+    with pytest.raises(D.DataError, match="dataset check"):
+        D.decode_images(folders.scan(root).files, 3)
+
+
+@pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("box", [(20, 26, 3, 5), (12, 10, 1, 2)])  # enlarge, shrink (antialiased)
+def test_flip_and_preprocessing_folded_into_resampling_match_doing_them_after(mode, method, box):
+    img = RNG.integers(0, 256, size=(15, 18, 3), dtype=np.uint8)
+    rh, rw, top, left = box
+    want = ref_preprocess(ref_resize_crop(img, rh, rw, top, left, 8, 8, method)[:, ::-1], mode)
+    zero = tf.constant(0)
+    got = T.resample_crop(tf.constant(img), zero, zero, 15, 18, rh, rw, top, left, 8, 8, method,
+                          flip=tf.constant(True), mode=mode).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4 * (255 if mode == "caffe" else 1) * 2)
+    transposed = tf.transpose(tf.constant(img), [1, 2, 0])  # the cache's [W, C, H] layout
+    same = T.resample_crop(transposed, zero, zero, 15, 18, rh, rw, top, left, 8, 8, method,
+                           flip=tf.constant(True), mode=mode, transposed=True).numpy()
+    np.testing.assert_array_equal(same, got)
