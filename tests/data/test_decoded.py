@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kestrel_trainer.data import check, folders, pipeline
 from kestrel_trainer.data import decoded as D
-from kestrel_trainer.data import folders, pipeline
 from kestrel_trainer.data import transforms as T
 from tests.data.helpers import make_folder, model_spec, train_spec
 from tests.data.numpy_refs import ref_preprocess, ref_resize_crop
@@ -103,3 +103,39 @@ def test_flip_and_preprocessing_folded_into_resampling_match_doing_them_after(mo
     same = T.resample_crop(transposed, zero, zero, 15, 18, rh, rw, top, left, 8, 8, method,
                            flip=tf.constant(True), mode=mode, transposed=True).numpy()
     np.testing.assert_array_equal(same, got)
+
+
+def test_one_decoding_pass_checks_every_file_and_caches_the_ranks_shard(tmp_path):
+    root = str(tmp_path / "ds")
+    make_folder(root, {"a": 4, "b": 3}, size=(12, 10))
+    folder = folders.scan(root)
+    files, labels, skipped, decoded = check.exclude_bad_images_and_cache(
+        folder.files, folder.labels, skip_bad_images=False, channels=3, rank=1, size=2, cache="on",
+        info=lambda _: None)
+    assert (files, labels, skipped) == (list(folder.files), list(folder.labels), 0)
+    want = D.decode_shard(folder.files, 1, 2, 3, "on", log=lambda _: None)
+    np.testing.assert_array_equal(decoded.pixels.numpy(), want.pixels.numpy())
+    np.testing.assert_array_equal(decoded.shapes, want.shapes)
+    *_, nothing = check.exclude_bad_images_and_cache(folder.files, folder.labels, skip_bad_images=False, channels=3,
+                                                     cache="off")
+    assert nothing is None
+
+
+def test_skipping_a_bad_file_moves_the_shard_and_the_cache_follows(tmp_path):
+    root = str(tmp_path / "ds")
+    paths = make_folder(root, {"a": 4, "b": 3}, size=(12, 10))
+    folder = folders.scan(root)
+    with open(folder.files[0], "wb") as fh:
+        fh.write(b"\x89PNG broken")
+    with pytest.raises(D.DataError, match="cannot be decoded"):
+        check.exclude_bad_images_and_cache(folder.files, folder.labels, skip_bad_images=False, channels=3)
+    said = []
+    files, labels, skipped, decoded = check.exclude_bad_images_and_cache(
+        folder.files, folder.labels, skip_bad_images=True, channels=3, rank=0, size=2, cache="on",
+        log=said.append, info=lambda _: None)
+    assert skipped == 1 and files == list(folder.files[1:]) and len(paths) == 7 and "skipping 1" in said[0]
+    want = D.decode_shard(files, 0, 2, 3, "on", log=lambda _: None)  # rank 0 now reads files 1, 3, 5
+    np.testing.assert_array_equal(decoded.pixels.numpy(), want.pixels.numpy())
+    kw = dict(training=True, enable_random_crop=True, rank=0, size=2)
+    kept = folders.ImageFolder(root=root, classes=folder.classes, files=tuple(files), labels=tuple(labels))
+    np.testing.assert_allclose(_images(kept, decoded=decoded, **kw), _images(kept, **kw), atol=1e-4)

@@ -119,7 +119,8 @@ def test_training_flip_and_crop_produce_varied_views_of_each_image(ds13):
             kinds["mirrored"] += 1
     assert kinds["same"] + kinds["mirrored"] == 8 and kinds["same"] and kinds["mirrored"]
     crops = _batches(one, batch_size=9, enable_random_crop=True)[0][0].numpy()[:8]
-    assert len({c.tobytes() for c in crops}) == 8  # every draw a different window
+    # different windows (a 9x12 image has only ~100 possible crops, so two of 8 draws may coincide)
+    assert len({c.tobytes() for c in crops}) >= 6
 
 
 def test_mixup_labels_sum_to_one_and_mix_two_classes_at_most(ds13):

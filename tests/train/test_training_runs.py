@@ -91,10 +91,14 @@ def test_resume_gives_the_same_weights_as_an_unbroken_run(tmp_path, fashion_subs
 
 
 @pytest.mark.slow
-def test_two_seeded_runs_give_identical_weights(tmp_path, fashion_subset):
+def test_two_seeded_runs_give_identical_weights_with_or_without_the_image_cache(tmp_path, fashion_subset):
     spec = write_spec(tmp_path, fashion_subset, epochs=1, mixup=0.2)
-    assert _train(spec, tmp_path / "a").returncode == 0
-    assert _train(spec, tmp_path / "b").returncode == 0
+    cached = _train(spec, tmp_path / "a")  # auto: a small subset fits, so epochs read the decoded cache
+    assert cached.returncode == 0, cached.stderr
+    assert "image cache:" in cached.stderr and "training images checked and cached" in cached.stderr
+    decoding = _train(spec, tmp_path / "b", "--image-cache", "off")
+    assert decoding.returncode == 0, decoding.stderr
+    assert "image cache:" not in decoding.stderr
     for x, y in zip(_weights(tmp_path / "a/weights/resnet_001.tlt"), _weights(tmp_path / "b/weights/resnet_001.tlt")):
         np.testing.assert_array_equal(x, y)
 

@@ -2,16 +2,20 @@
 
 The scan uses the same decoder as the training pipeline (tf.io.decode_image), in a parallel tf.data
 pass, so "passes the check" means "the pipeline can read it". Training refuses to start when any
-file is bad unless skip_bad_images is set, in which case the files are left out and counted.
+file is bad unless skip_bad_images is set, in which case the files are left out and counted. For
+training, the same pass keeps the rank's decoded images for the in-memory cache (data/decoded.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from kestrel_trainer.errors import DataError
+
+if TYPE_CHECKING:
+    from kestrel_trainer.data.decoded import DecodedImages
 
 MAX_LISTED = 20
 
@@ -38,21 +42,10 @@ def _reason(path: str) -> str:
 
 def find_bad_images(paths: Sequence[str], n_workers: Optional[int] = None) -> list[BadImage]:
     """Every file in `paths` that cannot be read or decoded (or has no pixels), in input order."""
-    import tensorflow as tf
+    from kestrel_trainer.data.decoded import decode_pass
 
-    if not paths:
-        return []
-    calls = n_workers if n_workers and n_workers > 0 else tf.data.AUTOTUNE
-
-    def probe(path: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
-        tf.debugging.assert_positive(tf.size(image), message="image has no pixels")
-        return path
-
-    ds = tf.data.Dataset.from_tensor_slices(list(paths))
-    ds = ds.map(probe, num_parallel_calls=calls, deterministic=False).ignore_errors()
-    good = {p.decode() for p in ds.batch(1024).as_numpy_iterator() for p in p}
-    return [BadImage(p, _reason(p)) for p in paths if p not in good]
+    failed, _ = decode_pass(paths, n_workers=n_workers)
+    return [BadImage(paths[i], _reason(paths[i])) for i in failed]
 
 
 def describe_bad_images(bad: Sequence[BadImage], limit: int = MAX_LISTED) -> str:
@@ -61,6 +54,20 @@ def describe_bad_images(bad: Sequence[BadImage], limit: int = MAX_LISTED) -> str
     if len(bad) > limit:
         lines.append(f"... and {len(bad) - limit} more")
     return "\n".join(lines)
+
+
+def _apply_policy(files: Sequence[str], labels: Sequence[int], bad: list[BadImage], skip_bad_images: bool,
+                  log: Callable[[str], None]) -> tuple[list[str], list[int], int]:
+    if not bad:
+        return list(files), list(labels), 0
+    if not skip_bad_images:
+        raise DataError(
+            f"{len(bad)} image(s) cannot be decoded (fix or remove them, or pass --skip-bad-images; "
+            f"`kestrel dataset check ROOT` lists them all):\n{describe_bad_images(bad)}")
+    bad_paths = {b.path for b in bad}
+    kept = [(f, y) for f, y in zip(files, labels, strict=True) if f not in bad_paths]
+    log(f"skipping {len(bad)} image(s) that cannot be decoded:\n{describe_bad_images(bad)}")
+    return [f for f, _ in kept], [y for _, y in kept], len(bad)
 
 
 def exclude_bad_images(
@@ -76,14 +83,39 @@ def exclude_bad_images(
     Refusing is the default because a silently shrinking dataset hides real problems (a broken
     copy, a wrong mount); --skip-bad-images opts in to training on the rest, and the count is logged.
     """
-    bad = find_bad_images(files, n_workers)
-    if not bad:
-        return list(files), list(labels), 0
-    if not skip_bad_images:
-        raise DataError(
-            f"{len(bad)} image(s) cannot be decoded (fix or remove them, or pass --skip-bad-images; "
-            f"`kestrel dataset check ROOT` lists them all):\n{describe_bad_images(bad)}")
-    bad_paths = {b.path for b in bad}
-    kept = [(f, y) for f, y in zip(files, labels, strict=True) if f not in bad_paths]
-    log(f"skipping {len(bad)} image(s) that cannot be decoded:\n{describe_bad_images(bad)}")
-    return [f for f, _ in kept], [y for _, y in kept], len(bad)
+    return _apply_policy(files, labels, find_bad_images(files, n_workers), skip_bad_images, log)
+
+
+def exclude_bad_images_and_cache(
+    files: Sequence[str],
+    labels: Sequence[int],
+    *,
+    skip_bad_images: bool,
+    channels: int,
+    rank: int = 0,
+    size: int = 1,
+    cache: str = "auto",
+    n_workers: Optional[int] = None,
+    log: Callable[[str], None] = print,
+    info: Callable[[str], None] = print,
+) -> tuple[list[str], list[int], int, Optional[DecodedImages]]:
+    """exclude_bad_images, plus rank `rank`'s shard of the kept files decoded (data/decoded.py) when the
+    cache mode and memory allow, from the same decoding pass: checking and caching cost one decode.
+
+    Only when bad files are skipped does the shard move (the kept list is shorter), and then the new
+    shard is decoded in a second pass. `log` gets the skipped files, `info` what the cache holds.
+    """
+    from kestrel_trainer.data.decoded import cache_budget, decode_pass, decode_shard, log_cached
+    from kestrel_trainer.data.pipeline import shard_indices
+
+    budget = cache_budget(cache, size)
+    keep = shard_indices(len(files), rank, size) if budget != 0 and len(files) >= size else None
+    failed, decoded = decode_pass(files, channels, keep, max_bytes=budget, n_workers=n_workers, log=info)
+    bad = [BadImage(files[i], _reason(files[i])) for i in failed]
+    kept_files, kept_labels, skipped = _apply_policy(files, labels, bad, skip_bad_images, log)
+    if skipped and keep is not None:  # the shard moved: what was kept (if anything) is the wrong set
+        decoded = decode_shard(kept_files, rank, size, channels, cache, n_workers=n_workers, log=info)
+    else:
+        log_cached(decoded, info)
+    return kept_files, kept_labels, skipped, decoded
+

@@ -1,7 +1,7 @@
 """Decode a rank's training images once and keep their pixels in memory for every epoch.
 
 Why: the original decodes every image in every epoch. When a rank's decoded images fit in a share
-of the memory (Fashion-MNIST's 60,000 28x28 images are 47 MB), keeping the uint8 pixels makes each
+of the memory (Fashion-MNIST's 60,000 28x28 images are 45 MiB), keeping the uint8 pixels makes each
 later epoch cost only the crop, resample and preprocessing, about half of the per-image CPU at
 224x224 (bench/data_pipeline.py). The pixels are exactly what the per-epoch decoding would give
 (same decoder, same channel conversion), so a run with the cache sees the same images as one without.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class DecodedImages:
     """Pixels of n images: image i (shapes[i] = H, W, C) is pixels[offsets[i]:offsets[i + 1]] laid out
     [W, C, H], the layout transforms.resample_crop(transposed=True) reads without a transpose of its own."""
 
-    pixels: np.ndarray  # uint8, flat
+    pixels: Any  # tf.Tensor, uint8, flat: held by TensorFlow once, shared by every dataset built on it
     offsets: np.ndarray  # int64 [n + 1]
     shapes: np.ndarray  # int32 [n, 3]
 
@@ -40,7 +40,7 @@ class DecodedImages:
 
     @property
     def nbytes(self) -> int:
-        return int(self.pixels.nbytes)
+        return int(self.pixels.shape[0])
 
 
 def _read_int(path: str) -> Optional[int]:
@@ -85,49 +85,95 @@ def cache_budget(mode: str, ranks: int = 1) -> Optional[int]:
     return 0 if available is None else int(available * AUTO_MEMORY_SHARE / max(ranks, 1))
 
 
-def decode_images(paths: Sequence[str], channels: int, *, max_bytes: Optional[int] = None,
-                  n_workers: Optional[int] = None, log: Optional[Callable[[str], None]] = None
-                  ) -> Optional[DecodedImages]:
-    """Decode every file (parallel tf.data pass, file order) to uint8 with `channels` channels.
+def decode_pass(paths: Sequence[str], channels: Optional[int] = None, keep: Optional[np.ndarray] = None, *,
+                max_bytes: Optional[int] = None, n_workers: Optional[int] = None,
+                log: Optional[Callable[[str], None]] = None) -> tuple[list[int], Optional[DecodedImages]]:
+    """Decode every file once (parallel tf.data pass): (indices of files that fail, pixels of the kept ones).
 
-    Returns None, after logging why, as soon as the pixels would exceed max_bytes (None: no limit), so
-    the caller falls back to decoding each epoch. A file that fails to decode is a DataError naming it
-    (the bad-image check runs first, so this means it changed since).
+    This one pass is both the bad-image check and the cache fill. keep: ascending indices whose pixels
+    to return (converted to `channels`), None for none; the pixels are None when none are asked for or
+    as soon as they would exceed max_bytes (None: no limit; the check goes on, and the log says why).
+    A file "fails" when it cannot be read or decoded or has no pixels.
     """
     import tensorflow as tf
 
     from kestrel_trainer.data.transforms import to_channels
 
-    if max_bytes is not None and max_bytes <= 0:
-        return None
+    n = len(paths)
+    if not n:
+        return [], (_assemble([], []) if keep is not None else None)
+    wanted = np.zeros(n, bool)
+    if keep is not None and (max_bytes is None or max_bytes > 0):
+        wanted[np.asarray(keep, np.int64)] = True
     calls = n_workers if n_workers and n_workers > 0 else tf.data.AUTOTUNE
 
-    def decode(path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = to_channels(tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False), channels)
-        return tf.transpose(image, [1, 2, 0]), tf.shape(image)
+    def decode(index: tf.Tensor, path: tf.Tensor, want: tf.Tensor):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+        tf.debugging.assert_positive(tf.size(image), message="image has no pixels")
+        if channels is None:
+            return index, tf.zeros([0], tf.uint8), tf.shape(image)
+        image = to_channels(image, channels)
+        pixels = tf.cond(want, lambda: tf.reshape(tf.transpose(image, [1, 2, 0]), [-1]),
+                         lambda: tf.zeros([0], tf.uint8))
+        return index, pixels, tf.shape(image)
 
-    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(decode, num_parallel_calls=calls, deterministic=True)
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), list(paths), wanted))
+    ds = ds.map(decode, num_parallel_calls=calls, deterministic=True).ignore_errors()
+    seen = np.zeros(n, bool)
     images: list[np.ndarray] = []
     shapes: list[np.ndarray] = []
-    total = 0
-    try:  # one element at a time: ragged batching costs more than the decoding here
-        for image, shape in ds.prefetch(64).as_numpy_iterator():
-            total += image.nbytes
+    keeping, total = bool(wanted.any()), 0
+    for index, pixels, shape in ds.prefetch(64).as_numpy_iterator():  # one at a time: ragged batches cost more
+        seen[index] = True
+        if keeping and wanted[index]:
+            total += pixels.nbytes
             if max_bytes is not None and total > max_bytes:
+                keeping, images, shapes = False, [], []
                 if log:
-                    log(f"decoded images need more than the cache budget ({max_bytes / 2**20:.0f} MiB after "
-                        f"{len(images)} of {len(paths)} images): decoding them every epoch")
-                return None
-            images.append(image)
+                    log(f"decoded images need more than the cache budget ({max_bytes / 2**20:.0f} MiB): "
+                        "decoding them every epoch instead")
+                continue
+            images.append(pixels)
             shapes.append(shape)
-    except tf.errors.OpError as err:
-        raise DataError(f"an image could not be decoded while caching ({err.message.splitlines()[0]}); "
-                        "run `kestrel dataset check` on the data set") from None
+    failed = np.flatnonzero(~seen).tolist()
+    if not keeping or failed and np.any(wanted[failed]):
+        return failed, None
+    return failed, _assemble(images, shapes)
+
+
+def _assemble(images: list[np.ndarray], shapes: list[np.ndarray]) -> DecodedImages:
     all_shapes = np.array(shapes, np.int32).reshape(-1, 3)
     offsets = np.zeros(len(all_shapes) + 1, np.int64)
     np.cumsum(np.prod(all_shapes, axis=1, dtype=np.int64), out=offsets[1:])
-    pixels = np.concatenate([image.reshape(-1) for image in images]) if images else np.zeros(0, np.uint8)
-    return DecodedImages(pixels, offsets, all_shapes)
+    import tensorflow as tf
+
+    flat = np.concatenate(images) if images else np.zeros(0, np.uint8)
+    images.clear()  # peak memory: twice the cache, briefly
+    return DecodedImages(tf.constant(flat), offsets, all_shapes)
+
+
+def decode_images(paths: Sequence[str], channels: int, *, max_bytes: Optional[int] = None,
+                  n_workers: Optional[int] = None, log: Optional[Callable[[str], None]] = None
+                  ) -> Optional[DecodedImages]:
+    """Every file's pixels with `channels` channels, or None (logged) when they exceed max_bytes.
+
+    A file that fails to decode is a DataError naming it (the bad-image check runs first, so this
+    means it changed since).
+    """
+    if max_bytes is not None and max_bytes <= 0:
+        return None
+    failed, decoded = decode_pass(paths, channels, np.arange(len(paths)), max_bytes=max_bytes, n_workers=n_workers,
+                                  log=log)
+    if failed:
+        raise DataError(f"{paths[failed[0]]}: cannot be decoded (it passed the check before, so it changed since); "
+                        "run `kestrel dataset check` on the data set")
+    return decoded
+
+
+def log_cached(decoded: Optional[DecodedImages], log: Callable[[str], None]) -> None:
+    if decoded is not None:
+        log(f"image cache: {len(decoded)} decoded images ({decoded.nbytes / 2**20:.1f} MiB) kept in memory; "
+            "epochs read no image files")
 
 
 def decode_shard(files: Sequence[str], rank: int, size: int, channels: int, mode: str, *,
@@ -135,12 +181,7 @@ def decode_shard(files: Sequence[str], rank: int, size: int, channels: int, mode
     """decode_images for rank `rank`'s shard (pipeline.shard_indices order) within the mode's budget."""
     from kestrel_trainer.data.pipeline import shard_indices
 
-    budget = cache_budget(mode, size)
-    if budget == 0:
-        return None
     shard = [files[i] for i in shard_indices(len(files), rank, size)]
-    decoded = decode_images(shard, channels, max_bytes=budget, n_workers=n_workers, log=log)
-    if decoded is not None:
-        log(f"image cache: {len(decoded)} decoded images ({decoded.nbytes / 2**20:.1f} MiB) kept in memory")
+    decoded = decode_images(shard, channels, max_bytes=cache_budget(mode, size), n_workers=n_workers, log=log)
+    log_cached(decoded, log)
     return decoded
-

@@ -34,6 +34,8 @@ from kestrel_trainer.data.decoded import DecodedImages
 from kestrel_trainer.errors import DataError
 from kestrel_trainer.spec.types import ModelSpec, TrainSpec
 
+N_DRAWS = 7  # uniform draws per image and epoch: crop (3), flip (1), colour (3)
+
 
 def steps_per_epoch(n_files: int, batch_size: int, size: int = 1) -> int:
     """Batches every rank runs per epoch: ceil(ceil(n_files / size) / batch_size)."""
@@ -142,32 +144,37 @@ def make_dataset(
     shard_labels = tf.constant([labels[i] for i in shard], tf.int32)
     shard_ids = tf.constant(shard, tf.int64)
     if decoded is not None:
-        pixels = tf.constant(decoded.pixels)
+        pixels = decoded.pixels
         offsets = tf.constant(decoded.offsets)
         shapes = tf.constant(decoded.shapes)
     base_seed = tf.constant([seed, 0], tf.int64)
 
-    def load(path: tf.Tensor, label: tf.Tensor, index: tf.Tensor, position: tf.Tensor, epoch: tf.Tensor):
-        s = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(base_seed, epoch), index)
-        s_crop, s_color, s_flip = tf.unstack(tf.random.experimental.stateless_split(s, 3))
+    folded_mode = None if color else mode  # colour augmentation needs RGB 0..255, so it preprocesses after
+
+    def geometry(height: tf.Tensor, width: tf.Tensor, u: tf.Tensor):
+        """(resized_h, resized_w, top, left) for one image or a batch (vectors); u = the image's draws."""
         if random_crop:
-            u = tf.random.stateless_uniform([3], seed=s_crop)
-            fraction = T.RANDOM_CROP_MIN_FRACTION + (1.0 - T.RANDOM_CROP_MIN_FRACTION) * u[0]
+            fraction = T.RANDOM_CROP_MIN_FRACTION + (1.0 - T.RANDOM_CROP_MIN_FRACTION) * u[..., 0]
+            return T.random_crop_box(height, width, h, w, fraction, u[..., 1], u[..., 2])
+        if not training and center_crop:
+            return T.center_crop_box(height, width, h, w)
+        ones = tf.ones_like(height)
+        return h * ones, w * ones, 0 * ones, 0 * ones
 
-            def geometry(height, width):
-                return T.random_crop_box(height, width, h, w, fraction, u[1], u[2])
-        elif not training and center_crop:
-            def geometry(height, width):
-                return T.center_crop_box(height, width, h, w)
-        else:
-            def geometry(height, width):
-                return tf.constant(h), tf.constant(w), tf.constant(0), tf.constant(0)
+    def mirror(u: tf.Tensor) -> Optional[tf.Tensor]:
+        return u[..., 3] < 0.5 if flip else None
 
+    def finish_image(image: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+        if color:
+            image = T.preprocess(T.adjust_color(image, *T.color_amounts(u[4:7])), mode, image_mean)
+        return tf.ensure_shape(image, [h, w, c])
+
+    def load(path: tf.Tensor, label: tf.Tensor, u: tf.Tensor):
+        """Read, decode and transform one file (the path without the image cache)."""
         def decode_jpeg_window(raw: tf.Tensor):
             # Decode only the rows/columns the crop needs: JPEG decoding is the most expensive step.
             full = tf.io.extract_jpeg_shape(raw)
-            rh, rw, top, left = geometry(full[0], full[1])
+            rh, rw, top, left = geometry(full[0], full[1], u)
             y0, hh = T.source_window(full[0], rh, top, h, method)
             x0, ww = T.source_window(full[1], rw, left, w, method)
             # Grey models: decode RGB and convert like every other format (PIL's rounded ITU-R 601 luma, as
@@ -175,33 +182,35 @@ def make_dataset(
             window = T.to_channels(tf.image.decode_and_crop_jpeg(raw, tf.stack([y0, x0, hh, ww]), channels=3), c)
             return tf.ensure_shape(window, [None, None, c]), y0, x0, full[0], full[1]
 
-        def whole(image: tf.Tensor):
+        def decode_any(raw: tf.Tensor):
+            image = T.to_channels(tf.io.decode_image(raw, channels=0, expand_animations=False), c)
             shape = tf.shape(image)
             return tf.ensure_shape(image, [None, None, c]), tf.constant(0), tf.constant(0), shape[0], shape[1]
 
-        def decode_any(raw: tf.Tensor):
-            return whole(T.to_channels(tf.io.decode_image(raw, channels=0, expand_animations=False), c))
+        raw = tf.io.read_file(path)
+        window, y0, x0, height, width = tf.cond(
+            tf.io.is_jpeg(raw), lambda: decode_jpeg_window(raw), lambda: decode_any(raw))
+        image = T.resample_crop(window, y0, x0, height, width, *geometry(height, width, u), h, w, method,
+                                flip=mirror(u), mode=folded_mode, image_mean=image_mean)
+        return finish_image(image, u), tf.one_hot(label, n_classes, dtype=tf.float32), path
 
-        transposed = decoded is not None
-        if transposed:  # the cache keeps images laid out [W, C, H] (what resample_crop reads best)
-            shape = shapes[position]
-            window = tf.reshape(pixels[offsets[position]:offsets[position + 1]], tf.stack([shape[1], c, shape[0]]))
-            window, y0, x0, height, width = window, tf.constant(0), tf.constant(0), shape[0], shape[1]
-        else:
-            raw = tf.io.read_file(path)
-            window, y0, x0, height, width = tf.cond(
-                tf.io.is_jpeg(raw), lambda: decode_jpeg_window(raw), lambda: decode_any(raw))
-        box = geometry(height, width)
-        mirror = tf.random.stateless_uniform([], seed=s_flip) < 0.5 if flip else None
-        if color:  # colour augmentation works on RGB 0..255, so preprocessing comes after it
-            image = T.resample_crop(window, y0, x0, height, width, *box, h, w, method, flip=mirror,
-                                    transposed=transposed)
-            image = T.preprocess(T.adjust_color(image, *T.random_color_amounts(s_color)), mode, image_mean)
-        else:  # flip and preprocessing folded into the resampling weights
-            image = T.resample_crop(window, y0, x0, height, width, *box, h, w, method, flip=mirror, mode=mode,
-                                    image_mean=image_mean, transposed=transposed)
-        image = tf.ensure_shape(image, [h, w, c])
-        return image, tf.one_hot(label, n_classes, dtype=tf.float32), path
+    def plan_cached(paths: tf.Tensor, labels: tf.Tensor, positions: tf.Tensor, u: tf.Tensor):
+        """A whole batch's geometry and resampling matrices in one set of ops (the image cache knows every
+        size in advance): per image, that work is ~150 small ops, as costly as the resampling itself."""
+        sizes = tf.gather(shapes, positions)
+        height, width = sizes[:, 0], sizes[:, 1]
+        zero = tf.zeros_like(height)
+        entries = T.resample_entries(height, width, *geometry(height, width, u), zero, zero, height, width, h, w, c,
+                                     method, flip=mirror(u), mode=folded_mode, image_mean=image_mean)
+        return (paths, labels, positions, u, *entries)
+
+    def load_cached(path: tf.Tensor, label: tf.Tensor, position: tf.Tensor, u: tf.Tensor, *entries: tf.Tensor):
+        """One image from the cache (laid out [W, C, H]) with its planned matrices: the heavy ops only."""
+        size = shapes[position]
+        window = tf.reshape(pixels[offsets[position]:offsets[position + 1]], tf.stack([size[1], c, size[0]]))
+        image = T.resample_apply(window, entries, h, w, method, mode=folded_mode, image_mean=image_mean,
+                                 transposed=True)
+        return finish_image(image, u), tf.one_hot(label, n_classes, dtype=tf.float32), path
 
     def finish(batch_index: tf.Tensor, epoch: tf.Tensor, images, onehot, paths):
         if alpha > 0:  # mixing after preprocessing is the same as before: the modes are affine
@@ -215,19 +224,27 @@ def make_dataset(
         if training:
             order = tf.argsort(tf.random.stateless_uniform(
                 [len(shard)], seed=tf.random.experimental.stateless_fold_in(base_seed + [0, 2], epoch)))
+            # Row i: file i's draws this epoch (crop fraction, top, left, flip, hue, saturation, contrast), by
+            # global file index, so they do not depend on the number of ranks and a resumed epoch repeats them.
+            table = tf.random.stateless_uniform(
+                [n_total, N_DRAWS], seed=tf.random.experimental.stateless_fold_in(base_seed + [0, 3], epoch))
         else:
             order = tf.range(len(shard))
+            table = tf.zeros([n_total, N_DRAWS])
         paths = tf.gather(shard_paths, order)
         labs = tf.gather(shard_labels, order)
-        ids = tf.gather(shard_ids, order)
+        draws = tf.gather(table, tf.gather(shard_ids, order))
         positions = tf.cast(order, tf.int64)
         out = None
         for start, count, batch in plan:
             part = tf.data.Dataset.from_tensor_slices((paths[start:start + count], labs[start:start + count],
-                                                       ids[start:start + count], positions[start:start + count]))
-            part = part.map(lambda p, y, i, k: load(p, y, i, k, epoch), num_parallel_calls=num_calls,
-                            deterministic=True).batch(batch)
-            out = part if out is None else out.concatenate(part)
+                                                       positions[start:start + count], draws[start:start + count]))
+            if decoded is None:
+                part = part.map(lambda p, y, k, u: load(p, y, u), num_parallel_calls=num_calls, deterministic=True)
+            else:
+                part = part.batch(batch).map(plan_cached, num_parallel_calls=num_calls, deterministic=True)
+                part = part.unbatch().map(load_cached, num_parallel_calls=num_calls, deterministic=True)
+            out = part.batch(batch) if out is None else out.concatenate(part.batch(batch))
         return out.enumerate().map(lambda k, b: finish(k, epoch, *b), num_parallel_calls=num_calls,
                                    deterministic=True)
 

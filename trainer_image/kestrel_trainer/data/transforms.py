@@ -161,29 +161,90 @@ def axis_taps(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target: in
     return tf.clip_by_value(taps - start, 0, length - 1), tf.cast(weights, tf.float32)
 
 
-def _axis_matrix(taps: tf.Tensor, weights: tf.Tensor, length: tf.Tensor, target: int, channels: int,
-                 flip, order: tuple[int, ...], scale: tuple[float, ...]) -> tf.SparseTensor:
-    """Sparse [target * channels, length * channels] matrix: row (i, c) = weights of (taps[i], order[c]).
+def _axis_entries(taps: tf.Tensor, weights: tf.Tensor, target: int, channels: int, flip: Optional[tf.Tensor],
+                  order: tuple[int, ...], scale: tuple[float, ...]) -> tuple[tf.Tensor, tf.Tensor]:
+    """(indices [..., N, 2] int64, values [..., N]) of sparse [target * C, length * C] resampling matrices.
 
-    Folding a horizontal flip (rows reversed), a channel reorder (RGB -> BGR) and per-channel scales
-    (1 / std) into the resampling weights makes them free: no pass over the pixels of their own.
+    Row (i, c) holds the weights of source entries (taps[i], order[c]). Folding a horizontal flip (rows
+    reversed), a channel reorder (RGB -> BGR) and per-channel scales (1 / std) into the weights makes
+    them free: no pass over the pixels of their own. Leading dims (a batch) are kept.
     """
-    k = tf.shape(taps)[1]
+    lead = tf.shape(taps)[:-2]
+    k = tf.shape(taps)[-1]
     rows = tf.range(target)
     if flip is not None:
-        rows = tf.where(flip, target - 1 - rows, rows)
-    if channels == 1:
-        rows = tf.broadcast_to(rows[:, tf.newaxis], [target, k])
-        values = weights if scale[0] == 1.0 else weights * scale[0]
-        cols = taps
-    else:
-        rows = tf.broadcast_to(rows[:, tf.newaxis, tf.newaxis] * channels
-                               + tf.range(channels)[tf.newaxis, :, tf.newaxis], [target, channels, k])
-        cols = taps[:, tf.newaxis, :] * channels + tf.constant(order, tf.int32)[tf.newaxis, :, tf.newaxis]
-        values = weights[:, tf.newaxis, :] * tf.constant(scale, tf.float32)[tf.newaxis, :, tf.newaxis]
-    indices = tf.stack([tf.reshape(rows, [-1]), tf.reshape(cols, [-1])], axis=1)
-    return tf.SparseTensor(tf.cast(indices, tf.int64), tf.reshape(values, [-1]),
-                           tf.cast(tf.stack([target * channels, length * channels]), tf.int64))
+        rows = tf.where(tf.expand_dims(flip, -1), target - 1 - rows, rows)
+    rows = rows[..., tf.newaxis, tf.newaxis] * channels + tf.reshape(tf.range(channels), [channels, 1])
+    cols = taps[..., tf.newaxis, :] * channels + tf.reshape(tf.constant(order, tf.int32), [channels, 1])
+    values = weights[..., tf.newaxis, :]
+    if any(v != 1.0 for v in scale):
+        values = values * tf.reshape(tf.constant(scale, tf.float32), [channels, 1])
+    shape = tf.concat([lead, [target, channels, k]], axis=0)
+    flat = tf.concat([lead, [-1]], axis=0)
+    indices = tf.stack([tf.reshape(tf.broadcast_to(rows, shape), flat), tf.reshape(cols, flat)], axis=-1)
+    return tf.cast(indices, tf.int64), tf.reshape(tf.broadcast_to(values, shape), flat)
+
+
+def _resample_mode(channels: int, mode: Optional[str], image_mean: Optional[Mapping[str, float]]
+                   ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...]]:
+    """(mean, scale = 1/std, channel order) that resample_apply folds in; identity without a mode."""
+    if mode is None:
+        return (0.0,) * channels, (1.0,) * channels, tuple(range(channels))
+    mean, std, to_bgr = preprocess_constants(mode, channels, image_mean)
+    order = tuple(reversed(range(channels))) if to_bgr else tuple(range(channels))
+    return mean, tuple(1.0 / s for s in std), order
+
+
+def resample_entries(
+    height: tf.Tensor, width: tf.Tensor, resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor,
+    left: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, hh: tf.Tensor, ww: tf.Tensor, target_h: int, target_w: int,
+    channels: int, method: str = "bilinear", *, flip: Optional[tf.Tensor] = None, mode: Optional[str] = None,
+    image_mean: Optional[Mapping[str, float]] = None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The two sparse matrices of resample_crop as (column indices, column values, row indices, row values).
+
+    Every argument may be a vector (one image per entry): the pipeline computes a whole batch's matrices
+    in one set of ops, because ~150 small ops per image cost as much as the resampling itself. The
+    source window of hh x ww pixels starts at (y0, x0) of a height x width image.
+    """
+    _, scale, order = _resample_mode(channels, mode, image_mean)
+    taps, weights = axis_taps(tf.stack([height, width], -1), tf.stack([resized_h, resized_w], -1),
+                              tf.stack([top, left], -1), max(target_h, target_w), method,
+                              tf.stack([y0, x0], -1), tf.stack([hh, ww], -1))
+    col_idx, col_val = _axis_entries(taps[..., 1, :target_w, :], weights[..., 1, :target_w, :], target_w, channels,
+                                     flip, order, scale)
+    row_idx, row_val = _axis_entries(taps[..., 0, :target_h, :], weights[..., 0, :target_h, :], target_h, 1,
+                                     None, (0,), (1.0,))
+    return col_idx, col_val, row_idx, row_val
+
+
+def resample_apply(
+    window: tf.Tensor, entries: tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], target_h: int, target_w: int,
+    method: str = "bilinear", *, mode: Optional[str] = None, image_mean: Optional[Mapping[str, float]] = None,
+    transposed: bool = False,
+) -> tf.Tensor:
+    """Apply one image's resample_entries to its source window ([hh, ww, C], or [ww, C, hh] when
+    `transposed`, the image cache's layout): two sparse x dense products (columns, then rows), then the
+    mean. float32 [th, tw, C]."""
+    channels = window.shape[1 if transposed else -1]
+    if channels is None:
+        raise ValueError("resampling needs a static channel dimension")
+    mean, scale, _ = _resample_mode(channels, mode, image_mean)
+    shape = tf.shape(window)
+    hh, ww = (shape[2], shape[0]) if transposed else (shape[0], shape[1])
+    if not transposed:
+        window = tf.transpose(window, [1, 2, 0])
+    col_idx, col_val, row_idx, row_val = entries
+    x = tf.cast(tf.reshape(window, tf.stack([ww * channels, hh])), tf.float32)
+    cols_matrix = tf.SparseTensor(col_idx, col_val, tf.cast(tf.stack([target_w * channels, ww * channels]), tf.int64))
+    cols = tf.sparse.sparse_dense_matmul(cols_matrix, x)  # [tw * C, hh]
+    rows_matrix = tf.SparseTensor(row_idx, row_val, tf.cast(tf.stack([target_h, hh]), tf.int64))
+    out = tf.sparse.sparse_dense_matmul(rows_matrix, tf.transpose(cols))  # [th, tw * C]: the final layout
+    if method != "bilinear":  # bicubic overshoots; PIL clips to the 8-bit range
+        out = tf.clip_by_value(out, 0.0, tf.constant([255.0 * s for s in scale] * target_w, tf.float32))
+    if any(m != 0.0 for m in mean):  # row-broadcast: far cheaper than broadcasting over [..., C]
+        out = out - tf.constant([m * s for m, s in zip(mean, scale)] * target_w, tf.float32)
+    return tf.reshape(out, [target_h, target_w, channels])
 
 
 def resample_crop(
@@ -205,33 +266,13 @@ def resample_crop(
     """
     channels = window.shape[1 if transposed else -1]
     if channels is None:
-        raise ValueError("resample_crop needs a static channel dimension")
-    if mode is None:
-        mean, std, to_bgr = (0.0,) * channels, (1.0,) * channels, False
-    else:
-        mean, std, to_bgr = preprocess_constants(mode, channels, image_mean)
-    order = tuple(reversed(range(channels))) if to_bgr else tuple(range(channels))
-    scale = tuple(1.0 / s for s in std)
+        raise ValueError("resampling needs a static channel dimension")
     shape = tf.shape(window)
     hh, ww = (shape[2], shape[0]) if transposed else (shape[0], shape[1])
-    if not transposed:
-        window = tf.transpose(window, [1, 2, 0])
-    # Both axes' taps in one set of ops; rows of x are (source column, channel), so that flip, BGR and
-    # 1/std fold into the column weights.
-    taps, weights = axis_taps(tf.stack([height, width]), tf.stack([resized_h, resized_w]), tf.stack([top, left]),
-                              max(target_h, target_w), method, tf.stack([y0, x0]), tf.stack([hh, ww]))
-    x = tf.cast(tf.reshape(window, [ww * channels, hh]), tf.float32)
-    cols = tf.sparse.sparse_dense_matmul(
-        _axis_matrix(taps[1, :target_w], weights[1, :target_w], ww, target_w, channels, flip, order, scale), x)
-    # Pass 2 (rows) on the transposed [hh, tw * C] result gives the final [th, tw * C] layout directly.
-    out = tf.sparse.sparse_dense_matmul(
-        _axis_matrix(taps[0, :target_h], weights[0, :target_h], hh, target_h, 1, None, (0,), (1.0,)),
-        tf.transpose(cols))
-    if method != "bilinear":  # bicubic overshoots; PIL clips to the 8-bit range
-        out = tf.clip_by_value(out, 0.0, tf.constant([255.0 * s for s in scale] * target_w, tf.float32))
-    if any(m != 0.0 for m in mean):  # row-broadcast: far cheaper than broadcasting over [..., C]
-        out = out - tf.constant([m / s for m, s in zip(mean, std)] * target_w, tf.float32)
-    return tf.reshape(out, [target_h, target_w, channels])
+    entries = resample_entries(height, width, resized_h, resized_w, top, left, y0, x0, hh, ww, target_h, target_w,
+                               channels, method, flip=flip, mode=mode, image_mean=image_mean)
+    return resample_apply(window, entries, target_h, target_w, method, mode=mode, image_mean=image_mean,
+                          transposed=transposed)
 
 
 def resize_window_and_crop(
@@ -287,10 +328,16 @@ def adjust_color(image: tf.Tensor, hue_deg: tf.Tensor, saturation_shift: tf.Tens
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
+def color_amounts(u: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Colour-augmentation amounts from three U(0, 1) draws: hue degrees ~ U(-25, 25), saturation shift
+    ~ U(-0.2, 0.2), contrast scale ~ U(-0.1, 0.1)."""
+    v = 2.0 * tf.cast(u, tf.float32) - 1.0
+    return v[0] * HUE_ROTATION_MAX_DEG, v[1] * SATURATION_SHIFT_MAX, v[2] * CONTRAST_SCALE_MAX
+
+
 def random_color_amounts(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(hue degrees ~ U(-25, 25), saturation shift ~ U(-0.2, 0.2), contrast scale ~ U(-0.1, 0.1))."""
-    u = tf.random.stateless_uniform([3], seed=seed, minval=-1.0, maxval=1.0)
-    return u[0] * HUE_ROTATION_MAX_DEG, u[1] * SATURATION_SHIFT_MAX, u[2] * CONTRAST_SCALE_MAX
+    """color_amounts from a stateless seed."""
+    return color_amounts(tf.random.stateless_uniform([3], seed=seed))
 
 
 def flip_left_right(image: tf.Tensor, do_flip: tf.Tensor) -> tf.Tensor:

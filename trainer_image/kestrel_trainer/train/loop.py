@@ -18,8 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from kestrel_trainer.data import folders
-from kestrel_trainer.data.check import exclude_bad_images
-from kestrel_trainer.data.decoded import decode_shard
+from kestrel_trainer.data.check import exclude_bad_images, exclude_bad_images_and_cache
 from kestrel_trainer.data.pipeline import make_dataset, steps_per_epoch
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.model_io.files import load_model, save_model
@@ -191,7 +190,13 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
                                         opts.classmap_path)
     log.info("checking that all %d images decode (refusing bad ones unless --skip-bad-images)",
              len(train.files) + len(val.files))
-    train_files, train_labels, skipped_train = _drop_bad(train, opts, spec.train.n_workers)
+    started = time.monotonic()
+    train_files, train_labels, skipped_train, decoded = exclude_bad_images_and_cache(
+        train.files, train.labels, skip_bad_images=opts.skip_bad_images, channels=spec.model.input_channels,
+        rank=ranks.rank, size=ranks.size, cache=opts.image_cache, n_workers=spec.train.n_workers,
+        log=log.warning, info=log.info)
+    log.info("training images checked%s in %.1f s", " and cached" if decoded is not None else "",
+             time.monotonic() - started)
     val_files, val_labels, skipped_val = _drop_bad(val, opts, spec.train.n_workers)
     n_classes = train.n_classes
     if ranks.is_chief:
@@ -269,12 +274,6 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
         os.makedirs(seen_dir, exist_ok=True)
         with open(os.path.join(seen_dir, f"rank{ranks.rank}.pid"), "w", encoding="utf-8") as fh:
             fh.write(str(os.getpid()))
-
-    started = time.monotonic()
-    decoded = decode_shard(train_files, ranks.rank, ranks.size, spec.model.input_channels, opts.image_cache,
-                           n_workers=spec.train.n_workers, log=log.info)
-    if decoded is not None:
-        log.info("image cache filled in %.1f s: epochs read no image files", time.monotonic() - started)
 
     def train_data(first_epoch: int, skip: int = 0) -> tf.data.Dataset:
         ds = make_dataset(train_files, train_labels, n_classes, spec.model, spec.train, training=True,
