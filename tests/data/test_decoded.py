@@ -139,3 +139,38 @@ def test_skipping_a_bad_file_moves_the_shard_and_the_cache_follows(tmp_path):
     kw = dict(training=True, enable_random_crop=True, rank=0, size=2)
     kept = folders.ImageFolder(root=root, classes=folder.classes, files=tuple(files), labels=tuple(labels))
     np.testing.assert_allclose(_images(kept, decoded=decoded, **kw), _images(kept, **kw), atol=1e-4)
+
+
+def test_with_a_gather_each_rank_decodes_only_its_shard_and_all_drop_the_same_files(tmp_path, monkeypatch):
+    root = str(tmp_path / "ds")
+    make_folder(root, {"a": 4, "b": 4}, size=(12, 10))
+    folder = folders.scan(root)
+    with open(folder.files[5], "wb") as fh:  # rank 1's file (5 = 1 + 2 * 2)
+        fh.write(b"not an image")
+    decoded_paths: list[str] = []
+    real_pass = D.decode_pass
+
+    def spy(paths, *args, **kwargs):
+        decoded_paths.extend(paths)
+        return real_pass(paths, *args, **kwargs)
+
+    monkeypatch.setattr(D, "decode_pass", spy)
+    failed_by_rank: dict[int, list[int]] = {}
+
+    def run(rank: int, others: list[int]):
+        def gather(mine: list[int]) -> list[int]:
+            failed_by_rank[rank] = mine
+            return mine + others
+        return check.exclude_bad_images_and_cache(
+            folder.files, folder.labels, skip_bad_images=True, channels=3, rank=rank, size=2, cache="on",
+            gather=gather, log=lambda _: None, info=lambda _: None)
+
+    one = run(1, [])
+    assert failed_by_rank[1] == [5]
+    assert set(decoded_paths[:4]) == {folder.files[i] for i in (1, 3, 5, 7)}  # the check: its shard only
+    zero = run(0, failed_by_rank[1])
+    assert failed_by_rank[0] == []  # rank 0 never opened the broken file, yet drops it like rank 1
+    assert zero[0] == one[0] == [f for i, f in enumerate(folder.files) if i != 5] and zero[2] == one[2] == 1
+    for rank, (files, _, _, decoded) in ((0, zero), (1, one)):
+        want = D.decode_shard(files, rank, 2, 3, "on", log=lambda _: None)
+        np.testing.assert_array_equal(decoded.pixels.numpy(), want.pixels.numpy())

@@ -104,6 +104,28 @@ def test_two_gloo_ranks_train_in_step_and_only_rank0_writes(tmp_path, small_subs
     assert load_model(results / "weights" / "resnet_002.tlt", KEY).optimizer.learning_rate.n_ranks == 2
 
 
+def test_ranks_check_their_own_shards_and_skip_the_same_bad_file(tmp_path, small_subset):
+    """Each rank decodes only its shard at start-up; a broken file one rank found is dropped by both, so
+    the shards still cover the kept set exactly once and the weights stay identical."""
+    data = tmp_path / "data"
+    shutil.copytree(small_subset, data)
+    train_files = sorted(folders.scan(str(data / "train")).files)
+    broken = train_files[1]  # in rank 1's shard: rank 0 never decodes it
+    Path(broken).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    spec = write_spec(tmp_path, data, epochs=1)
+    results, debug = tmp_path / "r", tmp_path / "debug"
+    refused = kestrel_train(spec, tmp_path / "refused", "--gpus", "2", env=train_env())
+    assert refused.returncode != 0 and broken in refused.stderr and "--skip-bad-images" in refused.stderr
+    proc = kestrel_train(spec, results, "--gpus", "2", "--skip-bad-images",
+                         env=train_env(KESTREL_DEBUG_RANKS_DIR=str(debug)))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "skipping 1 image(s)" in proc.stderr and broken in proc.stderr
+    _assert_ranks_identical(debug)
+    seen = [(debug / f"rank{r}_epoch1.txt").read_text().split() for r in (0, 1)]
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == [f for f in train_files if f != broken]
+
+
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI's mpirun is not installed")
 def test_ranks_started_by_mpirun_join_the_job(tmp_path, small_subset):
     """The MPIJob way: mpirun starts the ranks; each detects it and joins instead of launching its own."""

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
+
 from kestrel_trainer.errors import DataError
 
 if TYPE_CHECKING:
@@ -95,6 +97,7 @@ def exclude_bad_images_and_cache(
     rank: int = 0,
     size: int = 1,
     cache: str = "auto",
+    gather: Optional[Callable[[list[int]], list[int]]] = None,
     n_workers: Optional[int] = None,
     log: Callable[[str], None] = print,
     info: Callable[[str], None] = print,
@@ -102,6 +105,9 @@ def exclude_bad_images_and_cache(
     """exclude_bad_images, plus rank `rank`'s shard of the kept files decoded (data/decoded.py) when the
     cache mode and memory allow, from the same decoding pass: checking and caching cost one decode.
 
+    gather: an all-gather over the ranks (each rank's list in, all of them concatenated out). With it,
+    each rank decodes only its own shard and the ranks exchange the indices that failed, so the check
+    costs 1/size of the data set per rank instead of all of it, and every rank still drops the same files.
     Only when bad files are skipped does the shard move (the kept list is shorter), and then the new
     shard is decoded in a second pass. `log` gets the skipped files, `info` what the cache holds.
     """
@@ -109,11 +115,18 @@ def exclude_bad_images_and_cache(
     from kestrel_trainer.data.pipeline import shard_indices
 
     budget = cache_budget(cache, size)
-    keep = shard_indices(len(files), rank, size) if budget != 0 and len(files) >= size else None
-    failed, decoded = decode_pass(files, channels, keep, max_bytes=budget, n_workers=n_workers, log=info)
+    shard = shard_indices(len(files), rank, size) if len(files) >= size else np.arange(len(files))
+    if gather is not None and size > 1:
+        mine = [files[i] for i in shard]
+        failed_mine, decoded = decode_pass(mine, channels, np.arange(len(mine)) if budget != 0 else None,
+                                           max_bytes=budget, n_workers=n_workers, log=info)
+        failed = sorted(set(gather([int(shard[i]) for i in failed_mine])))
+    else:
+        failed, decoded = decode_pass(files, channels, shard if budget != 0 else None, max_bytes=budget,
+                                      n_workers=n_workers, log=info)
     bad = [BadImage(files[i], _reason(files[i])) for i in failed]
     kept_files, kept_labels, skipped = _apply_policy(files, labels, bad, skip_bad_images, log)
-    if skipped and keep is not None:  # the shard moved: what was kept (if anything) is the wrong set
+    if skipped and budget != 0:  # the shard moved: what was kept (if anything) is the wrong set
         decoded = decode_shard(kept_files, rank, size, channels, cache, n_workers=n_workers, log=info)
     else:
         log_cached(decoded, info)

@@ -127,6 +127,16 @@ def broadcast_state(ranks: Ranks, model: Any) -> None:
         hvd_tf.broadcast_variables(opt_vars, root_rank=0)
 
 
+def allgather_list(ranks: Ranks, values: list[int], name: str) -> list[int]:
+    """Every rank's list, concatenated in rank order (a collective: every rank calls it with the same name)."""
+    if not ranks.distributed:
+        return list(values)
+    _hvd()
+    import horovod.tensorflow as hvd_tf
+
+    return [v for part in hvd_tf.allgather_object(list(values), name=name) for v in part]
+
+
 def allreduce_sum(values: list[float]) -> list[float]:
     """Sum of each value over all ranks (a collective: every rank must call it with the same length)."""
     import numpy as np

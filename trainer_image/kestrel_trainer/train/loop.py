@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from kestrel_trainer.data import folders
-from kestrel_trainer.data.check import exclude_bad_images, exclude_bad_images_and_cache
+from kestrel_trainer.data.check import exclude_bad_images_and_cache
 from kestrel_trainer.data.pipeline import make_dataset, steps_per_epoch
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.model_io.files import load_model, save_model
@@ -77,12 +77,6 @@ def class_weights(labels: list[int], n_classes: int) -> np.ndarray:
 def _with_sample_weights(ds: tf.data.Dataset, weights: np.ndarray) -> tf.data.Dataset:
     w = tf.constant(weights)
     return ds.map(lambda x, y: (x, y, tf.linalg.matvec(y, w)), num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _drop_bad(data: folders.ImageFolder, opts: TrainOptions, n_workers: int) -> tuple[list[str], list[int], int]:
-    return exclude_bad_images(
-        data.files, data.labels, skip_bad_images=opts.skip_bad_images, n_workers=n_workers, log=log.warning
-    )
 
 
 # Debugging aid for data-parallel runs: when set, each rank writes into DIR its process id (rank<r>.pid),
@@ -188,16 +182,21 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
 
     train, val = folders.scan_train_val(spec.train.train_dataset_path, spec.train.val_dataset_path,
                                         opts.classmap_path)
-    log.info("checking that all %d images decode (refusing bad ones unless --skip-bad-images)",
-             len(train.files) + len(val.files))
+    log.info("checking that all %d images decode, each rank its shard (refusing bad ones unless "
+             "--skip-bad-images)", len(train.files) + len(val.files))
+
+    def check(data: folders.ImageFolder, cache: str, name: str):
+        # Each rank decodes its own shard and the ranks share what failed (one collective per set).
+        return exclude_bad_images_and_cache(
+            data.files, data.labels, skip_bad_images=opts.skip_bad_images, channels=spec.model.input_channels,
+            rank=ranks.rank, size=ranks.size, cache=cache, n_workers=spec.train.n_workers, log=log.warning,
+            info=log.info, gather=lambda failed: dist.allgather_list(ranks, failed, f"kestrel_bad_{name}"))
+
     started = time.monotonic()
-    train_files, train_labels, skipped_train, decoded = exclude_bad_images_and_cache(
-        train.files, train.labels, skip_bad_images=opts.skip_bad_images, channels=spec.model.input_channels,
-        rank=ranks.rank, size=ranks.size, cache=opts.image_cache, n_workers=spec.train.n_workers,
-        log=log.warning, info=log.info)
+    train_files, train_labels, skipped_train, decoded = check(train, opts.image_cache, "train")
     log.info("training images checked%s in %.1f s", " and cached" if decoded is not None else "",
              time.monotonic() - started)
-    val_files, val_labels, skipped_val = _drop_bad(val, opts, spec.train.n_workers)
+    val_files, val_labels, skipped_val, _ = check(val, "off", "val")
     n_classes = train.n_classes
     if ranks.is_chief:
         folders.write_classmap(os.path.join(results, folders.CLASSMAP_FILENAME), train.classes)
