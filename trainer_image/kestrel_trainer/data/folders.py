@@ -155,9 +155,7 @@ def read_classmap(path: str) -> dict[str, int]:
 
 def write_classmap(path: str, classes: Sequence[str]) -> None:
     """Write `{"name": index}` in label order, atomically (a crash never leaves half a file)."""
+    from kestrel_trainer.model_io.files import write_atomic  # lazy: keeps `kestrel dataset ...` light
+
     data = {name: i for i, name in enumerate(classes)}
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -18,9 +17,14 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    """Render to memory, then write_atomic: a reader never sees half a PNG."""
+    import io
+
+    from kestrel_trainer.model_io.files import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    write_atomic(path, buf.getvalue())
 
 
 def training_curves(rows: Sequence[dict], path: str) -> None:
