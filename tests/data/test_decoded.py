@@ -61,6 +61,10 @@ def test_budget_exceeded_falls_back_to_decoding_and_says_so(tmp_path):
     assert D.decode_images(files, 3, max_bytes=12 * 10 * 3 * 4, log=said.append) is None
     assert "cache budget" in said[0] and "decoding them every epoch" in said[0]
     assert len(D.decode_images(files, 3, max_bytes=12 * 10 * 3 * 6)) == 6
+    with open(files[-1], "wb") as fh:  # a bad file after the budget ran out is still found
+        fh.write(b"not an image")
+    failed, decoded = D.decode_pass(files, 3, np.arange(6), max_bytes=12 * 10 * 3 * 2)
+    assert failed == [5] and decoded is None
     assert D.decode_shard(files, 0, 1, 3, "off") is None
     assert D.cache_budget("on") is None and D.cache_budget("off") == 0
     with pytest.raises(ValueError, match="auto, on, off"):

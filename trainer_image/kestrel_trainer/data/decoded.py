@@ -122,31 +122,34 @@ def decode_pass(paths: Sequence[str], channels: Optional[int] = None, keep: Opti
     seen = np.zeros(n, bool)
     images: list[np.ndarray] = []
     shapes: list[np.ndarray] = []
-    keeping, total = bool(wanted.any()), 0
+    total = 0
     for index, pixels, shape in ds.prefetch(64).as_numpy_iterator():  # one at a time: ragged batches cost more
         seen[index] = True
-        if keeping and wanted[index]:
+        if wanted[index]:
             total += pixels.nbytes
             if max_bytes is not None and total > max_bytes:
-                keeping, images, shapes = False, [], []
                 if log:
                     log(f"decoded images need more than the cache budget ({max_bytes / 2**20:.0f} MiB): "
                         "decoding them every epoch instead")
-                continue
+                # The files after this one (file order) still need their check, without pixels.
+                rest = [paths[i] for i in range(index + 1, n)]
+                failed_rest, _ = decode_pass(rest, n_workers=n_workers)
+                failed = np.flatnonzero(~seen[:index + 1]).tolist() + [index + 1 + i for i in failed_rest]
+                return failed, None
             images.append(pixels)
             shapes.append(shape)
     failed = np.flatnonzero(~seen).tolist()
-    if not keeping or failed and np.any(wanted[failed]):
+    if not wanted.any() or failed and np.any(wanted[failed]):
         return failed, None
     return failed, _assemble(images, shapes)
 
 
 def _assemble(images: list[np.ndarray], shapes: list[np.ndarray]) -> DecodedImages:
+    import tensorflow as tf
+
     all_shapes = np.array(shapes, np.int32).reshape(-1, 3)
     offsets = np.zeros(len(all_shapes) + 1, np.int64)
     np.cumsum(np.prod(all_shapes, axis=1, dtype=np.int64), out=offsets[1:])
-    import tensorflow as tf
-
     flat = np.concatenate(images) if images else np.zeros(0, np.uint8)
     images.clear()  # peak memory: twice the cache, briefly
     return DecodedImages(tf.constant(flat), offsets, all_shapes)
