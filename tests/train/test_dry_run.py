@@ -45,3 +45,14 @@ def test_dry_run_reports_data_schedule_and_resume(tmp_path, fashion_subset):
     (weights / "resnet_002.tlt").write_bytes(b"x")
     again = _dry_run(spec, tmp_path / "r")
     assert f"would resume from {weights / 'resnet_002.tlt'} (2 epochs done)" in again.stdout
+
+
+def test_a_bad_image_cache_mode_from_the_environment_is_a_one_line_error(tmp_path, conformance_specs):
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(conformance_specs[0]),
+                           "-r", str(tmp_path / "r"), "--dry-run"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, KESTREL_IMAGE_CACHE="always"))
+    assert proc.returncode == 2
+    assert "KESTREL_IMAGE_CACHE must be one of auto, on, off, got 'always'" in proc.stderr
+    assert "Traceback" not in proc.stderr

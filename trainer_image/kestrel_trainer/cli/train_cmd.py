@@ -14,7 +14,13 @@ ORDER = 30
 log = logging.getLogger("kestrel.train")
 
 
+IMAGE_CACHE_MODES = ("auto", "on", "off")  # data/decoded.CACHE_MODES, without importing NumPy for --help
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.image_cache not in IMAGE_CACHE_MODES:  # argparse does not check a default from the environment
+        raise KestrelError(f"KESTREL_IMAGE_CACHE must be one of {', '.join(IMAGE_CACHE_MODES)}, "
+                           f"got {args.image_cache!r}", exit_code=2)
     spec = load_spec(args.experiment_spec, "train")
     setup_logging(args.log_file, args.verbose)
     for warning in spec.warnings:
@@ -77,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="classmap.json fixing the class order")
     p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true",
                    help="train on the rest when some images cannot be decoded (default: refuse, listing them)")
-    p.add_argument("--image-cache", "--image_cache", dest="image_cache", choices=("auto", "on", "off"),
+    p.add_argument("--image-cache", "--image_cache", dest="image_cache", choices=IMAGE_CACHE_MODES,
                    default=os.environ.get("KESTREL_IMAGE_CACHE") or "auto",
                    help="keep the decoded training images in memory so epochs do not decode them again: auto "
                    "(when they fit in a quarter of the free memory), on, off (default: $KESTREL_IMAGE_CACHE or auto)")
