@@ -34,7 +34,8 @@ def test_cached_epochs_equal_decoding_every_epoch(tmp_path, ext, channels):
     assert len(decoded) == 9 and decoded.nbytes == 9 * 21 * 30 * channels
     for kw in (dict(training=True, enable_random_crop=True, n_epochs=2, preprocess_mode="caffe"),
                dict(training=True, enable_random_crop=True, n_epochs=1, preprocess_mode="torch", random_seed=5),
-               dict(training=False, center_crop=True, preprocess_mode="tf")):
+               dict(training=False, center_crop=True, preprocess_mode="tf"),
+               dict(training=True, enable_random_crop=True, enable_color_augmentation=True, preprocess_mode="caffe")):
         plain = _images(folder, channels, **kw)
         cached = _images(folder, channels, decoded=decoded, **kw)
         # JPEGs: the uncached path decodes only the crop's window, which libjpeg may round differently
@@ -178,3 +179,4 @@ def test_with_a_gather_each_rank_decodes_only_its_shard_and_all_drop_the_same_fi
     for rank, (files, _, _, decoded) in ((0, zero), (1, one)):
         want = D.decode_shard(files, rank, 2, 3, "on", log=lambda _: None)
         np.testing.assert_array_equal(decoded.pixels.numpy(), want.pixels.numpy())
+
