@@ -15,7 +15,8 @@ Why it looks like this:
   the short ranks repeat their first image once per epoch.
 - Decoding uses tf.io.decode_image in a parallel map (n_workers, or AUTOTUNE when it is 0); JPEGs
   decode only the window the crop needs. With `decoded` (data/decoded.py: the rank's shard decoded
-  once, kept in memory) no epoch decodes at all. Resize, crop, flip and preprocessing are one
+  once, kept in memory) no epoch decodes at all, and each batch's geometry and resampling matrices
+  are planned in one vectorised map before the per-image work. Resize, crop, flip and preprocessing are one
   `resample_crop` (two sparse matrix products computing only the kept pixels); colour augmentation,
   when on, runs between resampling and preprocessing; mixup runs once per batch.
 """
