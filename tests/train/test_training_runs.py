@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -20,8 +22,10 @@ from tests.train.conftest import write_spec
 KEY = "test-key-123"
 
 
-def _train(spec: Path, results: Path, *extra: str, env_key: bool = True) -> subprocess.CompletedProcess:
+def _train(spec: Path, results: Path, *extra: str, env_key: bool = True,
+           env_extra: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, KESTREL_KEY=KEY) if env_key else dict(os.environ)
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results), *extra],
         capture_output=True, text=True, env=env, timeout=900,
@@ -158,3 +162,43 @@ def test_wrong_key_is_a_clear_error(tmp_path, fashion_subset):
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith(f"wrong key or corrupt file: {weights / 'resnet_001.tlt'}")
     assert "Traceback" not in proc.stderr
+
+
+def _schedule_state(path: Path) -> tuple[int, int]:
+    """(optimizer iterations, schedule total_steps) saved in a checkpoint."""
+    optimizer = load_model(path, KEY, compile=True).optimizer
+    return int(optimizer.iterations.numpy()), int(optimizer.learning_rate.total_steps)
+
+
+@pytest.mark.slow
+def test_resume_follows_the_current_spec_and_rebases_a_changed_batch_size(tmp_path, fashion_subset):
+    """A resumed run uses today's spec (more epochs, another batch size) from this plan's step, as the
+    original; a partial epoch whose steps no longer map onto the plan restarts from its beginning."""
+    from kestrel_trainer.data.folders import scan
+    from kestrel_trainer.data.pipeline import steps_per_epoch
+
+    n_train = len(scan(str(fashion_subset / "train")).files)
+    results = tmp_path / "r"
+    assert _train(write_spec(tmp_path, fashion_subset, epochs=1), results).returncode == 0
+    spe16, spe8 = steps_per_epoch(n_train, 16), steps_per_epoch(n_train, 8)
+    assert _schedule_state(results / "weights" / "resnet_001.tlt") == (spe16, spe16)
+
+    spec8 = write_spec(tmp_path, fashion_subset, epochs=2)
+    spec8.write_text(spec8.read_text().replace("batch_size_per_gpu: 16", "batch_size_per_gpu: 8"))
+    shutil.copytree(results, tmp_path / "r2")
+    longer = _train(spec8, results)
+    assert longer.returncode == 0, longer.stderr
+    assert "the steps per epoch changed" in longer.stderr
+    assert _schedule_state(results / "weights" / "resnet_002.tlt") == (2 * spe8, 2 * spe8)
+
+    # A partial checkpoint whose step count does not fit (here: a copy of the epoch-1 file named as if 3
+    # steps of epoch 2 were done) restarts epoch 2 instead of skipping 3 batches of a different plan.
+    weights = tmp_path / "r2" / "weights"
+    shutil.copy(weights / "resnet_001.tlt", weights / "resnet_002_step000003.tlt")
+    debug = tmp_path / "debug"
+    again = _train(write_spec(tmp_path, fashion_subset, epochs=2), tmp_path / "r2",
+                   env_extra={"KESTREL_DEBUG_RANKS_DIR": str(debug)})
+    assert again.returncode == 0, again.stderr
+    assert "epoch 2 restarts from its beginning" in again.stderr
+    assert len((debug / "rank0_epoch2.txt").read_text().split()) == n_train
+    assert _schedule_state(weights / "resnet_002.tlt") == (2 * spe16, 2 * spe16)

@@ -38,7 +38,7 @@ from kestrel_trainer.train.callbacks import (
 from kestrel_trainer.train.distributed import Ranks
 from kestrel_trainer.train.regularizers import add_regularization
 from kestrel_trainer.train.schedules import SpecSchedule  # noqa: F401  (registers it for checkpoint loading)
-from kestrel_trainer.train.task import compile_model, make_optimizer
+from kestrel_trainer.train.task import compile_model, make_optimizer, make_schedule
 
 log = logging.getLogger("kestrel.train")
 
@@ -104,6 +104,32 @@ def _record_paths(ds: tf.data.Dataset, folder: str, rank: int, first_epoch: int,
             return tf.identity(x), y
 
     return ds.map(record)  # sequential map: batches are written in the order they are fed
+
+
+def _rebase_schedule(model: tf.keras.Model, spec: ExperimentSpec, resume: ckpt.Checkpoint, epochs_done: int,
+                     steps_done: int, spe: int, total_steps: int, n_ranks: int) -> int:
+    """Continue with the current spec's schedule at this plan's position; returns the steps to skip.
+
+    As the original, a resumed run follows the spec it is given now (more epochs, another LR), not
+    the schedule saved in the checkpoint, from step epochs_done * steps_per_epoch. If the batch size,
+    the ranks or the data changed, the checkpoint's step count no longer maps onto this plan: a
+    partial epoch then restarts from its beginning (its batches would be different ones) and says so.
+    """
+    optimizer = model.optimizer
+    done = int(optimizer.iterations.numpy())
+    if done != epochs_done * spe + steps_done:
+        if steps_done:
+            log.warning("%s was written %d steps into epoch %d with another number of steps per epoch (batch "
+                        "size, ranks or data changed; now %d): epoch %d restarts from its beginning",
+                        resume.path, steps_done, epochs_done + 1, spe, epochs_done + 1)
+            steps_done = 0
+        else:
+            log.warning("the steps per epoch changed since %s (%d steps for %d epochs, now %d per epoch): "
+                        "the schedule continues at epoch %d of this plan", resume.path, done, epochs_done, spe,
+                        epochs_done + 1)
+    optimizer.iterations.assign(epochs_done * spe + steps_done)
+    optimizer.learning_rate = make_schedule(spec, total_steps, n_ranks)
+    return steps_done
 
 
 def _build_model(
@@ -227,6 +253,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
             with open(summary_path, encoding="utf-8") as fh:
                 return json.load(fh)
     model = _build_model(spec, n_classes, resume, opts, total_steps, devices, plan)
+    if resume is not None:
+        steps_done = _rebase_schedule(model, spec, resume, epochs_done, steps_done, spe, total_steps, ranks.size)
     dist.broadcast_state(ranks, model)
     log.info(
         "training %s (%s params) on %d images of %d classes (%d val), %d epochs x %d steps of %d, %d rank(s)",

@@ -16,15 +16,22 @@ from kestrel_trainer.train.schedules import SpecSchedule
 log = logging.getLogger(__name__)
 
 
+def make_schedule(spec: ExperimentSpec, total_steps: int, n_ranks: int = 1) -> SpecSchedule:
+    """The spec's LR schedule over `total_steps` steps with the optimizer's `decay` folded in."""
+    opt, lr = spec.train.optimizer, spec.train.lr
+    assert opt is not None and lr is not None, "the train task is validated to have both"
+    return SpecSchedule.from_spec(lr, total_steps=total_steps, n_ranks=n_ranks, decay=opt.decay)
+
+
 def make_optimizer(spec: ExperimentSpec, total_steps: int, n_ranks: int = 1) -> tf.keras.optimizers.Optimizer:
     """The spec's optimizer with the spec's LR schedule; `decay` is folded into the schedule.
 
     Keras 2's legacy optimizers: Horovod's DistributedOptimizer and the h5 checkpoint format both
     handle them (optimizer state included), which the Keras 2.11+ optimizers do less well.
     """
-    opt, lr = spec.train.optimizer, spec.train.lr
-    assert opt is not None and lr is not None, "the train task is validated to have both"
-    schedule = SpecSchedule.from_spec(lr, total_steps=total_steps, n_ranks=n_ranks, decay=opt.decay)
+    opt = spec.train.optimizer
+    assert opt is not None, "the train task is validated to have an optimizer"
+    schedule = make_schedule(spec, total_steps, n_ranks)
     legacy = tf.keras.optimizers.legacy
     if isinstance(opt, SgdSpec):
         return legacy.SGD(learning_rate=schedule, momentum=opt.momentum, nesterov=opt.nesterov)
