@@ -79,16 +79,21 @@ def test_color_adjustment_matches_hsv_reference(amounts):
     np.testing.assert_allclose(got, ref_color(img, *amounts), atol=0.02)
 
 
-def test_random_color_amounts_stay_in_range():
-    draws = np.array([[float(v) for v in T.random_color_amounts(tf.constant([i, 3], tf.int64))]
-                      for i in range(200)])
+def test_color_amounts_from_uniform_draws_stay_in_range():
+    uniforms = tf.random.stateless_uniform([200, 3], seed=[3, 0])  # as the pipeline's per-epoch draw table
+    draws = np.array([[float(v) for v in T.color_amounts(u)] for u in uniforms])
     assert np.all(np.abs(draws) <= [25.0, 0.2, 0.1]) and np.all(draws.std(axis=0) > [5.0, 0.04, 0.02])
 
 
 def test_flip():
-    img = RNG.uniform(size=(3, 4, 3)).astype(np.float32)
-    np.testing.assert_array_equal(T.flip_left_right(tf.constant(img), tf.constant(True)).numpy(), img[:, ::-1])
-    np.testing.assert_array_equal(T.flip_left_right(tf.constant(img), tf.constant(False)).numpy(), img)
+    img = RNG.integers(0, 256, size=(3, 4, 3), dtype=np.uint8)
+    zero = tf.constant(0)
+
+    def same_size(flip: bool) -> np.ndarray:  # resampling at scale 1 copies pixels; the flip rides in the weights
+        return T.resample_crop(tf.constant(img), zero, zero, 3, 4, 3, 4, 0, 0, 3, 4, flip=tf.constant(flip)).numpy()
+
+    np.testing.assert_array_equal(same_size(True), img[:, ::-1])
+    np.testing.assert_array_equal(same_size(False), img)
 
 
 @pytest.mark.parametrize("mode,channels,mean", [
@@ -147,6 +152,6 @@ def test_decoding_only_the_needed_jpeg_window_gives_the_full_decode_result(metho
         y0, hh = T.source_window(61, rh, top, th, method)
         x0, ww = T.source_window(83, rw, left, tw, method)
         window = tf.image.decode_and_crop_jpeg(raw, tf.stack([y0, x0, hh, ww]), channels=3)
-        got = T.resize_window_and_crop(window, y0, x0, 61, 83, *box, th, tw, method).numpy()
+        got = T.resample_crop(window, y0, x0, 61, 83, *box, th, tw, method).numpy()
         want = T.resize_and_crop(full, *box, th, tw, method).numpy()
         np.testing.assert_allclose(got, want, atol=3e-3)  # float32 rounding on a 0..255 scale

@@ -275,20 +275,6 @@ def resample_crop(
                           transposed=transposed)
 
 
-def resize_window_and_crop(
-    window: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-    resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
-    target_h: int, target_w: int, method: str = "bilinear",
-) -> tf.Tensor:
-    """resize_and_crop of a height x width image of which only `window` (starting at y0, x0) is given.
-
-    The window must hold source_window(...) for both axes; the result then equals resize_and_crop
-    on the whole image (up to float rounding).
-    """
-    return resample_crop(window, y0, x0, height, width, resized_h, resized_w, top, left, target_h, target_w,
-                         method)
-
-
 def resize_and_crop(
     image: tf.Tensor, resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
     target_h: int, target_w: int, method: str = "bilinear",
@@ -301,8 +287,8 @@ def resize_and_crop(
     """
     shape = tf.shape(image)
     zero = tf.constant(0, tf.int32)
-    return resize_window_and_crop(image, zero, zero, shape[0], shape[1], resized_h, resized_w, top, left,
-                                  target_h, target_w, method)
+    return resample_crop(image, zero, zero, shape[0], shape[1], resized_h, resized_w, top, left, target_h, target_w,
+                         method)
 
 
 def resize(image: tf.Tensor, target_h: int, target_w: int, method: str = "bilinear") -> tf.Tensor:
@@ -333,16 +319,6 @@ def color_amounts(u: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     ~ U(-0.2, 0.2), contrast scale ~ U(-0.1, 0.1)."""
     v = 2.0 * tf.cast(u, tf.float32) - 1.0
     return v[0] * HUE_ROTATION_MAX_DEG, v[1] * SATURATION_SHIFT_MAX, v[2] * CONTRAST_SCALE_MAX
-
-
-def random_color_amounts(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """color_amounts from a stateless seed."""
-    return color_amounts(tf.random.stateless_uniform([3], seed=seed))
-
-
-def flip_left_right(image: tf.Tensor, do_flip: tf.Tensor) -> tf.Tensor:
-    """Mirror an HxWxC image horizontally when `do_flip` is true."""
-    return tf.cond(do_flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 def mixup_lambda(seed: tf.Tensor, batch: tf.Tensor, alpha: float) -> tf.Tensor:
