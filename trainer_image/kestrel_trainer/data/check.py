@@ -47,6 +47,10 @@ def find_bad_images(paths: Sequence[str], n_workers: Optional[int] = None) -> li
     from kestrel_trainer.data.decoded import decode_pass
 
     failed, _ = decode_pass(paths, n_workers=n_workers)
+    return _bad_images(paths, failed)
+
+
+def _bad_images(paths: Sequence[str], failed: Sequence[int]) -> list[BadImage]:
     return [BadImage(paths[i], _reason(paths[i])) for i in failed]
 
 
@@ -124,8 +128,7 @@ def exclude_bad_images_and_cache(
     else:
         failed, decoded = decode_pass(files, channels, shard if budget != 0 else None, max_bytes=budget,
                                       n_workers=n_workers, log=info)
-    bad = [BadImage(files[i], _reason(files[i])) for i in failed]
-    kept_files, kept_labels, skipped = _apply_policy(files, labels, bad, skip_bad_images, log)
+    kept_files, kept_labels, skipped = _apply_policy(files, labels, _bad_images(files, failed), skip_bad_images, log)
     if skipped and budget != 0:  # the shard moved: what was kept (if anything) is the wrong set
         decoded = decode_shard(kept_files, rank, size, channels, cache, n_workers=n_workers, log=info)
     else:

@@ -119,10 +119,6 @@ def make_dataset(
     steps = steps_per_epoch(n_total, batch_size, size)
     shard = shard_indices(n_total, rank, size)
     plan = batch_plan(len(shard), batch_size, steps)
-    c = model_spec.input_channels
-    if decoded is not None and (len(decoded) != len(shard) or np.any(decoded.shapes[:, 2] != c)):
-        raise ValueError(f"decoded holds {len(decoded)} images, not rank {rank}'s shard of {len(shard)} with "
-                         f"{model_spec.input_channels} channels")
 
     seed = train_spec.random_seed if seed is None else seed
     center_crop = train_spec.enable_center_crop if center_crop is None else center_crop
@@ -133,6 +129,9 @@ def make_dataset(
         n_epochs = max(train_spec.n_epochs - initial_epoch, 1)
 
     h, w, c = model_spec.input_height, model_spec.input_width, model_spec.input_channels
+    if decoded is not None and (len(decoded) != len(shard) or np.any(decoded.shapes[:, 2] != c)):
+        raise ValueError(f"decoded holds {len(decoded)} images, not rank {rank}'s shard of {len(shard)} with "
+                         f"{c} channels")
     method = model_spec.resize_interpolation_method
     random_crop = training and train_spec.enable_random_crop
     color = training and train_spec.enable_color_augmentation and c == 3
@@ -245,7 +244,8 @@ def make_dataset(
             else:
                 part = part.batch(batch).map(plan_cached, num_parallel_calls=num_calls, deterministic=True)
                 part = part.unbatch().map(load_cached, num_parallel_calls=num_calls, deterministic=True)
-            out = part.batch(batch) if out is None else out.concatenate(part.batch(batch))
+            part = part.batch(batch)
+            out = part if out is None else out.concatenate(part)
         return out.enumerate().map(lambda k, b: finish(k, epoch, *b), num_parallel_calls=num_calls,
                                    deterministic=True)
 
