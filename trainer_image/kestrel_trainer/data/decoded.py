@@ -22,7 +22,7 @@ import numpy as np
 
 from kestrel_trainer.errors import DataError
 
-CACHE_MODES = ("auto", "on", "off")
+CACHE_MODES = ("auto", "on", "off")  # cli/train_cmd.IMAGE_CACHE_MODES repeats these (no NumPy import for --help)
 AUTO_MEMORY_SHARE = 0.25  # of the available memory, split over the ranks
 
 
