@@ -17,11 +17,18 @@ from kestrel_trainer.spec.types import ExperimentSpec
 
 
 def load_for_prediction(path: str, key: Optional[str]):
-    """The model without its optimizer (no training state needed)."""
-    from kestrel_trainer.model_io.files import load_model
+    """The model to predict with: a Keras model without its optimizer (no training state needed), or,
+    for an exported .onnx / .etlt, an ONNX Runtime classifier with the same output_shape and predict."""
+    from kestrel_trainer.export.onnx_model import is_deployed
 
     if not os.path.exists(path):
         raise DataError(f"model file not found: {path}")
+    if is_deployed(path):
+        from kestrel_trainer.export.runtime import load_classifier
+
+        return load_classifier(path, key)
+    from kestrel_trainer.model_io.files import load_model
+
     return load_model(path, key, compile=False)
 
 
@@ -47,6 +54,8 @@ def predict_files(
     from kestrel_trainer.data.pipeline import make_dataset
 
     n_classes = int(model.output_shape[-1])
+    if hasattr(model, "check_input"):  # an exported model has a fixed input: say so before decoding images
+        model.check_input(spec.model.input_height, spec.model.input_width, spec.model.input_channels)
     ds = make_dataset(list(files), [0] * len(files), n_classes, spec.model, spec.train, training=False,
                       batch_size=batch_size, center_crop=center_crop, n_workers=n_workers)
     ds = ds.map(lambda x, y: x)

@@ -1,0 +1,144 @@
+"""Keras -> ONNX for TensorRT / DeepStream, and reading the ONNX bytes back from .onnx or .etlt.
+
+The exported graph takes NCHW input named `input_1` (what DeepStream's infer-dims=C;H;W feeds), has a
+dynamic batch dimension named `batch` unless a static batch is asked for, and one output: the softmax
+`predictions`. tf2onnx converts the channels-last Keras model and puts the NCHW->NHWC transpose in the
+graph (`inputs_as_nchw`); ONNX Runtime and TensorRT fold it into the first convolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+from kestrel_trainer.errors import KestrelError, ModelFileError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input_1"
+OUTPUT_NAME = "predictions"
+BATCH_DIM = "batch"
+MIN_OPSET = 13
+MAX_OPSET = 18  # the newest opset tf2onnx 1.17 writes
+DEFAULT_OPSET = 17
+ONNX_SUFFIX = ".onnx"
+ETLT_SUFFIX = ".etlt"
+DEPLOY_SUFFIXES = (ONNX_SUFFIX, ETLT_SUFFIX)
+
+
+class ExportError(KestrelError):
+    """An export that cannot be done as asked (bad flag combination, failed parity): exit 2."""
+
+    exit_code = 2
+
+
+def check_opset(opset: int) -> int:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"--target_opset {opset}: supported opsets are {MIN_OPSET}..{MAX_OPSET}")
+    return opset
+
+
+def is_deployed(path: str) -> bool:
+    """True for the files export writes (.onnx, .etlt), which run with ONNX Runtime instead of Keras."""
+    return os.path.splitext(path)[1].lower() in DEPLOY_SUFFIXES
+
+
+def keras_to_onnx(model, opset: int = DEFAULT_OPSET, static_batch: Optional[int] = None):
+    """The onnx.ModelProto of a channels-last Keras classifier, with NCHW input; checker-clean."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    check_opset(opset)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ExportError(f"{model.name}: export handles one input and one output, not "
+                          f"{len(model.inputs)} and {len(model.outputs)}")
+    h, w, c = (int(d) for d in model.inputs[0].shape[1:])
+    batch = static_batch if static_batch else None
+    signature = (tf.TensorSpec((batch, h, w, c), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset,
+                                          inputs_as_nchw=[INPUT_NAME])
+    _rename_output(proto, OUTPUT_NAME)
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        if static_batch:
+            dim.dim_value = static_batch
+        else:
+            dim.dim_param = BATCH_DIM
+    proto.producer_name = "kestrel"
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _rename_output(proto, name: str) -> None:
+    old = proto.graph.output[0].name
+    if old == name:
+        return
+    for node in proto.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    proto.graph.output[0].name = name
+
+
+def parse_onnx(data: bytes, path: str):
+    """onnx.ModelProto of `data`, or ModelFileError naming `path` (garbage, truncated, wrong .etlt key)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as err:
+        log.debug("cannot parse %s: %r", path, err)
+        proto = None
+    # Random bytes sometimes parse as a protobuf; a real model has an IR version, an opset and nodes.
+    if proto is None or proto.ir_version <= 0 or not proto.opset_import or not proto.graph.node:
+        if path.lower().endswith(ETLT_SUFFIX):
+            raise ModelFileError(f"wrong key or corrupt file: {path} (the decrypted bytes are not an ONNX model)")
+        raise ModelFileError(f"corrupt file: {path} is not an ONNX model")
+    return proto
+
+
+def read_onnx_bytes(path: str, key: Optional[str]) -> bytes:
+    """The ONNX bytes of an .onnx file or of an .etlt decrypted with `key` (checked to parse)."""
+    from kestrel_trainer.model_io import tao_crypto
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {path}") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"model file is a directory: {path}") from None
+    if path.lower().endswith(ETLT_SUFFIX):
+        if not key:
+            raise ModelFileError(f"{path} is encrypted: give the key with -k or KESTREL_KEY")
+        try:
+            _name, data = tao_crypto.unpack_etlt(data, key)
+        except ValueError as err:
+            raise ModelFileError(f"corrupt file: {path} ({err})") from None
+    parse_onnx(data, path)
+    return data
+
+
+def encode(onnx_bytes: bytes, path: str, key: Optional[str]) -> bytes:
+    """The file content for `path`: the ONNX bytes for .onnx, the original's .etlt layout for .etlt."""
+    from kestrel_trainer.model_io import tao_crypto
+
+    if path.lower().endswith(ETLT_SUFFIX):
+        if not key:
+            raise ExportError(f"{path}: an .etlt is encrypted: give the key with -k or KESTREL_KEY")
+        return tao_crypto.pack_etlt(onnx_bytes, key)
+    return onnx_bytes
+
+
+def input_chw(proto) -> tuple[int, int, int]:
+    """(C, H, W) of the model's NCHW input."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return tuple(int(d.dim_value) for d in dims[1:4])  # type: ignore[return-value]
+
+
+def static_batch_of(proto) -> Optional[int]:
+    """The fixed batch size of the input, or None when it is dynamic."""
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None

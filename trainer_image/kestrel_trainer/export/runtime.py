@@ -1,0 +1,85 @@
+"""ONNX Runtime sessions, and the classifier that evaluate / inference use for .onnx and .etlt files.
+
+Session settings are the ones bench/export.py measured fastest on CPU: every graph optimisation
+(constant folding, Conv+BN+activation fusion, transpose elimination: ORT_ENABLE_ALL) and one
+intra-op thread per core.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from kestrel_trainer.errors import DataError
+
+
+def session(onnx_bytes: bytes, threads: Optional[int] = None, optimize: bool = True):
+    """An onnxruntime.InferenceSession on the CPU."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_nchw(sess, batch_nhwc: np.ndarray) -> np.ndarray:
+    """Scores of a channels-last batch (what make_dataset yields) on a session with NCHW input."""
+    x = np.ascontiguousarray(np.transpose(np.asarray(batch_nhwc, np.float32), (0, 3, 1, 2)))
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+class OnnxClassifier:
+    """An exported model with the part of the Keras interface predict.py uses: output_shape, predict.
+
+    predict takes the same preprocessed channels-last batches as the Keras model (a tf.data dataset of
+    image batches, or an array) and feeds them NCHW, so evaluate and inference check the artifact that
+    is deployed with exactly the spec's preprocessing.
+    """
+
+    def __init__(self, onnx_bytes: bytes, path: str, threads: Optional[int] = None) -> None:
+        from kestrel_trainer.export.onnx_model import input_chw, parse_onnx, static_batch_of
+
+        proto = parse_onnx(onnx_bytes, path)
+        self.path = path
+        self.input_chw = input_chw(proto)
+        self.static_batch = static_batch_of(proto)
+        out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+        self.output_shape = (None, int(out_dims[-1].dim_value))
+        self.session = session(onnx_bytes, threads)
+
+    def check_input(self, height: int, width: int, channels: int) -> None:
+        if (channels, height, width) != self.input_chw:
+            c, h, w = self.input_chw
+            raise DataError(f"{self.path} takes {c},{h},{w} images but the spec's input_image_size is "
+                            f"{channels},{height},{width}")
+
+    def predict_batch(self, batch_nhwc: np.ndarray) -> np.ndarray:
+        n = len(batch_nhwc)
+        if self.static_batch and n != self.static_batch:
+            padded = np.zeros((self.static_batch, *batch_nhwc.shape[1:]), np.float32)
+            out = []
+            for start in range(0, n, self.static_batch):
+                part = batch_nhwc[start:start + self.static_batch]
+                padded[:len(part)] = part
+                out.append(run_nchw(self.session, padded)[:len(part)])
+            return np.concatenate(out)
+        return run_nchw(self.session, batch_nhwc)
+
+    def predict(self, batches, verbose: int = 0) -> np.ndarray:
+        del verbose
+        if isinstance(batches, np.ndarray):
+            batches = [batches]
+        out = [self.predict_batch(np.asarray(b)) for b in batches]
+        return np.concatenate(out) if out else np.zeros((0, self.output_shape[1]), np.float32)
+
+
+def load_classifier(path: str, key: Optional[str]) -> OnnxClassifier:
+    from kestrel_trainer.export.onnx_model import read_onnx_bytes
+
+    return OnnxClassifier(read_onnx_bytes(path, key), path)
