@@ -44,8 +44,9 @@ def is_deployed(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in DEPLOY_SUFFIXES
 
 
-def keras_to_onnx(model, opset: int = DEFAULT_OPSET, static_batch: Optional[int] = None):
-    """The onnx.ModelProto of a channels-last Keras classifier, with NCHW input; checker-clean."""
+def keras_to_onnx(model, opset: int = DEFAULT_OPSET, static_batch: Optional[int] = None, nchw: bool = True):
+    """The onnx.ModelProto of a channels-last Keras classifier, with NCHW input (NHWC with nchw=False, for
+    bench/export.py's layout comparison); checker-clean."""
     import onnx
     import tensorflow as tf
     import tf2onnx
@@ -58,7 +59,7 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, static_batch: Optional[int]
     batch = static_batch if static_batch else None
     signature = (tf.TensorSpec((batch, h, w, c), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset,
-                                          inputs_as_nchw=[INPUT_NAME])
+                                          inputs_as_nchw=[INPUT_NAME] if nchw else None)
     _rename_output(proto, OUTPUT_NAME)
     for value in (proto.graph.input[0], proto.graph.output[0]):
         dim = value.type.tensor_type.shape.dim[0]

@@ -141,10 +141,17 @@ def _parity_batch(req: ExportRequest, chw: tuple[int, int, int]) -> tuple[np.nda
     return parity.random_batch(PARITY_IMAGES, h, w, c), "random inputs"
 
 
-def _calibration_batches(req: ExportRequest, chw: tuple[int, int, int]) -> list[np.ndarray]:
-    if req.cal_image_dir:
-        files = calibration.calibration_files(req.cal_image_dir, req.batches * req.batch_size,
-                                              req.spec.eval.n_workers)
+def _calibration_files(req: ExportRequest) -> Optional[list[str]]:
+    """The calibration images, checked before any conversion work (None when they are not needed)."""
+    needed = req.data_type == "int8" and req.cal_image_dir and not (req.target == "tensorrt" and _reuse_cache(req))
+    if not needed:
+        return None
+    return calibration.calibration_files(req.cal_image_dir, req.batches * req.batch_size, req.spec.eval.n_workers)
+
+
+def _calibration_batches(req: ExportRequest, files: Optional[list[str]], chw: tuple[int, int, int]
+                         ) -> list[np.ndarray]:
+    if files is not None:
         batches = calibration.image_batches(files, req.spec, req.batch_size)
         log.info("calibrating on %d images of %s (%d batches)", len(files), req.cal_image_dir, len(batches))
     else:
@@ -185,6 +192,7 @@ def run_export(req: ExportRequest) -> dict:
     _refuse_existing(_outputs(req), req.force)
     if req.engine_file:
         require_tensorrt()  # before any work: without TensorRT nothing is written
+    cal_files = _calibration_files(req)
 
     model = load_model(req.model, req.key, compile=False)
     proto = onnx_model.keras_to_onnx(model, req.target_opset, req.static_batch_size)
@@ -206,7 +214,7 @@ def run_export(req: ExportRequest) -> dict:
             log.info("reusing the calibration cache %s", req.cal_cache_file)
             cache = calibration.read_cache(req.cal_cache_file)
         else:
-            batches = _calibration_batches(req, chw)
+            batches = _calibration_batches(req, cal_files, chw)
             if req.cal_image_dir and req.cal_data_file:
                 summary["tensorfile_batches"] = batches
             if req.target == "tensorrt":
