@@ -8,11 +8,12 @@ the spec (make_dataset, training=False) and held in memory, so only the model is
 int8: the first --cal-images images of the spec's train_dataset_path (never the test split).
 Baseline, in the same run: the Keras model called through tf.function (model(x, training=False)), the
 fastest way TensorFlow runs it. ONNX Runtime variants, to find what makes it fast on this CPU:
-  plain      the exported NCHW model, basic graph optimisation (ORT_ENABLE_BASIC), 1 intra-op thread
-  +all-opt   ORT_ENABLE_ALL (layout transforms, Conv+activation fusion, transpose elimination)
-  +threads   and one intra-op thread per core (what Kestrel's runtime uses)
-  nhwc       the same settings on an NHWC-input export (layout comparison)
-  int8       the QDQ model `export --data_type int8 --target onnxruntime` writes, Kestrel's runtime settings
+  tf2onnx's graph as it comes (identity Reshapes between Conv and BN where maps are 1x1), basic graph
+  optimisation (ORT_ENABLE_BASIC: constant folding, Conv+BN fusion), 1 intra-op thread; then with those
+  Reshapes dropped (what export writes: every BN folds); + ORT_ENABLE_ALL (blocked NCHWc layout, Conv+Add+ReLU
+  fusion); with one intra-op thread per core, with and without spin-waiting; an NHWC-input export (layout);
+  Kestrel's runtime settings (export/runtime.py); the int8 QDQ model `export --data_type int8 --target
+  onnxruntime` writes.
 Throughput is the best of --rounds interleaved rounds (other processes share the machine: the best round
 is the least disturbed one), each timing --seconds of back-to-back batches after a warm-up. Top-1 is over
 the whole split. Prints a Markdown table with ratios against Keras at the same batch size.
@@ -87,17 +88,21 @@ def main() -> int:
     keras_fn = tf.function(lambda b: model(b, training=False))
     nchw = onnx_model.keras_to_onnx(model).SerializeToString()
     nhwc = onnx_model.keras_to_onnx(model, nchw=False).SerializeToString()
+    raw = onnx_model.keras_to_onnx(model, clean=False).SerializeToString()
     t = time.perf_counter()
     qdq = quantize_qdq(nchw, cal)
     print(f"QDQ model from {len(cal_files)} calibration images in {time.perf_counter() - t:.1f} s", flush=True)
-    ops = collections.Counter(n.op_type for n in onnx_model.parse_onnx(nchw, "export").graph.node)
-    print("exported ops:", dict(ops.most_common()))
+    for name, data in (("tf2onnx", raw), ("exported", nchw)):
+        ops = collections.Counter(n.op_type for n in onnx_model.parse_onnx(data, name).graph.node)
+        print(f"{name} ops:", dict(ops.most_common()))
 
-    def ort_session(model_bytes: bytes, level, threads: int):
+    def ort_session(model_bytes: bytes, level, threads: int, spinning: bool = True):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = level
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
     def runner(sess):
@@ -108,14 +113,21 @@ def main() -> int:
     G = ort.GraphOptimizationLevel
     variants = {
         "Keras (tf.function)": (lambda b: keras_fn(b).numpy(), x),
-        "ORT fp32 plain": (runner(ort_session(nchw, G.ORT_ENABLE_BASIC, 1)), x_nchw),
-        "ORT fp32 +all-opt": (runner(ort_session(nchw, G.ORT_ENABLE_ALL, 1)), x_nchw),
-        "ORT fp32 +all-opt +threads (Kestrel)": (runner(session(nchw)), x_nchw),
-        "ORT fp32 nhwc +all-opt +threads": (runner(ort_session(nhwc, G.ORT_ENABLE_ALL, cores)), x),
-        "ORT int8 QDQ (Kestrel)": (runner(session(qdq)), x_nchw),
+        "ORT fp32, tf2onnx graph as is, basic opt, 1 thread": (runner(ort_session(raw, G.ORT_ENABLE_BASIC, 1)),
+                                                               x_nchw),
+        "ORT fp32, identity reshapes dropped (BN fuses), basic opt, 1 thread": (
+            runner(ort_session(nchw, G.ORT_ENABLE_BASIC, 1)), x_nchw),
+        "ORT fp32, + all opt (NCHWc), 1 thread": (runner(ort_session(nchw, G.ORT_ENABLE_ALL, 1)), x_nchw),
+        f"ORT fp32, + all opt, {cores} threads": (runner(ort_session(nchw, G.ORT_ENABLE_ALL, cores)), x_nchw),
+        f"ORT fp32, + all opt, {cores} threads, no spinning": (
+            runner(ort_session(nchw, G.ORT_ENABLE_ALL, cores, spinning=False)), x_nchw),
+        "ORT fp32, NHWC input, all opt, 1 thread": (runner(ort_session(nhwc, G.ORT_ENABLE_ALL, 1)), x),
+        "ORT fp32 (Kestrel runtime)": (runner(session(nchw)), x_nchw),
+        "ORT int8 QDQ, all opt, 1 thread": (runner(ort_session(qdq, G.ORT_ENABLE_ALL, 1)), x_nchw),
+        "ORT int8 QDQ (Kestrel runtime)": (runner(session(qdq)), x_nchw),
     }
     top1 = {}
-    for name in ("Keras (tf.function)", "ORT fp32 +all-opt +threads (Kestrel)", "ORT int8 QDQ (Kestrel)"):
+    for name in ("Keras (tf.function)", "ORT fp32 (Kestrel runtime)", "ORT int8 QDQ (Kestrel runtime)"):
         fn, inputs = variants[name]
         top1[name] = float(np.mean(scores_of(fn, inputs).argmax(1) == labels))
     best: dict = collections.defaultdict(float)

@@ -44,9 +44,10 @@ def is_deployed(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in DEPLOY_SUFFIXES
 
 
-def keras_to_onnx(model, opset: int = DEFAULT_OPSET, static_batch: Optional[int] = None, nchw: bool = True):
-    """The onnx.ModelProto of a channels-last Keras classifier, with NCHW input (NHWC with nchw=False, for
-    bench/export.py's layout comparison); checker-clean."""
+def keras_to_onnx(model, opset: int = DEFAULT_OPSET, static_batch: Optional[int] = None, nchw: bool = True,
+                  clean: bool = True):
+    """The onnx.ModelProto of a channels-last Keras classifier, with NCHW input; checker-clean.
+    nchw=False (NHWC input) and clean=False (tf2onnx's graph as it comes) exist for bench/export.py."""
     import onnx
     import tensorflow as tf
     import tf2onnx
@@ -61,6 +62,8 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, static_batch: Optional[int]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset,
                                           inputs_as_nchw=[INPUT_NAME] if nchw else None)
     _rename_output(proto, OUTPUT_NAME)
+    if clean:
+        drop_identity_reshapes(proto)
     for value in (proto.graph.input[0], proto.graph.output[0]):
         dim = value.type.tensor_type.shape.dim[0]
         if static_batch:
@@ -70,6 +73,40 @@ def keras_to_onnx(model, opset: int = DEFAULT_OPSET, static_batch: Optional[int]
     proto.producer_name = "kestrel"
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def drop_identity_reshapes(proto) -> int:
+    """Remove Reshape nodes that keep their input's shape; returns how many.
+
+    Where a feature map is 1x1, NHWC and NCHW hold the same bytes, and tf2onnx writes the layout changes
+    there as Reshape [-1, C, 1, 1] of a [N, C, 1, 1] tensor. They do nothing, but sit between Conv and
+    BatchNormalization, so ONNX Runtime (and TensorRT) can no longer fold the BN into the Conv, and they
+    break ONNX Runtime's blocked NCHWc layout. bench/export.py measures the effect.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    dropped = []
+    for node in proto.graph.node:
+        if node.op_type != "Reshape" or node.output[0] in outputs or node.input[1] not in constants:
+            continue
+        source, target = shapes.get(node.input[0]), [int(v) for v in constants[node.input[1]].ravel()]
+        if (source and len(source) == len(target) and target[0] == -1 and None not in source[1:]
+                and source[1:] == target[1:]):
+            dropped.append(node)
+    for node in dropped:
+        old, new = node.output[0], node.input[0]
+        proto.graph.node.remove(node)
+        for other in proto.graph.node:
+            other.input[:] = [new if i == old else i for i in other.input]
+    return len(dropped)
 
 
 def _rename_output(proto, name: str) -> None:
