@@ -34,6 +34,12 @@ def test_export_matches_keras_on_real_images(arch, n_layers, real_batch):
     dims = graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, 32, 32]  # NCHW, dynamic N
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    # no Reshape that keeps its input's shape is left between Conv and BN (it would stop BN folding)
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim][1:] for v in inferred.graph.value_info}
+    for node in proto.graph.node:
+        if node.op_type == "Reshape" and node.input[0] in dims and node.output[0] in dims:
+            assert dims[node.input[0]] != dims[node.output[0]], node.name
 
     keras_scores = model.predict(real_batch, verbose=0)
     assert keras_scores.argmax(1).min() != keras_scores.argmax(1).max(), "the batch must not be degenerate"

@@ -106,6 +106,9 @@ def drop_identity_reshapes(proto) -> int:
         proto.graph.node.remove(node)
         for other in proto.graph.node:
             other.input[:] = [new if i == old else i for i in other.input]
+    used = {i for n in proto.graph.node for i in n.input}
+    for unused in [t for t in proto.graph.initializer if t.name not in used]:  # the dropped shape constants
+        proto.graph.initializer.remove(unused)
     return len(dropped)
 
 

@@ -1,8 +1,9 @@
 """ONNX Runtime sessions, and the classifier that evaluate / inference use for .onnx and .etlt files.
 
-Session settings are the ones bench/export.py measured fastest on CPU: every graph optimisation
-(constant folding, Conv+BN+activation fusion, transpose elimination: ORT_ENABLE_ALL) and one
-intra-op thread per core.
+Session settings follow bench/export.py (docs/export.md): every graph optimisation (ORT_ENABLE_ALL:
+Conv+BN+Add+ReLU fusion and the blocked NCHWc layout, which more than doubled throughput), one intra-op
+thread per CPU this process may use, and no spin-waiting between ops: on a shared node (or a pod with a
+CPU limit) spinning threads burn the CPU the other thread needs, which cut throughput by 3x or more there.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ def session(onnx_bytes: bytes, threads: Optional[int] = None, optimize: bool = T
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0)) or 1
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
