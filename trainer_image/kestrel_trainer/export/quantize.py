@@ -1,9 +1,10 @@
 """Statically quantized (QDQ) ONNX for ONNX Runtime on CPU, from the same calibration batches.
 
 Weights are int8 per output channel, activations uint8 (the u8s8 pair x86 int8 kernels, VNNI included,
-run fastest), ranges from min/max calibration, which bench/export.py measured to lose less top-1 than
-entropy on our models. The fp32 model is first cleaned by ONNX Runtime's quantization pre-processing
-(shape inference and graph optimisation: BN folded into convolutions), so that each Conv is quantized once.
+run fastest), ranges from min/max calibration (bench/export.py: 0.02 points of top-1 lost on the
+Fashion-MNIST ResNet-18; entropy ranges were not compared). The fp32 model is first cleaned by ONNX
+Runtime's quantization pre-processing (shape inference and graph optimisation: BN folded into
+convolutions), so that each Conv is quantized once.
 """
 
 from __future__ import annotations
