@@ -24,7 +24,7 @@ from kestrel_trainer.report.status import StatusLogger
 
 log = logging.getLogger("kestrel.train")
 
-CSV_FIELDS = ("epoch", "loss", "acc", "val_loss", "val_acc", "lr")
+CSV_FIELDS = ("epoch", "acc", "loss", "lr", "val_acc", "val_loss")  # the original's order (Keras' CSVLogger: sorted)
 
 
 def current_lr(model: tf.keras.Model) -> float:
