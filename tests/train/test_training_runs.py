@@ -40,6 +40,8 @@ def _weights(path: Path) -> list[np.ndarray]:
 @pytest.mark.slow
 def test_train_writes_every_output_and_they_parse(tmp_path, fashion_subset):
     spec = write_spec(tmp_path, fashion_subset, epochs=2, mixup=0.2)
+    spec.write_text(spec.read_text().replace(
+        "train_config {", "train_config {\n  visualizer { enabled: true num_images: 3 weight_histograms: true }", 1))
     results = tmp_path / "results"
     started = time.time()
     proc = _train(spec, results, "--log_file", str(tmp_path / "train.log"))
@@ -85,6 +87,11 @@ def test_train_writes_every_output_and_they_parse(tmp_path, fashion_subset):
 
     train_events = EventAccumulator(str(results / "events" / "train")).Reload()
     assert "epoch_lr" in train_events.Tags()["tensors"] + train_events.Tags()["scalars"]
+    # visualizer: weight histograms and sample images, as the original writes them
+    assert any("kernel" in tag and "histogram" in tag for tag in train_events.Tags()["tensors"]
+               + train_events.Tags()["histograms"])
+    images = EventAccumulator(str(results / "events" / "images"), size_guidance={"tensors": 0}).Reload()
+    assert "augmented_training_images" in images.Tags()["tensors"] + images.Tags()["images"]
     log_text = (tmp_path / "train.log").read_text()
     assert "epoch 2/2" in log_text and KEY not in log_text
     # the model file is really encrypted: no HDF5 signature, and the key is needed

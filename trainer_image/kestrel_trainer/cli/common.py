@@ -45,6 +45,31 @@ def resolve_processes(args: argparse.Namespace) -> int:
     return n
 
 
+def apply_device_flags(args: argparse.Namespace) -> None:
+    """--gpus/--gpu_index/--use_amp for a one-process task (evaluate, inference), as the original's launcher:
+    the task sees the GPUs --gpu_index lists (default: the first --gpus), and --use_amp turns on TensorFlow's
+    automatic mixed precision graph rewrite. Imports TensorFlow: call it from run(), never at import time.
+    """
+    import tensorflow as tf
+
+    log = logging.getLogger("kestrel")
+    gpus = tf.config.list_physical_devices("GPU")
+    wanted = list(args.gpu_index) if args.gpu_index else list(range(max(getattr(args, "gpus", 1) or 1, 1)))
+    if not gpus:
+        if args.gpu_index or args.use_amp or (getattr(args, "gpus", 1) or 1) > 1:
+            log.warning("no GPU visible: --gpus/--gpu_index/--use_amp have no effect, running on the CPU in float32")
+        return
+    missing = [i for i in wanted if i >= len(gpus)]
+    if missing:
+        raise KestrelError(f"--gpu_index {' '.join(map(str, missing))}: only {len(gpus)} GPU(s) visible "
+                           f"(0..{len(gpus) - 1})", exit_code=2)
+    tf.config.set_visible_devices([gpus[i] for i in wanted], "GPU")
+    log.info("using GPU(s) %s", ",".join(map(str, wanted)))
+    if args.use_amp:
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision": True})
+        log.info("automatic mixed precision on (float16 compute where safe)")
+
+
 def resolve_key(args: argparse.Namespace) -> Optional[str]:
     key = getattr(args, "key", None) or os.environ.get(KEY_ENV) or None
     return key

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from kestrel_trainer.errors import ModelFileError
 from kestrel_trainer.model_io.files import PathLike, layer_weights, load_model
+from kestrel_trainer.models.layers import HEAD_DTYPE
 from kestrel_trainer.spec.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ def load_pretrained_weights(model: tf.keras.Model, path: PathLike, key: Optional
         if not layer.weights:
             continue
         arrays = source.get(layer.name)
+        if arrays is None and layer.name == "predictions":
+            arrays = source.get("output_fc")  # the original's vgg names its softmax layer so
+            if arrays is not None:
+                seen.add("output_fc")
         if arrays is None:
             report.missing.append(layer.name)
             continue
@@ -109,7 +114,7 @@ def replace_head(model: tf.keras.Model, n_classes: int) -> tf.keras.Model:
             f"the model's head ({type(head).__name__} 'predictions') cannot be resized to {n_classes} classes; "
             "train the pruned model with its original class count or use the default head (retain_head: false)"
         )
-    out = tf.keras.layers.Dense(n_classes, activation="softmax", name="predictions")(head.input)
+    out = tf.keras.layers.Dense(n_classes, activation="softmax", name="predictions", dtype=HEAD_DTYPE)(head.input)
     return tf.keras.Model(model.inputs, out, name=model.name)
 
 

@@ -71,6 +71,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "train_config.lr_config.cosine.min_lr_ratio": 0.01,
         "train_config.lr_config.cosine.soft_start": 0.0,
         "train_config.class_weighting": "none",
+        "train_config.torch_std": "original",
         "train_config.visualizer.enabled": False,
         "train_config.visualizer.num_images": 3,
         "train_config.visualizer.weight_histograms": False,

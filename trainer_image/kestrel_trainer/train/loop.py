@@ -32,6 +32,7 @@ from kestrel_trainer.train.callbacks import (
     PlainProgress,
     PreemptedSignal,
     Preemption,
+    SampleImages,
     read_csv_rows,
     write_json_atomic,
 )
@@ -293,13 +294,23 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     if ranks.is_chief:
         callbacks += [
             outputs,
+            # visualizer.weight_histograms: weight histograms every epoch (as the original, whether or not
+            # `enabled` is set)
             tf.keras.callbacks.TensorBoard(os.path.join(results, "events"), update_freq="epoch",
-                                           profile_batch=0, write_graph=False),
+                                           profile_batch=0, write_graph=False,
+                                           histogram_freq=1 if spec.train.visualizer.weight_histograms else 0),
             preemption,
         ]
         if not verbose:
             callbacks.append(PlainProgress(spe, batch * ranks.size, n_epochs))
 
+    vis = spec.train.visualizer
+    if ranks.is_chief and vis.enabled and vis.num_images > 0:
+        n_show = min(vis.num_images, len(train_files))
+        sample = make_dataset(train_files[:n_show], train_labels[:n_show], n_classes, spec.model, spec.train,
+                              training=True, batch_size=n_show, n_epochs=1, decoded=None)
+        callbacks.append(SampleImages(os.path.join(results, "events", "images"),
+                                      lambda: next(iter(sample))[0], n_show))
     callbacks += list(opts.extra_callbacks)
 
     weights = class_weights(train_labels, n_classes) if spec.train.class_weighting == "balanced" else None
