@@ -41,8 +41,8 @@ def test_dry_run_with_num_processes_minus_one_shows_the_gpus_ranks(tmp_path, fas
                                       "--gpus", "2", "--num_processes", "-1"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    # 80 training images, 16 per rank and step, 2 ranks: 80 // 32 = 2 steps per epoch
-    assert "schedule: 2 epochs x 2 steps of 16 per rank on 2 rank(s)" in out
+    # 80 training images over 2 ranks: 40 each, in batches of 16 -> 3 steps (the last one partial)
+    assert "schedule: 2 epochs x 3 steps of 16 per rank on 2 rank(s)" in out
 
 
 def test_init_epoch_takes_the_pretrained_file_when_the_results_folder_has_none(tmp_path):
@@ -94,3 +94,15 @@ def test_format_tao_reaches_every_rank_and_needs_a_key(tmp_path, fashion_subset)
                           timeout=300)
     assert proc.returncode == 2 and "--format tao writes the original's encrypted .tlt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_device_flags_of_evaluate_are_not_silently_ignored_on_cpu(caplog):
+    """--gpu_index/--use_amp do what the original's launcher does on a GPU; without one they say so."""
+    import logging
+
+    from kestrel_trainer.cli.common import apply_device_flags
+
+    args = build_parser().parse_args(["evaluate", "-e", "s.txt", "--use_amp", "--gpu_index", "1"])
+    with caplog.at_level(logging.WARNING):
+        apply_device_flags(args)
+    assert "no GPU visible: --gpus/--gpu_index/--use_amp have no effect" in caplog.text
