@@ -49,9 +49,11 @@ def ref_preprocess(x, mode, mean=None):
     x = x.astype(np.float64)
     if mode == "tf":
         return x / 127.5 - 1.0
-    if mode == "torch":
+    if mode == "torch_per_channel":  # train_config.torch_std "per_channel": ImageNet's std per channel
+        return (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    if mode == "torch":  # the original: 0.224 for every channel
         if x.shape[-1] == 3:
-            return (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+            return (x / 255.0 - np.array([0.485, 0.456, 0.406])) / 0.224
         return (x / 255.0 - 0.449) / 0.224
     if x.shape[-1] == 3:
         m = [mean["b"], mean["g"], mean["r"]] if mean else [103.939, 116.779, 123.68]

@@ -99,6 +99,7 @@ def test_flip():
 @pytest.mark.parametrize("mode,channels,mean", [
     ("caffe", 3, None), ("caffe", 3, {"r": 120.0, "g": 110.5, "b": 100.25}), ("caffe", 1, None),
     ("caffe", 1, {"l": 50.0}), ("torch", 3, None), ("torch", 1, None), ("tf", 3, None), ("tf", 1, None),
+    ("torch_per_channel", 3, None),
 ])
 def test_preprocess_modes(mode, channels, mean):
     x = RNG.uniform(0, 255, size=(2, 3, 4, channels))

@@ -82,7 +82,7 @@ def test_two_gloo_ranks_train_in_step_and_only_rank0_writes(tmp_path, small_subs
     # rank 0 alone wrote the outputs: one of each, one STARTED, progress lines from rank 0 only
     assert sorted(p.name for p in (results / "weights").iterdir()) == ["resnet_001.tlt", "resnet_002.tlt"]
     status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
-    assert [s["status"] for s in status] == ["STARTED", "RUNNING", "RUNNING", "SUCCESS"]
+    assert [s["status"] for s in status] == ["STARTED"] + ["RUNNING"] * 5 + ["SUCCESS"]  # 2 epochs + 3 closing
     assert len(list((results / "events" / "train").glob("events.out.tfevents*"))) == 1
     assert "[0]<stderr>" in proc.stderr and "epoch 2/2" in proc.stderr
     assert not [line for line in proc.stderr.splitlines() if line.startswith("[1]") and "epoch 2/2" in line]

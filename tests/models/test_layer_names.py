@@ -9,10 +9,11 @@ from kestrel_trainer.models.registry import create_model
 from .specs import make_spec
 
 SNAPSHOT = {
-    ("resnet", 18): ["conv1", "bn_conv1", "pool1", "block_1a_conv_1", "block_1a_bn_1", "block_2a_conv_shortcut",
+    ("resnet", 18): ["conv1", "bn_conv1", "pool1", "block_1a_conv_1", "block_1a_bn_1", "block_1a_conv_shortcut",
+                     "block_2a_conv_shortcut",
                      "block_2a_bn_shortcut", "block_4b_conv_2", "avg_pool", "flatten", "predictions"],
     ("resnet", 152): ["block_3aj_conv_3"],  # 36 blocks: letters go a..z, aa..aj like the original
-    ("vgg", 16): ["block_1a_conv_1", "block_5c_bn_1", "block5_pool"],
+    ("vgg", 16): ["block_1a_conv_1", "block_5c_bn_1", "block4_pool"],
     ("mobilenet_v1", None): ["conv1", "conv_dw_1", "conv_pw_13_bn"],
     ("mobilenet_v2", None): ["Conv1", "expanded_conv_depthwise", "block_16_project_BN", "Conv_1"],
     ("efficientnet_b0", None): ["stem_conv", "block1a_dwconv", "block2b_se_reduce", "block7a_project_bn",

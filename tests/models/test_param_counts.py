@@ -21,9 +21,10 @@ def trainable(model) -> int:
 
 
 CANONICAL = [
-    # torchvision resnet18..152
-    ("resnet", 18, {}, 11_689_512),
-    ("resnet", 34, {}, 21_797_672),
+    # torchvision resnet18..152; resnet 18/34 with use_pooling plus the original's projection shortcut on
+    # block_1a (64 -> 64: a 1x1 conv without bias, 64 * 64 = 4,096, and its BN's gamma and beta, 2 * 64 = 128)
+    ("resnet", 18, {}, 11_689_512 + 64 * 64 + 2 * 64),
+    ("resnet", 34, {}, 21_797_672 + 64 * 64 + 2 * 64),
     ("resnet", 50, {}, 25_557_032),
     ("resnet", 101, {}, 44_549_160),
     ("resnet", 152, {}, 60_192_808),

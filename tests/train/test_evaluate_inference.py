@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from kestrel_trainer.evaluate import classification_metrics, format_report
+from kestrel_trainer.evaluate import classification_metrics, classification_report_text, format_report
 from tests.train.conftest import write_spec
 
 KEY = "eval-key"
@@ -41,6 +41,9 @@ def test_metrics_match_scikit_learn():
         assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((p, r, f))
     text = format_report(m)
     assert "weighted avg" in text and "class_5" in text
+    # the original prints scikit-learn's report; ours is the same text, computed without scikit-learn
+    assert classification_report_text(m) == skm.classification_report(labels, pred, labels=list(range(c)),
+                                                                       target_names=names, zero_division=0)
 
 
 def test_confusion_matrix_follows_a_custom_classmap():
@@ -67,9 +70,18 @@ def test_evaluate_and_inference_end_to_end(tmp_path, fashion_subset):
     assert data["n_images"] == 80 and data["top_k"] == 3 and len(data["confusion_matrix"]) == 10
     assert "top-3 accuracy" in ev.stdout
     assert (tmp_path / "ev" / "confusion_matrix.png").exists()
+    # the original's lines come first, with the same numbers, and status.json records the run as it does
+    assert ev.stdout.startswith(f"Evaluation Loss: {data['loss']}\nEvaluation Top K accuracy: {data['top_3_accuracy']}")
+    assert "Confusion Matrix\n" in ev.stdout and "Classification Report\n" in ev.stdout
+    ev_status = [json.loads(line) for line in (tmp_path / "ev" / "status.json").read_text().splitlines()]
+    assert [(s["status"], s["message"]) for s in ev_status] == [
+        ("STARTED", "Starting evaluation."), ("SUCCESS", "Evaluation finished successfully.")]
+    assert ev_status[-1]["kpi"] == {"top_k_accuracy": pytest.approx(data["top_3_accuracy"])}
     inf = subprocess.run(cli + ["inference", "-e", str(spec), "-m", str(model), "-d", str(fashion_subset / "test"),
                                 "-r", str(tmp_path / "inf"), "--top_k", "2"], capture_output=True, text=True, env=env)
     assert inf.returncode == 0, inf.stderr
+    inf_status = [json.loads(line) for line in (tmp_path / "inf" / "status.json").read_text().splitlines()]
+    assert [s["status"] for s in inf_status] == ["STARTED", "SUCCESS"]
     rows = list(csv.reader((tmp_path / "inf" / "result.csv").open()))
     assert len(rows) == 80  # one row per image, no header
     classes = json.loads((results / "classmap.json").read_text())
@@ -78,6 +90,7 @@ def test_evaluate_and_inference_end_to_end(tmp_path, fashion_subset):
     one = subprocess.run(cli + ["inference", "-e", str(spec), "-m", str(model), "-i", rows[0][0]],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0 and rows[0][1] in one.stdout
+    assert f"Class label = {classes[rows[0][1]]}\nClass name = {rows[0][1]}\n" in one.stdout  # the original's lines
     wrong = subprocess.run(cli + ["evaluate", "-e", str(spec), "-m", str(model), "-k", "nope"], capture_output=True,
                            text=True)
     assert wrong.returncode == 2 and f"wrong key or corrupt file: {model}" in wrong.stderr

@@ -51,3 +51,19 @@ def test_none_adds_nothing():
     model = _model()
     assert add_regularization(model, RegSpec(type="None", scope=("Conv2D",), weight_decay=0.1)) == []
     assert model.losses == []
+
+
+def test_absent_reg_config_means_no_regularization():
+    """The original regularizes nothing when reg_config is absent (we used to add L2 5e-5 silently)."""
+    from kestrel_trainer.spec import parse_spec_text
+
+    spec = parse_spec_text(
+        'model_config { arch: "resnet" n_layers: 10 input_image_size: "1,16,16" }\n'
+        'train_config { train_dataset_path: "t" val_dataset_path: "v" optimizer { sgd { } } '
+        'lr_config { step { learning_rate: 0.1 } } }\n',
+        task="train",
+    )
+    assert spec.train.reg.type == "None"
+    model = _model()
+    assert add_regularization(model, spec.train.reg) == []
+    assert model.losses == []

@@ -15,8 +15,9 @@ POINTS = [0, 1, 37, 99, 100, 250, 499, 600, 873, 999]
 
 
 def step_formula(step: int, base: float) -> float:
+    """The original's step schedule: gamma ** (step / interval), true division (continuous decay)."""
     interval = math.floor(TOTAL * 20 / 100)  # step_size 20 percent
-    return base * 0.5 ** (step // interval)
+    return base * 0.5 ** (step / interval)
 
 
 def soft_anneal_formula(step: int, base: float) -> float:
@@ -63,7 +64,8 @@ def test_decay_is_applied_on_top():
     spec = StepLRSpec(learning_rate=0.1, step_size=50, gamma=0.1)
     schedule = SpecSchedule.from_spec(spec, total_steps=TOTAL, decay=0.01)
     values = np.array([float(schedule(s)) for s in (0, 10, 600)])
-    expected = np.array([0.1, 0.1 / 1.1, 0.01 / 7.0])
+    # step interval 500 (50 % of 1000); decay 0.01 divides by 1 + 0.01 * step
+    expected = np.array([0.1, 0.1 * 0.1 ** (10 / 500) / 1.1, 0.1 * 0.1 ** (600 / 500) / 7.0])
     np.testing.assert_allclose(values, expected, rtol=1e-5)
 
 
@@ -73,3 +75,11 @@ def test_schedule_survives_serialization():
     clone = SpecSchedule.from_config(schedule.get_config())
     for step in POINTS:
         assert float(clone(step)) == pytest.approx(float(schedule(step)))
+
+
+def test_step_decays_continuously_as_the_original():
+    """Just before the first drop the rate is already ~gamma times base, not base (no staircase)."""
+    spec = StepLRSpec(learning_rate=0.1, step_size=10, gamma=0.1)
+    schedule = SpecSchedule.from_spec(spec, total_steps=TOTAL)
+    assert float(schedule(99)) == pytest.approx(0.1 * 0.1 ** (99 / 100), rel=1e-5)
+    assert lr_at(spec, 50, TOTAL) == pytest.approx(0.1 * 0.1**0.5)

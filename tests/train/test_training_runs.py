@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,10 @@ def _weights(path: Path) -> list[np.ndarray]:
 @pytest.mark.slow
 def test_train_writes_every_output_and_they_parse(tmp_path, fashion_subset):
     spec = write_spec(tmp_path, fashion_subset, epochs=2, mixup=0.2)
+    spec.write_text(spec.read_text().replace(
+        "train_config {", "train_config {\n  visualizer { enabled: true num_images: 3 weight_histograms: true }", 1))
     results = tmp_path / "results"
+    started = time.time()
     proc = _train(spec, results, "--log_file", str(tmp_path / "train.log"))
     assert proc.returncode == 0, proc.stderr
     weights = sorted(p.name for p in (results / "weights").iterdir())
@@ -48,15 +52,32 @@ def test_train_writes_every_output_and_they_parse(tmp_path, fashion_subset):
     assert classmap["Ankle_boot"] == 0 and len(classmap) == 10
     rows = list(csv.DictReader((results / "training.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "loss", "acc", "val_loss", "val_acc", "lr"]
+    assert list(rows[0]) == ["epoch", "acc", "loss", "lr", "val_acc", "val_loss"]  # the original's order
     assert all(0.0 <= float(r["val_acc"]) <= 1.0 and float(r["lr"]) > 0 for r in rows)
     status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
-    assert status[0]["status"] == "STARTED" and status[-1]["status"] == "SUCCESS"
-    running = [s for s in status if s["status"] == "RUNNING"]
+    # the original's records, in its order (its TAOStatusLogger and train.py)
+    assert [s.get("message") for s in status] == [
+        "Starting Training Loop.", "Training loop in progress", "Training loop in progress",
+        "Training loop complete.", "Final model evaluation in progress.", "Model evaluation is complete.",
+        "Training finished successfully."]
+    assert [s["status"] for s in status] == ["STARTED"] + ["RUNNING"] * 5 + ["SUCCESS"]
+    running = [s for s in status if "epoch" in s]
     assert [s["epoch"] for s in running] == [1, 2] and running[0]["max_epoch"] == 2
-    assert set(running[0]["graphical"]) == {"loss", "training_accuracy", "validation_loss", "validation_accuracy",
-                                            "learning_rate"}
+    assert list(running[0]["graphical"]) == ["loss", "training_accuracy", "validation_loss", "validation_accuracy",
+                                             "learning_rate"]
+    # values as the original writes them: metrics as str(float), durations as str(timedelta)
+    assert running[1]["graphical"]["validation_accuracy"] == str(float(rows[1]["val_acc"]))
+    assert set(running[1]["kpi"]) == {"training_accuracy", "validation_accuracy"}
+    assert re.fullmatch(r"\d+:\d\d:\d\d(\.\d{6})?", running[0]["time_per_epoch"]) and running[1]["eta"] == "0:00:00"
+    assert list(running[0])[:4] == ["epoch", "max_epoch", "time_per_epoch", "eta"]
+    assert status[-1]["kpi"] == {"validation_loss": pytest.approx(float(rows[1]["val_loss"])),
+                                 "validation_accuracy": pytest.approx(float(rows[1]["val_acc"]))}
     summary = json.loads((results / "summary.json").read_text())
+    assert 0 < summary["wall_seconds"] < time.time() - started + 1  # a duration, not a timestamp
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (results / "summary.json", results / "training.csv", results / "weights" / "resnet_002.tlt"):
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask, written  # readable as the umask allows
     assert summary["last_val_acc"] == pytest.approx(float(rows[-1]["val_acc"]))
     assert summary["best_val_acc"] == pytest.approx(max(float(r["val_acc"]) for r in rows))
     assert (results / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -66,6 +87,11 @@ def test_train_writes_every_output_and_they_parse(tmp_path, fashion_subset):
 
     train_events = EventAccumulator(str(results / "events" / "train")).Reload()
     assert "epoch_lr" in train_events.Tags()["tensors"] + train_events.Tags()["scalars"]
+    # visualizer: weight histograms and sample images, as the original writes them
+    assert any("kernel" in tag and "histogram" in tag for tag in train_events.Tags()["tensors"]
+               + train_events.Tags()["histograms"])
+    images = EventAccumulator(str(results / "events" / "images"), size_guidance={"tensors": 0}).Reload()
+    assert "augmented_training_images" in images.Tags()["tensors"] + images.Tags()["images"]
     log_text = (tmp_path / "train.log").read_text()
     assert "epoch 2/2" in log_text and KEY not in log_text
     # the model file is really encrypted: no HDF5 signature, and the key is needed

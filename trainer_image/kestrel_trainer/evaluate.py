@@ -83,6 +83,38 @@ def format_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def classification_report_text(metrics: dict[str, Any], digits: int = 2) -> str:
+    """The per-class table in scikit-learn's `classification_report` layout, which the original prints."""
+    names = metrics["classes"]
+    width = max(max(len(n) for n in names), len("weighted avg"), digits)
+    head = "{:>{width}s} " + " {:>9}" * 4
+    row = "{:>{width}s} " + " {:>9.{digits}f}" * 3 + " {:>9}\n"
+    text = head.format("", "precision", "recall", "f1-score", "support", width=width) + "\n\n"
+    for name in names:
+        m = metrics["per_class"][name]
+        text += row.format(name, m["precision"], m["recall"], m["f1"], m["support"], width=width, digits=digits)
+    total = metrics["macro_avg"]["support"]
+    text += "\n" + ("{:>{width}s} " + " {:>9.{digits}}" * 2 + " {:>9.{digits}f}" + " {:>9}\n").format(
+        "accuracy", "", "", metrics["top_1_accuracy"], total, width=width, digits=digits)
+    for heading, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
+        m = metrics[key]
+        text += row.format(heading, m["precision"], m["recall"], m["f1"], total, width=width, digits=digits)
+    return text
+
+
+def format_original_report(metrics: dict[str, Any]) -> str:
+    """The lines the original's evaluate prints, for scripts that parse them (our table follows)."""
+    k = metrics["top_k"]
+    return "\n".join([
+        f"Evaluation Loss: {metrics['loss']}",
+        f"Evaluation Top K accuracy: {metrics[f'top_{k}_accuracy']}",
+        "Confusion Matrix",
+        str(np.asarray(metrics["confusion_matrix"])),
+        "Classification Report",
+        classification_report_text(metrics),
+    ])
+
+
 def run_evaluation(spec, model_path: str, key: Optional[str], results_dir: Optional[str],
                    classmap_path: Optional[str] = None, skip_bad_images: bool = False) -> dict[str, Any]:
     """Evaluate `model_path` on eval_config.eval_dataset_path; writes results.json and confusion_matrix.png."""

@@ -24,12 +24,50 @@ def add_key_argument(parser: argparse.ArgumentParser) -> None:
 def add_common_task_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags the original accepts on every task (`--gpus`, `--gpu_index`, `--log_file`, ...)."""
     parser.add_argument("--gpus", type=int, default=1, help="number of GPUs to use (default 1)")
-    parser.add_argument("--num_processes", "-np", type=int, default=None,
-                        help="data-parallel ranks (default: --gpus)")
+    parser.add_argument("--num_processes", "-np", type=int, default=-1,
+                        help="data-parallel ranks; -1 (the default, as the original) means as many as --gpus")
     parser.add_argument("--gpu_index", type=int, nargs="+", default=None, help="GPU ids to use")
     parser.add_argument("--use_amp", action="store_true", help="automatic mixed precision (GPU only)")
     parser.add_argument("--log_file", default=None, help="also write plain log lines to this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def resolve_processes(args: argparse.Namespace) -> int:
+    """Ranks to run: --num_processes, where -1 (the original's default) or absent means as many as --gpus."""
+    gpus = getattr(args, "gpus", 1)
+    if gpus is None or gpus < 1:
+        raise KestrelError(f"--gpus must be >= 1, got {gpus}", exit_code=2)
+    n = getattr(args, "num_processes", -1)
+    if n is None or n == -1:
+        return gpus
+    if n < 1:
+        raise KestrelError(f"--num_processes must be >= 1, or -1 for as many as --gpus; got {n}", exit_code=2)
+    return n
+
+
+def apply_device_flags(args: argparse.Namespace) -> None:
+    """--gpus/--gpu_index/--use_amp for a one-process task (evaluate, inference), as the original's launcher:
+    the task sees the GPUs --gpu_index lists (default: the first --gpus), and --use_amp turns on TensorFlow's
+    automatic mixed precision graph rewrite. Imports TensorFlow: call it from run(), never at import time.
+    """
+    import tensorflow as tf
+
+    log = logging.getLogger("kestrel")
+    gpus = tf.config.list_physical_devices("GPU")
+    wanted = list(args.gpu_index) if args.gpu_index else list(range(max(getattr(args, "gpus", 1) or 1, 1)))
+    if not gpus:
+        if args.gpu_index or args.use_amp or (getattr(args, "gpus", 1) or 1) > 1:
+            log.warning("no GPU visible: --gpus/--gpu_index/--use_amp have no effect, running on the CPU in float32")
+        return
+    missing = [i for i in wanted if i >= len(gpus)]
+    if missing:
+        raise KestrelError(f"--gpu_index {' '.join(map(str, missing))}: only {len(gpus)} GPU(s) visible "
+                           f"(0..{len(gpus) - 1})", exit_code=2)
+    tf.config.set_visible_devices([gpus[i] for i in wanted], "GPU")
+    log.info("using GPU(s) %s", ",".join(map(str, wanted)))
+    if args.use_amp:
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision": True})
+        log.info("automatic mixed precision on (float16 compute where safe)")
 
 
 def resolve_key(args: argparse.Namespace) -> Optional[str]:

@@ -8,11 +8,12 @@ import os
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
     add_key_argument,
+    apply_device_flags,
     require_key_for,
     resolve_key,
     setup_logging,
 )
-from kestrel_trainer.errors import SpecError
+from kestrel_trainer.errors import KestrelError, SpecError
 from kestrel_trainer.spec import load_spec
 
 ORDER = 40
@@ -28,11 +29,26 @@ def run(args: argparse.Namespace) -> int:
     require_key_for(model_path, key)
     results = args.results_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_path))),
                                                "evaluate")
-    from kestrel_trainer.evaluate import format_report, run_evaluation
+    from kestrel_trainer.evaluate import format_original_report, format_report, run_evaluation
+    from kestrel_trainer.report.status import StatusLogger
 
-    metrics = run_evaluation(spec, model_path, key, results, args.classmap, args.skip_bad_images)
+    # As the original: status.json in the -r folder (only when -r is given).
+    status = StatusLogger(os.path.join(args.results_dir, "status.json")) if args.results_dir else None
+    if status:
+        status.write("STARTED", "Starting evaluation.")
+    try:
+        apply_device_flags(args)
+        metrics = run_evaluation(spec, model_path, key, results, args.classmap, args.skip_bad_images)
+    except (KestrelError, KeyboardInterrupt) as err:
+        if status:
+            status.write("FAILURE", getattr(err, "message", None) or "Evaluation was interrupted")
+        raise
+    print(format_original_report(metrics))
     print(format_report(metrics))
     print(f"\nresults: {os.path.join(results, 'results.json')}")
+    if status:
+        status.kpi = {"top_k_accuracy": float(metrics[f"top_{metrics['top_k']}_accuracy"])}
+        status.write("SUCCESS", "Evaluation finished successfully.")
     return 0
 
 

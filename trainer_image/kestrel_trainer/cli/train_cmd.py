@@ -6,7 +6,13 @@ import argparse
 import logging
 import os
 
-from kestrel_trainer.cli.common import add_common_task_arguments, add_key_argument, resolve_key, setup_logging
+from kestrel_trainer.cli.common import (
+    add_common_task_arguments,
+    add_key_argument,
+    resolve_key,
+    resolve_processes,
+    setup_logging,
+)
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.spec import load_spec
 
@@ -14,6 +20,7 @@ ORDER = 30
 log = logging.getLogger("kestrel.train")
 
 
+MODEL_FORMATS = ("kestrel", "tao")  # model_io.files.FORMATS, without importing it for --help
 IMAGE_CACHE_MODES = ("auto", "on", "off")  # data/decoded.CACHE_MODES, without importing NumPy for --help
 
 
@@ -25,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_file, args.verbose)
     for warning in spec.warnings:
         log.warning("%s", warning)
-    processes = args.num_processes or args.gpus
+    processes = resolve_processes(args)
     if args.dry_run:
         from kestrel_trainer.train.dry_run import describe_run
 
@@ -35,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     key = resolve_key(args)
     if not key:
         log.warning("no key given (-k or KESTREL_KEY): checkpoints are written unencrypted as .hdf5")
+        if args.model_format == "tao":
+            raise KestrelError("--format tao writes the original's encrypted .tlt: give the key with -k or "
+                               "KESTREL_KEY", exit_code=2)
     from kestrel_trainer.train.distributed import Ranks, init_ranks, launched_world
 
     world = launched_world()
@@ -45,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         return launch(processes, rank_arguments(args), key, args.results_dir, spec.model.arch)
     ranks = Ranks()
     if world is not None and world.size > 1:
-        if args.num_processes and args.num_processes != world.size:
-            raise KestrelError(f"--num_processes {args.num_processes} but the launcher started {world.size} "
+        if args.num_processes not in (None, -1) and processes != world.size:
+            raise KestrelError(f"--num_processes {processes} but the launcher started {world.size} "
                                "ranks; start as many ranks as --num_processes says", exit_code=2)
         ranks = init_ranks()
         if not ranks.is_chief:  # rank 0 reports progress; the others speak only of trouble
@@ -66,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             gpus=args.gpus,
             gpu_index=tuple(args.gpu_index) if args.gpu_index else None,
             image_cache=args.image_cache,
+            model_format=args.model_format,
         ),
     )
     return 0
@@ -87,6 +98,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    default=os.environ.get("KESTREL_IMAGE_CACHE") or "auto",
                    help="keep the decoded training images in memory so epochs do not decode them again: auto "
                    "(when they fit in a quarter of the free memory), on, off (default: $KESTREL_IMAGE_CACHE or auto)")
+    p.add_argument("--format", dest="model_format", choices=MODEL_FORMATS, default="kestrel",
+                   help="encrypted checkpoint format: kestrel (default; authenticated, a wrong key is a clear error) "
+                   "or tao (the original's .tlt: AES-CTR over a channels-first HDF5, no optimizer state, for "
+                   "downstream tools that need it)")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print what the run would build and do (model, data, schedule, resume), then exit")
     add_common_task_arguments(p)

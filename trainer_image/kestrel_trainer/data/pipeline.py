@@ -137,7 +137,7 @@ def make_dataset(
     color = training and train_spec.enable_color_augmentation and c == 3
     flip = training and not train_spec.disable_horizontal_flip
     alpha = float(train_spec.mixup_alpha) if training else 0.0
-    mode, image_mean = train_spec.preprocess_mode, dict(train_spec.image_mean)
+    mode, image_mean = T.torch_mode(train_spec.preprocess_mode, train_spec.torch_std), dict(train_spec.image_mean)
     num_calls = _num_calls(workers)
 
     shard_paths = tf.constant([files[i] for i in shard], tf.string)

@@ -29,7 +29,9 @@ CONTRAST_CENTER = 0.5
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 CAFFE_MEAN_GRAY = 117.3786
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
-TORCH_STD_RGB = (0.229, 0.224, 0.225)  # the original uses 0.224 for all three channels
+TORCH_STD_RGB = (0.224, 0.224, 0.224)  # the original's: 0.224 for all three channels
+TORCH_STD_RGB_PER_CHANNEL = (0.229, 0.224, 0.225)  # ImageNet's per-channel std: train_config.torch_std "per_channel"
+TORCH_PER_CHANNEL = "torch_per_channel"  # the mode key of torch with the per-channel std (see torch_mode)
 TORCH_MEAN_GRAY = 0.449
 TORCH_STD_GRAY = 0.224
 
@@ -346,8 +348,9 @@ def preprocess_constants(
     """(mean, std, to_bgr) in 0..255 units so that out = (x[..., order] - mean) / std.
 
     caffe: BGR, mean (103.939, 116.779, 123.68) or grey 117.3786, overridden by image_mean
-    (keys r, g, b or l), std 1. torch: x/255 minus (.485, .456, .406) over (.229, .224, .225)
-    (grey .449/.224). tf: x/127.5 - 1. image_mean only applies to caffe, as in the original.
+    (keys r, g, b or l), std 1. torch: x/255 minus (.485, .456, .406) over .224 for every channel, as
+    the original (grey .449/.224); TORCH_PER_CHANNEL: over (.229, .224, .225) (see torch_mode).
+    tf: x/127.5 - 1. image_mean only applies to caffe, as in the original.
     Export and DeepStream configs can use the same numbers (net-scale-factor = 1/std, offsets = mean).
     """
     if mode == "caffe":
@@ -365,13 +368,19 @@ def preprocess_constants(
                 raise ValueError("image_mean for 1 channel needs the key l")
             return (float(image_mean["l"]),), (1.0,), False
         return (CAFFE_MEAN_GRAY,), (1.0,), False
-    if mode == "torch":
+    if mode in ("torch", TORCH_PER_CHANNEL):
         if channels == 3:
-            return (tuple(255.0 * m for m in TORCH_MEAN_RGB), tuple(255.0 * s for s in TORCH_STD_RGB), False)
+            std = TORCH_STD_RGB if mode == "torch" else TORCH_STD_RGB_PER_CHANNEL
+            return (tuple(255.0 * m for m in TORCH_MEAN_RGB), tuple(255.0 * s for s in std), False)
         return (255.0 * TORCH_MEAN_GRAY,), (255.0 * TORCH_STD_GRAY,), False
     if mode == "tf":
         return (127.5,) * channels, (127.5,) * channels, False
     raise ValueError(f"preprocess_mode must be caffe, torch or tf, got {mode!r}")
+
+
+def torch_mode(mode: str, torch_std: str = "original") -> str:
+    """The mode key preprocess_constants takes: torch with train_config.torch_std "per_channel" is its own key."""
+    return TORCH_PER_CHANNEL if mode == "torch" and torch_std == "per_channel" else mode
 
 
 def preprocess(images: tf.Tensor, mode: str, image_mean: Optional[Mapping[str, float]] = None) -> tf.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from kestrel_trainer.models.builder import model_input
-from kestrel_trainer.models.layers import Ctx, classifier_head
+from kestrel_trainer.models.layers import HEAD_DTYPE, Ctx, classifier_head
 from kestrel_trainer.models.registry import register_model
 from kestrel_trainer.spec.types import ModelSpec
 
@@ -48,5 +48,5 @@ def build_alexnet(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
         x = L.Dense(4096, name=name)(x)
         x = ctx.act(f"{name}_act")(x)
         x = L.Dropout(rate, name=f"{name}_dropout")(x)
-    out = L.Dense(n_classes, activation="softmax", name="predictions")(x)
+    out = L.Dense(n_classes, activation="softmax", name="predictions", dtype=HEAD_DTYPE)(x)
     return tf.keras.Model(inputs, out, name=spec.name)

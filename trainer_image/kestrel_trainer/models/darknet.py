@@ -19,7 +19,7 @@ import re
 import tensorflow as tf
 
 from kestrel_trainer.models.builder import model_input
-from kestrel_trainer.models.layers import Ctx, classifier_head
+from kestrel_trainer.models.layers import HEAD_DTYPE, Ctx, classifier_head
 from kestrel_trainer.models.registry import register_model
 from kestrel_trainer.spec.types import ModelSpec
 
@@ -51,7 +51,7 @@ def _head(spec: ModelSpec, ctx: Ctx, inputs, x, n_classes: int) -> tf.keras.Mode
         return tf.keras.Model(inputs, classifier_head(x, n_classes), name=spec.name)
     x = L.Conv2D(n_classes, 1, padding="same", name="conv_head")(x)
     x = L.GlobalAveragePooling2D(name="avg_pool")(x)
-    return tf.keras.Model(inputs, L.Activation("softmax", name="predictions")(x), name=spec.name)
+    return tf.keras.Model(inputs, L.Activation("softmax", name="predictions", dtype=HEAD_DTYPE)(x), name=spec.name)
 
 
 def _d19_stage(ctx: Ctx, x, k: int, convs, prefix: str):

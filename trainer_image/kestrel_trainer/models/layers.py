@@ -95,6 +95,11 @@ def make_activation(activation: str, params: Mapping[str, float], name: str) -> 
     raise ValueError(f"unknown activation_type {activation!r}")
 
 
+# The softmax head always computes in float32, also under mixed precision (--use_amp): a float16 softmax
+# saturates and its loss loses precision. Every family's `predictions` layer uses this dtype.
+HEAD_DTYPE = "float32"
+
+
 def classifier_head(x, n_classes: int, dropout: float = 0.0, name_prefix: str = ""):
     """The default head: average pool over the whole map -> flatten -> Dense softmax `predictions`.
 
@@ -105,7 +110,7 @@ def classifier_head(x, n_classes: int, dropout: float = 0.0, name_prefix: str = 
     x = L.Flatten(name=f"{name_prefix}flatten")(x)
     if dropout > 0:
         x = L.Dropout(dropout, name=f"{name_prefix}head_dropout")(x)
-    return L.Dense(n_classes, activation="softmax", name="predictions")(x)
+    return L.Dense(n_classes, activation="softmax", name="predictions", dtype=HEAD_DTYPE)(x)
 
 
 def gap_dense_head(x, n_classes: int, dropout: float, pool_name: str = "avg_pool",
@@ -114,4 +119,4 @@ def gap_dense_head(x, n_classes: int, dropout: float, pool_name: str = "avg_pool
     x = L.GlobalAveragePooling2D(name=pool_name)(x)
     if dropout > 0:
         x = L.Dropout(dropout, name=dropout_name)(x)
-    return L.Dense(n_classes, activation="softmax", name="predictions")(x)
+    return L.Dense(n_classes, activation="softmax", name="predictions", dtype=HEAD_DTYPE)(x)

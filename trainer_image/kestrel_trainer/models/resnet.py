@@ -4,10 +4,11 @@ Layer names follow the original: `conv1`, `bn_conv1`, then `block_<stage><letter
 `block_<stage><letter>_bn_<i>`, `..._conv_shortcut`, `..._bn_shortcut`. Freeze block 0 is the stem,
 1-4 are the stages.
 
+Shortcuts as in the original template: the first block of every stage projects (1x1 conv + BN), also
+where the shape does not change (resnet 10/18/34 with use_pooling: block_1a, 64->64, 4,224 parameters
+more than torchvision's counts), so the original's weights load by name; all_projections projects all.
+
 Where we differ from the original template:
-- a shortcut is a 1x1 projection only when the shape changes (stride or channels), as in the paper;
-  the original also projects the first block of every stage (e.g. resnet18's first block, 64->64),
-  which adds 4,224 parameters and breaks the canonical counts. all_projections still projects all.
 - retain_head pools globally (the original pools 7x7 with 'same' padding then flattens, which only
   gives 1x1 at 224x224).
 """
@@ -53,14 +54,14 @@ def _letters(i: int) -> str:
     return s
 
 
-def _residual_block(ctx: Ctx, x, convs: list[tuple[int, int]], stride: int, prefix: str, all_projections: bool):
+def _residual_block(ctx: Ctx, x, convs: list[tuple[int, int]], stride: int, prefix: str, project: bool):
     shortcut = x
     for i, (k, f) in enumerate(convs, start=1):
         last = i == len(convs)
         x = ctx.conv_bn_act(x, f, k, stride if i == 1 else 1, conv=f"{prefix}conv_{i}", bn=f"{prefix}bn_{i}",
                             act=None if last else f"{prefix}act_{i}")
     out_ch = convs[-1][1]
-    if all_projections or stride != 1 or shortcut.shape[-1] != out_ch:
+    if project or stride != 1 or shortcut.shape[-1] != out_ch:
         shortcut = ctx.conv_bn_act(shortcut, out_ch, 1, stride, conv=f"{prefix}conv_shortcut",
                                    bn=f"{prefix}bn_shortcut", act=None)
     x = L.Add(name=f"{prefix}add")([x, shortcut])
@@ -81,7 +82,7 @@ def resnet_features(spec: ModelSpec, ctx: Ctx, inputs):
         convs = [(1, width), (3, width), (1, width * 4)] if bottleneck else [(3, width), (3, width)]
         for b in range(n):
             x = _residual_block(ctx, x, convs, stride if b == 0 else 1, f"block_{stage}{_letters(b)}_",
-                                spec.all_projections)
+                                spec.all_projections or b == 0)  # the original projects every stage's first block
     return x
 
 

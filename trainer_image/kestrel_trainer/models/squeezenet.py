@@ -13,7 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from kestrel_trainer.models.builder import model_input
-from kestrel_trainer.models.layers import Ctx, classifier_head
+from kestrel_trainer.models.layers import HEAD_DTYPE, Ctx, classifier_head
 from kestrel_trainer.models.registry import register_model
 from kestrel_trainer.spec.types import ModelSpec
 
@@ -58,5 +58,5 @@ def build_squeezenet(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
     x = L.Conv2D(n_classes, 1, padding="same", kernel_initializer="he_normal", name="conv10")(x)
     x = L.ReLU(name="conv10_act")(x)
     x = L.GlobalAveragePooling2D(name="avg_pool")(x)
-    out = L.Activation("softmax", name="predictions")(x)
+    out = L.Activation("softmax", name="predictions", dtype=HEAD_DTYPE)(x)
     return tf.keras.Model(inputs, out, name=spec.name)

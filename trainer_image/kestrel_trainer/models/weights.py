@@ -8,7 +8,6 @@ rebuilt still gives its weights.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -17,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from kestrel_trainer.errors import ModelFileError
-from kestrel_trainer.model_io.files import PathLike, load_model, read_model_bytes
+from kestrel_trainer.model_io.files import PathLike, layer_weights, load_model
+from kestrel_trainer.models.layers import HEAD_DTYPE
 from kestrel_trainer.spec.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -43,30 +43,9 @@ class LoadReport:
         return msg + (" (pruned model: using its architecture)" if self.rebuilt_from_file else "")
 
 
-def _decode(v) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
 def read_layer_weights(path: PathLike, key: Optional[str] = None) -> dict[str, list[np.ndarray]]:
     """{layer name: [arrays in layer.weights order]} from a model or weights-only HDF5 (ours or Keras')."""
-    import h5py
-
-    data = read_model_bytes(path, key)
-    out: dict[str, list[np.ndarray]] = {}
-    try:
-        with h5py.File(io.BytesIO(data), "r") as f:
-            group = f.get("model_weights", f)
-            for name in (_decode(n) for n in group.attrs["layer_names"]):
-                layer_group = group[name]
-                names = [_decode(w) for w in layer_group.attrs.get("weight_names", [])]
-                if names:
-                    out[name] = [np.asarray(layer_group[w]) for w in names]
-    except ModelFileError:
-        raise
-    except Exception as err:
-        log.debug("cannot read weights from %s: %r", path, err)
-        raise ModelFileError(f"wrong key or corrupt file: {path}") from None
-    return out
+    return layer_weights(path, key)  # model_io reads every format and converts channels-first files
 
 
 def load_pretrained_weights(model: tf.keras.Model, path: PathLike, key: Optional[str] = None) -> LoadReport:
@@ -82,6 +61,10 @@ def load_pretrained_weights(model: tf.keras.Model, path: PathLike, key: Optional
         if not layer.weights:
             continue
         arrays = source.get(layer.name)
+        if arrays is None and layer.name == "predictions":
+            arrays = source.get("output_fc")  # the original's vgg names its softmax layer so
+            if arrays is not None:
+                seen.add("output_fc")
         if arrays is None:
             report.missing.append(layer.name)
             continue
@@ -131,7 +114,7 @@ def replace_head(model: tf.keras.Model, n_classes: int) -> tf.keras.Model:
             f"the model's head ({type(head).__name__} 'predictions') cannot be resized to {n_classes} classes; "
             "train the pruned model with its original class count or use the default head (retain_head: false)"
         )
-    out = tf.keras.layers.Dense(n_classes, activation="softmax", name="predictions")(head.input)
+    out = tf.keras.layers.Dense(n_classes, activation="softmax", name="predictions", dtype=HEAD_DTYPE)(head.input)
     return tf.keras.Model(model.inputs, out, name=model.name)
 
 
@@ -147,7 +130,7 @@ def rebuild_if_pruned(model: tf.keras.Model, spec: ModelSpec, n_classes: int, pa
     try:
         file_model = load_model(path, key, compile=False)
     except ModelFileError as err:
-        if "wrong key or corrupt" in err.message:
+        if "weights only" in err.message or "corrupt file" in err.message:
             # A weights-only HDF5 has no architecture: it cannot be a pruned model we could adopt.
             read_layer_weights(path, key)  # re-raises for a really corrupt file
             return model, None

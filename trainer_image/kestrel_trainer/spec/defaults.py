@@ -47,7 +47,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "train_config.enable_color_augmentation": False,
         "train_config.mixup_alpha": 0.0,
         "train_config.disable_horizontal_flip": False,
-        "train_config.reg_config.type": "L2",
+        "train_config.reg_config.type": "None",  # the original: no reg_config, no regularization
         "train_config.reg_config.scope": "Conv2D,Dense",
         "train_config.reg_config.weight_decay": 5e-5,
         "train_config.optimizer.sgd.lr": 0.01,
@@ -71,6 +71,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "train_config.lr_config.cosine.min_lr_ratio": 0.01,
         "train_config.lr_config.cosine.soft_start": 0.0,
         "train_config.class_weighting": "none",
+        "train_config.torch_std": "original",
         "train_config.visualizer.enabled": False,
         "train_config.visualizer.num_images": 3,
         "train_config.visualizer.weight_histograms": False,

@@ -269,6 +269,7 @@ def _build_train(
         if mode != "caffe":
             c.warn(f"{p}.image_mean", f"is used in caffe mode only; preprocess_mode is {mode}")
     class_weighting = c.one_of(str(tc["class_weighting"]).lower(), f"{p}.class_weighting", ("none", "balanced"))
+    torch_std = c.one_of(str(tc["torch_std"]).lower(), f"{p}.torch_std", ("original", "per_channel"))
     vis = tc["visualizer"]
     if vis["wandb_config"]["enabled"]:
         c.warn(f"{p}.visualizer.wandb_config", "is ignored: Kestrel contacts no external service")
@@ -296,6 +297,7 @@ def _build_train(
             enabled=vis["enabled"], num_images=vis["num_images"], weight_histograms=vis["weight_histograms"]
         ),
         class_weighting=class_weighting,
+        torch_std=torch_std,
     )
 
 

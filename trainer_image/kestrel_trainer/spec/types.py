@@ -191,6 +191,7 @@ class TrainSpec:
     disable_horizontal_flip: bool
     visualizer: VisualizerSpec
     class_weighting: str = "none"  # Kestrel extension: "none" | "balanced"
+    torch_std: str = "original"  # Kestrel extension: "original" (0.224 everywhere) | "per_channel"
 
 
 @dataclass(frozen=True)

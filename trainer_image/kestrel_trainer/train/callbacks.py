@@ -24,7 +24,7 @@ from kestrel_trainer.report.status import StatusLogger
 
 log = logging.getLogger("kestrel.train")
 
-CSV_FIELDS = ("epoch", "loss", "acc", "val_loss", "val_acc", "lr")
+CSV_FIELDS = ("epoch", "acc", "loss", "lr", "val_acc", "val_loss")  # the original's order (Keras' CSVLogger: sorted)
 
 
 def current_lr(model: tf.keras.Model) -> float:
@@ -111,6 +111,27 @@ class EpochOutputs(tf.keras.callbacks.Callback):
                 val_loss=logs.get("val_loss"),
                 val_accuracy=logs.get("val_acc"),
             )
+
+
+class SampleImages(tf.keras.callbacks.Callback):
+    """visualizer { enabled: true num_images: N }: N augmented training images, as the model sees them, in
+    TensorBoard (RESULTS/events/images) at the start of every epoch. Each image is rescaled to [0, 1] on
+    its own for display (the preprocessing leaves them in another range)."""
+
+    def __init__(self, log_dir: str, images: Callable[[], Any], max_images: int) -> None:
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.images = images
+        self.max_images = max_images
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        x = tf.convert_to_tensor(self.images())[: self.max_images]
+        lo = tf.reduce_min(x, axis=[1, 2, 3], keepdims=True)
+        hi = tf.reduce_max(x, axis=[1, 2, 3], keepdims=True)
+        with self.writer.as_default():
+            tf.summary.image("augmented_training_images", (x - lo) / tf.maximum(hi - lo, 1e-6), step=epoch + 1,
+                             max_outputs=self.max_images)
+        self.writer.flush()
 
 
 class PreemptedSignal(Exception):

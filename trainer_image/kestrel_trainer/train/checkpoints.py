@@ -24,6 +24,7 @@ class Checkpoint:
     path: str
     epoch: int  # completed: epochs done; partial: the epoch in progress (1-based)
     step: Optional[int] = None  # batches done within `epoch` for a partial checkpoint
+    from_pretrained: bool = False  # the original's resume: --init_epoch N with pretrained_model_path as the file
 
     @property
     def epochs_done(self) -> int:
@@ -64,8 +65,16 @@ def find_checkpoints(weights_dir: str, arch: str) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.order)
 
 
-def choose_resume(weights_dir: str, arch: str, init_epoch: Optional[int]) -> Optional[Checkpoint]:
-    """`--init_epoch N` -> the checkpoint of epoch N-1; no flag -> the newest one, if any."""
+def choose_resume(weights_dir: str, arch: str, init_epoch: Optional[int],
+                  pretrained_model_path: str = "") -> Optional[Checkpoint]:
+    """Which checkpoint a run starts from.
+
+    - no --init_epoch: the newest checkpoint in the results folder, if any (automatic resume);
+    - --init_epoch 1: a new run;
+    - --init_epoch N: the results folder's epoch N-1 checkpoint; when the folder has none, the spec's
+      pretrained_model_path is that checkpoint, as in the original (which resumes only that way). When both
+      exist, the results folder's checkpoint wins: it is the same run, optimizer state included.
+    """
     found = find_checkpoints(weights_dir, arch)
     if init_epoch is None:
         return found[-1] if found else None
@@ -74,11 +83,14 @@ def choose_resume(weights_dir: str, arch: str, init_epoch: Optional[int]) -> Opt
     if init_epoch == 1:
         return None
     wanted = [c for c in found if c.step is None and c.epoch == init_epoch - 1]
+    if not wanted and pretrained_model_path:
+        return Checkpoint(pretrained_model_path, init_epoch - 1, from_pretrained=True)
     if not wanted:
         have = ", ".join(os.path.basename(c.path) for c in found) or "none"
         raise KestrelError(
             f"--init_epoch {init_epoch} needs the epoch {init_epoch - 1} checkpoint "
-            f"{arch}_{init_epoch - 1:03d}.tlt in {weights_dir}; found: {have}",
+            f"{arch}_{init_epoch - 1:03d}.tlt in {weights_dir} (found: {have}) or, as in the original, "
+            "train_config.pretrained_model_path naming that checkpoint",
             exit_code=2,
         )
     return wanted[0]

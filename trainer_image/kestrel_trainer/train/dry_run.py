@@ -49,7 +49,8 @@ def describe_run(spec: ExperimentSpec, results_dir: str, init_epoch: Optional[in
                                                                                                    0.75, 1.0))
         lines.append(f"schedule: {tr.n_epochs} epochs x {spe} steps of {tr.batch_size_per_gpu} per rank on {ranks} "
                      f"rank(s); {tr.lr.name} learning rate at 0/25/50/75/100%: {rates}")
-    resume = ckpt.choose_resume(os.path.join(results_dir, "weights"), spec.model.arch, init_epoch)
+    resume = ckpt.choose_resume(os.path.join(results_dir, "weights"), spec.model.arch, init_epoch,
+                                tr.pretrained_model_path or "")
     if resume is None:
         lines.append(f"results: {results_dir}: a new run (no checkpoint to resume from)")
     else:

@@ -31,8 +31,10 @@ KEY_ENV = "KESTREL_KEY"
 
 def rank_arguments(args: argparse.Namespace) -> list[str]:
     """The `kestrel train` arguments every rank runs with: the caller's, minus the key."""
+    from kestrel_trainer.cli.common import resolve_processes
+
     out = ["train", "-e", args.experiment_spec, "-r", args.results_dir,
-           "--gpus", str(args.gpus), "--num_processes", str(args.num_processes or args.gpus)]
+           "--gpus", str(args.gpus), "--num_processes", str(resolve_processes(args))]
     if args.init_epoch is not None:
         out += ["--init_epoch", str(args.init_epoch)]
     if args.classmap:
@@ -47,6 +49,8 @@ def rank_arguments(args: argparse.Namespace) -> list[str]:
         out += ["--log_file", args.log_file]
     if args.verbose:
         out.append("--verbose")
+    if getattr(args, "model_format", "kestrel") != "kestrel":
+        out += ["--format", args.model_format]
     if getattr(args, "image_cache", "auto") != "auto":
         out += ["--image-cache", args.image_cache]
     return out

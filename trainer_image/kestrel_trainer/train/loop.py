@@ -32,6 +32,7 @@ from kestrel_trainer.train.callbacks import (
     PlainProgress,
     PreemptedSignal,
     Preemption,
+    SampleImages,
     read_csv_rows,
     write_json_atomic,
 )
@@ -65,6 +66,7 @@ class TrainOptions:
     gpus: int = 1  # --gpus: with ranks.size, how many devices each rank owns (model parallelism)
     gpu_index: Optional[tuple[int, ...]] = None
     image_cache: str = "auto"  # decoded training images kept in memory: auto (if they fit), on, off
+    model_format: str = "kestrel"  # checkpoints with a key: "kestrel" (authenticated) or "tao" (the original's .tlt)
     extra_callbacks: list = field(default_factory=list)  # library users and benchmarks: run after ours
 
 
@@ -117,7 +119,9 @@ def _rebase_schedule(model: tf.keras.Model, spec: ExperimentSpec, resume: ckpt.C
     """
     optimizer = model.optimizer
     done = int(optimizer.iterations.numpy())
-    if done != epochs_done * spe + steps_done:
+    if resume.from_pretrained or done == 0:
+        pass  # the original's resume or a fresh optimizer: the schedule starts at this plan's position
+    elif done != epochs_done * spe + steps_done:
         if steps_done:
             log.warning("%s was written %d steps into epoch %d with another number of steps per epoch (batch "
                         "size, ranks or data changed; now %d): epoch %d restarts from its beginning",
@@ -143,8 +147,13 @@ def _build_model(
         model = load_model(resume.path, opts.key, compile=True)  # SpecSchedule is registered by its import
         optimizer = model.optimizer
         if optimizer is None:
-            raise KestrelError(f"{resume.path}: has no optimizer state; cannot resume from it", exit_code=2)
-        if wrap is not None or plan.split:
+            # The original's checkpoints (channels-first, its Keras 2.2 optimizer) and those written with
+            # --format tao carry no state we can use: weights come from the file, the optimizer starts fresh
+            # at the schedule's position.
+            log.warning("%s: no optimizer state usable here; resuming its weights with a fresh %s optimizer "
+                        "(momentum and moments restart)", resume.path, type(spec.train.optimizer).__name__)
+            optimizer = make_optimizer(spec, total_steps=total_steps, n_ranks=opts.ranks.size)
+        elif wrap is not None or plan.split:
             # A wrapped (Horovod, loss scaling) or re-placed model needs a new optimizer: carry the state over.
             optimizer_state = optimizer.get_weights()
             optimizer = mp.rebuild_optimizer(optimizer)
@@ -192,7 +201,7 @@ def _configure_precision(use_amp: bool) -> None:
 
 def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     """Train as the spec says; returns the summary also written to RESULTS/summary.json."""
-    started = time.time()
+    started = time.monotonic()  # summary.json wall_seconds: the whole run, a duration
     ranks = opts.ranks
     # devices first: TensorFlow fixes them when it runs its first op
     plan = mp.plan_devices(max(opts.gpus, ranks.size), ranks.size, ranks.local_rank, spec.train.model_parallelism,
@@ -218,10 +227,10 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
             rank=ranks.rank, size=ranks.size, cache=cache, n_workers=spec.train.n_workers, log=log.warning,
             info=log.info, gather=lambda failed: dist.allgather_list(ranks, failed, f"kestrel_bad_{name}"))
 
-    started = time.monotonic()
+    check_started = time.monotonic()
     train_files, train_labels, skipped_train, decoded = check(train, opts.image_cache, "train")
     log.info("training images checked%s in %.1f s", " and cached" if decoded is not None else "",
-             time.monotonic() - started)
+             time.monotonic() - check_started)
     val_files, val_labels, skipped_val, _ = check(val, "off", "val")
     n_classes = train.n_classes
     if ranks.is_chief:
@@ -232,7 +241,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     total_steps = spe * n_epochs
     arch = spec.model.arch
 
-    resume = ckpt.choose_resume(weights_dir, arch, opts.init_epoch) if ranks.is_chief else None
+    resume = (ckpt.choose_resume(weights_dir, arch, opts.init_epoch, spec.train.pretrained_model_path or "")
+              if ranks.is_chief else None)
     if ranks.distributed:  # every rank resumes from the checkpoint rank 0 chose
         resume = dist.broadcast_object(ranks, resume)
         if resume is not None and not os.path.exists(resume.path):
@@ -241,7 +251,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     epochs_done = resume.epochs_done if resume else 0
     steps_done = resume.steps_into_epoch if resume else 0
     if resume is not None:
-        how = "--init_epoch" if opts.init_epoch else "found in the results folder (no --init_epoch given)"
+        how = ("--init_epoch with pretrained_model_path, as the original" if resume.from_pretrained
+               else "--init_epoch" if opts.init_epoch else "found in the results folder (no --init_epoch given)")
         log.info("resuming from %s (%s): %d epochs%s done", resume.path, how, epochs_done,
                  f" and {steps_done} steps" if steps_done else "")
     if epochs_done >= n_epochs:
@@ -262,12 +273,12 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
         batch, ranks.size,
     )
     if ranks.is_chief:
-        status.write("STARTED", "Starting Training Loop.", epoch=epochs_done, max_epoch=n_epochs)
+        status.write("STARTED", "Starting Training Loop.")
 
     key = opts.key
 
     def save_epoch(number: int) -> str:
-        return str(save_model(model, ckpt.epoch_path(weights_dir, arch, number, key), key))
+        return str(save_model(model, ckpt.epoch_path(weights_dir, arch, number, key), key, format=opts.model_format))
 
     def save_partial(number: int, steps: int) -> str:
         return str(save_model(model, ckpt.partial_path(weights_dir, arch, number, steps, key), key))
@@ -283,13 +294,23 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     if ranks.is_chief:
         callbacks += [
             outputs,
+            # visualizer.weight_histograms: weight histograms every epoch (as the original, whether or not
+            # `enabled` is set)
             tf.keras.callbacks.TensorBoard(os.path.join(results, "events"), update_freq="epoch",
-                                           profile_batch=0, write_graph=False),
+                                           profile_batch=0, write_graph=False,
+                                           histogram_freq=1 if spec.train.visualizer.weight_histograms else 0),
             preemption,
         ]
         if not verbose:
             callbacks.append(PlainProgress(spe, batch * ranks.size, n_epochs))
 
+    vis = spec.train.visualizer
+    if ranks.is_chief and vis.enabled and vis.num_images > 0:
+        n_show = min(vis.num_images, len(train_files))
+        sample = make_dataset(train_files[:n_show], train_labels[:n_show], n_classes, spec.model, spec.train,
+                              training=True, batch_size=n_show, n_epochs=1, decoded=None)
+        callbacks.append(SampleImages(os.path.join(results, "events", "images"),
+                                      lambda: next(iter(sample))[0], n_show))
     callbacks += list(opts.extra_callbacks)
 
     weights = class_weights(train_labels, n_classes) if spec.train.class_weighting == "balanced" else None
@@ -333,11 +354,11 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
         pass  # handled below, after the signal handler is restored
     except KeyboardInterrupt:
         if ranks.is_chief:
-            status.write("FAILURE", "Training interrupted by the user.")
+            status.write("FAILURE", "Training was interrupted")  # the original's words
         raise
     except Exception as err:
         if ranks.is_chief:
-            status.write("FAILURE", f"Training failed: {err}")
+            status.write("FAILURE", str(err))  # the original writes the error's text
         raise
     finally:
         preemption.uninstall()
@@ -368,11 +389,13 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
         "val_images": len(val_files),
         "skipped_bad_images": skipped_train + skipped_val,
         "ranks": ranks.size,
-        "wall_seconds": round(time.time() - started, 1),
+        "wall_seconds": round(time.monotonic() - started, 1),
     }
     if ranks.is_chief:
         write_json_atomic(os.path.join(results, "summary.json"), summary)
-        status.write("SUCCESS", "Training finished successfully.", kpi={"validation_accuracy": summary["last_val_acc"]})
+        # The original evaluates the final model on the validation set once more; the last epoch's validation
+        # pass already did exactly that (same weights, same images), so its numbers are recorded.
+        status.final_evaluation(summary["last_val_loss"], summary["last_val_acc"])
         log.info("done: best val_acc %.4f (epoch %s), last %.4f, %s", summary["best_val_acc"] or 0.0,
                  summary["best_epoch"], summary["last_val_acc"] or 0.0, summary["final_model"])
     return summary

@@ -32,7 +32,8 @@ def _lr_at(lr: LRSpec, step: int, total_steps: int, n_ranks: int) -> float:
     base = lr.learning_rate * n_ranks
     p = min(step / max(total_steps, 1), 1.0)
     if isinstance(lr, StepLRSpec):
-        return base * lr.gamma ** (step // step_interval(lr, total_steps))
+        # True division, as the original: the rate decays continuously, not in stairs.
+        return base * lr.gamma ** (step / step_interval(lr, total_steps))
     if isinstance(lr, SoftAnnealLRSpec):
         if p < lr.soft_start:
             return SOFT_ANNEAL_START_LR + (base - SOFT_ANNEAL_START_LR) * p / lr.soft_start
@@ -97,7 +98,7 @@ class SpecSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         p = tf.minimum(step / total, 1.0)
         if self.kind == "step":
             interval = float(max(1, math.floor(self.total_steps * self.step_size / 100.0)))
-            return base * tf.pow(self.gamma, tf.floor(step / interval))
+            return base * tf.pow(self.gamma, step / interval)  # continuous, as the original
         if self.kind == "soft_anneal":
             warm = SOFT_ANNEAL_START_LR + (base - SOFT_ANNEAL_START_LR) * p / max(self.soft_start, 1e-12)
             k = tf.zeros([], tf.float32)
