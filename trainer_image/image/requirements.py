@@ -8,6 +8,7 @@ and keeps its version: the GPU image uses `--replace tensorflow-cpu=tensorflow[a
 
 import argparse
 import re
+
 import tomllib
 
 
