@@ -154,13 +154,14 @@ build() {
     cp "$WHEEL" "$ctx/trainer_image/wheels/"
   fi
   find "$ctx" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
-  inputs="$(cd "$ctx" && hash_files .)-${BASE_ID:0:12}"
+  local extra=(${EXTRA_BUILD_ARGS:-})
+  inputs="$( (cd "$ctx" && hash_files . && echo "${extra[*]}") | sha256sum | cut -c1-16)-${BASE_ID:0:12}"
   if [ "$(image_label "$ref")" = "$inputs" ]; then
     log "$ref is up to date (inputs $inputs)"
   else
     t=$(date +%s)
     log "building $ref from $dockerfile (inputs $inputs)"
-    nice -n 10 podman build --network host --layers -f "$ctx/$dockerfile" --build-arg "BASE=$BASE_REF" "${BUILD_ARGS[@]}" \
+    nice -n 10 podman build --network host --layers -f "$ctx/$dockerfile" --build-arg "BASE=$BASE_REF" "${BUILD_ARGS[@]}" "${extra[@]}" \
       --label "kestrel.inputs=$inputs" -t "$ref" "$ctx" >&2
     log "built $ref in $(since "$t")"
   fi
@@ -191,7 +192,11 @@ wanted operator && build kestrel-operator operator/Dockerfile "${SOURCES[@]}" tr
 wanted trainer && WHEEL=$(horovod_wheel) build kestrel-trainer trainer_image/Dockerfile "${SOURCES[@]}" \
   trainer_image/image trainer_image/wheels
 if [ "$GPU" = 1 ] || { [ -n "$ONLY" ] && wanted trainer-gpu; }; then
-  build kestrel-trainer-gpu trainer_image/Dockerfile.gpu "${SOURCES[@]}" trainer_image/image trainer_image/wheels
+  # No CUDA toolkit (nvcc) is reachable here and the PyPI CUDA wheels carry none, so Horovod cannot be built
+  # with NCCL on this base: the GPU image gets the CPU image's Horovod wheel (Dockerfile.gpu's header).
+  log "kestrel-trainer-gpu: HOROVOD_NCCL=off (the base has no CUDA compiler; see trainer_image/Dockerfile.gpu)"
+  WHEEL=$(horovod_wheel) EXTRA_BUILD_ARGS="--build-arg HOROVOD_NCCL=off" build kestrel-trainer-gpu \
+    trainer_image/Dockerfile.gpu "${SOURCES[@]}" trainer_image/image trainer_image/wheels
 fi
 
 log "done in $(since "$start_all")"
