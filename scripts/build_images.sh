@@ -44,6 +44,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+for name in ${ONLY//,/ }; do
+  case "$name" in trainer|operator|pause|trainer-gpu) ;; *) echo "build_images: unknown image '$name' in --only" \
+    "(trainer, operator, pause, trainer-gpu)" >&2; exit 2 ;; esac
+done
+
 CACHE=${KESTREL_IMAGE_CACHE:-$HOME/.cache/kestrel-images}
 mkdir -p "$CACHE"
 if [ -z "${CONTAINERS_CONF:-}" ]; then
