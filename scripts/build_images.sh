@@ -166,8 +166,12 @@ build() {
   else
     t=$(date +%s)
     log "building $ref from $dockerfile (inputs $inputs)"
-    nice -n 10 podman build --network host --layers -f "$ctx/$dockerfile" --build-arg "BASE=$BASE_REF" "${BUILD_ARGS[@]}" "${extra[@]}" \
-      --label "kestrel.inputs=$inputs" -t "$ref" "$ctx" >&2
+    if ! nice -n 10 podman build --network host --layers -f "$ctx/$dockerfile" --build-arg "BASE=$BASE_REF" \
+        "${BUILD_ARGS[@]}" "${extra[@]}" --label "kestrel.inputs=$inputs" -t "$ref" "$ctx" >&2; then
+      rm -rf "$ctx"
+      log "building $ref failed (podman's output above)"
+      exit 1
+    fi
     log "built $ref in $(since "$t")"
   fi
   rm -rf "$ctx"
