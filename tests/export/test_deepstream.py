@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kestrel_trainer.data.transforms import torch_mode
 from kestrel_trainer.export import calibration, deepstream
 from kestrel_trainer.inference import images_under
 from kestrel_trainer.spec import load_spec
@@ -42,12 +43,14 @@ def nvinfer(config: dict[str, str], image_path) -> np.ndarray:
 
 @pytest.mark.parametrize("mode,channels,image_mean", [
     ("caffe", 3, ""), ("caffe", 3, CAFFE_MEAN), ("caffe", 1, ""), ("tf", 3, ""), ("tf", 1, ""),
-    ("torch", 3, ""), ("torch", 1, ""),
+    ("torch", 3, ""), ("torch", 1, ""), ("torch", 3, 'torch_std: "per_channel"'),
 ])
 def test_config_numbers_reproduce_our_preprocessing(mode, channels, image_mean, real_images, fashion, tmp_path):
+    """image_mean is any extra train_config line (the caffe mean, or torch_std)."""
     spec = load_spec(write_spec(tmp_path, fashion, c=channels, size=SIZE, mode=mode, image_mean=image_mean))
     ours = calibration.preprocessed([str(real_images[channels])], spec, 1)[0][0]
-    norm = deepstream.normalisation(mode, channels, spec.train.image_mean)
+    per_channel = spec.train.torch_std == "per_channel"
+    norm = deepstream.normalisation(torch_mode(mode, spec.train.torch_std), channels, spec.train.image_mean)
     text = deepstream.config_text(model_file="m.onnx", encrypted=False, norm=norm, chw=(channels, SIZE, SIZE),
                                   n_classes=10, data_type="fp32", batch_size=4)
     config = deepstream.parse_config(text)
@@ -55,7 +58,7 @@ def test_config_numbers_reproduce_our_preprocessing(mode, channels, image_mean, 
     assert config["model-color-format"] == {1: "2", 3: "1" if mode == "caffe" else "0"}[channels]
     theirs = nvinfer(config, real_images[channels])
     assert np.abs(ours).max() > 0.5  # a real image, not a flat one
-    if mode == "torch" and channels == 3:
+    if per_channel:
         # one scalar scale: 1/(0.224*255) as the original documents; exact on G, R and B off by std ratios
         assert "one scale" in text and "0.224" in text
         np.testing.assert_allclose(theirs[..., 1], ours[..., 1], atol=1e-3)

@@ -3,9 +3,9 @@
 nvinfer computes y = net-scale-factor * (x - offsets[c]) on the resized frame in model-color-format order.
 The numbers come from data/transforms.preprocess_constants, the one place our preprocessing is defined:
 offsets = the per-channel mean in the model's channel order, scale = 1/std. The original writes the
-caffe numbers whatever the mode; we write the right ones. nvinfer has one scalar scale, so torch mode on
-colour images (std .229/.224/.225) uses the original's documented approximation 1/(0.224*255) for all
-three channels, and the file says so.
+caffe numbers whatever the mode; we write the right ones. nvinfer has one scalar scale: torch mode as the
+original (std .224 on every channel) is exact; with train_config.torch_std "per_channel" (.229/.224/.225) the
+config uses the original's documented approximation 1/(0.224*255) for all three channels, and says so.
 """
 
 from __future__ import annotations

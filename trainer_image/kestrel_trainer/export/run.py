@@ -231,7 +231,10 @@ def run_export(req: ExportRequest) -> dict:
     if req.gen_ds_config:
         folder = os.path.dirname(os.path.abspath(req.output))
         names = _class_names(req, n_classes)
-        norm = deepstream.normalisation(req.spec.train.preprocess_mode, chw[0], req.spec.train.image_mean)
+        from kestrel_trainer.data.transforms import torch_mode
+
+        mode = torch_mode(req.spec.train.preprocess_mode, req.spec.train.torch_std)
+        norm = deepstream.normalisation(mode, chw[0], req.spec.train.image_mean)
         files[os.path.join(folder, deepstream.LABELS_FILE)] = deepstream.labels_text(names).encode()
         files[os.path.join(folder, deepstream.CONFIG_FILE)] = deepstream.config_text(
             model_file=_relative(req.output, folder), encrypted=req.output.lower().endswith(ETLT_SUFFIX), norm=norm,
