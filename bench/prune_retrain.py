@@ -6,7 +6,7 @@ and epochs replaced. Throughput is measured in this process on the unpruned and 
 batch 32, interleaved so that a busy machine slows both alike. Run by hand:
 
     .venv/bin/python bench/prune_retrain.py [--per-class N] [--epochs 8] [--retrain-epochs 4]
-        [--thresholds 0.3 0.5 0.7] [--retrain 0.5] [--work DIR]
+        [--thresholds 0.3 0.5 0.7] [--retrain auto|all|0.5,0.7] [--work DIR] [--wait-base]
 
 Goals (issue 12, full data, 8 + retrain epochs): >= 50 % of the parameters removed with <= 1 point of test
 top-1 lost after retraining, and the pruned model >= 1.5x the unpruned model's images/s at batch 32 on CPU.
@@ -89,7 +89,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8, help="training epochs of the unpruned model")
     ap.add_argument("--retrain-epochs", type=int, default=4)
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    ap.add_argument("--retrain", type=float, nargs="*", default=None, help="thresholds to retrain (default all)")
+    ap.add_argument("--retrain", default="auto",
+                    help="which pruned models to retrain: 'auto' (the lowest threshold removing >= 50 %% of the "
+                    "parameters, the goal's), 'all', or thresholds separated by commas")
+    ap.add_argument("--wait-base", action="store_true",
+                    help="wait for a base training started elsewhere to write its final checkpoint")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=30.0, help="throughput measuring time")
     args = ap.parse_args()
@@ -102,25 +106,38 @@ def main() -> None:
     t0 = time.perf_counter()
     spec = write_spec(SPEC, work / "train.txt", data, args.epochs)
     base = work / "base" / "weights" / f"resnet_{args.epochs:03d}.tlt"
+    while args.wait_base and not base.exists():
+        time.sleep(10)
     if not base.exists():
         kestrel("train", "-e", str(spec), "-r", str(work / "base"))
     base_top1 = top1(spec, base, work / "base" / "evaluate")
     rows, paths = [], {"unpruned": base}
-    retrain = args.thresholds if args.retrain is None else args.retrain
     for pth in args.thresholds:
         pruned = work / f"pruned-{pth}" / "pruned.tlt"
         kestrel("prune", "-m", str(base), "-o", str(pruned), "-pth", str(pth))
         report = json.loads((pruned.parent / "prune_report.json").read_text())
-        row = {"threshold": pth, "params": report["parameters"]["after"], "removed": report["parameters"]["removed"],
-               "macs_ratio": report["macs"]["ratio"], "top1_pruned": top1(spec, pruned, pruned.parent / "evaluate")}
-        if pth in retrain:
-            rspec = write_spec(RETRAIN_SPEC, work / f"retrain-{pth}.txt", data, args.retrain_epochs, str(pruned))
-            run = work / f"retrain-{pth}"
-            kestrel("train", "-e", str(rspec), "-r", str(run))
-            final = run / "weights" / f"resnet_{args.retrain_epochs:03d}.tlt"
-            row["top1_retrained"] = top1(rspec, final, run / "evaluate")
-        rows.append(row)
+        rows.append({"threshold": pth, "params": report["parameters"]["after"],
+                     "removed": report["parameters"]["removed"], "macs_ratio": report["macs"]["ratio"],
+                     "top1_pruned": top1(spec, pruned, pruned.parent / "evaluate")})
         paths[f"pth {pth}"] = pruned
+    if args.retrain == "auto":
+        enough = [r["threshold"] for r in rows if r["removed"] >= 0.5]
+        retrain = [min(enough)] if enough else [max(args.thresholds)]
+    elif args.retrain == "all":
+        retrain = list(args.thresholds)
+    else:
+        retrain = [float(t) for t in args.retrain.split(",") if t]
+    for row in rows:
+        pth = row["threshold"]
+        if pth not in retrain:
+            continue
+        pruned = paths[f"pth {pth}"]
+        rspec = write_spec(RETRAIN_SPEC, work / f"retrain-{pth}.txt", data, args.retrain_epochs, str(pruned))
+        run = work / f"retrain-{pth}"
+        kestrel("train", "-e", str(rspec), "-r", str(run))
+        final = run / "weights" / f"resnet_{args.retrain_epochs:03d}.tlt"
+        row["top1_retrained"] = top1(rspec, final, run / "evaluate")
+        paths[f"pth {pth}"] = final  # the retrained model is what gets deployed
     speed = images_per_second(paths, args.batch, args.seconds)
     base_params = report["parameters"]["before"]
     print(f"\nFashion-MNIST, resnet18 1x32x32, train {args.epochs} epochs, retrain {args.retrain_epochs} epochs, "

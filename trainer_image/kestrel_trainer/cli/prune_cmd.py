@@ -23,7 +23,7 @@ DEFAULTS = {"normalizer": "max", "criterion": "union", "granularity": 8, "thresh
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_file, args.verbose)
-    from kestrel_trainer.prune.rebuild import PruneOptions
+    from kestrel_trainer.prune.rule import PruneOptions
     from kestrel_trainer.prune.run import check_options
 
     opts = PruneOptions(normalizer=args.normalizer, criterion=args.criterion, granularity=args.granularity,

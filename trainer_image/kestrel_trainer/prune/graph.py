@@ -154,6 +154,17 @@ def _channel_axis_is_last(axis, rank: int) -> bool:
     return len(axes) == 1 and axes[0] % rank == rank - 1
 
 
+def _passes_through(layer, ins: list[Layout]) -> bool:
+    if not isinstance(layer, PASS_THROUGH) or len(ins) != 1 or ins[0].repeat != 1:
+        return False
+    return not isinstance(layer, L.BatchNormalization) or _channel_axis_is_last(layer.axis, len(layer.input_shape))
+
+
+def _concatenates_channels(layer, ins: list[Layout]) -> bool:
+    return (isinstance(layer, L.Concatenate) and all(i.repeat == 1 for i in ins)
+            and _channel_axis_is_last(layer.axis, len(_output_shapes(layer)[0])))
+
+
 def _is_unit_reshape(layer, inp: Layout) -> bool:
     """A Reshape that keeps the channel axis last and only adds or drops axes of size 1."""
     in_shape, out_shape = layer.input_shape, layer.output_shape
@@ -220,13 +231,11 @@ def build_graph(model: tf.keras.Model, normalizer: str, excluded: frozenset[str]
                 groups.add_member(seg.group, Member(name, scores[offset:offset + seg.width]))
                 offset += seg.width
             g.prunable.append(name)
-        elif isinstance(layer, PASS_THROUGH) and len(ins) == 1 and ins[0].repeat == 1 and (
-                not isinstance(layer, L.BatchNormalization) or _channel_axis_is_last(layer.axis, len(layer.input_shape))):
+        elif _passes_through(layer, ins):
             out = ins[0]
         elif isinstance(layer, ELEMENTWISE):
             out = _unite(groups, ins, name)
-        elif isinstance(layer, L.Concatenate) and _channel_axis_is_last(layer.axis, len(_output_shapes(layer)[0])) and all(
-                i.repeat == 1 for i in ins):
+        elif _concatenates_channels(layer, ins):
             out = Layout(tuple(seg for i in ins for seg in i.segments))
         elif isinstance(layer, L.Flatten) and len(ins) == 1:
             spatial = int(np.prod(layer.input_shape[1:-1], dtype=np.int64)) if len(layer.input_shape) > 2 else 1

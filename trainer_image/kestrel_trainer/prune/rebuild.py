@@ -8,7 +8,6 @@ by the kept indices of the tensor they read (Concatenate offsets and Flatten rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -16,17 +15,9 @@ import tensorflow as tf
 
 from kestrel_trainer.prune import rule
 from kestrel_trainer.prune.graph import Layout, PruneGraph, layer_weights
+from kestrel_trainer.prune.rule import PruneOptions
 
 L = tf.keras.layers
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    normalizer: str = "max"
-    criterion: str = "union"
-    granularity: int = 8
-    threshold: float = 0.1
-    min_num_filters: int = 16
 
 
 def group_keep(graph: PruneGraph, opts: PruneOptions) -> dict[int, np.ndarray]:

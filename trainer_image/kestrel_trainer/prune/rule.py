@@ -9,11 +9,23 @@ and `keep_indices` applies the threshold, minimum, granularity and cap.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 NORMALIZERS = ("max", "L2", "off")
 CRITERIA = ("union", "intersection", "arithmetic_mean", "geometric_mean")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """The command's knobs, with the original's defaults."""
+
+    normalizer: str = "max"
+    criterion: str = "union"
+    granularity: int = 8
+    threshold: float = 0.1
+    min_num_filters: int = 16
 
 
 def filter_norms(kernel: np.ndarray, depthwise: bool = False) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.prune import rule
-from kestrel_trainer.prune.rebuild import PruneOptions
+from kestrel_trainer.prune.rule import PruneOptions
 
 log = logging.getLogger("kestrel.prune")
 
