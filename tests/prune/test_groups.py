@@ -121,3 +121,13 @@ def test_unknown_layers_keep_what_they_touch():
     assert by_name["c1"]["kept"] == 32 and by_name["c1"]["pinned"]
     assert by_name["c2"]["kept"] < 32
     assert pruned(X).shape == (4, 3)
+
+
+def test_a_channels_first_model_is_refused_not_misread():
+    from kestrel_trainer.prune.run import PruneError
+
+    inp = tf.keras.Input((3, 8, 8))
+    x = tf.keras.layers.Conv2D(16, 3, data_format="channels_first", name="c1")(inp)
+    out = tf.keras.layers.Dense(2, name="predictions")(tf.keras.layers.Flatten()(x))
+    with pytest.raises(PruneError, match="c1 is channels_first"):
+        prune_model(tf.keras.Model(inp, out), rule.PruneOptions())

@@ -209,6 +209,9 @@ def build_graph(model: tf.keras.Model, normalizer: str, excluded: frozenset[str]
             layouts[(name, 0)] = out
             g.outputs[name] = out
             continue
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            # Every rule here reads channels on the last axis; a channels_first graph would be misread.
+            raise ValueError(f"layer {name} is channels_first; only channels_last models can be pruned")
         if len(layer._inbound_nodes) != 1:
             raise ValueError(f"layer {name} is used {len(layer._inbound_nodes)} times (shared layers cannot be "
                              "pruned)")

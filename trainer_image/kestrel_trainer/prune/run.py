@@ -75,7 +75,7 @@ def prune_model(model, opts: PruneOptions, excluded: Sequence[str] = ()):
     from kestrel_trainer.prune.graph import build_graph, layer_weights
     from kestrel_trainer.prune.rebuild import group_keep, kept_per_layer, rebuild
 
-    if isinstance(model, tf.keras.Sequential) or not hasattr(model, "_inbound_nodes") or not model.inputs:
+    if isinstance(model, tf.keras.Sequential) or not model.inputs:
         raise PruneError(f"model {model.name!r} is not a Keras functional model; only functional models prune")
     weights = layer_weights(model)
     try:
