@@ -20,18 +20,22 @@ from kestrel_trainer.prune.rule import PruneOptions
 L = tf.keras.layers
 
 
+def group_scores(graph: PruneGraph, criterion: str) -> dict[int, np.ndarray]:
+    """{root group: combined normalised score per channel} for every group that may be pruned."""
+    groups = graph.groups
+    return {root: rule.combine([m.scores for m in groups.members[root]], criterion) for root in groups.roots()
+            if groups.members.get(root) and not groups.is_pinned(root)}
+
+
 def group_keep(graph: PruneGraph, opts: PruneOptions) -> dict[int, np.ndarray]:
     """{root group: kept indices}; pinned groups keep everything."""
-    groups = graph.groups
+    scores = group_scores(graph, opts.criterion)
     keep = {}
-    for root in groups.roots():
-        width = groups.width[root]
-        members = groups.members.get(root, [])
-        if groups.is_pinned(root) or not members:
-            keep[root] = np.arange(width)
-            continue
-        scores = rule.combine([m.scores for m in members], opts.criterion)
-        keep[root] = rule.keep_indices(scores, opts.threshold, opts.min_num_filters, opts.granularity)
+    for root in graph.groups.roots():
+        if root in scores:
+            keep[root] = rule.keep_indices(scores[root], opts.threshold, opts.min_num_filters, opts.granularity)
+        else:
+            keep[root] = np.arange(graph.groups.width[root])
     return keep
 
 
@@ -93,11 +97,16 @@ def rebuild(model: tf.keras.Model, graph: PruneGraph, keep: dict[int, np.ndarray
     return pruned
 
 
-def kept_per_layer(model: tf.keras.Model, graph: PruneGraph, keep: dict[int, np.ndarray]) -> list[dict]:
-    """[{layer, type, kept, total, group}] for every Conv2D / Dense / DepthwiseConv2D, model order."""
+def kept_per_layer(model: tf.keras.Model, graph: PruneGraph, keep: dict[int, np.ndarray],
+                   criterion: str = "union") -> list[dict]:
+    """[{layer, type, kept, total, pinned, group, score_min, score_median}] for every Conv2D / Dense /
+    DepthwiseConv2D in model order; the scores are its group's combined normalised scores (None if kept whole)."""
+    scores = group_scores(graph, criterion)
     rows = []
     for name in graph.prunable:
         layout = graph.outputs[name]
+        own = [scores[r] for r in {graph.groups.find(seg.group) for seg in layout.segments} if r in scores]
+        own_scores = np.concatenate(own) if own else None
         group_names = sorted({m for seg in layout.segments for m in graph.groups.member_layers(seg.group)})
         rows.append({
             "layer": name,
@@ -106,5 +115,7 @@ def kept_per_layer(model: tf.keras.Model, graph: PruneGraph, keep: dict[int, np.
             "total": int(layout.width),
             "pinned": any(graph.groups.is_pinned(seg.group) for seg in layout.segments),
             "group": group_names if len(group_names) > 1 else [],
+            "score_min": None if own_scores is None else round(float(own_scores.min()), 4),
+            "score_median": None if own_scores is None else round(float(np.median(own_scores)), 4),
         })
     return rows

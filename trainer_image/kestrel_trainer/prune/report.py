@@ -42,13 +42,14 @@ def _mb(n: Optional[int]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """The table `kestrel prune` prints: one row per Conv2D/Dense/DepthwiseConv2D, then the totals."""
-    fmt = "  {:<36} {:<16} {:>13}  {}"
-    lines = [fmt.format("layer", "type", "kept/total", "note")]
+    fmt = "  {:<36} {:<16} {:>13} {:>13}  {}"
+    lines = [fmt.format("layer", "type", "kept/total", "score min/med", "note")]
     for row in report["layers"]:
         note = "kept whole" if row["pinned"] else ("pruned" if row["kept"] < row["total"] else "")
         if row["group"]:
             note += f" (equalized with {len(row['group']) - 1} other{'s' if len(row['group']) > 2 else ''})"
-        lines.append(fmt.format(row["layer"], row["type"], f"{row['kept']}/{row['total']}", note.strip()))
+        scores = "" if row["score_min"] is None else f"{row['score_min']:.2f}/{row['score_median']:.2f}"
+        lines.append(fmt.format(row["layer"], row["type"], f"{row['kept']}/{row['total']}", scores, note.strip()))
     p, m, b = report["parameters"], report["macs"], report["file_bytes"]
     lines += [
         f"parameters: {p['before']:,} -> {p['after']:,} ({p['ratio']:.1%} kept, {p['removed']:.1%} removed)",

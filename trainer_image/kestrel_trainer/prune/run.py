@@ -83,7 +83,7 @@ def prune_model(model, opts: PruneOptions, excluded: Sequence[str] = ()):
     except ValueError as err:  # shared layers and the like: a model we cannot prune safely
         raise PruneError(f"cannot prune model {model.name!r}: {err}") from None
     keep = group_keep(graph, opts)
-    return rebuild(model, graph, keep, weights), kept_per_layer(model, graph, keep)
+    return rebuild(model, graph, keep, weights), kept_per_layer(model, graph, keep, opts.criterion)
 
 
 def prune_file(model_path: str, output: str, key: Optional[str], opts: PruneOptions,
@@ -101,6 +101,11 @@ def prune_file(model_path: str, output: str, key: Optional[str], opts: PruneOpti
     model = load_for_prediction(model_path, key)
     check_excluded(model, excluded)
     pruned, rows = prune_model(model, opts, excluded)
+    lowest = [r["score_min"] for r in rows if r["score_min"] is not None]
+    if all(r["kept"] == r["total"] for r in rows) and lowest:
+        log.warning("nothing was pruned: every filter scores above the threshold %g (lowest normalised score %.3f, "
+                    "after the minimum and granularity); see docs/prune.md, 'Choosing the threshold'",
+                    opts.threshold, min(lowest))
     written = save_model(pruned, target, key, include_optimizer=False)
     report = build_report(model, pruned, rows, options=asdict(opts), excluded=list(excluded),
                           model_path=model_path, output_path=str(written),
