@@ -3,7 +3,8 @@
 Everything goes through the real `kestrel` commands (train, prune, train from the pruned model, evaluate)
 on examples/specs/fashion_mnist_resnet18.txt and fashion_mnist_resnet18_retrain.txt with the data paths
 and epochs replaced. Throughput is measured in this process on the unpruned and the pruned models,
-batch 32, interleaved so that a busy machine slows both alike. Run by hand:
+batch 32, interleaved so that a busy machine slows both alike. Finished steps found in --work (the base run,
+pruned models, evaluations) are reused. Run by hand:
 
     .venv/bin/python bench/prune_retrain.py [--per-class N] [--epochs 8] [--retrain-epochs 4]
         [--thresholds 0.3 0.5 0.7] [--retrain auto|all|0.5,0.7] [--work DIR] [--wait-base]
@@ -51,8 +52,11 @@ def write_spec(template: Path, out: Path, data: Path, epochs: int, pretrained: s
 
 
 def top1(spec: Path, model: Path, out: Path) -> float:
-    kestrel("evaluate", "-e", str(spec), "-m", str(model), "-r", str(out))
-    return json.loads((out / "results.json").read_text())["top_1_accuracy"]
+    """Test top-1 of `model` (an earlier evaluation of the same file in `out` is reused)."""
+    results = out / "results.json"
+    if not (results.exists() and results.stat().st_mtime > model.stat().st_mtime):
+        kestrel("evaluate", "-e", str(spec), "-m", str(model), "-r", str(out))
+    return json.loads(results.read_text())["top_1_accuracy"]
 
 
 def images_per_second(paths: dict[str, Path], batch: int, seconds: float) -> dict[str, float]:
@@ -114,7 +118,8 @@ def main() -> None:
     rows, paths = [], {"unpruned": base}
     for pth in args.thresholds:
         pruned = work / f"pruned-{pth}" / "pruned.tlt"
-        kestrel("prune", "-m", str(base), "-o", str(pruned), "-pth", str(pth))
+        if not (pruned.exists() and pruned.stat().st_mtime > base.stat().st_mtime):  # pruning is deterministic
+            kestrel("prune", "-m", str(base), "-o", str(pruned), "-pth", str(pth))
         report = json.loads((pruned.parent / "prune_report.json").read_text())
         rows.append({"threshold": pth, "params": report["parameters"]["after"],
                      "removed": report["parameters"]["removed"], "macs_ratio": report["macs"]["ratio"],
@@ -133,7 +138,7 @@ def main() -> None:
             continue
         pruned = paths[f"pth {pth}"]
         rspec = write_spec(RETRAIN_SPEC, work / f"retrain-{pth}.txt", data, args.retrain_epochs, str(pruned))
-        run = work / f"retrain-{pth}"
+        run = work / f"retrain-{pth}-e{args.retrain_epochs}"
         kestrel("train", "-e", str(rspec), "-r", str(run))
         final = run / "weights" / f"resnet_{args.retrain_epochs:03d}.tlt"
         row["top1_retrained"] = top1(rspec, final, run / "evaluate")
