@@ -19,6 +19,7 @@ VARIANTS = [(a, n, False) for a, n in ALL_VARIANTS] + [
     ("vgg", 16, True), ("alexnet", None, True), ("squeezenet", None, True), ("darknet", 19, True)]
 
 
+@pytest.mark.slow  # builds every variant twice (the model, then the pruned model), like test_families' slow test
 @pytest.mark.parametrize("arch,n,retain_head", VARIANTS,
                          ids=[f"{a}{n or ''}{'-head' if h else ''}" for a, n, h in VARIANTS])
 def test_prunes_at_half_and_runs_forward(arch, n, retain_head):
