@@ -41,8 +41,11 @@ def kestrel(*args: str) -> str:
     return proc.stdout
 
 
-def write_spec(template: Path, out: Path, data: Path, epochs: int, pretrained: str = "") -> Path:
+def write_spec(template: Path, out: Path, data: Path, epochs: int, pretrained: str = "",
+               learning_rate: float = 0.0) -> Path:
     text = template.read_text()
+    if learning_rate:
+        text = re.sub(r"learning_rate: [0-9.e-]+", f"learning_rate: {learning_rate}", text)
     text = text.replace('"data/fashion-mnist/', f'"{data}/')
     text = re.sub(r"n_epochs: \d+", f"n_epochs: {epochs}", text)
     if pretrained:
@@ -92,6 +95,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=None, help="import at most N images per class and split")
     ap.add_argument("--epochs", type=int, default=8, help="training epochs of the unpruned model")
     ap.add_argument("--retrain-epochs", type=int, default=4)
+    ap.add_argument("--retrain-lr", type=float, default=0.0, help="retrain learning rate (default: the retrain spec's)")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     ap.add_argument("--retrain", default="auto",
                     help="which pruned models to retrain: 'auto' (the lowest threshold removing >= 50 %% of the "
@@ -137,8 +141,10 @@ def main() -> None:
         if pth not in retrain:
             continue
         pruned = paths[f"pth {pth}"]
-        rspec = write_spec(RETRAIN_SPEC, work / f"retrain-{pth}.txt", data, args.retrain_epochs, str(pruned))
-        run = work / f"retrain-{pth}-e{args.retrain_epochs}"
+        tag = f"{pth}-e{args.retrain_epochs}" + (f"-lr{args.retrain_lr}" if args.retrain_lr else "")
+        rspec = write_spec(RETRAIN_SPEC, work / f"retrain-{tag}.txt", data, args.retrain_epochs, str(pruned),
+                           args.retrain_lr)
+        run = work / f"retrain-{tag}"
         kestrel("train", "-e", str(rspec), "-r", str(run))
         final = run / "weights" / f"resnet_{args.retrain_epochs:03d}.tlt"
         row["top1_retrained"] = top1(rspec, final, run / "evaluate")
