@@ -285,14 +285,17 @@ class Reconciler:
         if this_run and old.get("phase") in (SUCCEEDED, FAILED) and old.get("reason") != r.INVALID_SPEC:
             return out  # its MPIJob was removed after it finished: the result stands, nothing re-runs
 
+        again = bool(this_run) and old.get("mpiJobName") == job_name  # its MPIJob was deleted by hand
         pods = self.api.list("v1", "Pod", meta.namespace, _selector(names.owner_labels(meta)))
         if jobs or pods:
-            runs = sorted({_name(j) for j in jobs} | {_labels(p).get(names.GENERATION_LABEL, "?") for p in pods})
             out.requeue_after = OLD_RUN_POLL_SECONDS
-            message = (f"waiting for the previous run to stop before starting generation {generation}: "
-                       f"{len(jobs)} MPIJob(s), {len(pods)} pod(s) left ({', '.join(map(str, runs))})")
-            return self._finish(body, old, compute.waiting_status(old, generation, r.WAITING_FOR_OLD_RUN, message,
-                                                                  now), out)
+            what = (f"MPIJob {job_name} was deleted before the run finished: waiting for its pods to terminate "
+                    "before starting it again" if again and not jobs else
+                    f"waiting for the previous run to stop before starting generation {generation}")
+            message = f"{what}: {len(jobs)} MPIJob(s), {len(pods)} pod(s) left"
+            patch = compute.waiting_status(old, generation, r.WAITING_FOR_OLD_RUN, message, now,
+                                           job_name if again else None)
+            return self._finish(body, old, patch, out)
 
         text, missing = self._spec_text(res)
         if missing:
@@ -321,7 +324,7 @@ class Reconciler:
         m = plan.mapping
         what = (f"{m.ranks} rank(s) x {m.gpus_per_rank} GPU(s), {max(m.workers, 1)} pod(s) with "
                 f"{m.gpus_per_pod} GPU(s) each")
-        if this_run and old.get("mpiJobName") == job_name:
+        if again:
             self._event(body, out, "Warning", r.MPIJOB_RECREATED,
                         f"MPIJob {job_name} was deleted before the run finished: started it again ({what}). To "
                         "stop a run, set spec.suspend: true or delete the resource.")

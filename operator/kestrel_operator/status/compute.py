@@ -72,9 +72,11 @@ def invalid_status(old: Mapping[str, Any], generation: int, message: str, now: s
 
 
 def waiting_status(old: Mapping[str, Any], generation: int, reason: str, message: str,
-                   now: str = "") -> dict[str, Any]:
-    """Pending before a run exists: waiting for a referenced model, the spec ConfigMap, an old run's pods."""
+                   now: str = "", mpijob_name: Optional[str] = None) -> dict[str, Any]:
+    """Pending before a run exists: waiting for a referenced model, the spec ConfigMap, an old run's pods
+    (`mpijob_name`: the run of this generation that is being started again)."""
     patch = _base(generation, PENDING, reason, message)
+    patch["mpiJobName"] = mpijob_name
     patch["conditions"] = []
     if old.get("progress"):
         patch["progress"] = None
