@@ -55,6 +55,43 @@ def test_kube_api_raises_on_server_errors(server):
         KubeApi(load_client_config()).get("v1", "ConfigMap", "ml", "c")
 
 
+def test_kube_api_lists_across_namespaces_patches_and_names_the_kind(server):
+    api = KubeApi(load_client_config())
+    server.responses[("GET", "/apis/kestrel.dev/v1alpha1/classificationtrains")] = (
+        200, {"kind": "ClassificationTrainList", "apiVersion": "kestrel.dev/v1alpha1",
+              "items": [{"metadata": {"name": "a", "namespace": "x"}}]})
+    items = api.list("kestrel.dev/v1alpha1", "ClassificationTrain", "")
+    assert items == [{"metadata": {"name": "a", "namespace": "x"}, "kind": "ClassificationTrain",
+                      "apiVersion": "kestrel.dev/v1alpha1"}]
+    api.list("v1", "Event", "ml", field_selector="involvedObject.name=p")
+    assert server.requests[-1]["query"] == "fieldSelector=involvedObject.name%3Dp"
+    assert api.patch("rbac.authorization.k8s.io/v1", "RoleBinding", "ml", "rb", {"subjects": []})
+    req = server.requests[-1]
+    assert (req["method"], req["path"], req["content_type"]) == (
+        "PATCH", "/apis/rbac.authorization.k8s.io/v1/namespaces/ml/rolebindings/rb", "application/merge-patch+json")
+    from kestrel_operator.kube import KubeError
+
+    server.responses[("POST", "/apis/kubeflow.org/v2beta1/namespaces/ml/mpijobs")] = (404, {"message": "nf"})
+    with pytest.raises(KubeError) as err:
+        api.create({"apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": {"name": "j",
+                                                                                         "namespace": "ml"}})
+    assert (err.value.status, err.value.kind) == (404, "MPIJob")
+
+
+def test_kube_api_without_a_server_raises_kube_error(tmp_path, monkeypatch):
+    with LoopbackApi() as srv:
+        config = srv.kubeconfig(tmp_path)
+    monkeypatch.setenv("KUBECONFIG", str(config))  # the server is gone: connection refused
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    from kestrel_operator.kube import KubeError
+
+    api = KubeApi(load_client_config(), timeout=2)
+    api.client.configuration.retries = 0
+    with pytest.raises(KubeError, match="no answer from the API server") as err:
+        api.get("v1", "ConfigMap", "ml", "c")
+    assert err.value.status == 0
+
+
 ENV = {"KESTREL_RESOURCE_GROUP": "kestrel.dev", "KESTREL_RESOURCE_VERSION": "v1alpha1",
        "KESTREL_RESOURCE_PLURAL": "classificationtrains", "KESTREL_RESOURCE_NAME": "r18",
        "KESTREL_RESOURCE_NAMESPACE": "ml", "KESTREL_RESOURCE_UID": "u1", "KESTREL_RUN": "r18-g2"}

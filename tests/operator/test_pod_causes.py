@@ -144,3 +144,16 @@ def test_pure_helpers_ignore_terminating_pods_and_succeeded_launchers():
         {"name": "launcher", "state": {"terminated": {"exitCode": 0}}}]}}
     assert trainer_failure([ok]) is None
     assert stuck_creating([{"metadata": {"name": "s"}, "spec": {}, "status": {"phase": "Pending"}}]) == []
+
+
+def test_evicted_worker_explains_the_failed_run(api, rec):
+    created_run(api, rec)
+    put_run_pod(api, JOB, "worker-0", phase="Failed", reason="Evicted",
+                message="The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi.")
+    # What the MPI Operator v0.8 does with an evicted worker (updateMPIJobStatus): the MPIJob fails.
+    api.set_mpijob_conditions(JOB, [{"type": "Failed", "status": "True", "reason": "MPIJobEvicted",
+                                     "message": "1/1 workers are evicted"}])
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    st = api.body("ClassificationTrain", "resnet18")["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", r.WORKER_EVICTED)
+    assert "low on resource: memory" in st["message"] and "spec.resources" in st["message"]

@@ -43,7 +43,7 @@ from kestrel_operator.settings import Settings
 from kestrel_operator.status import compute
 from kestrel_operator.status import reasons as r
 from kestrel_operator.status.phase import FAILED, SUCCEEDED, phase_of
-from kestrel_operator.status.pods import Cause, pod_cause, stuck_creating, trainer_failure
+from kestrel_operator.status.pods import Cause, failure_cause, pod_cause, stuck_creating
 
 log = logging.getLogger(__name__)
 
@@ -350,12 +350,12 @@ class Reconciler:
         name = _name(job)
         if ph.phase == FAILED and old.get("mpiJobName") == name and old.get("phase") == FAILED:
             # Already explained for this run: the launcher pod may be gone by now.
-            return Cause(str(old["reason"]), str(old.get("message") or "")) if old.get(
-                "reason") == r.TRAINER_FAILED else None
+            explained = old.get("reason") in (r.TRAINER_FAILED, r.WORKER_EVICTED)
+            return Cause(str(old["reason"]), str(old.get("message") or "")) if explained else None
         run = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
         pods = self.api.list("v1", "Pod", res.meta.namespace, _selector(run))
         if ph.phase == FAILED:
-            return trainer_failure(pods)
+            return failure_cause(pods)
         events: list[dict[str, Any]] = []
         for pod in stuck_creating(pods)[:3]:
             events += self.api.list("v1", "Event", res.meta.namespace,

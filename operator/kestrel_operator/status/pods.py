@@ -93,9 +93,10 @@ def _evicted(pod: Mapping[str, Any]) -> Optional[Cause]:
     status = pod.get("status") or {}
     if status.get("phase") == "Failed" and status.get("reason") == "Evicted":
         return Cause(r.WORKER_EVICTED,
-                     f"pod {_name(pod)} was evicted: {status.get('message') or 'no message'}. The MPI Operator "
-                     "restarts the run's workers (spec.backoffLimit retries); give the pods more memory or "
-                     "ephemeral storage in spec.resources, or a higher priorityClassName.")
+                     f"pod {_name(pod)} was evicted: {status.get('message') or 'no message'} The MPI Operator "
+                     "(v0.8) fails the run when a worker is evicted: give the pods more memory or ephemeral "
+                     "storage in spec.resources, or a higher priorityClassName, then edit the resource to start "
+                     "a new run.")
     return None
 
 
@@ -139,6 +140,14 @@ def pod_cause(pods: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, A
                 return Cause(cause.reason, _clip(cause.message))
     cause = _volume_event(events)
     return Cause(cause.reason, _clip(cause.message)) if cause else None
+
+
+def failure_cause(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
+    """Why a run failed, when its pods tell: the trainer's own error, or an evicted worker."""
+    found = trainer_failure(pods)
+    if found is None:
+        found = next((c for c in map(_evicted, pods) if c is not None), None)
+    return Cause(found.reason, _clip(found.message)) if found else None
 
 
 def trainer_failure(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
