@@ -41,11 +41,13 @@ class KubeError(RuntimeError):
         self.kind = kind
 
 
-def load_client_config() -> Any:
-    """In a pod: the service account. Elsewhere: KUBECONFIG (or ~/.kube/config)."""
+def load_client_config(pool_size: int = 16) -> Any:
+    """In a pod: the service account. Elsewhere: KUBECONFIG (or ~/.kube/config). `pool_size`: kept-alive
+    connections (at least the reconcile workers: a busy pool opens and drops extra TLS connections)."""
     from kubernetes import client, config
 
     configuration = client.Configuration()
+    configuration.connection_pool_maxsize = pool_size
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config(client_configuration=configuration)
     else:

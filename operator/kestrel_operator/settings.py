@@ -14,7 +14,7 @@ from dataclasses import dataclass
 DEFAULT_IMAGE = "kestrel-trainer:0.1.0"
 DEFAULT_GPUS_PER_NODE = 8
 DEFAULT_RESYNC_SECONDS = 300
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = 8
 
 
 class SettingsError(ValueError):

@@ -26,7 +26,7 @@ import kopf
 from kestrel_operator import API_VERSION, GROUP, MANAGED_BY, VERSION
 from kestrel_operator.handlers.reconcile import Reconciler
 from kestrel_operator.handlers.workqueue import WorkQueue
-from kestrel_operator.kube import KubeApi
+from kestrel_operator.kube import KubeApi, load_client_config
 from kestrel_operator.manifests.names import MANAGED_BY_LABEL, kind_label
 from kestrel_operator.resources.types import KINDS, ResourceMeta
 from kestrel_operator.settings import Settings, from_env
@@ -51,7 +51,8 @@ def operator_settings() -> Settings:
 def reconciler() -> Reconciler:
     """The process-wide reconciler (created on first use so importing this module needs no cluster)."""
     if "reconciler" not in _state:
-        _state["reconciler"] = Reconciler(KubeApi(), operator_settings())
+        ours = operator_settings()
+        _state["reconciler"] = Reconciler(KubeApi(load_client_config(pool_size=ours.workers + 4)), ours)
     return _state["reconciler"]
 
 

@@ -136,7 +136,8 @@ class Reconciler:
 
     def _finish(self, body: Mapping[str, Any], old: Mapping[str, Any], patch: dict[str, Any], out: Outcome) -> Outcome:
         transition = compute.transition_event(old, patch)
-        if transition is not None:
+        # A Normal transition right after this pass's own Event ("created MPIJob ...") would say it twice.
+        if transition is not None and not (transition[0] == "Normal" and out.events):
             self._event(body, out, *transition)
         if compute.differs(old, patch):
             meta = body["metadata"]
@@ -286,7 +287,9 @@ class Reconciler:
             return out  # its MPIJob was removed after it finished: the result stands, nothing re-runs
 
         again = bool(this_run) and old.get("mpiJobName") == job_name  # its MPIJob was deleted by hand
-        pods = self.api.list("v1", "Pod", meta.namespace, _selector(names.owner_labels(meta)))
+        # A first generation that never had a run (no MPIJob, nothing in status) has no pods to wait for.
+        first = generation == 1 and not old.get("mpiJobName") and old.get("reason") != r.WAITING_FOR_OLD_RUN
+        pods = [] if first else self.api.list("v1", "Pod", meta.namespace, _selector(names.owner_labels(meta)))
         if jobs or pods:
             out.requeue_after = OLD_RUN_POLL_SECONDS
             what = (f"MPIJob {job_name} was deleted before the run finished: waiting for its pods to terminate "
@@ -345,8 +348,8 @@ class Reconciler:
     def _pod_cause(self, res: Resource, old: Mapping[str, Any], generation: int, job: Mapping[str, Any],
                    out: Outcome) -> Optional[Cause]:
         ph = phase_of(job)
-        if ph.phase == SUCCEEDED:
-            return None
+        if ph.phase == SUCCEEDED or not (job.get("status") or {}).get("conditions"):
+            return None  # done, or the MPI Operator has not made any pod yet
         name = _name(job)
         if ph.phase == FAILED and old.get("mpiJobName") == name and old.get("phase") == FAILED:
             # Already explained for this run: the launcher pod may be gone by now.
