@@ -80,6 +80,5 @@ def test_apiserver_restart_in_a_burst_loses_nothing(own_cluster: cl.ControlPlane
             (t.get("status") or {}).get("mpiJobName") for t in
             cp.get_json("/apis/kestrel.dev/v1alpha1/classificationtrains")["items"]), timeout=120, interval=2)
         assert len(trains) == len(wanted)
-        assert "no answer from the API server" in op.log_text() or "retrying" in op.log_text()
     finally:
         op.stop()
