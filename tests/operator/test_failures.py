@@ -250,3 +250,15 @@ def test_pod_event_queues_its_resource(api, ctl):
     pod = put_run_pod(api, "resnet18-train-g1", "launcher-x", container="launcher", phase="Pending")
     asyncio.run(kopf_handlers.on_pod_event(type="MODIFIED", body=kopf.Body(pod)))
     assert ctl.queue.run_ready() == 1
+
+
+def test_upgrading_the_operator_restarts_no_run(api, rec):
+    """An MPIJob made by the previous operator version (old name, no run-hash label) stays the run."""
+    _running(api, rec)
+    job = api.objects.pop(("MPIJob", "default", "resnet18-train-g1"))
+    job["metadata"]["name"] = "resnet18-g1"
+    del job["metadata"]["labels"]["kestrel.dev/run-hash"]
+    api.objects[("MPIJob", "default", "resnet18-g1")] = job
+    out = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert out.deleted == [] and out.created == []
+    assert (status(api)["phase"], status(api)["mpiJobName"]) == ("Running", "resnet18-g1")

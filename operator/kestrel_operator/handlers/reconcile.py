@@ -112,6 +112,16 @@ def _generation_of(obj: Mapping[str, Any]) -> int:
         return 0
 
 
+def _same_run(job: Mapping[str, Any], meta: ResourceMeta) -> bool:
+    """Is `job` the run of the resource's current spec? By run hash; an MPIJob made before run hashes
+    existed (no label) counts when it is of the current generation, so upgrading the operator restarts
+    nothing."""
+    labels = _labels(job)
+    if names.RUN_HASH_LABEL in labels:
+        return labels[names.RUN_HASH_LABEL] == meta.run_hash
+    return labels.get(names.GENERATION_LABEL) == str(meta.generation)
+
+
 def api_error_status(err: KubeError) -> tuple[str, str]:
     """(reason, message) for a failed API call; the message says what to do."""
     if err.kind == "MPIJob" and err.status == 404:
@@ -252,7 +262,7 @@ class Reconciler:
         meta = res.meta
         jobs = self._owned(MPIJOB_API_VERSION, "MPIJob", meta)
         live = [j for j in jobs if not (j.get("metadata") or {}).get("deletionTimestamp")]
-        same = [j for j in live if _labels(j).get(names.RUN_HASH_LABEL) == meta.run_hash]
+        same = [j for j in live if _same_run(j, meta)]
         current = max(same, key=_generation_of) if same else None
         self._stop_runs(body, meta, jobs, current, f"spec changed (generation {generation})", out)
         if current is None:
