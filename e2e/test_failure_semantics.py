@@ -24,10 +24,25 @@ TRAINS = f"classificationtrains.{ko.GROUP}"
 
 
 def _train(namespace: str, name: str, **spec: object) -> dict:
+    """The example, small: 2 GPUs in one worker pod plus the launcher (runs left going hold few GPUs)."""
     res = ko.in_namespace(ko.example("train.yaml", KIND), namespace, name)
-    res["spec"].update(spec)
+    res["spec"].update({"gpus": 2, "numProcesses": 2, **spec})
     res["spec"]["volumes"]["results"]["subPath"] = name
     return res
+
+
+@pytest.fixture
+def cleanup(cluster: cl.ControlPlane) -> Iterator[list[tuple[str, str]]]:
+    """(namespace, name) of resources to delete after the test (runs that would otherwise keep going)."""
+    made: list[tuple[str, str]] = []
+    yield made
+    for ns, name in made:
+        cluster.kubectl("delete", TRAINS, name, "-n", ns, "--wait=false", check=False)
+
+
+def _needs_real_mpi_operator(mode: str) -> None:
+    if mode != "real":
+        pytest.skip("needs the real MPI Operator (the test double does not handle evicted workers)")
 
 
 def _status(cp: cl.ControlPlane, name: str, namespace: str) -> dict:
@@ -67,11 +82,13 @@ def running_namespace(cluster: cl.ControlPlane) -> Iterator[str]:
 
 
 @pytest.mark.usefixtures("operator")
-def test_worker_evicted(cluster: cl.ControlPlane, running_namespace: str) -> None:
+def test_worker_evicted(cluster: cl.ControlPlane, running_namespace: str, cleanup: list, mpi_controller: str) -> None:
     """Row: worker evicted. kwok runs no kubelet eviction manager, so the test writes the Failed/Evicted pod
     status the kubelet writes under node pressure; the MPI Operator v0.8 then fails the MPIJob
     (MPIJobEvicted) and our status names the pod, the kubelet's message and what to change."""
+    _needs_real_mpi_operator(mpi_controller)
     ns, name = running_namespace, "evicted"
+    cleanup.append((ns, name))
     res = _train(ns, name)
     ko.prepare(cluster, ns, res)
     cluster.apply(res)
@@ -89,12 +106,13 @@ def test_worker_evicted(cluster: cl.ControlPlane, running_namespace: str) -> Non
 
 
 def test_mpijob_deleted_by_hand_with_the_operator_down(
-    cluster: cl.ControlPlane, running_namespace: str, operator: cl.Operator
+    cluster: cl.ControlPlane, running_namespace: str, operator: cl.Operator, cleanup: list
 ) -> None:
     """Row: MPIJob deleted by hand (and operator restarted meanwhile). The garbage collector removes its
     pods (kwok deletes them like a kubelet would); the restarted operator starts the run again only after
     they are gone, once, with a Warning saying how to stop a run instead."""
     ns, name = running_namespace, "hand-deleted"
+    cleanup.append((ns, name))
     res = _train(ns, name)
     ko.prepare(cluster, ns, res)
     cluster.apply(res)
@@ -176,11 +194,12 @@ def test_key_secret_missing_then_created(cluster: cl.ControlPlane, namespace: st
 
 
 def test_spec_edit_with_the_operator_restarted_starts_one_new_run_after_the_old_pods(
-    cluster: cl.ControlPlane, running_namespace: str, operator: cl.Operator
+    cluster: cl.ControlPlane, running_namespace: str, operator: cl.Operator, cleanup: list
 ) -> None:
     """Row: spec edited while a run is going, operator restarted in the middle: the old run is stopped, the new
     one starts only after every old pod is gone (never two runs on one results folder), exactly once."""
     ns, name = running_namespace, "edited"
+    cleanup.append((ns, name))
     res = _train(ns, name)
     ko.prepare(cluster, ns, res)
     cluster.apply(res)
@@ -201,10 +220,11 @@ def test_spec_edit_with_the_operator_restarted_starts_one_new_run_after_the_old_
     assert "SpecChanged" in reasons
 
 
-def test_tolerations_edit_keeps_the_run(cluster: cl.ControlPlane, running_namespace: str,
-                                        operator: cl.Operator) -> None:
+@pytest.mark.usefixtures("operator")
+def test_tolerations_edit_keeps_the_run(cluster: cl.ControlPlane, running_namespace: str, cleanup: list) -> None:
     """Edits of tolerations or activeDeadlineSeconds apply to the running MPIJob; nothing restarts."""
     ns, name = running_namespace, "tolerated"
+    cleanup.append((ns, name))
     res = _train(ns, name)
     ko.prepare(cluster, ns, res)
     cluster.apply(res)
