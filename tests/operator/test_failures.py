@@ -262,3 +262,39 @@ def test_upgrading_the_operator_restarts_no_run(api, rec):
     out = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     assert out.deleted == [] and out.created == []
     assert (status(api)["phase"], status(api)["mpiJobName"]) == ("Running", "resnet18-g1")
+
+
+def test_worker_threads_run_passes_one_per_key_at_a_time():
+    import threading
+    import time
+
+    running: set[str] = set()
+    overlap: list[str] = []
+    done = threading.Event()
+    seen: list[str] = []
+
+    def process(key):
+        if key in running:
+            overlap.append(key)
+        running.add(key)
+        time.sleep(0.01)
+        running.discard(key)
+        seen.append(key)
+        if len(seen) >= 6:
+            done.set()
+
+    q = WorkQueue(process)
+    q.start(3)
+    try:
+        for _ in range(3):
+            for key in ("a", "b"):
+                q.add(key)
+            time.sleep(0.005)
+        q.add_after("c", 0.05)
+        assert done.wait(5) or "c" in seen
+        deadline = time.monotonic() + 5
+        while "c" not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        q.stop()
+    assert overlap == [] and "c" in seen and {"a", "b"} <= set(seen)
