@@ -560,6 +560,23 @@ def start_control_plane(bin: Path, workdir: Path, gpu_nodes: Sequence[str] = DEF
     return cp
 
 
+API_ONLY_BINARIES = ("etcd", "kube-apiserver", "kubectl")
+
+
+def start_api_only(bin: Path, workdir: Path) -> ControlPlane:
+    """etcd and kube-apiserver only: enough for tests and benchmarks in which objects are only created and
+    read (no pods are scheduled or run, nothing is garbage-collected)."""
+    cp = ControlPlane(bin=bin, workdir=workdir)
+    cp.pki = make_pki(workdir / "pki")
+    try:
+        start_etcd(cp)
+        start_apiserver(cp)
+    except BaseException:
+        cp.stop_all()
+        raise
+    return cp
+
+
 def remove_workdir(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
