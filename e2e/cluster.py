@@ -453,7 +453,8 @@ def start_apiserver(cp: ControlPlane) -> None:
 
 def restart_apiserver(cp: ControlPlane, down_seconds: float = 0.0) -> None:
     """Stop kube-apiserver (SIGTERM) and start it again with the same flags and port; etcd keeps the data.
-    Every client (controllers, kwok, our operator) sees its connections and watches drop."""
+    Every client (controllers, kwok, our operator) sees its connections and watches drop. Call it from the
+    main thread: children die with the thread that started them (PR_SET_PDEATHSIG)."""
     proc = cp.processes["kube-apiserver"]
     argv = [str(a) for a in proc.popen.args]
     proc.stop()
