@@ -62,6 +62,12 @@ def collection_path(api_version: str, kind: str, namespace: str) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
 
 
+def _version(payload: Any) -> str:
+    """resourceVersion of a returned object ("?" when the server sent none: still a true value)."""
+    meta = payload.get("metadata") if isinstance(payload, dict) else None
+    return str((meta or {}).get("resourceVersion") or "?")
+
+
 class KubeApi:
     """Get, list, create, delete, patch status, post events: all the reconciler needs."""
 
@@ -125,15 +131,16 @@ class KubeApi:
             item.setdefault("apiVersion", payload.get("apiVersion") or api_version)
         return items
 
-    def create(self, obj: Mapping[str, Any]) -> bool:
-        """True when created, False when an object of that name already exists."""
+    def create(self, obj: Mapping[str, Any]) -> str | bool:
+        """The created object's resourceVersion (a non-empty string) when created, False when an object of
+        that name already exists."""
         meta = obj["metadata"]
         status, payload = self._request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]),
                                         body=dict(obj))
         if status == 409:
             return False
         self._ok(status, payload, f"create {obj['kind']} {meta['namespace']}/{meta['name']}", obj["kind"])
-        return True
+        return _version(payload)
 
     def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
         """JSON merge patch of the object itself (not its status). False if it is gone."""
@@ -156,16 +163,17 @@ class KubeApi:
         return True
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
-                     status_patch: Mapping[str, Any]) -> bool:
-        """JSON merge patch of the status subresource. (The API server ignores metadata on /status, so
-        `uid` is no precondition there; handlers reconcile a fresh read whose uid they checked.)"""
+                     status_patch: Mapping[str, Any]) -> str | bool:
+        """JSON merge patch of the status subresource; the new resourceVersion, or False if it is gone.
+        (The API server ignores metadata on /status, so `uid` is no precondition there; handlers reconcile
+        a fresh read whose uid they checked.)"""
         body = {"status": dict(status_patch)}
         status, payload = self._request("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}/status",
                                         body=body, content_type="application/merge-patch+json")
         if status in (404, 409):
             return False
         self._ok(status, payload, f"patch status of {kind} {namespace}/{name}", kind)
-        return True
+        return _version(payload)
 
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         """A core/v1 Event on `involved` (the resource); failures are logged, never raised."""

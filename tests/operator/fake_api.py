@@ -86,6 +86,7 @@ class FakeApi:
                               **status: Any) -> None:
         job = self.objects[("MPIJob", namespace, name)]
         job["status"] = {"conditions": conditions, **status}
+        job["metadata"]["resourceVersion"] = str(next(_counter))  # a status update is a new version
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [o for (k, _, _), o in self.objects.items() if k == kind]
@@ -110,14 +111,13 @@ class FakeApi:
                 out.append(copy.deepcopy(obj))
         return out
 
-    def create(self, obj: Mapping[str, Any]) -> bool:
+    def create(self, obj: Mapping[str, Any]) -> str | bool:
         self._call("create", obj["kind"], obj["metadata"]["name"])
         key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         if key in self.objects:
             return False
         self.creates.append(f"{obj['kind']}/{obj['metadata']['name']}")
-        self.put(obj)
-        return True
+        return self.put(obj)["metadata"]["resourceVersion"]
 
     def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
         self._call("patch", kind, name)
@@ -138,7 +138,7 @@ class FakeApi:
         return True
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
-                     status_patch: Mapping[str, Any]) -> bool:
+                     status_patch: Mapping[str, Any]) -> str | bool:
         self._call("patch_status", kind, name)
         obj = self.objects.get((kind, namespace, name))
         if obj is None or (uid and obj["metadata"]["uid"] != uid):
@@ -146,7 +146,7 @@ class FakeApi:
         obj["status"] = merge_patch(obj.get("status") or {}, status_patch)
         obj["metadata"]["resourceVersion"] = str(next(_counter))
         self.status_patches.append(copy.deepcopy(dict(status_patch)))
-        return True
+        return obj["metadata"]["resourceVersion"]
 
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         self.events.append((involved["metadata"]["name"], etype, reason, message))

@@ -298,3 +298,28 @@ def test_worker_threads_run_passes_one_per_key_at_a_time():
     finally:
         q.stop()
     assert overlap == [] and "c" in seen and {"a", "b"} <= set(seen)
+
+
+def test_events_for_what_a_pass_wrote_itself_queue_nothing(api, ctl):
+    api.put(train_body())
+    ctl.queue.add(KEY)
+    ctl.queue.run_ready()
+    # The watch then reports our status patch and the MPIJob we created: nothing new in either.
+    asyncio.run(kopf_handlers.on_resource_event(type="MODIFIED", body=kopf.Body(api.body(*KEY[:1], "resnet18"))))
+    asyncio.run(kopf_handlers.on_mpijob_event(type="ADDED", body=kopf.Body(api.body("MPIJob", "resnet18-train-g1"))))
+    assert ctl.queue.run_ready() == 0
+    # The MPI Operator changes the MPIJob (a new resourceVersion): that is news.
+    api.set_mpijob_conditions("resnet18-train-g1", cond([("Created", "True")]))
+    asyncio.run(kopf_handlers.on_mpijob_event(type="MODIFIED", body=kopf.Body(api.body("MPIJob",
+                                                                                      "resnet18-train-g1"))))
+    assert ctl.queue.run_ready() == 1 and status(api)["reason"] == "MPIJobCreated"
+
+
+def test_a_spec_edit_folded_into_the_event_of_our_status_patch_is_not_lost(api, ctl):
+    api.put(train_body())
+    ctl.queue.add(KEY)
+    ctl.queue.run_ready()
+    body = api.body(*KEY[:1], "resnet18")
+    body["metadata"]["generation"] = 2  # same resourceVersion as our patch, but a newer spec
+    asyncio.run(kopf_handlers.on_resource_event(type="MODIFIED", body=kopf.Body(body)))
+    assert ctl.queue.run_ready() == 1

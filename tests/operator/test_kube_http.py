@@ -27,8 +27,9 @@ def test_kube_api_calls(server):
     server.responses[("GET", "/apis/kubeflow.org/v2beta1/namespaces/ml/mpijobs/j")] = (404, {"message": "nf"})
     assert api.get("kubeflow.org/v2beta1", "MPIJob", "ml", "j") is None
     obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ml"}, "data": {"a": "b"}}
-    server.responses[("POST", "/api/v1/namespaces/ml/configmaps")] = (201, obj)
-    assert api.create(obj) is True
+    server.responses[("POST", "/api/v1/namespaces/ml/configmaps")] = (
+        201, {**obj, "metadata": {**obj["metadata"], "resourceVersion": "42"}})
+    assert api.create(obj) == "42"  # the created version: its watch event is known to be ours
     server.responses[("POST", "/api/v1/namespaces/ml/configmaps")] = (409, {"reason": "AlreadyExists"})
     assert api.create(obj) is False
     assert api.patch_status("kestrel.dev/v1alpha1", "ClassificationTrain", "ml", "r18", "u1", {"phase": "Running"})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Hashable, Mapping
 from typing import Any, Optional
 
@@ -64,6 +65,7 @@ class Controller:
         self.queue = queue or WorkQueue(self.process)
         self._lock = threading.Lock()
         self._configmap_waiters: dict[tuple[str, str], set[Hashable]] = {}
+        self._written: dict[Hashable, deque[tuple[str, Optional[int]]]] = {}
 
     def process(self, key: Hashable) -> Optional[float]:
         kind, namespace, name = key  # type: ignore[misc]
@@ -73,6 +75,9 @@ class Controller:
             self._set_waiting(key, namespace, None)
             return None
         outcome = self.rec.reconcile(body)
+        if outcome.written:
+            with self._lock:
+                self._written.setdefault(key, deque(maxlen=8)).extend(outcome.written)
         self._set_waiting(key, namespace, outcome.waits_for_configmap)
         for etype, reason, message in outcome.events:
             log.info("%s/%s %s %s: %s", namespace, name, etype, reason, message)
@@ -87,6 +92,22 @@ class Controller:
                 waiters.discard(key)
             if configmap:
                 self._configmap_waiters.setdefault((namespace, configmap), set()).add(key)
+
+    def changed(self, key: Hashable, body: Mapping[str, Any], generation: Optional[int] = None) -> None:
+        """Queue `key` for a watch event about `body` (the resource, with its `generation`, or its MPIJob),
+        unless the event only reports what a pass of ours wrote itself: same resourceVersion, and for the
+        resource the generation that pass reconciled (kopf may fold a spec edit made just before our status
+        patch into the event of our patch; the generation tells)."""
+        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        with self._lock:
+            ours = bool(version) and (version, generation) in self._written.get(key, ())
+        if not ours:
+            self.queue.add(key)
+
+    def forget(self, key: Hashable) -> None:
+        self.queue.forget(key)
+        with self._lock:
+            self._written.pop(key, None)
 
     def configmap_changed(self, namespace: str, name: str) -> None:
         with self._lock:
@@ -157,9 +178,9 @@ async def on_resource_event(type: str, body: kopf.Body, **_: Any) -> None:
     """Any change of a ClassificationTrain/Prune/Export, and each one listed at start-up."""
     key = key_of(body)
     if type == "DELETED":
-        controller().queue.forget(key)
+        controller().forget(key)
         return
-    controller().queue.add(key)
+    controller().changed(key, body, int((body.get("metadata") or {}).get("generation") or 1))
 
 
 async def on_mpijob_event(body: kopf.Body, **_: Any) -> None:
@@ -167,7 +188,7 @@ async def on_mpijob_event(body: kopf.Body, **_: Any) -> None:
     meta = body.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") in KINDS and ref.get("controller"):
-            controller().queue.add((ref["kind"], meta.get("namespace"), ref["name"]))
+            controller().changed((ref["kind"], meta.get("namespace"), ref["name"]), body)
 
 
 async def on_pod_event(body: kopf.Body, **_: Any) -> None:

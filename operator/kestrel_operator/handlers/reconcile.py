@@ -57,11 +57,11 @@ class Api(Protocol):
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]: ...
     def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "",
              field_selector: str = "") -> list[dict]: ...
-    def create(self, obj: Mapping[str, Any]) -> bool: ...
+    def create(self, obj: Mapping[str, Any]) -> str | bool: ...
     def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool: ...
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
-                     status_patch: Mapping[str, Any]) -> bool: ...
+                     status_patch: Mapping[str, Any]) -> str | bool: ...
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None: ...
 
 
@@ -78,6 +78,9 @@ class Outcome:
     requeue_after: Optional[float] = None
     waits_for_configmap: Optional[str] = None
     succeeded: bool = False
+    # resourceVersions this pass wrote, with the resource's generation it reconciled (None for MPIJobs it
+    # created): a watch event of exactly that version and generation carries nothing new.
+    written: list[tuple[str, Optional[int]]] = field(default_factory=list)
 
 
 class NameConflict(Exception):
@@ -151,8 +154,10 @@ class Reconciler:
             self._event(body, out, *transition)
         if compute.differs(old, patch):
             meta = body["metadata"]
-            self.api.patch_status(body["apiVersion"], body["kind"], meta["namespace"], meta["name"],
-                                  meta.get("uid", ""), patch)
+            version = self.api.patch_status(body["apiVersion"], body["kind"], meta["namespace"], meta["name"],
+                                            meta.get("uid", ""), patch)
+            if isinstance(version, str):
+                out.written.append((version, int(meta.get("generation") or 1)))
             out.status_patch = patch
         if patch.get("phase") == SUCCEEDED and old.get("phase") != SUCCEEDED:
             out.succeeded = True
@@ -214,8 +219,11 @@ class Reconciler:
         """Create `obj`; if it exists and is ours, bring what we manage up to date (RoleBinding subjects,
         Role rules: a changed serviceAccountName must reach the binding), else raise NameConflict."""
         m = obj["metadata"]
-        if self.api.create(obj):
+        version = self.api.create(obj)
+        if version:
             out.created.append(f"{obj['kind']}/{m['name']}")
+            if obj["kind"] == "MPIJob" and isinstance(version, str):
+                out.written.append((version, None))
             return
         existing = self.api.get(obj["apiVersion"], obj["kind"], m["namespace"], m["name"])
         if existing is None:
