@@ -157,9 +157,11 @@ def statuses_written(cp: cl.ControlPlane, keys: set[str]) -> bool:
     return keys <= done
 
 
-def apply_in_chunks(cp: cl.ControlPlane, docs: list[dict], chunk: int = 250) -> None:
+def apply_in_chunks(cp: cl.ControlPlane, docs: list[dict], chunk: int = 100) -> None:
+    import yaml
+
     for i in range(0, len(docs), chunk):
-        cp.apply(docs[i:i + chunk])
+        cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs[i:i + chunk]), timeout=900)
 
 
 def main() -> int:
@@ -213,7 +215,7 @@ def main() -> int:
 
         burst = resources(["bench"], "burst", args.burst)
         t0 = time.monotonic()
-        cp.apply(burst)
+        apply_in_chunks(cp, burst)
         wait_all(watcher, [key(d) for d in burst], args.timeout)
         lat = [watcher.seen[key(d)] - t0 for d in burst if key(d) in watcher.seen]
         b50, b99 = percentile(lat, 50), percentile(lat, 99)
