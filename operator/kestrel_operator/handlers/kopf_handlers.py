@@ -66,6 +66,7 @@ class Controller:
         self._lock = threading.Lock()
         self._configmap_waiters: dict[tuple[str, str], set[Hashable]] = {}
         self._written: dict[Hashable, deque[tuple[str, Optional[int]]]] = {}
+        rec.on_write = self._record
 
     def process(self, key: Hashable) -> Optional[float]:
         kind, namespace, name = key  # type: ignore[misc]
@@ -75,9 +76,6 @@ class Controller:
             self._set_waiting(key, namespace, None)
             return None
         outcome = self.rec.reconcile(body)
-        if outcome.written:
-            with self._lock:
-                self._written.setdefault(key, deque(maxlen=8)).extend(outcome.written)
         self._set_waiting(key, namespace, outcome.waits_for_configmap)
         for etype, reason, message in outcome.events:
             log.info("%s/%s %s %s: %s", namespace, name, etype, reason, message)
@@ -92,6 +90,10 @@ class Controller:
                 waiters.discard(key)
             if configmap:
                 self._configmap_waiters.setdefault((namespace, configmap), set()).add(key)
+
+    def _record(self, body: Mapping[str, Any], version: str, generation: Optional[int]) -> None:
+        with self._lock:
+            self._written.setdefault(key_of(body), deque(maxlen=8)).append((version, generation))
 
     def changed(self, key: Hashable, body: Mapping[str, Any], generation: Optional[int] = None) -> None:
         """Queue `key` for a watch event about `body` (the resource, with its `generation`, or its MPIJob),

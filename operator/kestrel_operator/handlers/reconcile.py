@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -141,6 +141,14 @@ class Reconciler:
     def __init__(self, api: Api, settings: Settings) -> None:
         self.api = api
         self.settings = settings
+        # Told of each write as it happens (body of the resource, resourceVersion, generation or None), so a
+        # watch event for it that arrives while the pass still runs is already known to be ours.
+        self.on_write: Optional[Callable[[Mapping[str, Any], str, Optional[int]], None]] = None
+
+    def _wrote(self, body: Mapping[str, Any], out: Outcome, version: str, generation: Optional[int]) -> None:
+        out.written.append((version, generation))
+        if self.on_write is not None:
+            self.on_write(body, version, generation)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _event(self, body: Mapping[str, Any], out: Outcome, etype: str, reason: str, message: str) -> None:
@@ -157,7 +165,7 @@ class Reconciler:
             version = self.api.patch_status(body["apiVersion"], body["kind"], meta["namespace"], meta["name"],
                                             meta.get("uid", ""), patch)
             if isinstance(version, str):
-                out.written.append((version, int(meta.get("generation") or 1)))
+                self._wrote(body, out, version, int(meta.get("generation") or 1))
             out.status_patch = patch
         if patch.get("phase") == SUCCEEDED and old.get("phase") != SUCCEEDED:
             out.succeeded = True
@@ -215,7 +223,7 @@ class Reconciler:
             return None, (r.WAITING_FOR_MODEL, f"waiting for {what} to succeed (now {phase})")
         return loc, None
 
-    def _apply(self, obj: Mapping[str, Any], meta: ResourceMeta, out: Outcome) -> None:
+    def _apply(self, body: Mapping[str, Any], obj: Mapping[str, Any], meta: ResourceMeta, out: Outcome) -> None:
         """Create `obj`; if it exists and is ours, bring what we manage up to date (RoleBinding subjects,
         Role rules: a changed serviceAccountName must reach the binding), else raise NameConflict."""
         m = obj["metadata"]
@@ -223,7 +231,7 @@ class Reconciler:
         if version:
             out.created.append(f"{obj['kind']}/{m['name']}")
             if obj["kind"] == "MPIJob" and isinstance(version, str):
-                out.written.append((version, None))
+                self._wrote(body, out, version, None)
             return
         existing = self.api.get(obj["apiVersion"], obj["kind"], m["namespace"], m["name"])
         if existing is None:
@@ -338,7 +346,7 @@ class Reconciler:
                     out.deleted.append(f"ConfigMap/{_name(cm)}")
         try:
             for obj in plan.objects:
-                self._apply(obj, meta, out)
+                self._apply(body, obj, meta, out)
         except NameConflict as err:
             return self._finish(body, old, compute.waiting_status(old, generation, r.NAME_CONFLICT, str(err), now),
                                 out)
