@@ -38,6 +38,10 @@ BUILD_SCRIPT = E2E_DIR / "build.sh"
 KWOK_STAGES = E2E_DIR / "kwok-stages.yaml"
 # kwok-stages.yaml fails Job-owned pods (the MPI launcher) in this namespace instead of completing them.
 LAUNCHER_FAILS_NAMESPACE = "e2e-launcher-fails"
+# ... and keeps them Running in this one (a run that is still going), and leaves pods with this annotation
+# to the test, which then patches their status the way the kubelet would.
+LAUNCHER_RUNS_NAMESPACE = "e2e-launcher-runs"
+KUBELET_BY_TEST_ANNOTATION = "e2e.kestrel.dev/kubelet"
 GPU_RESOURCE = "nvidia.com/gpu"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # The MPI Operator's health endpoint is hard-coded to :8080 in v0.8.0 (cmd/mpi-operator/app/server.go);
@@ -447,6 +451,18 @@ def start_apiserver(cp: ControlPlane) -> None:
     write_kubeconfig(cp)
 
 
+def restart_apiserver(cp: ControlPlane, down_seconds: float = 0.0) -> None:
+    """Stop kube-apiserver (SIGTERM) and start it again with the same flags and port; etcd keeps the data.
+    Every client (controllers, kwok, our operator) sees its connections and watches drop. Call it from the
+    main thread: children die with the thread that started them (PR_SET_PDEATHSIG)."""
+    proc = cp.processes["kube-apiserver"]
+    argv = [str(a) for a in proc.popen.args]
+    proc.stop()
+    time.sleep(down_seconds)
+    new = cp.start("kube-apiserver", argv)
+    wait_for("kube-apiserver /readyz after restart", cp.readyz, timeout=180, interval=0.5, proc=new)
+
+
 def _component_kubeconfig(cp: ControlPlane) -> list[str]:
     return [f"--kubeconfig={cp.kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
 
@@ -539,6 +555,23 @@ def start_control_plane(bin: Path, workdir: Path, gpu_nodes: Sequence[str] = DEF
         start_controller_manager(cp)
         start_scheduler(cp)
         start_kwok(cp, gpu_nodes)
+    except BaseException:
+        cp.stop_all()
+        raise
+    return cp
+
+
+API_ONLY_BINARIES = ("etcd", "kube-apiserver", "kubectl")
+
+
+def start_api_only(bin: Path, workdir: Path) -> ControlPlane:
+    """etcd and kube-apiserver only: enough for tests and benchmarks in which objects are only created and
+    read (no pods are scheduled or run, nothing is garbage-collected)."""
+    cp = ControlPlane(bin=bin, workdir=workdir)
+    cp.pki = make_pki(workdir / "pki")
+    try:
+        start_etcd(cp)
+        start_apiserver(cp)
     except BaseException:
         cp.stop_all()
         raise

@@ -97,7 +97,13 @@ def test_failing_launcher_makes_the_train_failed_with_the_reason(cluster: cl.Con
         failed_cond = ko.condition(failed, "Failed")
         assert failed_cond and failed_cond.get("reason"), failed["status"]
         assert failed_cond.get("message"), failed["status"]
-        assert any(e["type"] == "Warning" for e in ko.events_for(cluster, namespace, res["metadata"]["name"]))
+        # The launcher's termination message (terminationMessagePolicy FallbackToLogsOnError: the trainer's
+        # last log line; here kwok's stage writes it, see kwok-stages.yaml) is the resource's message.
+        status = failed["status"]
+        assert status["reason"] == "TrainerFailed", status
+        assert "kwok: simulated trainer failure" in status["message"] and "code 1" in status["message"], status
+        events = ko.events_for(cluster, namespace, res["metadata"]["name"])
+        assert any(e["type"] == "Warning" and e["reason"] == "TrainerFailed" for e in events), events
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 

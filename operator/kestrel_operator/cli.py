@@ -70,6 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     kopf_handlers._state["settings"] = settings
     namespaces = list(args.namespace or settings.watch_namespaces)
+    kopf_handlers._state["namespaces"] = tuple(namespaces)
     kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
              liveness_endpoint=args.liveness)
     return 0

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 # kind -> plural, for every kind the operator reads or writes.
 PLURALS: Mapping[str, str] = {
+    "Pod": "pods",
     "ServiceAccount": "serviceaccounts",
     "ConfigMap": "configmaps",
     "Event": "events",
@@ -31,18 +32,22 @@ PLURALS: Mapping[str, str] = {
 
 
 class KubeError(RuntimeError):
-    """An API call failed for a reason other than not-found/already-exists; `status` is the HTTP code."""
+    """An API call failed for a reason other than not-found/already-exists; `status` is the HTTP code
+    (0: no answer, e.g. the connection was refused) and `kind` the kind the call was about."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, kind: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind
 
 
-def load_client_config() -> Any:
-    """In a pod: the service account. Elsewhere: KUBECONFIG (or ~/.kube/config)."""
+def load_client_config(pool_size: int = 16) -> Any:
+    """In a pod: the service account. Elsewhere: KUBECONFIG (or ~/.kube/config). `pool_size`: kept-alive
+    connections (at least the reconcile workers: a busy pool opens and drops extra TLS connections)."""
     from kubernetes import client, config
 
     configuration = client.Configuration()
+    configuration.connection_pool_maxsize = pool_size
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config(client_configuration=configuration)
     else:
@@ -51,9 +56,16 @@ def load_client_config() -> Any:
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    """The collection in `namespace`, or across all namespaces when it is empty."""
     plural = PLURALS[kind]
     prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    return f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+
+
+def _version(payload: Any) -> str:
+    """resourceVersion of a returned object ("?" when the server sent none: still a true value)."""
+    meta = payload.get("metadata") if isinstance(payload, dict) else None
+    return str((meta or {}).get("resourceVersion") or "?")
 
 
 class KubeApi:
@@ -76,41 +88,67 @@ class KubeApi:
             header_params={"Accept": "application/json", "Content-Type": content_type},
             auth_settings=["BearerToken"],
         )
-        response = self.client.call_api(*request, _request_timeout=self.timeout)
+        try:
+            response = self.client.call_api(*request, _request_timeout=self.timeout)
+        except Exception as err:  # connection refused/reset, timeout: no HTTP answer at all
+            from kubernetes.client.exceptions import ApiException
+
+            if isinstance(err, ApiException):
+                raise
+            raise KubeError(f"{method} {path}: no answer from the API server: {err}", 0) from None
         data = response.read()
         text = data.decode("utf-8") if isinstance(data, bytes) else (data or "")
         payload = json.loads(text) if text else None
         return response.status, payload
 
-    def _ok(self, status: int, payload: Any, what: str, allowed: tuple[int, ...] = ()) -> None:
-        if 200 <= status < 300 or status in allowed:
+    def _ok(self, status: int, payload: Any, what: str, kind: str = "") -> None:
+        if 200 <= status < 300:
             return
         message = payload.get("message") if isinstance(payload, dict) else payload
-        raise KubeError(f"{what}: HTTP {status}: {message}", status)
+        raise KubeError(f"{what}: HTTP {status}: {message}", status, kind)
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
         status, payload = self._request("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
         if status == 404:
             return None
-        self._ok(status, payload, f"get {kind} {namespace}/{name}")
+        self._ok(status, payload, f"get {kind} {namespace}/{name}", kind)
         return payload
 
-    def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "",
+             field_selector: str = "") -> list[dict[str, Any]]:
+        """Objects in `namespace` (all namespaces when empty); [] when the kind is not served (404)."""
         query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         status, payload = self._request("GET", collection_path(api_version, kind, namespace), query=query)
         if status == 404:  # e.g. the MPIJob CRD is not installed: nothing to list
             return []
-        self._ok(status, payload, f"list {kind} in {namespace}")
-        return list(payload.get("items") or [])
+        self._ok(status, payload, f"list {kind} in {namespace or 'all namespaces'}", kind)
+        items = list(payload.get("items") or [])
+        item_kind = str(payload.get("kind") or "").removesuffix("List")
+        for item in items:  # list items carry no kind/apiVersion; the reconciler reads both
+            item.setdefault("kind", item_kind or kind)
+            item.setdefault("apiVersion", payload.get("apiVersion") or api_version)
+        return items
 
-    def create(self, obj: Mapping[str, Any]) -> bool:
-        """True when created, False when an object of that name already exists."""
+    def create(self, obj: Mapping[str, Any]) -> str | bool:
+        """The created object's resourceVersion (a non-empty string) when created, False when an object of
+        that name already exists."""
         meta = obj["metadata"]
         status, payload = self._request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]),
                                         body=dict(obj))
         if status == 409:
             return False
-        self._ok(status, payload, f"create {obj['kind']} {meta['namespace']}/{meta['name']}")
+        self._ok(status, payload, f"create {obj['kind']} {meta['namespace']}/{meta['name']}", obj["kind"])
+        return _version(payload)
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
+        """JSON merge patch of the object itself (not its status). False if it is gone."""
+        status, payload = self._request("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}",
+                                        body=dict(body), content_type="application/merge-patch+json")
+        if status == 404:
+            return False
+        self._ok(status, payload, f"patch {kind} {namespace}/{name}", kind)
         return True
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool:
@@ -121,20 +159,21 @@ class KubeApi:
         status, payload = self._request("DELETE", f"{collection_path(api_version, kind, namespace)}/{name}", body=body)
         if status in (404, 409):
             return False
-        self._ok(status, payload, f"delete {kind} {namespace}/{name}")
+        self._ok(status, payload, f"delete {kind} {namespace}/{name}", kind)
         return True
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
-                     status_patch: Mapping[str, Any]) -> bool:
-        """JSON merge patch of the status subresource. (The API server ignores metadata on /status, so
-        `uid` is no precondition there; handlers reconcile a fresh read whose uid they checked.)"""
+                     status_patch: Mapping[str, Any]) -> str | bool:
+        """JSON merge patch of the status subresource; the new resourceVersion, or False if it is gone.
+        (The API server ignores metadata on /status, so `uid` is no precondition there; handlers reconcile
+        a fresh read whose uid they checked.)"""
         body = {"status": dict(status_patch)}
         status, payload = self._request("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}/status",
                                         body=body, content_type="application/merge-patch+json")
         if status in (404, 409):
             return False
-        self._ok(status, payload, f"patch status of {kind} {namespace}/{name}")
-        return True
+        self._ok(status, payload, f"patch status of {kind} {namespace}/{name}", kind)
+        return _version(payload)
 
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         """A core/v1 Event on `involved` (the resource); failures are logged, never raised."""

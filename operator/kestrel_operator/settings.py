@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 DEFAULT_IMAGE = "kestrel-trainer:0.1.0"
 DEFAULT_GPUS_PER_NODE = 8
+DEFAULT_RESYNC_SECONDS = 300
+DEFAULT_WORKERS = 8
 
 
 class SettingsError(ValueError):
@@ -26,6 +28,11 @@ class Settings:
     # Empty: watch every namespace (cluster-wide).
     watch_namespaces: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # Every resource is reconciled again this often even without a watch event (a dropped watch, an
+    # Event on a pod that did not change the pod).
+    resync_seconds: int = DEFAULT_RESYNC_SECONDS
+    # Reconcile passes that run at once (threads of the work queue).
+    workers: int = DEFAULT_WORKERS
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -43,7 +50,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """KESTREL_DEFAULT_IMAGE, KESTREL_GPUS_PER_NODE, KESTREL_WATCH_NAMESPACES (comma list, empty = all),
-    KESTREL_LOG_LEVEL."""
+    KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS."""
     env = os.environ if env is None else env
     level = env.get("KESTREL_LOG_LEVEL", "").strip().upper() or "INFO"
     if not isinstance(logging.getLevelName(level), int):
@@ -54,4 +61,6 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         gpus_per_node=_int(env, "KESTREL_GPUS_PER_NODE", DEFAULT_GPUS_PER_NODE, 1),
         watch_namespaces=namespaces,
         log_level=level,
+        resync_seconds=_int(env, "KESTREL_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS, 1),
+        workers=_int(env, "KESTREL_WORKERS", DEFAULT_WORKERS, 1),
     )

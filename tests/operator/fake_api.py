@@ -12,6 +12,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from kestrel_operator.kube import KubeError
+
 _counter = itertools.count(1)
 
 
@@ -28,6 +30,12 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def _field(obj: Mapping[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        obj = obj.get(part) if isinstance(obj, Mapping) else None
+    return obj
+
+
 class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -35,6 +43,21 @@ class FakeApi:
         self.status_patches: list[dict[str, Any]] = []
         self.creates: list[str] = []
         self.deletes: list[str] = []
+        self.patches: list[tuple[str, dict[str, Any]]] = []  # ("Kind/name", merge patch)
+        self.calls: list[tuple[str, str]] = []  # (verb, kind) of every call, for counting
+        self._failures: list[list[Any]] = []  # [verb, kind, status, times left]
+
+    def fail(self, verb: str, kind: str, status: int, times: int = 1) -> None:
+        """The next `times` calls `verb` (get, list, create, patch, delete, patch_status) on `kind` fail
+        with HTTP `status`, as kube.KubeApi reports it (a KubeError naming the kind)."""
+        self._failures.append([verb, kind, status, times])
+
+    def _call(self, verb: str, kind: str, what: str) -> None:
+        self.calls.append((verb, kind))
+        for failure in self._failures:
+            if failure[0] == verb and failure[1] == kind and failure[3] > 0:
+                failure[3] -= 1
+                raise KubeError(f"{verb} {kind} {what}: HTTP {failure[2]}: injected by the test", failure[2], kind)
 
     # -- test setup helpers --------------------------------------------------------------------
     def put(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,33 +86,50 @@ class FakeApi:
                               **status: Any) -> None:
         job = self.objects[("MPIJob", namespace, name)]
         job["status"] = {"conditions": conditions, **status}
+        job["metadata"]["resourceVersion"] = str(next(_counter))  # a status update is a new version
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [o for (k, _, _), o in self.objects.items() if k == kind]
 
     # -- the Api protocol ----------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        self._call("get", kind, f"{namespace}/{name}")
         obj = self.objects.get((kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "",
+             field_selector: str = "") -> list[dict[str, Any]]:
+        self._call("list", kind, namespace)
         wanted = dict(p.split("=", 1) for p in label_selector.split(",") if p)
+        fields = dict(p.split("=", 1) for p in field_selector.split(",") if p)
         out = []
         for (k, ns, _), obj in self.objects.items():
             labels = (obj.get("metadata") or {}).get("labels") or {}
-            if k == kind and ns == namespace and all(labels.get(a) == b for a, b in wanted.items()):
+            if k != kind or (namespace and ns != namespace) or any(labels.get(a) != b for a, b in wanted.items()):
+                continue
+            if all(_field(obj, path) == value for path, value in fields.items()):
                 out.append(copy.deepcopy(obj))
         return out
 
-    def create(self, obj: Mapping[str, Any]) -> bool:
+    def create(self, obj: Mapping[str, Any]) -> str | bool:
+        self._call("create", obj["kind"], obj["metadata"]["name"])
         key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         if key in self.objects:
             return False
         self.creates.append(f"{obj['kind']}/{obj['metadata']['name']}")
-        self.put(obj)
+        return self.put(obj)["metadata"]["resourceVersion"]
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
+        self._call("patch", kind, name)
+        obj = self.objects.get((kind, namespace, name))
+        if obj is None:
+            return False
+        self.objects[(kind, namespace, name)] = merge_patch(obj, body)
+        self.patches.append((f"{kind}/{name}", copy.deepcopy(dict(body))))
         return True
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool:
+        self._call("delete", kind, name)
         obj = self.objects.get((kind, namespace, name))
         if obj is None or (uid and obj["metadata"]["uid"] != uid):
             return False
@@ -98,14 +138,15 @@ class FakeApi:
         return True
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
-                     status_patch: Mapping[str, Any]) -> bool:
+                     status_patch: Mapping[str, Any]) -> str | bool:
+        self._call("patch_status", kind, name)
         obj = self.objects.get((kind, namespace, name))
         if obj is None or (uid and obj["metadata"]["uid"] != uid):
             return False
         obj["status"] = merge_patch(obj.get("status") or {}, status_patch)
         obj["metadata"]["resourceVersion"] = str(next(_counter))
         self.status_patches.append(copy.deepcopy(dict(status_patch)))
-        return True
+        return obj["metadata"]["resourceVersion"]
 
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         self.events.append((involved["metadata"]["name"], etype, reason, message))

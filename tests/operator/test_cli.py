@@ -35,7 +35,7 @@ def test_render_gpus_per_node_flag(capsys):
                            "-f", str(EXAMPLES / "train.yaml"), "--gpus-per-node", "4")
     assert code == 0
     jobs = [d for d in yaml.safe_load_all(out) if d["kind"] == "MPIJob"]
-    retrain = next(j for j in jobs if j["metadata"]["name"] == "resnet18-fashion-retrain-g1")
+    retrain = next(j for j in jobs if j["metadata"]["name"] == "resnet18-fashion-retrain-train-g1")
     assert retrain["spec"]["slotsPerWorker"] == 4 and retrain["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
 
 

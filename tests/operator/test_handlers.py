@@ -3,6 +3,7 @@ mapping, events, the invalid-spec path, restarts on spec change, waiting for ups
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import kopf
@@ -13,8 +14,9 @@ from kestrel_operator.handlers.reconcile import Reconciler
 from tests.operator.conftest import TRAIN_SPEC, prune_body, train_body
 from tests.operator.fake_api import FakeApi
 
-RUN_KINDS = ["ServiceAccount/resnet18-kestrel-trainer", "Role/resnet18-kestrel-status",
-             "RoleBinding/resnet18-kestrel-status", "ConfigMap/resnet18-g1-spec", "MPIJob/resnet18-g1"]
+RUN_KINDS = ["ServiceAccount/resnet18-train-kestrel", "Role/resnet18-train-kestrel-status",
+             "RoleBinding/resnet18-train-kestrel-status", "ConfigMap/resnet18-train-g1-spec",
+             "MPIJob/resnet18-train-g1"]
 
 
 @pytest.fixture
@@ -31,6 +33,15 @@ def status(api, kind="ClassificationTrain", name="resnet18"):
     return api.body(kind, name).get("status") or {}
 
 
+def put_run_pod(api, job, suffix, container="worker", **pod_status):
+    """A pod of `job` as the MPI Operator makes it: the template's labels, on a node."""
+    template = api.body("MPIJob", job)["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]
+    return api.put({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": f"{job}-{suffix}", "labels": dict(template["metadata"]["labels"])},
+                    "spec": {"nodeName": "node-1", "containers": [{"name": container}]},
+                    "status": pod_status or {"phase": "Running"}})
+
+
 def cond(conds):
     return [{"type": t, "status": s, "reason": f"MPIJob{t}", "message": t} for t, s in conds]
 
@@ -41,8 +52,9 @@ def test_create_then_idempotent(api, rec):
     assert api.creates == RUN_KINDS
     st = status(api)
     assert (st["phase"], st["reason"], st["observedGeneration"], st["mpiJobName"]) == (
-        "Pending", "MPIJobPending", 1, "resnet18-g1")
-    assert [(e[1], e[2]) for e in api.events] == [("Normal", "MPIJobCreated"), ("Normal", "MPIJobPending")]
+        "Pending", "MPIJobPending", 1, "resnet18-train-g1")
+    # One Event for the new run (a second, Normal "Pending" transition in the same pass would repeat it).
+    assert [(e[1], e[2]) for e in api.events] == [("Normal", "MPIJobCreated")]
     assert out.created == RUN_KINDS
 
     # Same state again: nothing created, no status write, no events.
@@ -59,22 +71,23 @@ def test_operator_restart_creates_no_duplicates(api, settings):
     api.objects[("ClassificationTrain", "default", "resnet18")].pop("status")
     out = Reconciler(api, settings).reconcile(api.body("ClassificationTrain", "resnet18"))
     assert out.created == [] and len(api.of_kind("MPIJob")) == 1
-    assert status(api)["mpiJobName"] == "resnet18-g1"
+    assert status(api)["mpiJobName"] == "resnet18-train-g1"
 
 
 def test_status_follows_the_mpijob(api, rec):
     api.put(train_body())
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
-    api.set_mpijob_conditions("resnet18-g1", cond([("Created", "True"), ("Running", "True")]),
+    api.set_mpijob_conditions("resnet18-train-g1", cond([("Created", "True"), ("Running", "True")]),
                               startTime="2026-01-01T00:00:00Z")
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     st = status(api)
     assert st["phase"] == "Running" and st["startTime"] == "2026-01-01T00:00:00Z"
-    assert [c["type"] for c in st["conditions"]] == ["Created", "Running"]
+    assert [c["type"] for c in st["conditions"]] == ["Created", "Running", "Ready"]
     running_since = st["conditions"][1]["lastTransitionTime"]
     assert api.events[-1][1:3] == ("Normal", "MPIJobRunning")
 
-    api.set_mpijob_conditions("resnet18-g1", cond([("Created", "True"), ("Running", "False"), ("Succeeded", "True")]),
+    api.set_mpijob_conditions("resnet18-train-g1",
+                              cond([("Created", "True"), ("Running", "False"), ("Succeeded", "True")]),
                               startTime="2026-01-01T00:00:00Z", completionTime="2026-01-01T02:00:00Z")
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     st = status(api)
@@ -85,7 +98,7 @@ def test_status_follows_the_mpijob(api, rec):
     assert running_since
     assert api.events[-1][1:3] == ("Normal", "MPIJobSucceeded")
 
-    api.set_mpijob_conditions("resnet18-g1", cond([("Created", "True"), ("Failed", "True")]))
+    api.set_mpijob_conditions("resnet18-train-g1", cond([("Created", "True"), ("Failed", "True")]))
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     assert status(api)["phase"] == "Failed" and api.events[-1][1:3] == ("Warning", "MPIJobFailed")
 
@@ -107,9 +120,10 @@ def test_invalid_spec_text_creates_nothing_then_fixing_goes_on(api, rec):
 
     api.put(train_body())  # fixed: generation 2
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
-    assert "MPIJob/resnet18-g2" in api.creates
+    assert "MPIJob/resnet18-train-g2" in api.creates
     st = status(api)
-    assert st["phase"] == "Pending" and st["observedGeneration"] == 2 and st["conditions"] == []
+    assert st["phase"] == "Pending" and st["observedGeneration"] == 2
+    assert [(c["type"], c["status"], c["observedGeneration"]) for c in st["conditions"]] == [("Ready", "False", 2)]
 
 
 @pytest.mark.parametrize("spec,needle", [
@@ -126,33 +140,42 @@ def test_cross_field_errors_are_invalid_spec(api, rec, spec, needle):
     assert api.creates == [] and api.events[0][2] == "InvalidSpec"
 
 
-def test_spec_change_restarts_the_run(api, rec):
+def test_spec_change_restarts_the_run_once_the_old_pods_are_gone(api, rec):
     api.put(train_body())
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
-    api.set_mpijob_conditions("resnet18-g1", cond([("Created", "True"), ("Running", "True")]))
+    api.set_mpijob_conditions("resnet18-train-g1", cond([("Created", "True"), ("Running", "True")]))
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     api.patch_status("", "ClassificationTrain", "default", "resnet18", "",
-                     {"progress": {"epoch": 3, "run": "resnet18-g1"}})
+                     {"progress": {"epoch": 3, "run": "resnet18-train-g1"}})
+    put_run_pod(api, "resnet18-train-g1", "worker-0")
 
     api.put(train_body(useAmp=True))  # GitOps edit: generation 2
     out = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
-    assert set(out.deleted) == {"MPIJob/resnet18-g1", "ConfigMap/resnet18-g1-spec"}
-    assert [j["metadata"]["name"] for j in api.of_kind("MPIJob")] == ["resnet18-g2"]
-    assert api.events[-3][:3] == ("resnet18", "Normal", "SpecChanged")
+    # The old run is stopped, and nothing new starts while its pod still writes to the results volume.
+    assert out.deleted == ["MPIJob/resnet18-train-g1"] and out.created == [] and api.of_kind("MPIJob") == []
+    assert ("resnet18", "Normal", "SpecChanged") in [e[:3] for e in api.events]
     st = status(api)
-    assert st["mpiJobName"] == "resnet18-g2" and st["observedGeneration"] == 2 and st["phase"] == "Pending"
+    assert (st["phase"], st["reason"], st["observedGeneration"]) == ("Pending", "WaitingForOldRun", 2)
+    assert "1 pod(s)" in st["message"] and out.requeue_after
+    assert rec.reconcile(api.body("ClassificationTrain", "resnet18")).created == []
+
+    api.delete("v1", "Pod", "default", "resnet18-train-g1-worker-0")  # the garbage collector's work
+    out = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    assert "MPIJob/resnet18-train-g2" in out.created and out.deleted == ["ConfigMap/resnet18-train-g1-spec"]
+    st = status(api)
+    assert st["mpiJobName"] == "resnet18-train-g2" and st["observedGeneration"] == 2 and st["phase"] == "Pending"
     assert "progress" not in st and "startTime" not in st
     # The RBAC objects are per resource, not per run: kept, not recreated.
-    assert len(api.of_kind("Role")) == 1 and "Role/resnet18-kestrel-status" not in out.created
+    assert len(api.of_kind("Role")) == 1 and "Role/resnet18-train-kestrel-status" not in out.created
 
 
 def test_name_conflict_is_reported_not_overwritten(api, rec):
-    api.put({"apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": {"name": "resnet18-g1"},
+    api.put({"apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": {"name": "resnet18-train-g1"},
              "spec": {"foreign": True}})
     api.put(train_body())
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     assert status(api)["reason"] == "NameConflict"
-    assert api.body("MPIJob", "resnet18-g1")["spec"] == {"foreign": True}
+    assert api.body("MPIJob", "resnet18-train-g1")["spec"] == {"foreign": True}
 
 
 def test_prune_waits_for_its_train_then_runs(api, rec):
@@ -165,12 +188,12 @@ def test_prune_waits_for_its_train_then_runs(api, rec):
     rec.reconcile(api.body("ClassificationPrune", "pruned"))
     assert status(api, "ClassificationPrune", "pruned")["reason"] == "WaitingForModel"
 
-    api.set_mpijob_conditions("resnet18-g1", cond([("Succeeded", "True")]))
+    api.set_mpijob_conditions("resnet18-train-g1", cond([("Succeeded", "True")]))
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     waiting = rec.dependents(api.body("ClassificationTrain", "resnet18"))
     assert [w["metadata"]["name"] for w in waiting] == ["pruned"]
     rec.reconcile(waiting[0])
-    job = api.body("MPIJob", "pruned-g1")
+    job = api.body("MPIJob", "pruned-prune-g1")
     assert job["metadata"]["annotations"]["kestrel.dev/input-model"] == "/kestrel/model-source/weights/resnet_012.tlt"
     assert status(api, "ClassificationPrune", "pruned")["inputModelPath"].endswith("resnet_012.tlt")
 
@@ -194,7 +217,7 @@ def test_spec_configmap_missing_then_present(api, rec):
     api.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "specs"},
              "data": {"resnet.txt": TRAIN_SPEC}})
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
-    assert api.body("ConfigMap", "resnet18-g1-spec")["data"]["spec.txt"] == TRAIN_SPEC
+    assert api.body("ConfigMap", "resnet18-train-g1-spec")["data"]["spec.txt"] == TRAIN_SPEC
 
 
 def test_deleting_resource_is_left_to_the_garbage_collector(api, rec):
@@ -208,37 +231,43 @@ def test_deleting_resource_is_left_to_the_garbage_collector(api, rec):
 # -- the kopf layer: handlers called as kopf would call them --------------------------------------
 @pytest.fixture
 def wired(api, rec, monkeypatch):
-    monkeypatch.setitem(kopf_handlers._state, "reconciler", rec)
-    return api
+    ctl = kopf_handlers.Controller(rec)
+    monkeypatch.setitem(kopf_handlers._state, "controller", ctl)
+    return api, ctl
 
 
 def test_kopf_resource_event_handler(wired):
-    api = wired
+    api, ctl = wired
     api.put(train_body())
     body = kopf.Body(api.body("ClassificationTrain", "resnet18"))
-    kopf_handlers.on_resource_event(type=None, body=body, logger=logging.getLogger("t"), event={}, patch=kopf.Patch())
-    assert "MPIJob/resnet18-g1" in api.creates
-    kopf_handlers.on_resource_event(type="DELETED", body=body, logger=logging.getLogger("t"))
-    assert len(api.of_kind("MPIJob")) == 1
+    asyncio.run(kopf_handlers.on_resource_event(type=None, body=body, logger=logging.getLogger("t")))
+    asyncio.run(kopf_handlers.on_resource_event(type="MODIFIED", body=body))
+    assert ctl.queue.run_ready() == 1  # two events, one pass
+    assert "MPIJob/resnet18-train-g1" in api.creates
+    asyncio.run(kopf_handlers.on_resource_event(type="DELETED", body=body))
+    assert ctl.queue.run_ready() == 0 and len(api.of_kind("MPIJob")) == 1
 
 
 def test_kopf_mpijob_event_mirrors_owner_and_wakes_dependents(wired):
-    api = wired
+    api, ctl = wired
     api.put(train_body())
     api.put(prune_body())
-    log = logging.getLogger("t")
-    kopf_handlers.on_resource_event(type="ADDED", body=kopf.Body(api.body("ClassificationTrain", "resnet18")),
-                                    logger=log)
-    api.set_mpijob_conditions("resnet18-g1", cond([("Succeeded", "True")]))
-    kopf_handlers.on_mpijob_event(type="MODIFIED", body=kopf.Body(api.body("MPIJob", "resnet18-g1")), logger=log)
+    asyncio.run(kopf_handlers.on_resource_event(type="ADDED", body=kopf.Body(api.body("ClassificationTrain",
+                                                                                      "resnet18"))))
+    ctl.queue.run_ready()
+    api.set_mpijob_conditions("resnet18-train-g1", cond([("Succeeded", "True")]))
+    asyncio.run(kopf_handlers.on_mpijob_event(type="MODIFIED", body=kopf.Body(api.body("MPIJob",
+                                                                                      "resnet18-train-g1"))))
+    ctl.queue.run_ready()
     assert status(api)["phase"] == "Succeeded"
-    assert "MPIJob/pruned-g1" in api.creates  # the waiting prune was reconciled right away
+    assert "MPIJob/pruned-prune-g1" in api.creates  # the waiting prune was reconciled right away
 
 
-def test_kopf_registry_watches_three_kinds_and_mpijobs_without_finalizers():
+def test_kopf_registry_watches_kinds_mpijobs_pods_configmaps_without_finalizers():
     registry = kopf.get_default_registry()
     selectors = {h.selector.any_name or h.selector.plural for h in registry._watching._handlers}
-    assert {"classificationtrains", "classificationprunes", "classificationexports", "mpijobs"} <= selectors
+    assert {"classificationtrains", "classificationprunes", "classificationexports", "mpijobs", "pods",
+            "configmaps"} <= selectors
     # Timers, daemons and deletion handlers would put a finalizer on every resource, blocking deletion
     # whenever the operator is down: there must be none.
     assert registry._spawning._handlers == [] and registry._changing._handlers == []

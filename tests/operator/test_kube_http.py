@@ -27,8 +27,9 @@ def test_kube_api_calls(server):
     server.responses[("GET", "/apis/kubeflow.org/v2beta1/namespaces/ml/mpijobs/j")] = (404, {"message": "nf"})
     assert api.get("kubeflow.org/v2beta1", "MPIJob", "ml", "j") is None
     obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ml"}, "data": {"a": "b"}}
-    server.responses[("POST", "/api/v1/namespaces/ml/configmaps")] = (201, obj)
-    assert api.create(obj) is True
+    server.responses[("POST", "/api/v1/namespaces/ml/configmaps")] = (
+        201, {**obj, "metadata": {**obj["metadata"], "resourceVersion": "42"}})
+    assert api.create(obj) == "42"  # the created version: its watch event is known to be ours
     server.responses[("POST", "/api/v1/namespaces/ml/configmaps")] = (409, {"reason": "AlreadyExists"})
     assert api.create(obj) is False
     assert api.patch_status("kestrel.dev/v1alpha1", "ClassificationTrain", "ml", "r18", "u1", {"phase": "Running"})
@@ -53,6 +54,43 @@ def test_kube_api_raises_on_server_errors(server):
     server.responses[("GET", "/api/v1/namespaces/ml/configmaps/c")] = (403, {"message": "forbidden"})
     with pytest.raises(KubeError, match="HTTP 403: forbidden"):
         KubeApi(load_client_config()).get("v1", "ConfigMap", "ml", "c")
+
+
+def test_kube_api_lists_across_namespaces_patches_and_names_the_kind(server):
+    api = KubeApi(load_client_config())
+    server.responses[("GET", "/apis/kestrel.dev/v1alpha1/classificationtrains")] = (
+        200, {"kind": "ClassificationTrainList", "apiVersion": "kestrel.dev/v1alpha1",
+              "items": [{"metadata": {"name": "a", "namespace": "x"}}]})
+    items = api.list("kestrel.dev/v1alpha1", "ClassificationTrain", "")
+    assert items == [{"metadata": {"name": "a", "namespace": "x"}, "kind": "ClassificationTrain",
+                      "apiVersion": "kestrel.dev/v1alpha1"}]
+    api.list("v1", "Event", "ml", field_selector="involvedObject.name=p")
+    assert server.requests[-1]["query"] == "fieldSelector=involvedObject.name%3Dp"
+    assert api.patch("rbac.authorization.k8s.io/v1", "RoleBinding", "ml", "rb", {"subjects": []})
+    req = server.requests[-1]
+    assert (req["method"], req["path"], req["content_type"]) == (
+        "PATCH", "/apis/rbac.authorization.k8s.io/v1/namespaces/ml/rolebindings/rb", "application/merge-patch+json")
+    from kestrel_operator.kube import KubeError
+
+    server.responses[("POST", "/apis/kubeflow.org/v2beta1/namespaces/ml/mpijobs")] = (404, {"message": "nf"})
+    with pytest.raises(KubeError) as err:
+        api.create({"apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": {"name": "j",
+                                                                                         "namespace": "ml"}})
+    assert (err.value.status, err.value.kind) == (404, "MPIJob")
+
+
+def test_kube_api_without_a_server_raises_kube_error(tmp_path, monkeypatch):
+    with LoopbackApi() as srv:
+        config = srv.kubeconfig(tmp_path)
+    monkeypatch.setenv("KUBECONFIG", str(config))  # the server is gone: connection refused
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    from kestrel_operator.kube import KubeError
+
+    api = KubeApi(load_client_config(), timeout=2)
+    api.client.configuration.retries = 0
+    with pytest.raises(KubeError, match="no answer from the API server") as err:
+        api.get("v1", "ConfigMap", "ml", "c")
+    assert err.value.status == 0
 
 
 ENV = {"KESTREL_RESOURCE_GROUP": "kestrel.dev", "KESTREL_RESOURCE_VERSION": "v1alpha1",

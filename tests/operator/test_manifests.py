@@ -80,7 +80,7 @@ def test_train_objects_and_ownership(settings):
         assert labels["app.kubernetes.io/managed-by"] == "kestrel-operator"
         assert labels["kestrel.dev/classificationtrain"] == "resnet18"
     job = by_kind(plan, "MPIJob")[0]
-    assert job["metadata"]["name"] == "resnet18-g3"
+    assert job["metadata"]["name"] == "resnet18-train-g3"
     assert job["metadata"]["labels"]["kestrel.dev/generation"] == "3"
     assert by_kind(plan, "ConfigMap")[0]["data"]["spec.txt"] == TRAIN_SPEC
     assert plan.output.path == "/results/weights/resnet_012.tlt"

@@ -19,12 +19,15 @@ def test_settings_defaults_and_env():
     s = from_env({"KESTREL_DEFAULT_IMAGE": "reg/img:1", "KESTREL_GPUS_PER_NODE": "4",
                   "KESTREL_WATCH_NAMESPACES": " a, b ,", "KESTREL_LOG_LEVEL": "debug"})
     assert (s.default_image, s.gpus_per_node, s.watch_namespaces, s.log_level) == ("reg/img:1", 4, ("a", "b"), "DEBUG")
+    s = from_env({"KESTREL_RESYNC_SECONDS": "5", "KESTREL_WORKERS": "8"})
+    assert (s.resync_seconds, s.workers) == (5, 8)
 
 
 @pytest.mark.parametrize("env,needle", [
     ({"KESTREL_GPUS_PER_NODE": "eight"}, "KESTREL_GPUS_PER_NODE"),
     ({"KESTREL_GPUS_PER_NODE": "0"}, ">= 1"),
     ({"KESTREL_LOG_LEVEL": "LOUD"}, "KESTREL_LOG_LEVEL"),
+    ({"KESTREL_RESYNC_SECONDS": "0"}, "KESTREL_RESYNC_SECONDS"),
 ])
 def test_bad_settings_name_the_variable(env, needle):
     with pytest.raises(SettingsError, match=needle):

@@ -25,7 +25,7 @@ def job(*conds, name="x-g1"):
     ((("Created", "True"), ("Running", "False"), ("Restarting", "True")), "Running", "MPIJobRestarting"),
     ((("Created", "True"), ("Running", "True"), ("Succeeded", "True")), "Succeeded", "MPIJobSucceeded"),
     ((("Created", "True"), ("Running", "False"), ("Failed", "True")), "Failed", "MPIJobFailed"),
-    ((("Created", "True"), ("Suspended", "True")), "Pending", "MPIJobSuspended"),
+    ((("Created", "True"), ("Suspended", "True")), "Suspended", "MPIJobSuspended"),
 ])
 def test_phase_from_conditions(conds, phase, reason):
     p = phase_of(job(*conds))
@@ -88,5 +88,6 @@ def test_differs_and_transition_event():
     assert compute.differs({}, patch)
     applied = {k: v for k, v in patch.items() if v is not None}
     assert not compute.differs(applied, compute.invalid_status(applied, 1, "bad", now="LATER"))
-    assert compute.transition_event({}, patch) == ("Warning", "InvalidSpec", "Failed: bad")
+    assert compute.transition_event({}, patch) == ("Warning", "InvalidSpec", f"Failed: {patch['message']}")
+    assert patch["message"].startswith("bad (fix the resource")
     assert compute.transition_event(applied, patch) is None

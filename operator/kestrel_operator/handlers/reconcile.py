@@ -4,56 +4,87 @@ Level-triggered and idempotent: it looks at what exists (by deterministic names 
 only what is missing, so running it twice, concurrently, or after an operator restart changes nothing
 the second time. It talks to the API only through `api` (kube.KubeApi, or an in-memory double in tests).
 
-A new `metadata.generation` (any change to `spec`) supersedes the running run: its MPIJob and spec
-ConfigMap are deleted and a new run named `<name>-g<generation>` starts (GitOps retraining).
+Runs and spec edits. A run is identified by its run hash (the spec without suspend,
+activeDeadlineSeconds and tolerations; `resources.parse.run_hash`), labelled on its MPIJob:
+- an edit that keeps the hash is applied to the running MPIJob in place (no restart);
+- any other edit stops the old run (its MPIJob is deleted) and starts `<name>-<task>-g<generation>`
+  only once every pod of the old run is gone, so two runs never write the same results together;
+- an edit the operator rejects (InvalidSpec) stops the old run too: status and cluster agree.
+A finished run whose MPIJob is removed keeps its result; an unfinished one is started again.
+
+An API error is recorded in status (reason APIError, or MPIJobCRDMissing) with an Event, then raised:
+the work queue retries the key with backoff.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
+from kestrel_operator.kube import KubeError
 from kestrel_operator.manifests import names
 from kestrel_operator.manifests.build import (
     INPUT_MODEL_ANNOTATION,
     MPIJOB_API_VERSION,
     OUTPUT_ANNOTATION,
     decode_output,
+    in_place_fields,
+    in_place_patch,
     model_ref_of,
     plan_run,
 )
 from kestrel_operator.manifests.outputs import OutputLocation
-from kestrel_operator.resources import InvalidSpec, parse_resource
-from kestrel_operator.resources.types import Resource
+from kestrel_operator.resources import InvalidSpec, parse_meta, parse_resource
+from kestrel_operator.resources.types import Resource, ResourceMeta
 from kestrel_operator.settings import Settings
 from kestrel_operator.status import compute
-from kestrel_operator.status.phase import FAILED, SUCCEEDED
+from kestrel_operator.status import reasons as r
+from kestrel_operator.status.phase import FAILED, SUCCEEDED, phase_of
+from kestrel_operator.status.pods import Cause, failure_cause, pod_cause, stuck_creating
 
 log = logging.getLogger(__name__)
 
+# Come back this soon while an old run's pods terminate, or while pods wait on volumes (their Events
+# change without the pod changing).
+OLD_RUN_POLL_SECONDS = 2.0
+STUCK_POLL_SECONDS = 15.0
 
 
 class Api(Protocol):
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]: ...
-    def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "") -> list[dict]: ...
-    def create(self, obj: Mapping[str, Any]) -> bool: ...
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str = "",
+             field_selector: str = "") -> list[dict]: ...
+    def create(self, obj: Mapping[str, Any]) -> str | bool: ...
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool: ...
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
-                     status_patch: Mapping[str, Any]) -> bool: ...
+                     status_patch: Mapping[str, Any]) -> str | bool: ...
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None: ...
 
 
 @dataclass
 class Outcome:
-    """What one pass did: the status patch (None if nothing changed) and the events it posted."""
+    """What one pass did: the status patch (None if nothing changed), the events it posted, and what the
+    work queue should do next (come back after `requeue_after`, watch a ConfigMap, wake dependents)."""
 
     status_patch: Optional[dict[str, Any]] = None
     events: list[tuple[str, str, str]] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    requeue_after: Optional[float] = None
+    waits_for_configmap: Optional[str] = None
+    succeeded: bool = False
+    # resourceVersions this pass wrote, with the resource's generation it reconciled (None for MPIJobs it
+    # created): a watch event of exactly that version and generation carries nothing new.
+    written: list[tuple[str, Optional[int]]] = field(default_factory=list)
+
+
+class NameConflict(Exception):
+    """An object with one of our deterministic names exists and is not ours."""
 
 
 def utcnow() -> str:
@@ -69,10 +100,55 @@ def _selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _generation_of(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(_labels(obj).get(names.GENERATION_LABEL) or 0)
+    except ValueError:
+        return 0
+
+
+def _same_run(job: Mapping[str, Any], meta: ResourceMeta) -> bool:
+    """Is `job` the run of the resource's current spec? By run hash; an MPIJob made before run hashes
+    existed (no label) counts when it is of the current generation, so upgrading the operator restarts
+    nothing."""
+    labels = _labels(job)
+    if names.RUN_HASH_LABEL in labels:
+        return labels[names.RUN_HASH_LABEL] == meta.run_hash
+    return labels.get(names.GENERATION_LABEL) == str(meta.generation)
+
+
+def api_error_status(err: KubeError) -> tuple[str, str]:
+    """(reason, message) for a failed API call; the message says what to do."""
+    if err.kind == "MPIJob" and err.status == 404:
+        return r.MPIJOB_CRD_MISSING, (
+            f"{err}. The API server does not serve MPIJobs (kubeflow.org/v2beta1): install the Kubeflow MPI "
+            "Operator (v0.5 or later) and its CRD; the operator retries with backoff.")
+    if err.status in (401, 403):
+        return r.API_ERROR, (f"{err}. The operator's ServiceAccount lacks a permission (docs/operator.md, RBAC "
+                             "lists what it needs); the operator retries with backoff.")
+    return r.API_ERROR, f"{err}. The operator retries with backoff."
+
+
 class Reconciler:
     def __init__(self, api: Api, settings: Settings) -> None:
         self.api = api
         self.settings = settings
+        # Told of each write as it happens (body of the resource, resourceVersion, generation or None), so a
+        # watch event for it that arrives while the pass still runs is already known to be ours.
+        self.on_write: Optional[Callable[[Mapping[str, Any], str, Optional[int]], None]] = None
+
+    def _wrote(self, body: Mapping[str, Any], out: Outcome, version: str, generation: Optional[int]) -> None:
+        out.written.append((version, generation))
+        if self.on_write is not None:
+            self.on_write(body, version, generation)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _event(self, body: Mapping[str, Any], out: Outcome, etype: str, reason: str, message: str) -> None:
@@ -81,31 +157,35 @@ class Reconciler:
 
     def _finish(self, body: Mapping[str, Any], old: Mapping[str, Any], patch: dict[str, Any], out: Outcome) -> Outcome:
         transition = compute.transition_event(old, patch)
-        if transition is not None:
+        # A Normal transition right after this pass's own Event ("created MPIJob ...") would say it twice.
+        if transition is not None and not (transition[0] == "Normal" and out.events):
             self._event(body, out, *transition)
         if compute.differs(old, patch):
             meta = body["metadata"]
-            self.api.patch_status(body["apiVersion"], body["kind"], meta["namespace"], meta["name"],
-                                  meta.get("uid", ""), patch)
+            version = self.api.patch_status(body["apiVersion"], body["kind"], meta["namespace"], meta["name"],
+                                            meta.get("uid", ""), patch)
+            if isinstance(version, str):
+                self._wrote(body, out, version, int(meta.get("generation") or 1))
             out.status_patch = patch
+        if patch.get("phase") == SUCCEEDED and old.get("phase") != SUCCEEDED:
+            out.succeeded = True
         return out
 
-    def _supersede_old_runs(self, body: Mapping[str, Any], res: Resource, out: Outcome) -> None:
-        """Delete MPIJobs and spec ConfigMaps of other generations (restart on spec change)."""
-        meta = res.meta
-        selector = _selector(names.owner_labels(meta))
-        for api_version, kind in ((MPIJOB_API_VERSION, "MPIJob"), ("v1", "ConfigMap")):
-            for obj in self.api.list(api_version, kind, meta.namespace, selector):
-                m = obj.get("metadata") or {}
-                gen = (m.get("labels") or {}).get(names.GENERATION_LABEL)
-                if gen is None or gen == str(meta.generation) or not _owned_by(obj, meta.uid):
-                    continue
-                if self.api.delete(api_version, kind, meta.namespace, m["name"], m.get("uid", "")):
-                    out.deleted.append(f"{kind}/{m['name']}")
-                    if kind == "MPIJob":
-                        self._event(body, out, "Normal", "SpecChanged",
-                                    f"spec changed (generation {meta.generation}): deleted MPIJob {m['name']} "
-                                    f"of generation {gen}; a new run starts")
+    def _owned(self, api_version: str, kind: str, meta: ResourceMeta) -> list[dict[str, Any]]:
+        found = self.api.list(api_version, kind, meta.namespace, _selector(names.owner_labels(meta)))
+        return [o for o in found if _owned_by(o, meta.uid)]
+
+    def _stop_runs(self, body: Mapping[str, Any], meta: ResourceMeta, jobs: list[dict[str, Any]],
+                   keep: Optional[Mapping[str, Any]], why: str, out: Outcome) -> None:
+        """Delete every run's MPIJob but `keep` (background: the garbage collector takes their pods)."""
+        for job in jobs:
+            m = job.get("metadata") or {}
+            if job is keep or m.get("deletionTimestamp"):
+                continue
+            if self.api.delete(MPIJOB_API_VERSION, "MPIJob", meta.namespace, m["name"], m.get("uid", "")):
+                out.deleted.append(f"MPIJob/{m['name']}")
+                self._event(body, out, "Normal", r.SPEC_CHANGED,
+                            f"{why}: stopped run {m['name']} (generation {_labels(job).get(names.GENERATION_LABEL)})")
 
     def _spec_text(self, res: Resource) -> tuple[Optional[str], Optional[str]]:
         """(text, None) or (None, why it is missing)."""
@@ -116,11 +196,12 @@ class Reconciler:
         if ref is None:
             return None, None
         cm = self.api.get("v1", "ConfigMap", res.meta.namespace, ref.name)
+        advice = "; the run starts as soon as it does (the operator watches ConfigMaps)"
         if cm is None:
-            return None, f"spec.experimentSpecRef: ConfigMap {ref.name} not found"
+            return None, f"spec.experimentSpecRef: ConfigMap {ref.name} not found: create it{advice}"
         text = (cm.get("data") or {}).get(ref.key)
         if text is None:
-            return None, f"spec.experimentSpecRef: ConfigMap {ref.name} has no key {ref.key!r}"
+            return None, f"spec.experimentSpecRef: ConfigMap {ref.name} has no key {ref.key!r}: add it{advice}"
         return text, None
 
     def _upstream(self, res: Resource) -> tuple[Optional[OutputLocation], Optional[tuple[str, str]]]:
@@ -131,18 +212,42 @@ class Reconciler:
         src = self.api.get(res.meta.api_version, ref.source_kind, res.meta.namespace, ref.source_name or "")
         what = f"{ref.source_kind} {ref.source_name}"
         if src is None:
-            return None, ("WaitingForModel", f"waiting for {what}: not found")
+            return None, (r.WAITING_FOR_MODEL, f"waiting for {what}: not found (create it, or fix the reference)")
         status = src.get("status") or {}
         phase = status.get("phase") or "Pending"
         if phase == FAILED:
-            return None, ("ModelSourceFailed", f"{what} failed ({status.get('reason')}): {status.get('message')}")
+            return None, (r.MODEL_SOURCE_FAILED, f"{what} failed ({status.get('reason')}): {status.get('message')} "
+                                                 f"Fix {what}; this run starts when it succeeds.")
         loc = OutputLocation.from_status(status) if phase == SUCCEEDED else None
         if loc is None or status.get("observedGeneration") != (src.get("metadata") or {}).get("generation"):
-            return None, ("WaitingForModel", f"waiting for {what} to succeed (now {phase})")
+            return None, (r.WAITING_FOR_MODEL, f"waiting for {what} to succeed (now {phase})")
         return loc, None
+
+    def _apply(self, body: Mapping[str, Any], obj: Mapping[str, Any], meta: ResourceMeta, out: Outcome) -> None:
+        """Create `obj`; if it exists and is ours, bring what we manage up to date (RoleBinding subjects,
+        Role rules: a changed serviceAccountName must reach the binding), else raise NameConflict."""
+        m = obj["metadata"]
+        version = self.api.create(obj)
+        if version:
+            out.created.append(f"{obj['kind']}/{m['name']}")
+            if obj["kind"] == "MPIJob" and isinstance(version, str):
+                self._wrote(body, out, version, None)
+            return
+        existing = self.api.get(obj["apiVersion"], obj["kind"], m["namespace"], m["name"])
+        if existing is None:
+            raise KubeError(f"create {obj['kind']} {m['namespace']}/{m['name']}: exists, then vanished", 409,
+                            obj["kind"])
+        if not _owned_by(existing, meta.uid):
+            raise NameConflict(f"{obj['kind']} {m['name']} exists and is not owned by this resource: delete or "
+                               "rename it (the operator never overwrites it)")
+        managed = {"RoleBinding": "subjects", "Role": "rules"}.get(obj["kind"])
+        if managed and existing.get(managed) != obj.get(managed):
+            self.api.patch(obj["apiVersion"], obj["kind"], m["namespace"], m["name"], {managed: obj[managed]})
+            out.updated.append(f"{obj['kind']}/{m['name']}")
 
     # -- the pass --------------------------------------------------------------------------------
     def reconcile(self, body: Mapping[str, Any], now: Optional[str] = None) -> Outcome:
+        """One pass. An API error is recorded in status (best effort) and raised for the retry."""
         now = now or utcnow()
         out = Outcome()
         meta = body.get("metadata") or {}
@@ -151,42 +256,143 @@ class Reconciler:
         old = body.get("status") or {}
         generation = int(meta.get("generation") or 1)
         try:
+            return self._pass(body, old, generation, now, out)
+        except KubeError as err:
+            reason, message = api_error_status(err)
+            try:
+                self._finish(body, old, compute.error_status(old, generation, reason, message, now), out)
+            except KubeError as again:
+                log.warning("could not record %s in status: %s", reason, again)
+            raise
+
+    def _pass(self, body: Mapping[str, Any], old: Mapping[str, Any], generation: int, now: str,
+              out: Outcome) -> Outcome:
+        try:
             res = parse_resource(body, self.settings)
+        except InvalidSpec as err:
+            meta = parse_meta(body)
+            jobs = self._owned(MPIJOB_API_VERSION, "MPIJob", meta)
+            self._stop_runs(body, meta, jobs, None, f"spec is invalid (generation {generation})", out)
+            return self._finish(body, old, compute.invalid_status(old, generation, err.message, now), out)
+
+        meta = res.meta
+        jobs = self._owned(MPIJOB_API_VERSION, "MPIJob", meta)
+        live = [j for j in jobs if not (j.get("metadata") or {}).get("deletionTimestamp")]
+        same = [j for j in live if _same_run(j, meta)]
+        current = max(same, key=_generation_of) if same else None
+        self._stop_runs(body, meta, jobs, current, f"spec changed (generation {generation})", out)
+        if current is None:
+            return self._start_run(body, res, old, generation, jobs, now, out)
+        current = self._update_in_place(body, res, current, out)
+        return self._mirror(body, res, old, generation, current, now, out)
+
+    def _update_in_place(self, body: Mapping[str, Any], res: Resource, job: dict[str, Any],
+                         out: Outcome) -> dict[str, Any]:
+        """suspend, activeDeadlineSeconds, tolerations: patched into the running MPIJob, no restart."""
+        patch = in_place_patch(job, in_place_fields(res))
+        if patch is None:
+            return job
+        name = _name(job)
+        if self.api.patch(MPIJOB_API_VERSION, "MPIJob", res.meta.namespace, name, patch):
+            out.updated.append(f"MPIJob/{name}")
+            changed = ", ".join(sorted({*patch["spec"].get("runPolicy", {}),
+                                        *(["tolerations"] if "mpiReplicaSpecs" in patch["spec"] else [])}))
+            self._event(body, out, "Normal", r.RUN_UPDATED,
+                        f"applied {changed} to run {name} in place (no restart; pods created from now on get "
+                        "the new tolerations)")
+            fresh = self.api.get(MPIJOB_API_VERSION, "MPIJob", res.meta.namespace, name)
+            return fresh or job
+        return job
+
+    def _start_run(self, body: Mapping[str, Any], res: Resource, old: Mapping[str, Any], generation: int,
+                   jobs: list[dict[str, Any]], now: str, out: Outcome) -> Outcome:
+        meta = res.meta
+        job_name = names.mpijob_name(meta)
+        this_run = old.get("observedGeneration") == generation and old.get("mpiJobName")
+        if this_run and old.get("phase") in (SUCCEEDED, FAILED) and old.get("reason") != r.INVALID_SPEC:
+            return out  # its MPIJob was removed after it finished: the result stands, nothing re-runs
+
+        again = bool(this_run) and old.get("mpiJobName") == job_name  # its MPIJob was deleted by hand
+        # A first generation that never had a run (no MPIJob, nothing in status) has no pods to wait for.
+        first = generation == 1 and not old.get("mpiJobName") and old.get("reason") != r.WAITING_FOR_OLD_RUN
+        pods = [] if first else self.api.list("v1", "Pod", meta.namespace, _selector(names.owner_labels(meta)))
+        if jobs or pods:
+            out.requeue_after = OLD_RUN_POLL_SECONDS
+            what = (f"MPIJob {job_name} was deleted before the run finished: waiting for its pods to terminate "
+                    "before starting it again" if again and not jobs else
+                    f"waiting for the previous run to stop before starting generation {generation}")
+            message = f"{what}: {len(jobs)} MPIJob(s), {len(pods)} pod(s) left"
+            patch = compute.waiting_status(old, generation, r.WAITING_FOR_OLD_RUN, message, now,
+                                           job_name if again else None)
+            return self._finish(body, old, patch, out)
+
+        text, missing = self._spec_text(res)
+        if missing:
+            out.waits_for_configmap = res.run.experiment_spec_ref.name if res.run.experiment_spec_ref else None
+            return self._finish(body, old, compute.waiting_status(old, generation, r.SPEC_NOT_FOUND, missing, now),
+                                out)
+        upstream, wait = self._upstream(res)
+        if wait:
+            return self._finish(body, old, compute.waiting_status(old, generation, *wait, now), out)
+        try:
+            plan = plan_run(res, text, upstream)
         except InvalidSpec as err:
             return self._finish(body, old, compute.invalid_status(old, generation, err.message, now), out)
 
-        self._supersede_old_runs(body, res, out)
-        job_name = names.mpijob_name(res.meta)
-        job = self.api.get(MPIJOB_API_VERSION, "MPIJob", res.meta.namespace, job_name)
-        if job is not None and not _owned_by(job, res.meta.uid):
-            patch = compute.waiting_status(old, generation, "NameConflict",
-                                           f"MPIJob {job_name} exists and is not owned by this resource")
-            return self._finish(body, old, patch, out)
-
-        if job is None:
-            text, missing = self._spec_text(res)
-            if missing:
-                return self._finish(body, old, compute.waiting_status(old, generation, "SpecNotFound", missing), out)
-            upstream, wait = self._upstream(res)
-            if wait:
-                return self._finish(body, old, compute.waiting_status(old, generation, *wait), out)
-            try:
-                plan = plan_run(res, text, upstream)
-            except InvalidSpec as err:
-                return self._finish(body, old, compute.invalid_status(old, generation, err.message, now), out)
+        if generation > 1:  # spec ConfigMaps of earlier runs (their pods are gone)
+            for cm in self._owned("v1", "ConfigMap", meta):
+                if _generation_of(cm) not in (0, generation) and self.api.delete(
+                        "v1", "ConfigMap", meta.namespace, _name(cm), (cm.get("metadata") or {}).get("uid", "")):
+                    out.deleted.append(f"ConfigMap/{_name(cm)}")
+        try:
             for obj in plan.objects:
-                if self.api.create(obj):
-                    out.created.append(f"{obj['kind']}/{obj['metadata']['name']}")
-            m = plan.mapping
-            self._event(body, out, "Normal", "MPIJobCreated",
-                        f"created MPIJob {job_name}: {m.ranks} rank(s) x {m.gpus_per_rank} GPU(s), "
-                        f"{max(m.workers, 1)} pod(s) with {m.gpus_per_pod} GPU(s) each")
-            job = self.api.get(MPIJOB_API_VERSION, "MPIJob", res.meta.namespace, job_name)
+                self._apply(body, obj, meta, out)
+        except NameConflict as err:
+            return self._finish(body, old, compute.waiting_status(old, generation, r.NAME_CONFLICT, str(err), now),
+                                out)
+        m = plan.mapping
+        what = (f"{m.ranks} rank(s) x {m.gpus_per_rank} GPU(s), {max(m.workers, 1)} pod(s) with "
+                f"{m.gpus_per_pod} GPU(s) each")
+        if again:
+            self._event(body, out, "Warning", r.MPIJOB_RECREATED,
+                        f"MPIJob {job_name} was deleted before the run finished: started it again ({what}). To "
+                        "stop a run, set spec.suspend: true or delete the resource.")
+        else:
+            self._event(body, out, "Normal", r.MPIJOB_CREATED, f"created MPIJob {job_name}: {what}")
+        return self._mirror(body, res, old, generation, plan.objects[-1], now, out, fresh=True)
 
-        annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
-        patch = compute.run_status(old, generation, job, job_name, decode_output(annotations.get(OUTPUT_ANNOTATION)),
-                                   annotations.get(INPUT_MODEL_ANNOTATION), now)
+    def _mirror(self, body: Mapping[str, Any], res: Resource, old: Mapping[str, Any], generation: int,
+                job: Mapping[str, Any], now: str, out: Outcome, fresh: bool = False) -> Outcome:
+        """Status from the run's MPIJob, with the pods' story when they are stuck or the trainer failed."""
+        annotations = (job.get("metadata") or {}).get("annotations") or {}
+        name = _name(job)
+        cause = None if fresh else self._pod_cause(res, old, generation, job, out)
+        patch = compute.run_status(old, generation, job, name, decode_output(annotations.get(OUTPUT_ANNOTATION)),
+                                   annotations.get(INPUT_MODEL_ANNOTATION), now, cause)
         return self._finish(body, old, patch, out)
+
+    def _pod_cause(self, res: Resource, old: Mapping[str, Any], generation: int, job: Mapping[str, Any],
+                   out: Outcome) -> Optional[Cause]:
+        ph = phase_of(job)
+        if ph.phase == SUCCEEDED or not (job.get("status") or {}).get("conditions"):
+            return None  # done, or the MPI Operator has not made any pod yet
+        name = _name(job)
+        if ph.phase == FAILED and old.get("mpiJobName") == name and old.get("phase") == FAILED:
+            # Already explained for this run: the launcher pod may be gone by now.
+            explained = old.get("reason") in (r.TRAINER_FAILED, r.WORKER_EVICTED)
+            return Cause(str(old["reason"]), str(old.get("message") or "")) if explained else None
+        run = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
+        pods = self.api.list("v1", "Pod", res.meta.namespace, _selector(run))
+        if ph.phase == FAILED:
+            return failure_cause(pods)
+        events: list[dict[str, Any]] = []
+        for pod in stuck_creating(pods)[:3]:
+            events += self.api.list("v1", "Event", res.meta.namespace,
+                                    field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}")
+        cause = pod_cause(pods, events, res.run.key_secret.name, res.run.image)
+        if cause is None and stuck_creating(pods):
+            out.requeue_after = STUCK_POLL_SECONDS
+        return cause
 
     def dependents(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Resources in the namespace that wait for `body`'s model (re-reconciled when it succeeds)."""

@@ -6,6 +6,7 @@ Order matters only for readability of `render`: RBAC, then the spec ConfigMap, t
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -13,7 +14,8 @@ from kestrel_operator.manifests import names
 from kestrel_operator.manifests.commands import SPEC_FILE, launcher_command, trainer_command
 from kestrel_operator.manifests.gpu_mapping import GpuMapping, map_gpus
 from kestrel_operator.manifests.outputs import ModelSource, OutputLocation, model_source, output_location
-from kestrel_operator.manifests.pods import pod_template, trainer_env, volumes_and_mounts
+from kestrel_operator.manifests.pods import pod_template, trainer_env, user_env, volumes_and_mounts
+from kestrel_operator.resources.defaults import KUEUE_QUEUE_LABEL
 from kestrel_operator.resources.errors import InvalidSpec
 from kestrel_operator.resources.spec_text import check_spec_text, with_pretrained_model
 from kestrel_operator.resources.types import ModelRef, Resource, TrainResource
@@ -106,7 +108,7 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
     labels = names.run_labels(meta)
     volumes, mounts = volumes_and_mounts(res, configmap, model.volume if model else None)
     trainer = trainer_command(res, mapping, model.path if model else None, configmap is not None)
-    command = launcher_command(trainer, mapping)
+    command = launcher_command(trainer, mapping, [e["name"] for e in res.run.env])
 
     def common() -> dict[str, Any]:
         # Fresh copies per template: shared lists would become YAML anchors in `render`.
@@ -121,6 +123,11 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
     run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": res.run.backoff_limit}
     if res.run.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = res.run.active_deadline_seconds
+    if res.run.suspend:
+        run_policy["suspend"] = True
+    gang = _scheduling_policy(res)
+    if gang:
+        run_policy["schedulingPolicy"] = gang
     spec: dict[str, Any] = {
         "slotsPerWorker": mapping.slots_per_worker,
         "runLauncherAsWorker": mapping.launcher_as_worker,
@@ -136,16 +143,70 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
             "replicas": mapping.workers,
             "restartPolicy": "OnFailure",
             "template": pod_template(
-                res, container="worker", command=WORKER_COMMAND[:1], args=WORKER_COMMAND[1:], env=[],
+                res, container="worker", command=WORKER_COMMAND[:1], args=WORKER_COMMAND[1:], env=user_env(res),
                 gpus=mapping.gpus_per_pod, runs_ranks=True, **common(),
             ),
         }
-    return {
-        "apiVersion": MPIJOB_API_VERSION,
-        "kind": "MPIJob",
-        "metadata": names.object_meta(meta, name, per_run=True),
-        "spec": spec,
+    metadata = names.object_meta(meta, name, per_run=True)
+    metadata["labels"] = {**res.run.labels, **metadata["labels"]}  # type: ignore[dict-item]
+    if res.run.queue_name:
+        metadata["labels"][KUEUE_QUEUE_LABEL] = res.run.queue_name  # type: ignore[index]
+    metadata["annotations"] = dict(res.run.annotations)
+    return {"apiVersion": MPIJOB_API_VERSION, "kind": "MPIJob", "metadata": metadata, "spec": spec}
+
+
+def _scheduling_policy(res: Resource) -> dict[str, Any]:
+    """runPolicy.schedulingPolicy; the MPI Operator makes a Volcano or coscheduler PodGroup from it."""
+    p = res.run.scheduling_policy
+    if p is None:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in (("minAvailable", p.min_available), ("queue", p.queue), ("priorityClass", p.priority_class),
+                       ("scheduleTimeoutSeconds", p.schedule_timeout_seconds)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def in_place_fields(res: Resource) -> dict[str, Any]:
+    """What a run takes without restarting (resources.defaults.IN_PLACE_FIELDS), as the MPIJob holds it:
+    {"suspend", "activeDeadlineSeconds", "tolerations"}. With a Kueue queue, Kueue owns suspend."""
+    out: dict[str, Any] = {
+        "activeDeadlineSeconds": res.run.active_deadline_seconds,
+        "tolerations": [dict(t) for t in res.run.tolerations] or None,
     }
+    if not res.run.queue_name:
+        out["suspend"] = res.run.suspend
+    return out
+
+
+def in_place_of(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The same fields read from an existing MPIJob."""
+    spec = job.get("spec") or {}
+    policy = spec.get("runPolicy") or {}
+    launcher = (((spec.get("mpiReplicaSpecs") or {}).get("Launcher") or {}).get("template") or {}).get("spec") or {}
+    return {"activeDeadlineSeconds": policy.get("activeDeadlineSeconds"),
+            "tolerations": launcher.get("tolerations") or None,
+            "suspend": bool(policy.get("suspend"))}
+
+
+def in_place_patch(job: Mapping[str, Any], wanted: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """A JSON merge patch bringing `job` to `wanted` (in_place_fields), or None when it already matches."""
+    have = in_place_of(job)
+    changed = {k: v for k, v in wanted.items() if have.get(k) != v}
+    if not changed:
+        return None
+    spec: dict[str, Any] = {}
+    policy = {k: changed[k] for k in ("suspend", "activeDeadlineSeconds") if k in changed}
+    if "suspend" in policy and not policy["suspend"]:
+        policy["suspend"] = False
+    if policy:
+        spec["runPolicy"] = policy
+    if "tolerations" in changed:
+        replicas = (job.get("spec") or {}).get("mpiReplicaSpecs") or {}
+        spec["mpiReplicaSpecs"] = {role: {"template": {"spec": {"tolerations": changed["tolerations"]}}}
+                                   for role in replicas}
+    return {"spec": spec}
 
 
 def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputLocation] = None) -> RunPlan:
@@ -176,7 +237,7 @@ def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputL
     job_name = names.mpijob_name(res.meta)
     output = output_location(res, experiment)
     job = _mpijob(res, mapping, job_name, configmap, model, service_account)
-    job["metadata"]["annotations"] = {OUTPUT_ANNOTATION: encode_output(output)}
+    job["metadata"]["annotations"][OUTPUT_ANNOTATION] = encode_output(output)
     if model is not None:
         job["metadata"]["annotations"][INPUT_MODEL_ANNOTATION] = model.path
     objects.append(job)

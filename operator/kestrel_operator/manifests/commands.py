@@ -6,6 +6,7 @@ The model key never appears here: it reaches the trainer as the environment vari
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 from kestrel_operator.manifests.gpu_mapping import GpuMapping
@@ -78,11 +79,15 @@ def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str
     return cmd
 
 
-def launcher_command(trainer: list[str], mapping: GpuMapping) -> list[str]:
-    """One rank: run the trainer in the launcher pod itself. More: mpirun over the worker pods."""
+def launcher_command(trainer: list[str], mapping: GpuMapping, user_env: Sequence[str] = ()) -> list[str]:
+    """One rank: run the trainer in the launcher pod itself. More: mpirun over the worker pods, forwarding
+    our environment and the names in spec.env (a user's NCCL_DEBUG replaces our NCCL_DEBUG=INFO)."""
     if mapping.ranks == 1:
         return trainer
     cmd = ["mpirun", "-np", str(mapping.ranks), *MPIRUN_FLAGS]
     for name in MPIRUN_ENV:
+        if name.partition("=")[0] not in user_env:
+            cmd += ["-x", name]
+    for name in user_env:
         cmd += ["-x", name]
     return [*cmd, *MPIRUN_MCA, *trainer]

@@ -1,7 +1,9 @@
 """Deterministic names, labels and owner references for everything a resource owns.
 
 Names are a pure function of (kind, name, generation), so an operator restart finds what it already
-created instead of creating a duplicate, and a new generation gets a new run with a new name.
+created instead of creating a duplicate, and a new generation gets a new run with a new name. Every
+name carries the kind's task (`train`, `prune`, `export`): a ClassificationTrain and a
+ClassificationPrune may share a name, their objects may not.
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import hashlib
 
 from kestrel_operator import MANAGED_BY
-from kestrel_operator.resources.types import ResourceMeta
+from kestrel_operator.resources.types import TASKS, ResourceMeta
 
 # The MPI Operator names pods `<mpijob>-worker-<i>` and `<mpijob>-launcher-<5>`; those are also host
 # names (DNS labels, <= 63 characters), so an MPIJob name stays well below that.
 MAX_MPIJOB_NAME = 45
 MAX_NAME = 63
 GENERATION_LABEL = "kestrel.dev/generation"
+# The run's identity (resources.parse.run_hash): an edit that keeps it (suspend, activeDeadlineSeconds,
+# tolerations) updates the run in place instead of starting a new one.
+RUN_HASH_LABEL = "kestrel.dev/run-hash"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 
@@ -40,20 +45,27 @@ def label_value(name: str) -> str:
     return name if len(name) <= MAX_NAME else _fit(name, "", MAX_NAME)
 
 
-def mpijob_name(meta: ResourceMeta) -> str:
-    return _fit(meta.name, f"-g{meta.generation}", MAX_MPIJOB_NAME)
+def _task(meta: ResourceMeta) -> str:
+    return TASKS[meta.kind]
 
 
-def configmap_name(meta: ResourceMeta) -> str:
-    return _fit(meta.name, f"-g{meta.generation}-spec", MAX_NAME)
+def mpijob_name(meta: ResourceMeta, generation: int | None = None) -> str:
+    """`<name>-<task>-g<generation>`: the run of one generation (default: the resource's current one)."""
+    gen = meta.generation if generation is None else generation
+    return _fit(meta.name, f"-{_task(meta)}-g{gen}", MAX_MPIJOB_NAME)
+
+
+def configmap_name(meta: ResourceMeta, generation: int | None = None) -> str:
+    gen = meta.generation if generation is None else generation
+    return _fit(meta.name, f"-{_task(meta)}-g{gen}-spec", MAX_NAME)
 
 
 def service_account_name(meta: ResourceMeta) -> str:
-    return _fit(meta.name, "-kestrel-trainer", MAX_NAME)
+    return _fit(meta.name, f"-{_task(meta)}-kestrel", MAX_NAME)
 
 
 def role_name(meta: ResourceMeta) -> str:
-    return _fit(meta.name, "-kestrel-status", MAX_NAME)
+    return _fit(meta.name, f"-{_task(meta)}-kestrel-status", MAX_NAME)
 
 
 def owner_labels(meta: ResourceMeta) -> dict[str, str]:
@@ -63,7 +75,8 @@ def owner_labels(meta: ResourceMeta) -> dict[str, str]:
 
 def run_labels(meta: ResourceMeta) -> dict[str, str]:
     """Labels of one run (one generation): also set on its pods so `kubectl get pods -l` finds them."""
-    return {**owner_labels(meta), "app.kubernetes.io/name": "kestrel", GENERATION_LABEL: str(meta.generation)}
+    return {**owner_labels(meta), "app.kubernetes.io/name": "kestrel", GENERATION_LABEL: str(meta.generation),
+            RUN_HASH_LABEL: meta.run_hash}
 
 
 def owner_reference(meta: ResourceMeta) -> dict[str, object]:

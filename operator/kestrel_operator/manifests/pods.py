@@ -6,6 +6,7 @@ the same paths wherever it runs, and runs as a non-root user without privilege e
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Optional
 
 from kestrel_operator.manifests.commands import KEY_ENV, SPEC_DIR, SPEC_FILE
@@ -15,8 +16,9 @@ from kestrel_operator.resources.types import Resource, VolumeSpec
 RUN_AS_USER = 1000
 SHM_VOLUME = "shm"
 SPEC_VOLUME = "spec"
-# Resources of a launcher that only runs mpirun (its ranks run on the workers).
-MPIRUN_LAUNCHER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}}
+# Resources of a launcher that only runs mpirun (its ranks run on the workers); limits too, so namespaces whose
+# ResourceQuota covers limits.cpu/limits.memory admit it. spec.launcherResources overrides per entry.
+MPIRUN_LAUNCHER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 
 
 def _claim_volumes(mounts: list[tuple[str, VolumeSpec]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -61,10 +63,19 @@ def volumes_and_mounts(
     return volumes, mounts
 
 
+def user_env(res: Resource) -> list[dict[str, Any]]:
+    """spec.env as given (NCCL_*, proxies), on every container that runs the trainer or sshd."""
+    return [dict(e) for e in res.run.env]
+
+
 def trainer_env(res: Resource, run_name: str) -> list[dict[str, Any]]:
-    """The key from the Secret, and who the trainer is (to patch its own status)."""
+    """The key from the Secret, and who the trainer is (to patch its own status); then spec.env."""
     meta = res.meta
     group, _, version = meta.api_version.partition("/")
+    return [*_own_env(res, run_name, meta, group, version), *user_env(res)]
+
+
+def _own_env(res: Resource, run_name: str, meta: Any, group: str, version: str) -> list[dict[str, Any]]:
     return [
         {"name": KEY_ENV, "valueFrom": {"secretKeyRef": {"name": res.run.key_secret.name,
                                                          "key": res.run.key_secret.key}}},
@@ -80,7 +91,10 @@ def trainer_env(res: Resource, run_name: str) -> list[dict[str, Any]]:
 
 def _resources(res: Resource, gpus: int, runs_ranks: bool) -> dict[str, Any]:
     if not runs_ranks:
-        return {k: dict(v) for k, v in MPIRUN_LAUNCHER_RESOURCES.items()}
+        out = {k: dict(v) for k, v in MPIRUN_LAUNCHER_RESOURCES.items()}
+        for section, values in res.run.launcher_resources.items():
+            out.setdefault(section, {}).update(values)
+        return out
     out: dict[str, dict[str, str]] = {k: dict(v) for k, v in res.run.resources.items()}
     if gpus:
         out.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
@@ -113,6 +127,9 @@ def pod_template(
         c["env"] = env
     c["resources"] = _resources(res, gpus, runs_ranks)
     c["volumeMounts"] = mounts
+    if container == "launcher":
+        # A failed trainer's last log line becomes the termination message the status quotes.
+        c["terminationMessagePolicy"] = "FallbackToLogsOnError"
     c["securityContext"] = {
         "allowPrivilegeEscalation": False,
         "runAsNonRoot": True,
@@ -139,4 +156,13 @@ def pod_template(
         spec["priorityClassName"] = run.priority_class_name
     if run.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in run.image_pull_secrets]
-    return {"metadata": {"labels": dict(labels)}, "spec": spec}
+    if run.scheduler_name:
+        spec["schedulerName"] = run.scheduler_name
+    if run.affinity:
+        spec["affinity"] = copy.deepcopy(dict(run.affinity))
+    if run.runtime_class_name:
+        spec["runtimeClassName"] = run.runtime_class_name
+    metadata: dict[str, Any] = {"labels": {**run.labels, **labels}}
+    if run.annotations:
+        metadata["annotations"] = dict(run.annotations)
+    return {"metadata": metadata, "spec": spec}

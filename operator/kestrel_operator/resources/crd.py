@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from kestrel_operator import GROUP, VERSION
 from kestrel_operator.resources import defaults as d
-from kestrel_operator.resources.types import KINDS, SHORT_NAMES
+from kestrel_operator.resources.types import KINDS, PHASES, SHORT_NAMES
 
 Schema = dict[str, Any]
 ABS_PATH = r"^/"
@@ -169,6 +169,61 @@ def _common_spec(kind: str) -> dict[str, Schema]:
         "activeDeadlineSeconds": _i("Fail the run after this many seconds.", minimum=1, fmt="int64"),
         "shmSize": {"description": "Size limit of the /dev/shm memory volume (default: no limit).",
                     "anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True},
+        **_scheduling_spec(),
+    }
+
+
+def _string_map(desc: str) -> Schema:
+    return {"type": "object", "description": desc, "additionalProperties": {"type": "string"}}
+
+
+def _scheduling_spec() -> dict[str, Schema]:
+    """Queueing, gang scheduling and pod passthrough fields (changing suspend, tolerations or
+    activeDeadlineSeconds does not restart a run; see docs/operator.md)."""
+    return {
+        "suspend": _b("Create the run suspended (MPIJob runPolicy.suspend: no pods) or suspend a running one; "
+                      "false resumes it. Leave unset with Kueue (Kueue suspends and admits the MPIJob)."),
+        "queueName": _s(f"Kueue LocalQueue: sets the label {d.KUEUE_QUEUE_LABEL} on the MPIJob.", maxLength=63),
+        "schedulingPolicy": _o(
+            "Gang scheduling: the MPIJob's runPolicy.schedulingPolicy, turned into a PodGroup by the MPI Operator "
+            "when it runs with --gang-scheduling=volcano or the scheduler-plugins coscheduler.",
+            {
+                "minAvailable": _i("Pods that must be schedulable together (default: all pods of the run).",
+                                   minimum=1),
+                "queue": _s("Volcano queue.", maxLength=253),
+                "priorityClass": _name("PriorityClass of the PodGroup."),
+                "scheduleTimeoutSeconds": _i("Coscheduler: how long the PodGroup may wait for all its pods.",
+                                             minimum=1),
+            },
+        ),
+        "schedulerName": _name("Scheduler of every pod (e.g. volcano, scheduler-plugins-scheduler)."),
+        "labels": _string_map("Extra labels on the MPIJob and every pod (not kestrel.dev/*, "
+                              "app.kubernetes.io/managed-by, app.kubernetes.io/name, training.kubeflow.org/*)."),
+        "annotations": _string_map("Extra annotations on the MPIJob and every pod."),
+        "env": {
+            "type": "array",
+            "description": "Extra environment of every trainer container (NCCL_*, proxies); forwarded to every "
+                           "rank by mpirun. Names starting with KESTREL_ are the operator's.",
+            "maxItems": 64,
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": _s("Variable name.", maxLength=256),
+                    "value": _s("Value.", maxLength=32768),
+                    "valueFrom": {"type": "object", "description": "core/v1 EnvVarSource.",
+                                  "x-kubernetes-preserve-unknown-fields": True},
+                },
+            },
+        },
+        "affinity": {"type": "object", "description": "core/v1 Affinity of every pod.",
+                     "x-kubernetes-preserve-unknown-fields": True},
+        "runtimeClassName": _name("RuntimeClass of every pod (e.g. nvidia)."),
+        "launcherResources": _o(
+            "Requests and limits of a launcher that only runs mpirun (default requests 250m CPU / 256Mi, limits "
+            "1 CPU / 512Mi, so namespaces whose ResourceQuota demands limits accept it).",
+            {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
+        ),
     }
 
 
@@ -238,8 +293,9 @@ def _status_schema(kind: str) -> Schema:
     time = {"type": "string", "format": "date-time"}
     number = {"type": "number"}
     props: dict[str, Schema] = {
-        "phase": _s("Pending, Running, Succeeded or Failed.", enum=["Pending", "Running", "Succeeded", "Failed"]),
-        "reason": _s("Why: InvalidSpec, WaitingForModel, SpecNotFound, or the MPIJob's reason."),
+        "phase": _s("Pending, Suspended, Running, Succeeded or Failed.", enum=list(PHASES)),
+        "reason": _s("Why, as a CamelCase word (docs/operator.md lists them): InvalidSpec, SpecNotFound, "
+                     "ImagePullBackOff, Unschedulable, ..., or the MPIJob's reason."),
         "message": _s("Human-readable detail (for InvalidSpec the spec loader's message with its line)."),
         "observedGeneration": _i("The metadata.generation this status describes.", fmt="int64"),
         "mpiJobName": _s("The MPIJob of the current run."),
@@ -252,7 +308,8 @@ def _status_schema(kind: str) -> Schema:
         "inputModelPath": _s("The model this run read, as its pods see it."),
         "conditions": {
             "type": "array",
-            "description": "Created, Running, Restarting, Succeeded, Failed (mirrored from the MPIJob).",
+            "description": "Ready (the one to wait on: True once the run is Running or Succeeded), and Created, "
+                           "Running, Restarting, Suspended, Succeeded, Failed mirrored from the MPIJob.",
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
             "items": _o("A condition.", {
@@ -261,6 +318,7 @@ def _status_schema(kind: str) -> Schema:
                 "reason": _s("Machine-readable reason."),
                 "message": _s("Detail."),
                 "lastTransitionTime": {**time, "description": "When status last changed."},
+                "observedGeneration": _i("The metadata.generation this condition was set for.", fmt="int64"),
             }, required=("type", "status")),
         },
     }

@@ -30,3 +30,14 @@ DEFAULT_DATA_TYPE = "fp32"
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 # Requested by the operator from `gpus`; a user setting it in `resources` would double-book GPUs.
 GPU_RESOURCE = "nvidia.com/gpu"
+
+# Kueue's label on a job naming its LocalQueue (Kueue admits the MPIJob by unsuspending it).
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Label keys the operator and the MPI Operator own (manifests/names.py sets ours); users cannot override them.
+RESERVED_LABEL_PREFIXES = ("kestrel.dev/", "app.kubernetes.io/managed-by", "app.kubernetes.io/name",
+                           "training.kubeflow.org/")
+# Environment names the operator sets itself (the key, who the trainer is: manifests/commands.py).
+RESERVED_ENV_PREFIX = "KESTREL_"
+# Spec fields a running run takes in place (the MPIJob is patched; pods created later get new tolerations):
+# editing only these (and metadata) never restarts a run. Every other spec edit starts a new run.
+IN_PLACE_FIELDS = ("suspend", "activeDeadlineSeconds", "tolerations")

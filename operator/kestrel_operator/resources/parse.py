@@ -7,6 +7,8 @@ The spec *text* is checked separately (`spec_text.py`) because it may live in a 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
 import re
 from collections.abc import Mapping
@@ -25,12 +27,17 @@ from kestrel_operator.resources.types import (
     Resource,
     ResourceMeta,
     RunSpec,
+    SchedulingPolicy,
     TrainResource,
     VolumeSpec,
 )
 from kestrel_operator.settings import Settings
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 
 
@@ -169,8 +176,8 @@ def _model_ref(parent: _Fields, key: str, required: bool) -> Optional[ModelRef]:
     return ref
 
 
-def _resources(parent: _Fields) -> dict[str, dict[str, str]]:
-    f = parent.sub("resources")
+def _resources(parent: _Fields, key: str = "resources") -> dict[str, dict[str, str]]:
+    f = parent.sub(key)
     if f is None:
         return {}
     out: dict[str, dict[str, str]] = {}
@@ -202,6 +209,71 @@ def _tolerations(parent: _Fields) -> tuple[dict[str, Any], ...]:
         if unknown:
             raise InvalidSpec(f"unknown keys {sorted(unknown)}", f"{parent.at('tolerations')}[{i}]")
     return tuple(dict(t) for t in value)
+
+
+def _labels(spec: _Fields, key: str, values_are_labels: bool) -> dict[str, str]:
+    """Extra labels/annotations for the MPIJob and its pods; the operator's own keys are refused."""
+    out = spec.string_map(key)
+    for k, v in out.items():
+        if not _LABEL_KEY.match(k) or len(k) > 316:
+            raise InvalidSpec(f"{k!r} is not a valid label/annotation key", spec.at(key))
+        if k.startswith(d.RESERVED_LABEL_PREFIXES):
+            raise InvalidSpec(f"{k!r} is set by the operator or the MPI Operator; use another key", spec.at(key))
+        if values_are_labels and (len(v) > 63 or not _LABEL_VALUE.match(v)):
+            raise InvalidSpec(f"{v!r} (for {k}) is not a valid label value", spec.at(key))
+    return out
+
+
+def _env(spec: _Fields) -> tuple[dict[str, Any], ...]:
+    """Extra environment for every trainer container (NCCL_*, proxies): {name, value} or {name, valueFrom}."""
+    value = spec.data.get("env") or []
+    path = spec.at("env")
+    if not isinstance(value, list):
+        raise InvalidSpec("must be a list of {name, value} or {name, valueFrom}", path)
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping) or set(item) - {"name", "value", "valueFrom"}:
+            raise InvalidSpec("must be {name, value} or {name, valueFrom}", where)
+        name = item.get("name")
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise InvalidSpec(f"name {name!r} is not a valid environment variable name", where)
+        if name.startswith(d.RESERVED_ENV_PREFIX):
+            raise InvalidSpec(f"{name}: names starting with {d.RESERVED_ENV_PREFIX} are set by the operator", where)
+        if name in seen:
+            raise InvalidSpec(f"{name} is given twice", where)
+        seen.add(name)
+        if ("value" in item) == ("valueFrom" in item):
+            raise InvalidSpec(f"{name}: give exactly one of value or valueFrom", where)
+        if "value" in item and not isinstance(item["value"], str):
+            raise InvalidSpec(f"{name}: value must be a string (quote numbers)", where)
+        if "valueFrom" in item and not isinstance(item["valueFrom"], Mapping):
+            raise InvalidSpec(f"{name}: valueFrom must be an object", where)
+        out.append(dict(item))
+    return tuple(out)
+
+
+def _scheduling_policy(spec: _Fields) -> Optional[SchedulingPolicy]:
+    f = spec.sub("schedulingPolicy")
+    if f is None:
+        return None
+    return SchedulingPolicy(
+        min_available=f.integer("minAvailable", None, minimum=1),
+        queue=f.string("queue"),
+        priority_class=f.name("priorityClass"),
+        schedule_timeout_seconds=f.integer("scheduleTimeoutSeconds", None, minimum=1),
+    )
+
+
+def _affinity(spec: _Fields) -> Optional[dict[str, Any]]:
+    value = spec.data.get("affinity")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}:
+        raise InvalidSpec("must be a core/v1 Affinity: nodeAffinity, podAffinity, podAntiAffinity",
+                          spec.at("affinity"))
+    return dict(value)
 
 
 def _run_spec(kind: str, spec: _Fields, settings: Settings) -> RunSpec:
@@ -262,7 +334,35 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> RunSpec:
         backoff_limit=backoff,
         active_deadline_seconds=spec.integer("activeDeadlineSeconds", None, minimum=1),
         shm_size=shm,
+        suspend=spec.boolean("suspend"),
+        queue_name=_queue_name(spec),
+        scheduling_policy=_scheduling_policy(spec),
+        scheduler_name=spec.name("schedulerName"),
+        labels=_labels(spec, "labels", values_are_labels=True),
+        annotations=_labels(spec, "annotations", values_are_labels=False),
+        env=_env(spec),
+        affinity=_affinity(spec),
+        runtime_class_name=spec.name("runtimeClassName"),
+        launcher_resources=_resources(spec, "launcherResources"),
     )
+
+
+def _queue_name(spec: _Fields) -> Optional[str]:
+    value = spec.string("queueName")
+    if value is not None and (len(value) > 63 or not _LABEL_VALUE.match(value) or not value):
+        raise InvalidSpec(f"{value!r} is not a valid LocalQueue name (a label value)", spec.at("queueName"))
+    return value
+
+
+def run_hash(spec: Any) -> str:
+    """Identity of a run: the spec without the fields a run takes in place (defaults.IN_PLACE_FIELDS)."""
+    kept = {k: v for k, v in (spec or {}).items() if k not in d.IN_PLACE_FIELDS} if isinstance(spec, Mapping) else {}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parse_meta(body: Mapping[str, Any]) -> ResourceMeta:
+    """Kind, name, namespace, uid, generation (and the run hash) without checking the spec."""
+    return _meta(body)
 
 
 def _meta(body: Mapping[str, Any]) -> ResourceMeta:
@@ -282,6 +382,7 @@ def _meta(body: Mapping[str, Any]) -> ResourceMeta:
         namespace=meta.string("namespace") or "default",
         uid=meta.string("uid") or "",
         generation=generation,
+        run_hash=run_hash(body.get("spec")),
     )
 
 

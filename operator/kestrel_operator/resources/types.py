@@ -7,7 +7,7 @@ dataclasses with every default applied, so the builders below never guess about 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from kestrel_operator import API_VERSION
@@ -22,6 +22,9 @@ SHORT_NAMES: Mapping[str, str] = {
     "ClassificationPrune": "cprune",
     "ClassificationExport": "cexport",
 }
+# status.phase values (the CRD's enum and status/ use these; status/phase.py maps MPIJob conditions to them).
+PENDING, SUSPENDED, RUNNING, SUCCEEDED, FAILED = "Pending", "Suspended", "Running", "Succeeded", "Failed"
+PHASES = (PENDING, SUSPENDED, RUNNING, SUCCEEDED, FAILED)
 # The `kestrel` subcommand each kind runs, and the spec loader's task for its spec text.
 TASKS: Mapping[str, str] = {
     "ClassificationTrain": "train",
@@ -38,6 +41,8 @@ class ResourceMeta:
     uid: str
     generation: int
     api_version: str = API_VERSION
+    # Hash of the spec without defaults.IN_PLACE_FIELDS: runs with the same hash are the same run.
+    run_hash: str = ""
 
     @property
     def plural(self) -> str:
@@ -84,6 +89,17 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class SchedulingPolicy:
+    """The MPIJob's runPolicy.schedulingPolicy: the PodGroup the MPI Operator creates for gang scheduling
+    (Volcano or the scheduler-plugins coscheduler, whichever its --gang-scheduling flag names)."""
+
+    min_available: Optional[int] = None
+    queue: Optional[str] = None
+    priority_class: Optional[str] = None
+    schedule_timeout_seconds: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """What every kind shares: where and how its pods run."""
 
@@ -106,6 +122,17 @@ class RunSpec:
     backoff_limit: int
     active_deadline_seconds: Optional[int]
     shm_size: Optional[str]
+    # Queueing, gang scheduling and pod passthrough (see docs/operator.md "Queueing and scheduling").
+    suspend: bool = False
+    queue_name: Optional[str] = None
+    scheduling_policy: Optional[SchedulingPolicy] = None
+    scheduler_name: Optional[str] = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    env: tuple[Mapping[str, Any], ...] = ()
+    affinity: Optional[Mapping[str, Any]] = None
+    runtime_class_name: Optional[str] = None
+    launcher_resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""The resource's phase from its MPIJob: Pending, Running, Succeeded or Failed.
+"""The resource's phase from its MPIJob: Pending, Suspended, Running, Succeeded or Failed.
 
 Terminal conditions win over Running (an MPIJob can keep a stale Running=True next to
-Succeeded=True for a moment), and Restarting counts as Running: the run is still alive.
+Succeeded=True for a moment), and Restarting counts as Running: the run is still alive. A suspended
+MPIJob (our spec.suspend, or Kueue holding it until its queue admits it) is Suspended, not Pending.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from kestrel_operator.resources.defaults import KUEUE_QUEUE_LABEL
+from kestrel_operator.resources.types import FAILED, PENDING, PHASES, RUNNING, SUCCEEDED, SUSPENDED
+from kestrel_operator.status import reasons as r
 from kestrel_operator.status.conditions import find
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
-PHASES = (PENDING, RUNNING, SUCCEEDED, FAILED)
+__all__ = ["PENDING", "SUSPENDED", "RUNNING", "SUCCEEDED", "FAILED", "PHASES", "Phase", "phase_of"]
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,27 @@ class Phase:
         return self.phase in (SUCCEEDED, FAILED)
 
 
+def _suspended(mpijob: Mapping[str, Any], reason: str, message: str) -> Phase:
+    queue = ((mpijob.get("metadata") or {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+    if queue:
+        return Phase(SUSPENDED, r.QUEUED, f"queued in Kueue LocalQueue {queue}: the run starts when Kueue admits "
+                                          "it (kubectl get workloads shows why it waits)")
+    return Phase(SUSPENDED, reason or r.SUSPENDED,
+                 message or "suspended (spec.suspend: true): no pods run; set spec.suspend: false to resume")
+
+
 def phase_of(mpijob: Optional[Mapping[str, Any]]) -> Phase:
     if mpijob is None:
-        return Phase(PENDING, "MPIJobMissing", "the MPIJob of this run does not exist yet")
+        return Phase(PENDING, r.MPIJOB_MISSING, "the MPIJob of this run does not exist yet")
     conditions = (mpijob.get("status") or {}).get("conditions") or []
-    for ctype, phase in (("Failed", FAILED), ("Succeeded", SUCCEEDED), ("Restarting", RUNNING),
-                         ("Running", RUNNING), ("Suspended", PENDING), ("Created", PENDING)):
+    for ctype, phase in (("Failed", FAILED), ("Succeeded", SUCCEEDED), ("Suspended", SUSPENDED),
+                         ("Restarting", RUNNING), ("Running", RUNNING), ("Created", PENDING)):
         c = find(conditions, ctype)
         if c is not None and c.get("status") == "True":
+            if phase == SUSPENDED:
+                return _suspended(mpijob, str(c.get("reason") or ""), "")
             return Phase(phase, str(c.get("reason") or ctype), str(c.get("message") or ""))
+    if ((mpijob.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        return _suspended(mpijob, "", "")
     name = (mpijob.get("metadata") or {}).get("name", "")
-    return Phase(PENDING, "MPIJobPending", f"MPIJob {name} created, waiting for the MPI Operator")
+    return Phase(PENDING, r.MPIJOB_PENDING, f"MPIJob {name} created, waiting for the MPI Operator")

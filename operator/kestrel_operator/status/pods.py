@@ -1,0 +1,165 @@
+"""Why a run's pods do not get going, read from the pods themselves (and their Events for volumes).
+
+An MPIJob says `Created` for as long as its pods cannot be scheduled, cannot pull the image, cannot
+find the key Secret or cannot attach a volume; the pods say why. Each cause becomes a status reason
+(`reasons.py`) and a message naming the pod, quoting Kubernetes, and saying what the user should do.
+Pure: the reconciler lists the pods (and, only for pods stuck creating containers, their Events).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from kestrel_operator.status import reasons as r
+
+IMAGE_PULL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+LAUNCHER_CONTAINER = "launcher"
+WORKER_CONTAINER = "worker"
+_CLAIM_NOT_FOUND = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
+MAX_MESSAGE = 900
+
+
+@dataclass(frozen=True)
+class Cause:
+    reason: str
+    message: str
+
+
+def _name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name", "?"))
+
+
+def _containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _condition(pod: Mapping[str, Any], ctype: str) -> Optional[Mapping[str, Any]]:
+    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == ctype), None)
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
+
+
+def _unschedulable(pod: Mapping[str, Any]) -> Optional[Cause]:
+    cond = _condition(pod, "PodScheduled")
+    if cond is None or cond.get("status") != "False" or cond.get("reason") != "Unschedulable":
+        return None
+    said = str(cond.get("message") or "")
+    missing = _CLAIM_NOT_FOUND.search(said)
+    if missing:
+        return Cause(r.VOLUME_CLAIM_MISSING,
+                     f"pod {_name(pod)} cannot start: PersistentVolumeClaim {missing.group(1)} does not exist. "
+                     "Create it (spec.volumes names it) or fix the claimName; the run starts when it is bound.")
+    return Cause(r.UNSCHEDULABLE,
+                 f"pod {_name(pod)} cannot be scheduled: {said} Free or add nodes with these resources, or lower "
+                 "spec.gpus / spec.resources, or fix nodeSelector, tolerations and affinity.")
+
+
+def _waiting(pod: Mapping[str, Any], key_secret: str, image: str) -> Optional[Cause]:
+    for cs in _containers(pod):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        why, said = waiting.get("reason"), str(waiting.get("message") or "")
+        if why in IMAGE_PULL_WAITING:
+            return Cause(r.IMAGE_PULL_BACKOFF,
+                         f"pod {_name(pod)} cannot pull image {cs.get('image') or image}: {why}: {said} Check "
+                         "spec.image and spec.imagePullSecrets (the registry and the Secret must be reachable).")
+        if why == "CreateContainerConfigError":
+            if key_secret and (f'"{key_secret}"' in said or f"/{key_secret}" in said):
+                return Cause(r.KEY_SECRET_MISSING,
+                             f"pod {_name(pod)} cannot start: {said}. Create the Secret named in spec.keySecretRef "
+                             f"({key_secret}) with the model key under the key spec.keySecretRef.key; the pod "
+                             "starts by itself once it exists.")
+            return Cause(r.CREATE_CONTAINER_CONFIG_ERROR,
+                         f"pod {_name(pod)} cannot start: {said}. Create what it names (a Secret or ConfigMap "
+                         "from spec.env); the pod starts by itself once it exists.")
+        if why == "CrashLoopBackOff" and cs.get("name") == WORKER_CONTAINER:
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            exit_said = f"exit code {last.get('exitCode')} ({last.get('reason') or 'Error'})" if last else said
+            detail = f": {last['message']}" if last.get("message") else ""
+            return Cause(r.WORKER_CRASH_LOOP,
+                         f"worker {_name(pod)} keeps crashing ({cs.get('restartCount', 0)} restarts, last "
+                         f"{exit_said}{detail}). Its sshd must start from the trainer image's /home/kestrel/"
+                         f".sshd_config: check the image (kubectl logs {_name(pod)} --previous).")
+    return None
+
+
+def _evicted(pod: Mapping[str, Any]) -> Optional[Cause]:
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed" and status.get("reason") == "Evicted":
+        return Cause(r.WORKER_EVICTED,
+                     f"pod {_name(pod)} was evicted: {status.get('message') or 'no message'} The MPI Operator "
+                     "(v0.8) fails the run when a worker is evicted: give the pods more memory or ephemeral "
+                     "storage in spec.resources, or a higher priorityClassName, then edit the resource to start "
+                     "a new run.")
+    return None
+
+
+def stuck_creating(pods: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Scheduled pods whose containers are still being created: their Events say why (volumes)."""
+    out = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending" or not (pod.get("spec") or {}).get("nodeName"):
+            continue
+        states = [((cs.get("state") or {}).get("waiting") or {}).get("reason") for cs in _containers(pod)]
+        if not states or all(s == "ContainerCreating" for s in states):
+            out.append(_name(pod))
+    return out
+
+
+def _volume_event(events: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
+    """The newest FailedAttachVolume / FailedMount Warning among `events` (of pods stuck creating)."""
+    volume = [e for e in events if e.get("reason") in ("FailedAttachVolume", "FailedMount")]
+    if not volume:
+        return None
+    latest = max(volume, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    pod = (latest.get("involvedObject") or {}).get("name", "?")
+    said = str(latest.get("message") or "")
+    if "Multi-Attach" in said:
+        return Cause(r.VOLUME_MULTI_ATTACH,
+                     f"pod {pod} waits for a volume attached to another node: {said} A ReadWriteOnce volume "
+                     "can serve one node: use a ReadWriteMany claim for multi-pod runs, or stop the other pod.")
+    return Cause(r.VOLUME_MOUNT_FAILED, f"pod {pod} cannot mount a volume: {said} Check the claims in "
+                                        "spec.volumes and the storage driver.")
+
+
+def pod_cause(pods: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]], key_secret: str,
+              image: str) -> Optional[Cause]:
+    """The most telling reason the run's pods are stuck, or None when nothing is wrong with them."""
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    for check in (_unschedulable, lambda p: _waiting(p, key_secret, image), _evicted):
+        for pod in live:
+            cause = check(pod)
+            if cause is not None:
+                return Cause(cause.reason, _clip(cause.message))
+    cause = _volume_event(events)
+    return Cause(cause.reason, _clip(cause.message)) if cause else None
+
+
+def failure_cause(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
+    """Why a run failed, when its pods tell: the trainer's own error, or an evicted worker."""
+    found = trainer_failure(pods)
+    if found is None:
+        found = next((c for c in map(_evicted, pods) if c is not None), None)
+    return Cause(found.reason, _clip(found.message)) if found else None
+
+
+def trainer_failure(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
+    """The failed launcher's termination message: the trainer's last log line (FallbackToLogsOnError)."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") != LAUNCHER_CONTAINER or not term or term.get("exitCode") in (0, None):
+                continue
+            said = str(term.get("message") or "").strip().splitlines()
+            line = said[-1] if said else f"no message ({term.get('reason') or 'Error'})"
+            return Cause(r.TRAINER_FAILED,
+                         _clip(f"the trainer exited with code {term['exitCode']}: {line}. Fix the cause, then "
+                               f"edit the resource to start a new run (kubectl logs {_name(pod)})."))
+    return None
