@@ -46,8 +46,9 @@ def test_prune_writes_the_model_and_report_and_model_info_agrees(trained, tmp_pa
     assert report["file_bytes"]["after"] == os.path.getsize(out) < report["file_bytes"]["before"]
     rows = {r["layer"]: r for r in report["layers"]}
     assert rows["predictions"]["kept"] == rows["predictions"]["total"] == 3  # the output layer is kept
-    # The residual Add ties conv1 and the block_1a convs into one group with one width.
-    assert rows["conv1"]["kept"] == rows["block_1a_conv_2"]["kept"]
+    # The residual Add ties block_1a's last conv and its projection shortcut into one group with one width
+    # (every stage's first block projects, as in the original).
+    assert rows["block_1a_conv_2"]["kept"] == rows["block_1a_conv_shortcut"]["kept"]
 
     assert main(["model", "info", "-m", str(out), "--brief"]) == 0
     info = capsys.readouterr().out
@@ -110,7 +111,7 @@ def test_bad_paths(trained, tmp_path, capsys, monkeypatch):
     not_a_model = tmp_path / "notes.tlt"
     not_a_model.write_text("hello")
     cases = [
-        (["-m", str(not_a_model), "-o", str(tmp_path / "x.tlt")], "wrong key or corrupt file"),
+        (["-m", str(not_a_model), "-o", str(tmp_path / "x.tlt")], "wrong key or not a model file"),
         (["-m", str(tmp_path / "missing.tlt"), "-o", str(tmp_path / "x.tlt")], "not found"),
         (["-m", str(model_path), "-o", str(model_path)], "is the input model"),
         (["-m", str(model_path), "-o", str(tmp_path)], "is a directory"),
