@@ -27,6 +27,10 @@ PLURALS: Mapping[str, str] = {
     "ClassificationTrain": "classificationtrains",
     "ClassificationPrune": "classificationprunes",
     "ClassificationExport": "classificationexports",
+    # The operator's own plumbing (leader Lease, webhook certificate and configuration):
+    "Secret": "secrets",
+    "Lease": "leases",
+    "ValidatingWebhookConfiguration": "validatingwebhookconfigurations",
 }
 
 
@@ -51,9 +55,10 @@ def load_client_config() -> Any:
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    """The collection URL; an empty namespace means a cluster-scoped kind."""
     plural = PLURALS[kind]
     prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    return f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
 
 
 class KubeApi:
@@ -134,6 +139,16 @@ class KubeApi:
         if status in (404, 409):
             return False
         self._ok(status, payload, f"patch status of {kind} {namespace}/{name}")
+        return True
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """JSON merge patch of an object. A `metadata.resourceVersion` in the patch makes it conditional:
+        False when the object changed since (409) or is gone (404)."""
+        status, payload = self._request("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}",
+                                        body=dict(patch), content_type="application/merge-patch+json")
+        if status in (404, 409):
+            return False
+        self._ok(status, payload, f"patch {kind} {namespace}/{name}")
         return True
 
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:

@@ -107,5 +107,16 @@ class FakeApi:
         self.status_patches.append(copy.deepcopy(dict(status_patch)))
         return True
 
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """Merge patch; a metadata.resourceVersion in it must match (else False, as kube.KubeApi on 409)."""
+        obj = self.objects.get((kind, namespace, name))
+        wanted = (patch.get("metadata") or {}).get("resourceVersion")
+        if obj is None or (wanted is not None and wanted != obj["metadata"]["resourceVersion"]):
+            return False
+        merged = merge_patch(obj, patch)
+        merged["metadata"]["resourceVersion"] = str(next(_counter))
+        self.objects[(kind, namespace, name)] = merged
+        return True
+
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         self.events.append((involved["metadata"]["name"], etype, reason, message))

@@ -20,6 +20,7 @@ from kestrel_operator.handlers.reconcile import Reconciler
 from kestrel_operator.kube import KubeApi, KubeError
 from kestrel_operator.manifests.names import MANAGED_BY_LABEL
 from kestrel_operator.resources.types import KINDS
+from kestrel_operator.serving import leader, metrics
 from kestrel_operator.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def _reconcile(body: Any, logger: logging.Logger) -> None:
     """One pass at a time per resource, on a fresh read: the resource's own watch and its MPIJob's
     watch fire concurrently, and two passes on the same stale status would post the same Event twice."""
+    if not leader.is_leader():
+        return  # a follower replica: the Lease holder reconciles (serving/leader.py)
     rec = reconciler()
     meta = body.get("metadata") or {}
     try:
@@ -62,8 +65,10 @@ def _reconcile(body: Any, logger: logging.Logger) -> None:
                 return
             outcome = rec.reconcile(fresh)
     except KubeError as err:
+        metrics.observe(body, "error", [])
         logger.warning("reconcile failed, will retry on the next event: %s", err)
         return
+    metrics.observe(fresh, "ok", outcome.created)
     for etype, reason, message in outcome.events:
         logger.info("%s %s: %s", etype, reason, message)
     if outcome.status_patch and outcome.status_patch.get("phase") == "Succeeded":
