@@ -91,7 +91,7 @@ def start_serving(settings: Settings, namespaces: list[str]):
     serving = settings.serving
     api = kopf_handlers.reconciler().api
     if serving.metrics_port:
-        metrics.serve(serving.metrics_port)
+        metrics.serve(serving.metrics_port, serving.metrics_host)
     elector = None
     if serving.leader_lease:
         from kestrel_operator.handlers.resync import resync

@@ -34,6 +34,7 @@ class Serving:
     webhook_config: str = ""  # ValidatingWebhookConfiguration whose caBundle the operator keeps current
     webhook_hosts: tuple[str, ...] = ()  # DNS names / IPs in the serving certificate
     metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def _port(env: Mapping[str, str], name: str) -> int:
 
 def serving_from_env(env: Mapping[str, str]) -> Serving:
     """KESTREL_POD_NAMESPACE, KESTREL_POD_NAME (else HOSTNAME), KESTREL_LEADER_LEASE, KESTREL_LEASE_SECONDS,
-    KESTREL_WEBHOOK_PORT/_HOST/_SECRET/_CONFIG/_HOSTS, KESTREL_METRICS_PORT."""
+    KESTREL_WEBHOOK_PORT/_HOST/_SECRET/_CONFIG/_HOSTS, KESTREL_METRICS_PORT/_HOST."""
     serving = Serving(
         namespace=env.get("KESTREL_POD_NAMESPACE", "").strip(),
         identity=env.get("KESTREL_POD_NAME", "").strip() or env.get("HOSTNAME", "").strip() or "kestrel-operator",
@@ -84,6 +85,7 @@ def serving_from_env(env: Mapping[str, str]) -> Serving:
         webhook_config=env.get("KESTREL_WEBHOOK_CONFIG", "").strip(),
         webhook_hosts=_list(env, "KESTREL_WEBHOOK_HOSTS"),
         metrics_port=_port(env, "KESTREL_METRICS_PORT"),
+        metrics_host=env.get("KESTREL_METRICS_HOST", "").strip() or "0.0.0.0",
     )
     needs_namespace = serving.leader_lease or serving.webhook_secret
     if needs_namespace and not serving.namespace:

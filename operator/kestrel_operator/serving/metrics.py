@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -64,5 +64,6 @@ def observe(body: Mapping[str, Any], result: str, created: list[str], now: Optio
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
     """Start the /metrics HTTP server in a daemon thread (prometheus_client's own)."""
+    disable_created_metrics()  # no `*_created` timestamp series next to each counter
     start_http_server(port, addr=addr)
     log.info("metrics on http://%s:%d/metrics", addr, port)
