@@ -93,21 +93,21 @@ def healthy(port: int) -> bool:
 
 
 class HostOperator:
-    """`kestrel-operator run` on the host with every server on 127.0.0.1; env as the chart's Deployment sets it."""
+    """`kestrel-operator run` on the host with every server on 127.0.0.1; env as the chart's Deployment sets it.
+    Its log is logs/host-operator-<label>.log (not kestrel-operator-*: the session operator's log_text reads those)."""
 
-    def __init__(self, cp: cl.ControlPlane, env: dict[str, str], kubeconfig: Path | None = None) -> None:
+    def __init__(self, cp: cl.ControlPlane, label: str, env: dict[str, str], kubeconfig: Path | None = None) -> None:
         self.health, self.metrics = cl.free_port(), cl.free_port()
         full = cp.env(PYTHONUNBUFFERED="1", **env)
         full.update(KESTREL_METRICS_PORT=str(self.metrics), KESTREL_METRICS_HOST="127.0.0.1")
         if kubeconfig is not None:
             full["KUBECONFIG"] = str(kubeconfig)
         argv = [*_operator_argv(), f"--liveness=http://127.0.0.1:{self.health}/healthz"]
-        self.op = cl.Operator(cp=cp, argv=argv, env=full)
-        self.op.start()
-        cl.wait_for("operator /healthz", lambda: healthy(self.health), timeout=90, proc=self.op.proc)
+        self.proc = cp.start(f"host-operator-{label}", argv, env=full, cwd=cl.REPO_ROOT)
+        cl.wait_for("operator /healthz", lambda: healthy(self.health), timeout=90, proc=self.proc)
 
     def log(self) -> str:
-        return self.op.proc.log.read_text(errors="replace") if self.op.proc else ""
+        return self.proc.log.read_text(errors="replace")
 
 
 def train(namespace: str, name: str, **spec: object) -> dict:
@@ -231,7 +231,8 @@ def test_webhook_refuses_a_malformed_spec_with_its_line(cluster: cl.ControlPlane
     cluster.apply(vwc)
     op = None
     try:
-        op = HostOperator(cluster, {"KESTREL_WATCH_NAMESPACES": namespace, **webhook_env(namespace, port, config)})
+        op = HostOperator(cluster, f"webhook-{namespace}",
+                          {"KESTREL_WATCH_NAMESPACES": namespace, **webhook_env(namespace, port, config)})
         wait_until("caBundle published", lambda: ca_published(cluster, config), timeout=60)
         bad = train(namespace, "bad", experimentSpec=BAD_SPEC)
         for flags in ((), ("--dry-run=server",)):
@@ -246,18 +247,17 @@ def test_webhook_refuses_a_malformed_spec_with_its_line(cluster: cl.ControlPlane
         out = apply_result(cluster, mp)
         assert out.returncode != 0 and "model_parallelism needs 2 entries, got 0" in out.stderr, out.stderr
 
-        good = train(namespace, "good")
-        ko.prepare(cluster, namespace, good)
-        assert apply_result(cluster, good).returncode == 0
+        good = apply_result(cluster, train(namespace, "good"))
+        assert good.returncode == 0, good.stderr
 
         # failurePolicy Fail: with no operator answering, create/update is refused; delete still works.
-        op.op.stop()
+        op.proc.stop()
         out = apply_result(cluster, train(namespace, "while-down"))
         assert out.returncode != 0 and "failed calling webhook" in out.stderr, out.stderr
         cluster.kubectl("delete", f"classificationtrains.{ko.GROUP}", "good", "-n", namespace)
     finally:
         if op is not None:
-            op.op.stop()
+            op.proc.stop()
         cluster.kubectl("delete", "validatingwebhookconfiguration", config, check=False)
 
 
@@ -267,13 +267,14 @@ def test_two_replicas_one_mpijob_each_and_takeover(cluster: cl.ControlPlane, nam
                                                    mpi_controller: str, kestrel_crds: list[str]) -> None:
     env = {"KESTREL_WATCH_NAMESPACES": namespace, "KESTREL_POD_NAMESPACE": namespace,
            "KESTREL_LEADER_LEASE": "kestrel-leader", "KESTREL_LEASE_SECONDS": "6"}
-    ops = {name: HostOperator(cluster, {**env, "KESTREL_POD_NAME": name}) for name in ("op-a", "op-b")}
+    ops = {name: HostOperator(cluster, f"{name}-{namespace}", {**env, "KESTREL_POD_NAME": name})
+           for name in ("op-a", "op-b")}
     try:
         holder = wait_until("a Lease holder", lambda: cluster.get("lease", "kestrel-leader", namespace)["spec"].get(
             "holderIdentity"), timeout=30)
-        first = [train(namespace, f"ha-{i:02d}") for i in range(20)]
-        ko.prepare(cluster, namespace, first[0])
-        cluster.apply(first)
+        # No key Secret or volumes: MPIJobs are created all the same (their pods would wait), which is all
+        # this test counts.
+        cluster.apply([train(namespace, f"ha-{i:02d}") for i in range(20)])
 
         def one_job_each(expected: int) -> bool:
             jobs = cluster.get("mpijobs.kubeflow.org", namespace=namespace)["items"]
@@ -289,7 +290,7 @@ def test_two_replicas_one_mpijob_each_and_takeover(cluster: cl.ControlPlane, nam
         assert metric_sum(scrape(ops[follower].metrics), "kestrel_reconciles_total") == 0
         assert metric_sum(scrape(ops[follower].metrics), "kestrel_is_leader") == 0
 
-        ops[holder].op.kill()  # SIGKILL: no release, the survivor waits out the lease
+        ops[holder].proc.kill()  # SIGKILL: no release, the survivor waits out the lease
         killed_at = time.monotonic()
         cluster.apply([train(namespace, f"ha-late-{i}") for i in range(3)])
         wait_until("the survivor holds the Lease", lambda: cluster.get("lease", "kestrel-leader", namespace)[
@@ -304,7 +305,7 @@ def test_two_replicas_one_mpijob_each_and_takeover(cluster: cl.ControlPlane, nam
         print(f"\n[e2e] leader killed -> survivor created the late MPIJobs in {takeover:.1f}s (lease 6 s)")
     finally:
         for op in ops.values():
-            op.op.stop()
+            op.proc.stop()
 
 
 # ------------------------------------------------------------------- the chart's RBAC, upgrade, uninstall
@@ -358,7 +359,7 @@ def test_operator_under_the_charts_serviceaccount(cluster: cl.ControlPlane, helm
     env = deployment_env(cluster, full, namespace)
     env.update({"KESTREL_POD_NAMESPACE": namespace, "KESTREL_POD_NAME": "host-op", "KESTREL_WEBHOOK_HOST": "127.0.0.1",
                 "KESTREL_WEBHOOK_HOSTS": "127.0.0.1", "KESTREL_WEBHOOK_PORT": str(port)})
-    op = HostOperator(cluster, env, kubeconfig=kubeconfig)
+    op = HostOperator(cluster, f"sa-{namespace}", env, kubeconfig=kubeconfig)
     try:
         wait_until("caBundle published by the operator's own token", lambda: ca_published(cluster, config), 60)
         bad = apply_result(cluster, train(watched, "bad", experimentSpec=BAD_SPEC))
@@ -375,7 +376,7 @@ def test_operator_under_the_charts_serviceaccount(cluster: cl.ControlPlane, helm
         assert after["metadata"]["uid"] == done["metadata"]["uid"] and after["status"]["phase"] == "Succeeded"
         assert ca_published(cluster, config)  # the three-way merge kept the operator's caBundle
     finally:
-        op.op.stop()
+        op.proc.stop()
     helm("uninstall", release, "-n", namespace)
     for crd in kestrel_crds:
         assert cluster.exists("crd", crd)
