@@ -345,6 +345,7 @@ def test_operator_under_the_charts_serviceaccount(cluster: cl.ControlPlane, helm
     helm("install", release, str(CHART), "-n", namespace, "-f", values)
     config = f"{full}.kestrel.dev"
     port = cl.free_port()
+    service = cluster.get("validatingwebhookconfiguration", config)["webhooks"][0]["clientConfig"]["service"]
     # The API server reaches the host process by URL (the chart's Service has no pods here).
     cluster.kubectl("patch", "validatingwebhookconfiguration", config, "--type=json", "-p", json.dumps([
         {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
@@ -370,6 +371,11 @@ def test_operator_under_the_charts_serviceaccount(cluster: cl.ControlPlane, helm
         done = ko.wait_phase(cluster, KIND, "rbac-run", watched, "Succeeded", timeout=180)
         assert "Forbidden" not in op.log() and " 403" not in op.log(), op.log()[-3000:]
 
+        # Back to the chart's Service reference (keeping the operator's caBundle), as in a real install: Helm's
+        # three-way merge would re-add `service` next to our test-only `url`.
+        cluster.kubectl("patch", "validatingwebhookconfiguration", config, "--type=json", "-p", json.dumps([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/url"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/service", "value": service}]))
         helm("upgrade", release, str(CHART), "-n", namespace, "-f", values, "--set", "trainer.gpusPerNode=4")
         assert deployment_env(cluster, full, namespace)["KESTREL_GPUS_PER_NODE"] == "4"
         after = ko.get_resource(cluster, KIND, "rbac-run", watched)
