@@ -286,7 +286,11 @@ def test_two_replicas_one_mpijob_each_and_takeover(cluster: cl.ControlPlane, nam
         time.sleep(2)  # a late duplicate would show up now
         assert one_job_each(20)
         follower = next(n for n in ops if n != holder)
-        assert metric_sum(scrape(ops[holder].metrics), "kestrel_mpijobs_created_total") == 20
+        leader_metrics = scrape(ops[holder].metrics)
+        assert metric_sum(leader_metrics, "kestrel_mpijobs_created_total") == 20
+        assert metric_sum(leader_metrics, "kestrel_apply_to_mpijob_seconds_count") == 20
+        latency = metric_sum(leader_metrics, "kestrel_apply_to_mpijob_seconds_sum") / 20
+        print(f"\n[e2e] apply -> MPIJob: mean {latency:.1f}s over 20 resources applied at once (1 s resolution)")
         assert metric_sum(scrape(ops[follower].metrics), "kestrel_reconciles_total") == 0
         assert metric_sum(scrape(ops[follower].metrics), "kestrel_is_leader") == 0
 
