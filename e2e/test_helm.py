@@ -255,6 +255,16 @@ def test_webhook_refuses_a_malformed_spec_with_its_line(cluster: cl.ControlPlane
         out = apply_result(cluster, train(namespace, "while-down"))
         assert out.returncode != 0 and "failed calling webhook" in out.stderr, out.stderr
         cluster.kubectl("delete", f"classificationtrains.{ko.GROUP}", "good", "-n", namespace)
+
+        # Rotation: without its Secret, the next start generates a new CA and publishes it.
+        old_ca = cluster.get("validatingwebhookconfiguration", config)["webhooks"][0]["clientConfig"]["caBundle"]
+        cluster.kubectl("delete", "secret", "kestrel-webhook-tls", "-n", namespace)
+        op = HostOperator(cluster, f"webhook2-{namespace}",
+                          {"KESTREL_WATCH_NAMESPACES": namespace, **webhook_env(namespace, port, config)})
+        wait_until("a new caBundle", lambda: cluster.get("validatingwebhookconfiguration", config)[
+            "webhooks"][0]["clientConfig"]["caBundle"] != old_ca, timeout=60)
+        again = apply_result(cluster, train(namespace, "after-rotation"))
+        assert again.returncode == 0, again.stderr
     finally:
         if op is not None:
             op.proc.stop()
