@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, once, the binaries of the local Kubernetes control plane that the e2e suite runs:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and the Kubeflow MPI
-# Operator. There is no container runtime and nothing can be downloaded but Go modules, so each is
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, the Kubeflow MPI
+# Operator, and helm (for the chart tests). There is no container runtime and nothing can be downloaded but Go modules, so each is
 # compiled from its Go module at a pinned version. Output goes to a cache folder OUTSIDE the repo,
 # keyed by the versions, and a binary already there is reused (a cold build takes tens of minutes on
 # 2 cores; see e2e/README.md for the measured figures).
@@ -17,6 +17,9 @@ K8S_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 MPI_OPERATOR_VERSION=v0.8.0
+# helm v3.21 is built against k8s.io/client-go v0.36 (the same minor as K8S_VERSION). Not part of KEY (a new
+# helm must not rebuild the control plane): the binary's own name carries the version, `helm` links to it.
+HELM_VERSION=v3.21.4
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE_ROOT="${KESTREL_E2E_CACHE:-$HOME/.cache/kestrel-e2e}"
@@ -89,6 +92,19 @@ mpi_build() {
         github.com/kubeflow/mpi-operator/cmd/mpi-operator)
 }
 
+# Helm's Makefile stamps its version and the Kubernetes version it assumes for `helm template`/`lint`
+# (.Capabilities.KubeVersion); without these it reports v0.0.0 and assumes Kubernetes 1.20.
+helm_build() {
+    local gobin ld="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+    ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        ld+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${minor}"
+    done
+    gobin="$(mktemp -d)"
+    GOBIN="$gobin" go install -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+    mv "$gobin/helm" "$out" && rmdir "$gobin"
+}
+
 build etcd etcd_build
 build kube-apiserver k8s_build kube-apiserver
 build kubectl k8s_build kubectl
@@ -98,4 +114,6 @@ build kube-scheduler k8s_build kube-scheduler
 if [[ "${KESTREL_E2E_SKIP_MPI:-}" != "1" ]]; then
     build mpi-operator mpi_build
 fi
+build "helm-${HELM_VERSION}" helm_build
+ln -sfn "helm-${HELM_VERSION}" "$BIN/helm"
 echo "$BIN"

@@ -16,7 +16,7 @@ from typing import Optional
 
 import kestrel_operator
 from kestrel_operator.resources import InvalidSpec
-from kestrel_operator.settings import SettingsError, from_env
+from kestrel_operator.settings import Settings, SettingsError, from_env
 
 
 def _load_documents(paths: Sequence[str]) -> list[dict]:
@@ -71,9 +71,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     kopf_handlers._state["settings"] = settings
     namespaces = list(args.namespace or settings.watch_namespaces)
     kopf_handlers._state["namespaces"] = tuple(namespaces)
-    kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
-             liveness_endpoint=args.liveness)
+    elector = start_serving(settings, namespaces)
+    try:
+        kopf.run(standalone=True, clusterwide=not namespaces, namespaces=namespaces,
+                 liveness_endpoint=args.liveness)
+    finally:
+        if elector is not None:
+            elector.stop(release=True)
     return 0
+
+
+def start_serving(settings: Settings, namespaces: list[str]):
+    """Metrics, leader election and the admission webhook, each only when its setting is given (the chart
+    sets them; see serving/). Returns the LeaderElector, if any, for a clean release on exit."""
+    import threading
+
+    from kestrel_operator.handlers import kopf_handlers
+    from kestrel_operator.serving import leader, metrics
+
+    serving = settings.serving
+    api = kopf_handlers.reconciler().api
+    if serving.metrics_port:
+        metrics.serve(serving.metrics_port, serving.metrics_host)
+    elector = None
+    if serving.leader_lease:
+        def started() -> None:
+            # Followers drop their queued keys, so a new leader queues every resource once (kopf's initial
+            # listing happened while it was a follower). Not in the election thread: a long list must not
+            # delay the next renewal.
+            metrics.IS_LEADER.set(1)
+            threading.Thread(target=kopf_handlers.controller().resync, args=(tuple(namespaces),), name="resync",
+                             daemon=True).start()
+
+        elector = leader.LeaderElector(api, serving.namespace, serving.leader_lease, serving.identity,
+                                       serving.lease_seconds, on_started_leading=started,
+                                       on_stopped_leading=lambda: metrics.IS_LEADER.set(0))
+        leader.install(elector)
+        elector.start()
+    else:
+        metrics.IS_LEADER.set(1)
+    if serving.webhook_port:
+        from kestrel_operator.handlers import admission
+        from kestrel_operator.serving import webhook
+
+        admission.serve_with(webhook.server(api, serving))
+    return elector
 
 
 def build_parser() -> argparse.ArgumentParser:

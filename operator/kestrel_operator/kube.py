@@ -28,6 +28,10 @@ PLURALS: Mapping[str, str] = {
     "ClassificationTrain": "classificationtrains",
     "ClassificationPrune": "classificationprunes",
     "ClassificationExport": "classificationexports",
+    # The operator's own plumbing (leader Lease, webhook certificate and configuration):
+    "Secret": "secrets",
+    "Lease": "leases",
+    "ValidatingWebhookConfiguration": "validatingwebhookconfigurations",
 }
 
 
@@ -142,15 +146,6 @@ class KubeApi:
         self._ok(status, payload, f"create {obj['kind']} {meta['namespace']}/{meta['name']}", obj["kind"])
         return _version(payload)
 
-    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
-        """JSON merge patch of the object itself (not its status). False if it is gone."""
-        status, payload = self._request("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}",
-                                        body=dict(body), content_type="application/merge-patch+json")
-        if status == 404:
-            return False
-        self._ok(status, payload, f"patch {kind} {namespace}/{name}", kind)
-        return True
-
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool:
         """Background deletion (the garbage collector removes what the object owns). False if gone."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
@@ -174,6 +169,16 @@ class KubeApi:
             return False
         self._ok(status, payload, f"patch status of {kind} {namespace}/{name}", kind)
         return _version(payload)
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """JSON merge patch of an object. A `metadata.resourceVersion` in the patch makes it conditional:
+        False when the object changed since (409) or is gone (404)."""
+        status, payload = self._request("PATCH", f"{collection_path(api_version, kind, namespace)}/{name}",
+                                        body=dict(patch), content_type="application/merge-patch+json")
+        if status in (404, 409):
+            return False
+        self._ok(status, payload, f"patch {kind} {namespace}/{name}", kind)
+        return True
 
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         """A core/v1 Event on `involved` (the resource); failures are logged, never raised."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_IMAGE = "kestrel-trainer:0.1.0"
 DEFAULT_GPUS_PER_NODE = 8
@@ -19,6 +19,24 @@ DEFAULT_WORKERS = 8
 
 class SettingsError(ValueError):
     """An environment variable the operator cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the operator process serves besides reconciling (the chart sets all of it): the admission
+    webhook, Prometheus metrics, and leader election. 0 / empty turns a part off."""
+
+    namespace: str = ""  # the operator's own namespace (Lease, webhook Secret)
+    identity: str = "kestrel-operator"  # this replica's name in the Lease (the pod name)
+    leader_lease: str = ""  # Lease name; empty: no leader election (a single replica)
+    lease_seconds: int = 15
+    webhook_port: int = 0
+    webhook_host: str = "0.0.0.0"  # listen address
+    webhook_secret: str = ""  # Secret keeping the generated CA and serving certificate
+    webhook_config: str = ""  # ValidatingWebhookConfiguration whose caBundle the operator keeps current
+    webhook_hosts: tuple[str, ...] = ()  # DNS names / IPs in the serving certificate
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,7 @@ class Settings:
     resync_seconds: int = DEFAULT_RESYNC_SECONDS
     # Reconcile passes that run at once (threads of the work queue).
     workers: int = DEFAULT_WORKERS
+    serving: Serving = field(default_factory=Serving)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -48,14 +67,50 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in env.get(name, "").split(",") if x.strip())
+
+
+def _port(env: Mapping[str, str], name: str) -> int:
+    port = _int(env, name, 0, 0)
+    if port > 65535:
+        raise SettingsError(f"{name}={port} is not a TCP port")
+    return port
+
+
+def serving_from_env(env: Mapping[str, str]) -> Serving:
+    """KESTREL_POD_NAMESPACE, KESTREL_POD_NAME (else HOSTNAME), KESTREL_LEADER_LEASE, KESTREL_LEASE_SECONDS,
+    KESTREL_WEBHOOK_PORT/_HOST/_SECRET/_CONFIG/_HOSTS, KESTREL_METRICS_PORT/_HOST."""
+    serving = Serving(
+        namespace=env.get("KESTREL_POD_NAMESPACE", "").strip(),
+        identity=env.get("KESTREL_POD_NAME", "").strip() or env.get("HOSTNAME", "").strip() or "kestrel-operator",
+        leader_lease=env.get("KESTREL_LEADER_LEASE", "").strip(),
+        lease_seconds=_int(env, "KESTREL_LEASE_SECONDS", 15, 5),
+        webhook_port=_port(env, "KESTREL_WEBHOOK_PORT"),
+        webhook_host=env.get("KESTREL_WEBHOOK_HOST", "").strip() or "0.0.0.0",
+        webhook_secret=env.get("KESTREL_WEBHOOK_SECRET", "").strip(),
+        webhook_config=env.get("KESTREL_WEBHOOK_CONFIG", "").strip(),
+        webhook_hosts=_list(env, "KESTREL_WEBHOOK_HOSTS"),
+        metrics_port=_port(env, "KESTREL_METRICS_PORT"),
+        metrics_host=env.get("KESTREL_METRICS_HOST", "").strip() or "0.0.0.0",
+    )
+    needs_namespace = serving.leader_lease or serving.webhook_secret
+    if needs_namespace and not serving.namespace:
+        raise SettingsError("KESTREL_POD_NAMESPACE is required with KESTREL_LEADER_LEASE or KESTREL_WEBHOOK_SECRET")
+    if serving.webhook_port and not serving.webhook_hosts:
+        raise SettingsError("KESTREL_WEBHOOK_HOSTS (the names in the serving certificate) is required with "
+                            "KESTREL_WEBHOOK_PORT")
+    return serving
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """KESTREL_DEFAULT_IMAGE, KESTREL_GPUS_PER_NODE, KESTREL_WATCH_NAMESPACES (comma list, empty = all),
-    KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS."""
+    KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS, and what `serving_from_env` reads."""
     env = os.environ if env is None else env
     level = env.get("KESTREL_LOG_LEVEL", "").strip().upper() or "INFO"
     if not isinstance(logging.getLevelName(level), int):
         raise SettingsError(f"KESTREL_LOG_LEVEL={level!r} is not one of DEBUG, INFO, WARNING, ERROR")
-    namespaces = tuple(ns.strip() for ns in env.get("KESTREL_WATCH_NAMESPACES", "").split(",") if ns.strip())
+    namespaces = _list(env, "KESTREL_WATCH_NAMESPACES")
     return Settings(
         default_image=env.get("KESTREL_DEFAULT_IMAGE", "").strip() or DEFAULT_IMAGE,
         gpus_per_node=_int(env, "KESTREL_GPUS_PER_NODE", DEFAULT_GPUS_PER_NODE, 1),
@@ -63,4 +118,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_level=level,
         resync_seconds=_int(env, "KESTREL_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS, 1),
         workers=_int(env, "KESTREL_WORKERS", DEFAULT_WORKERS, 1),
+        serving=serving_from_env(env),
     )

@@ -14,6 +14,7 @@ from kestrel_operator.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "k8s"
 CRDS = REPO / "crds"
+CHART = REPO / "charts" / "kestrel"
 
 TRAIN_SPEC = """model_config {
   arch: "resnet"

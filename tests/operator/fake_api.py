@@ -119,15 +119,6 @@ class FakeApi:
         self.creates.append(f"{obj['kind']}/{obj['metadata']['name']}")
         return self.put(obj)["metadata"]["resourceVersion"]
 
-    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
-        self._call("patch", kind, name)
-        obj = self.objects.get((kind, namespace, name))
-        if obj is None:
-            return False
-        self.objects[(kind, namespace, name)] = merge_patch(obj, body)
-        self.patches.append((f"{kind}/{name}", copy.deepcopy(dict(body))))
-        return True
-
     def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool:
         self._call("delete", kind, name)
         obj = self.objects.get((kind, namespace, name))
@@ -147,6 +138,19 @@ class FakeApi:
         obj["metadata"]["resourceVersion"] = str(next(_counter))
         self.status_patches.append(copy.deepcopy(dict(status_patch)))
         return obj["metadata"]["resourceVersion"]
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """Merge patch; a metadata.resourceVersion in it must match (else False, as kube.KubeApi on 409)."""
+        self._call("patch", kind, name)
+        obj = self.objects.get((kind, namespace, name))
+        wanted = (patch.get("metadata") or {}).get("resourceVersion")
+        if obj is None or (wanted is not None and wanted != obj["metadata"]["resourceVersion"]):
+            return False
+        merged = merge_patch(obj, patch)
+        merged["metadata"]["resourceVersion"] = str(next(_counter))
+        self.objects[(kind, namespace, name)] = merged
+        self.patches.append((f"{kind}/{name}", copy.deepcopy(dict(patch))))
+        return True
 
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         self.events.append((involved["metadata"]["name"], etype, reason, message))

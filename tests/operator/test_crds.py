@@ -7,21 +7,27 @@ import yaml
 
 from kestrel_operator.resources.crd import all_crds, crd
 from kestrel_operator.resources.types import KINDS
-from tests.operator.conftest import CRDS, EXAMPLES
+from tests.operator.conftest import CHART, CRDS, EXAMPLES, REPO
 from tests.operator.k8s_schema import preserve_unknown_paths, structural_errors, validate
 
 
-def _file(plural):
-    return yaml.safe_load((CRDS / f"{plural}.yaml").read_text())
+def _file(plural, folder=CRDS):
+    return yaml.safe_load((folder / f"{plural}.yaml").read_text())
 
 
 def _schema(doc):
     return doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
+@pytest.mark.parametrize("folder", [CRDS, CHART / "crds"], ids=["crds", "chart-crds"])
 @pytest.mark.parametrize("kind,plural", sorted(KINDS.items()))
-def test_crd_file_is_the_generated_one(kind, plural):
-    assert _file(plural) == crd(kind), f"crds/{plural}.yaml is stale: regenerate with `kestrel-operator crds`"
+def test_crd_file_is_the_generated_one(kind, plural, folder):
+    assert _file(plural, folder) == crd(kind), (
+        f"{folder.relative_to(REPO)}/{plural}.yaml is stale: regenerate with scripts/gen_crds.sh")
+
+
+def test_chart_has_exactly_our_crds():
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(f"{p}.yaml" for p in KINDS.values())
 
 
 @pytest.mark.parametrize("doc", all_crds(), ids=lambda d: d["metadata"]["name"])

@@ -27,9 +27,10 @@ import kopf
 from kestrel_operator import API_VERSION, GROUP, MANAGED_BY, VERSION
 from kestrel_operator.handlers.reconcile import Reconciler
 from kestrel_operator.handlers.workqueue import WorkQueue
-from kestrel_operator.kube import KubeApi, load_client_config
+from kestrel_operator.kube import KubeApi, KubeError, load_client_config
 from kestrel_operator.manifests.names import MANAGED_BY_LABEL, kind_label
 from kestrel_operator.resources.types import KINDS, ResourceMeta
+from kestrel_operator.serving import leader, metrics
 from kestrel_operator.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,20 @@ class Controller:
         rec.on_write = self._record
 
     def process(self, key: Hashable) -> Optional[float]:
+        if not leader.is_leader():
+            return None  # a follower replica: the Lease holder reconciles; a new leader resyncs (serving/leader.py)
         kind, namespace, name = key  # type: ignore[misc]
         body = self.rec.api.get(API_VERSION, kind, namespace, name)
         if body is None:
             self.queue.forget(key)
             self._set_waiting(key, namespace, None)
             return None
-        outcome = self.rec.reconcile(body)
+        try:
+            outcome = self.rec.reconcile(body)
+        except KubeError:
+            metrics.observe(body, "error", [])
+            raise  # the work queue retries it with backoff
+        metrics.observe(body, "ok", outcome.created)
         self._set_waiting(key, namespace, outcome.waits_for_configmap)
         for etype, reason, message in outcome.events:
             log.info("%s/%s %s %s: %s", namespace, name, etype, reason, message)
