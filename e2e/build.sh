@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds, once, the binaries of the local Kubernetes control plane that the e2e suite runs:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and the Kubeflow MPI
-# Operator. There is no container runtime and nothing can be downloaded but Go modules, so each is
-# compiled from its Go module at a pinned version. Output goes to a cache folder OUTSIDE the repo,
+# Builds, once, the binaries of the local Kubernetes cluster that the e2e suite runs: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, the Kubeflow MPI Operator, and
+# for the real node kubelet, kube-proxy and CoreDNS (containerd, runc and the CNI plugins come from
+# Debian: e2e/run.sh installs them). Nothing can be downloaded but Go modules and Debian packages, so
+# each is compiled from its Go module at a pinned version. Output goes to a cache folder OUTSIDE the repo,
 # keyed by the versions, and a binary already there is reused (a cold build takes tens of minutes on
 # 2 cores; see e2e/README.md for the measured figures).
 #
@@ -84,6 +85,9 @@ kwok_build() {
         "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
     mv "$gobin/kwok" "$out" && rmdir "$gobin"
 }
+coredns_build() {  # gomod/coredns/main.go: CoreDNS with the kubernetes plugin (version pinned in its go.mod)
+    (cd "$HERE/gomod/coredns" && go build -trimpath -ldflags "-s -w" -o "$out" .)
+}
 mpi_build() {
     (cd "$HERE/gomod/mpi-operator" && go build -trimpath -ldflags "-s -w" -o "$out" \
         github.com/kubeflow/mpi-operator/cmd/mpi-operator)
@@ -95,6 +99,10 @@ build kubectl k8s_build kubectl
 build kwok kwok_build
 build kube-controller-manager k8s_build kube-controller-manager
 build kube-scheduler k8s_build kube-scheduler
+# The real node (kubelet and kube-proxy share most packages with the binaries above).
+build kubelet k8s_build kubelet
+build kube-proxy k8s_build kube-proxy
+build coredns coredns_build
 if [[ "${KESTREL_E2E_SKIP_MPI:-}" != "1" ]]; then
     build mpi-operator mpi_build
 fi

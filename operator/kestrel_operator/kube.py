@@ -24,6 +24,7 @@ PLURALS: Mapping[str, str] = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "MPIJob": "mpijobs",
+    "Pod": "pods",  # read only: a failed launcher's termination message (status/trainer_error.py)
     "ClassificationTrain": "classificationtrains",
     "ClassificationPrune": "classificationprunes",
     "ClassificationExport": "classificationexports",

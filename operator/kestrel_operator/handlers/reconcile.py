@@ -30,9 +30,13 @@ from kestrel_operator.resources import InvalidSpec, parse_resource
 from kestrel_operator.resources.types import Resource
 from kestrel_operator.settings import Settings
 from kestrel_operator.status import compute
-from kestrel_operator.status.phase import FAILED, SUCCEEDED
+from kestrel_operator.status.phase import FAILED, SUCCEEDED, phase_of
+from kestrel_operator.status.trainer_error import trainer_error
 
 log = logging.getLogger(__name__)
+# Labels the MPI Operator (v2beta1 controller) puts on the pods it creates.
+MPI_JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+MPI_JOB_ROLE_LABEL = "training.kubeflow.org/job-role"
 
 
 
@@ -184,9 +188,16 @@ class Reconciler:
             job = self.api.get(MPIJOB_API_VERSION, "MPIJob", res.meta.namespace, job_name)
 
         annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
+        error = self._trainer_error(res.meta.namespace, job_name) if phase_of(job).phase == FAILED else None
         patch = compute.run_status(old, generation, job, job_name, decode_output(annotations.get(OUTPUT_ANNOTATION)),
-                                   annotations.get(INPUT_MODEL_ANNOTATION), now)
+                                   annotations.get(INPUT_MODEL_ANNOTATION), now, error)
         return self._finish(body, old, patch, out)
+
+    def _trainer_error(self, namespace: str, job_name: str) -> Optional[str]:
+        """The failed run's trainer error line, from its launcher pods (labelled by the MPI Operator)."""
+        pods = self.api.list("v1", "Pod", namespace, _selector({MPI_JOB_NAME_LABEL: job_name,
+                                                                MPI_JOB_ROLE_LABEL: "launcher"}))
+        return trainer_error(pods)
 
     def dependents(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Resources in the namespace that wait for `body`'s model (re-reconciled when it succeeds)."""

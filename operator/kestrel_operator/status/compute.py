@@ -63,10 +63,13 @@ def waiting_status(old: Mapping[str, Any], generation: int, reason: str, message
 
 
 def run_status(old: Mapping[str, Any], generation: int, mpijob: Optional[Mapping[str, Any]], mpijob_name: str,
-               output: Optional[Mapping[str, Any]], model_path: Optional[str], now: str) -> dict[str, Any]:
-    """Mirror the run's MPIJob: phase, conditions, times; the output once it succeeded."""
+               output: Optional[Mapping[str, Any]], model_path: Optional[str], now: str,
+               trainer_error: Optional[str] = None) -> dict[str, Any]:
+    """Mirror the run's MPIJob: phase, conditions, times; the output once it succeeded. A failed run's
+    message is the trainer's own error line when the launcher left one (status/trainer_error.py)."""
     ph: Phase = phase_of(mpijob)
-    patch = _base(generation, ph.phase, ph.reason, ph.message)
+    message = trainer_error if ph.phase == FAILED and trainer_error else ph.message
+    patch = _base(generation, ph.phase, ph.reason, message)
     patch["mpiJobName"] = mpijob_name
     patch["inputModelPath"] = model_path
     job_status = (mpijob or {}).get("status") or {}

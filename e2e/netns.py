@@ -1,0 +1,93 @@
+"""The e2e session's own network namespace: every server the suite starts listens inside it.
+
+The real node needs a non-loopback address (kubelet refuses a loopback --node-ip, `kubectl logs` needs
+the node's address) and its pods must reach the API server from the CNI bridge. Rather than touching the
+machine's network, the test process moves itself into a fresh namespace that holds only `lo` and one dummy
+interface with a private address, and starts everything from there (children inherit the namespace). The
+namespace has no route to anything outside it, so no traffic can leave it; it is deleted at the end.
+
+Builds that need the package registries (build.sh, build_images.sh) run before the switch, or through
+`in_host_netns` (nsenter into PID 1's namespace).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+from dataclasses import dataclass
+
+CLONE_NEWNET = 0x40000000
+DUMMY_IF = "kestrel0"
+# A /24 the session's node and API server use; the pod bridge (cni.py) and Service range are separate.
+# Private addresses that exist only inside the namespace, so they cannot clash with the machine's own.
+NODE_CIDR_PREFIX = "10.250.0"
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
+
+
+def _ip(*args: str) -> None:
+    out = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {out.stderr.strip()}")
+
+
+@dataclass
+class NetNS:
+    """A named namespace (`ip netns` can inspect it while the suite runs) the calling thread has entered."""
+
+    name: str
+    node_ip: str
+    _host_fd: int = -1
+
+    @classmethod
+    def enter_new(cls, name: str) -> NetNS:
+        """Create the namespace, move this thread (pytest's only one) into it, bring up lo and the dummy.
+
+        setns() applies to the calling thread; every process it starts afterwards inherits the namespace.
+        """
+        if os.geteuid() != 0:
+            raise PermissionError("the e2e suite creates a network namespace: run it as root")
+        _ip("netns", "add", name)
+        ns = cls(name=name, node_ip=f"{NODE_CIDR_PREFIX}.2")
+        ns._host_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+        try:
+            fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+            try:
+                _setns(fd)
+            finally:
+                os.close(fd)
+            _ip("link", "set", "lo", "up")
+            _ip("link", "add", DUMMY_IF, "type", "dummy")
+            _ip("addr", "add", f"{ns.node_ip}/24", "dev", DUMMY_IF)
+            _ip("link", "set", DUMMY_IF, "up")
+            # The API server and kubelet want a default route to pick their address; it leads nowhere.
+            _ip("route", "add", "default", "dev", DUMMY_IF)
+            with open("/proc/sys/net/ipv4/ip_forward", "w") as f:  # this namespace's own sysctl
+                f.write("1\n")
+        except BaseException:
+            ns.leave()
+            raise
+        return ns
+
+    def leave(self) -> None:
+        """Back to the namespace we came from, then delete ours (its processes must be stopped first)."""
+        if self._host_fd >= 0:
+            _setns(self._host_fd)
+            os.close(self._host_fd)
+            self._host_fd = -1
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+
+
+def in_host_netns(argv: list[str]) -> list[str]:
+    """argv run in the machine's own network namespace (PID 1's), for steps that download packages."""
+    return ["nsenter", "--net=/proc/1/ns/net", "--", *argv]
+
+
+def current_netns_inode() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
