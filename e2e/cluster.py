@@ -469,6 +469,8 @@ def start_apiserver(cp: ControlPlane) -> None:
         # which the Node authorizer serves; the API server shows its own to the kubelet (logs, exec).
         f"--client-ca-file={cp.pki['ca.crt']}",
         f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
+        # The node's name resolves nowhere (the namespace has no resolver for it): dial its address.
+        "--kubelet-preferred-address-types=InternalIP",
         "--authorization-mode=Node,RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={cp.pki['sa.pub']}",

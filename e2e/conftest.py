@@ -16,13 +16,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from e2e import cluster as cl
 from e2e import node as node_mod
-from e2e import real_runs
 from e2e.netns import NetNS
+
+if TYPE_CHECKING:  # real_runs imports kestrel_objects, which imports wait_until from here
+    from e2e import real_runs
 
 FAILED_KEY = pytest.StashKey[bool]()
 MPI_KEY = pytest.StashKey[str]()
@@ -225,6 +228,8 @@ def real_workspace(cluster: cl.ControlPlane, e2e_workdir: Path, trainer_image: s
                    operator: cl.Operator) -> real_runs.Workspace:  # noqa: ARG001 - the operator must run
     """A namespace with the key Secret and hostPath PV/PVCs (real Fashion-MNIST subset, results), shared by
     the real-run tests: later tests (prune, export) reuse the trained results in it."""
+    from e2e import real_runs
+
     name = f"e2e-real-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     wait_until(f"default ServiceAccount in {name}", lambda: cluster.exists("serviceaccount", "default", name))
@@ -234,5 +239,7 @@ def real_workspace(cluster: cl.ControlPlane, e2e_workdir: Path, trainer_image: s
 @pytest.fixture(scope="session")
 def trained(cluster: cl.ControlPlane, real_workspace: real_runs.Workspace) -> dict:
     """The 2-rank ClassificationTrain run to Succeeded on the real node (once per session)."""
+    from e2e import real_runs
+
     return real_runs.run_to_end(cluster, real_workspace, real_runs.train_resource(real_workspace, "fashion"),
                                 "Succeeded")

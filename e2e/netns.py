@@ -2,9 +2,10 @@
 
 The real node needs a non-loopback address (kubelet refuses a loopback --node-ip, `kubectl logs` needs
 the node's address) and its pods must reach the API server from the CNI bridge. Rather than touching the
-machine's network, the test process moves itself into a fresh namespace that holds only `lo` and one dummy
-interface with a private address, and starts everything from there (children inherit the namespace). The
-namespace has no route to anything outside it, so no traffic can leave it; it is deleted at the end.
+machine's network, the test process moves itself into a fresh namespace that holds only `lo` and a veth pair
+(both ends inside) with a private address, and starts everything from there (children inherit the
+namespace). The namespace has no route to anything outside it, so no traffic can leave it; it is deleted at
+the end.
 
 Builds that need the package registries (build.sh, build_images.sh) run before the switch, or through
 `in_host_netns` (nsenter into PID 1's namespace).
@@ -18,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 
 CLONE_NEWNET = 0x40000000
-DUMMY_IF = "kestrel0"
+NODE_IF = "kestrel0"
 # A /24 the session's node and API server use; the pod bridge (cni.py) and Service range are separate.
 # Private addresses that exist only inside the namespace, so they cannot clash with the machine's own.
 NODE_CIDR_PREFIX = "10.250.0"
@@ -47,7 +48,7 @@ class NetNS:
 
     @classmethod
     def enter_new(cls, name: str) -> NetNS:
-        """Create the namespace, move this thread (pytest's only one) into it, bring up lo and the dummy.
+        """Create the namespace, move this thread (pytest's only one) into it, bring up lo and the node address.
 
         setns() applies to the calling thread; every process it starts afterwards inherits the namespace.
         """
@@ -63,11 +64,14 @@ class NetNS:
             finally:
                 os.close(fd)
             _ip("link", "set", "lo", "up")
-            _ip("link", "add", DUMMY_IF, "type", "dummy")
-            _ip("addr", "add", f"{ns.node_ip}/24", "dev", DUMMY_IF)
-            _ip("link", "set", DUMMY_IF, "up")
+            # A veth pair with both ends in the namespace (these machines' kernels have no `dummy` module):
+            # the node's address on one end, the other end only gives it a carrier.
+            _ip("link", "add", NODE_IF, "type", "veth", "peer", "name", f"{NODE_IF}p")
+            _ip("addr", "add", f"{ns.node_ip}/24", "dev", NODE_IF)
+            _ip("link", "set", f"{NODE_IF}p", "up")
+            _ip("link", "set", NODE_IF, "up")
             # The API server and kubelet want a default route to pick their address; it leads nowhere.
-            _ip("route", "add", "default", "dev", DUMMY_IF)
+            _ip("route", "add", "default", "dev", NODE_IF)
             with open("/proc/sys/net/ipv4/ip_forward", "w") as f:  # this namespace's own sysctl
                 f.write("1\n")
         except BaseException:

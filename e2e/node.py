@@ -215,6 +215,10 @@ def start_kubelet(node: RealNode) -> None:
     }
     config_path = kdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    # Webhook authn/authz: the kubelet asks the API server (TokenReview, SubjectAccessReview) who calls it
+    # and whether they may; delegating like that is what system:auth-delegator grants.
+    cp.kubectl("create", "clusterrolebinding", "kestrel-e2e-nodes-auth-delegator",
+               "--clusterrole=system:auth-delegator", "--group=system:nodes", check=False)
     proc = cp.start("kubelet", [
         cp.bin / "kubelet", f"--config={config_path}", f"--kubeconfig={kubeconfig}",
         f"--root-dir={kdir / 'root'}", f"--cert-dir={kdir / 'pki'}", f"--hostname-override={node.name}",
@@ -376,7 +380,9 @@ def stop_real_node(node: RealNode, timeout: float = 60) -> list[str]:
             subprocess.run(["ctr", "--address", str(node.containerd_sock), "-n", CONTAINERD_NAMESPACE,
                             "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
         cp.processes["containerd"].stop()
+    # The kubelet bind-mounts its root dir onto itself; anything else left here is a pod's volume.
     for point in sorted(_mounts_under(node.dir), key=len, reverse=True):
-        forced.append(f"umount {point}")
+        if "/pods/" in point:
+            forced.append(f"umount {point}")
         subprocess.run(["umount", "-l", point], capture_output=True)
     return forced
