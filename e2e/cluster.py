@@ -45,7 +45,8 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # nothing contacts it, but a second process already on the port makes the operator exit.
 MPI_OPERATOR_HEALTH_PORT = 8080
 
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok",
+            "kubelet", "kube-proxy", "coredns")
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_VIP = "10.0.0.1"  # the `kubernetes` Service's ClusterIP: the first address of SERVICE_CIDR
 

@@ -8,7 +8,7 @@ namespace). The namespace has no route to anything outside it, so no traffic can
 the end.
 
 Builds that need the package registries (build.sh, build_images.sh) run before the switch, or through
-`in_host_netns` (nsenter into PID 1's namespace).
+`run_in_host_netns`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import ctypes
 import os
 import subprocess
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 CLONE_NEWNET = 0x40000000
 NODE_IF = "kestrel0"
@@ -44,7 +45,7 @@ class NetNS:
 
     name: str
     node_ip: str
-    _host_fd: int = -1
+    host_fd: ClassVar[int] = -1  # the namespace the session came from, while it is inside one
 
     @classmethod
     def enter_new(cls, name: str) -> NetNS:
@@ -56,7 +57,7 @@ class NetNS:
             raise PermissionError("the e2e suite creates a network namespace: run it as root")
         _ip("netns", "add", name)
         ns = cls(name=name, node_ip=f"{NODE_CIDR_PREFIX}.2")
-        ns._host_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+        NetNS.host_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
         try:
             fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
             try:
@@ -81,16 +82,20 @@ class NetNS:
 
     def leave(self) -> None:
         """Back to the namespace we came from, then delete ours (its processes must be stopped first)."""
-        if self._host_fd >= 0:
-            _setns(self._host_fd)
-            os.close(self._host_fd)
-            self._host_fd = -1
+        if NetNS.host_fd >= 0:
+            _setns(NetNS.host_fd)
+            os.close(NetNS.host_fd)
+            NetNS.host_fd = -1
         subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
 
 
-def in_host_netns(argv: list[str]) -> list[str]:
-    """argv run in the machine's own network namespace (PID 1's), for steps that download packages."""
-    return ["nsenter", "--net=/proc/1/ns/net", "--", *argv]
+def run_in_host_netns(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    """subprocess.run(argv) in the namespace the session came from (for steps that download packages):
+    nsenter gets our saved handle on it as an inherited fd (/proc/1/ns/net is not readable here)."""
+    fd = NetNS.host_fd
+    if fd < 0:
+        return subprocess.run(argv, **kwargs)
+    return subprocess.run(["nsenter", f"--net=/proc/self/fd/{fd}", "--", *argv], pass_fds=(fd,), **kwargs)
 
 
 def current_netns_inode() -> int:

@@ -324,8 +324,8 @@ def build_images(names: list[str], save_dir: Path, script: Path = BUILD_IMAGES) 
     builds reach Debian's and PyPI's registries); cached by its inputs, so a warm call takes seconds."""
     if not script.exists():
         raise NodeError(f"{script} is missing: it builds the images the real node runs")
-    argv = netns.in_host_netns(["bash", str(script), "--only", ",".join(names), "--save", str(save_dir)])
-    out = subprocess.run(argv, capture_output=True, text=True)
+    out = netns.run_in_host_netns(["bash", str(script), "--only", ",".join(names), "--save", str(save_dir)],
+                                  capture_output=True, text=True)
     if out.returncode != 0:
         raise NodeError(f"{script.name} exited {out.returncode}:\n{out.stderr[-3000:]}")
     images: dict[str, Image] = {}
@@ -362,7 +362,8 @@ def stop_real_node(node: RealNode, timeout: float = 60) -> list[str]:
     volume mount into a hostPath). Returns what had to be forced, for the log."""
     cp, forced = node.cp, []
     selector = f"spec.nodeName={node.name}"
-    cp.kubectl("delete", "pods", "-A", f"--field-selector={selector}", "--wait=false", check=False)
+    cp.kubectl("delete", "pods", "-A", f"--field-selector={selector}", "--wait=false", "--grace-period=1",
+               check=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = cp.kubectl("get", "pods", "-A", f"--field-selector={selector}", "-o", "name", check=False)

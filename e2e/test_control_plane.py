@@ -25,7 +25,7 @@ def test_every_component_listens_only_inside_the_session_netns(cluster: cl.Contr
                                                                session_netns: NetNS) -> None:
     """Servers listen on loopback, except the API server, which listens on the session namespace's node
     address (pods of the real node reach it there); that namespace is not the machine's (netns.py)."""
-    assert current_netns_inode() != os.stat("/proc/1/ns/net").st_ino
+    assert current_netns_inode() != os.fstat(NetNS.host_fd).st_ino
     assert cluster.server == f"https://{session_netns.node_ip}:{cluster.apiserver_port}"
     for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
         addresses = cl.listening_addresses(cluster.processes[name].pid)

@@ -108,7 +108,8 @@ def test_pod_reaches_the_api_server_and_resolves_cluster_names(cluster: cl.Contr
     # (hostfile entries <pod>.<job>.<namespace>.svc).
     cluster.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "peers", "namespace": namespace},
                    "spec": {"clusterIP": "None", "selector": {"app": "peer"}, "publishNotReadyAddresses": True}})
-    peer = _pod("peer", namespace, image, ["/bin/sh", "-c", "sleep 300"], hostname="peer-0", subdomain="peers")
+    peer = _pod("peer", namespace, image, ["/bin/sh", "-c", "sleep 300"], hostname="peer-0", subdomain="peers",
+                terminationGracePeriodSeconds=1)
     peer["metadata"]["labels"] = {"app": "peer"}
     cluster.apply(peer)
     peer_ip = wait_until("peer pod IP", lambda: cluster.get("pod", "peer", namespace)["status"].get("podIP"),

@@ -54,3 +54,18 @@ def test_encrypted_checkpoints_are_on_the_volume(trained: dict, real_workspace: 
     assert not raw.startswith(HDF5_MAGIC)  # encrypted at rest
     assert read_model_bytes(last, real_workspace.key).startswith(HDF5_MAGIC)  # the Secret's key opens it
     assert last.stat().st_uid == real_runs.POD_UID  # written by the non-root trainer
+
+
+def test_trainer_error_ends_failed_with_its_one_line_message(cluster: cl.ControlPlane,
+                                                            real_workspace: real_runs.Workspace) -> None:
+    """Missing data: the ranks (in the worker pods) refuse with one line; mpirun fails the launcher, the MPI
+    Operator fails the MPIJob, and the resource ends Failed with the trainer's line, not a generic one."""
+    empty = real_workspace.results_dir.parent / "empty-data"
+    empty.mkdir(exist_ok=True)
+    ko.provide_claims(cluster, real_workspace.namespace, ["empty-data"], {"empty-data": empty})
+    resource = real_runs.train_resource(real_workspace, "no-data", data_claim="empty-data")
+    final = real_runs.run_to_end(cluster, real_workspace, resource, "Failed", timeout=420)
+    status = final["status"]
+    assert status["message"] == f"kestrel: error: dataset folder not found: {real_runs.DATA_MOUNT}/train", status
+    events = ko.events_for(cluster, real_workspace.namespace, "no-data")
+    assert any(e["type"] == "Warning" and "dataset folder not found" in e["message"] for e in events), events
