@@ -86,7 +86,7 @@ def train_resource(ws: Workspace, name: str, *, processes: int = 2, epochs: int 
             "nodeSelector": dict(node_mod.NODE_SELECTOR),
             "tolerations": list(node_mod.NODE_TOLERATIONS),
             "volumes": {
-                "data": {"claimName": data_claim, "mountPath": DATA_MOUNT, "readOnly": True},
+                "data": {"claimName": data_claim, "mountPath": DATA_MOUNT},  # the operator mounts data read-only
                 "results": {"claimName": RESULTS_CLAIM, "subPath": name, "mountPath": RESULTS_MOUNT},
             },
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
