@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -103,13 +105,30 @@ def main() -> int:
 
         host_s = host_run(ws, workdir, args.epochs)
         resource = real_runs.train_resource(ws, "overhead", epochs=args.epochs)
+        seen: dict[str, dict] = {}  # pod name -> its last state seen (the MPI Operator deletes workers at the end)
+        stop = threading.Event()
+
+        def watch_pods() -> None:
+            while not stop.is_set():
+                out = cp.kubectl("get", "pods", "-n", namespace, "-o", "json", check=False)
+                if out.returncode == 0:
+                    for pod in json.loads(out.stdout)["items"]:
+                        if pod["status"].get("containerStatuses"):
+                            seen[pod["metadata"]["name"]] = pod
+                stop.wait(1)
+
+        watcher = threading.Thread(target=watch_pods, daemon=True)
+        watcher.start()
         applied = time.time()
         final = real_runs.run_to_end(cp, ws, resource, "Succeeded", timeout=900)
         seen_done = time.time()
         cluster_s = final["_elapsed"]
+        time.sleep(2)
+        stop.set()
+        watcher.join()
 
         job = ko.mpijobs_of(cp, final)[0]
-        pods = cp.get("pods", namespace=namespace)["items"]
+        pods = list(seen.values())
         workers = [p for p in pods if p["metadata"]["labels"].get(ROLE) == "worker"]
         launcher = [p for p in pods if p["metadata"]["labels"].get(ROLE) == "launcher"][-1]
         mpijob_at = ts(job["metadata"]["creationTimestamp"])

@@ -46,7 +46,7 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 MPI_OPERATOR_HEALTH_PORT = 8080
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok",
-            "kubelet", "kube-proxy", "coredns")
+            "kubelet", "kube-proxy", "coredns", "containerd", "containerd-shim-runc-v2", "ctr")
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_VIP = "10.0.0.1"  # the `kubernetes` Service's ClusterIP: the first address of SERVICE_CIDR
 

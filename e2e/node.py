@@ -2,8 +2,9 @@
 
 Everything runs as plain processes inside the session's network namespace (netns.py), next to the control
 plane of cluster.py:
-- containerd (Debian's 1.6.20, see e2e/README.md for why not a Go-module 2.x) with runc and the CNI
-  bridge + host-local plugins from Debian: pods get addresses on a bridge inside the namespace.
+- containerd v2 (daemon, runc shim and ctr built by build.sh from the Go module: the runtime Kubernetes 1.36
+  supports) with Debian's runc and CNI bridge + host-local plugins: pods get addresses on a bridge inside
+  the namespace.
 - kubelet v1.36.3 (built by build.sh), authenticated to the API server with a client certificate from the
   e2e CA (system:node:<name>, Node authorizer), serving its own API with x509 client auth + Webhook
   authorization (the API server presents its kubelet-client certificate).
@@ -18,6 +19,7 @@ so that only pods that ask for it land there, and kwok's fake pods never do.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -40,10 +42,9 @@ POD_CIDR = "10.88.0.0/16"
 CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CONTAINERD_NAMESPACE = "k8s.io"
-NODE_BINARIES = ("kubelet", "kube-proxy", "coredns")
+NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "containerd", "containerd-shim-runc-v2", "ctr")
 # Debian packages the node needs (installed by e2e/run.sh; checked here so a missing one is named).
-DEBIAN_TOOLS = {"containerd": "containerd", "ctr": "containerd", "runc": "runc", "iptables": "iptables",
-                "nsenter": "util-linux"}
+DEBIAN_TOOLS = {"runc": "runc", "iptables": "iptables", "nsenter": "util-linux"}
 
 
 class NodeError(RuntimeError):
@@ -72,7 +73,7 @@ class RealNode:
     # -- containerd
     def ctr(self, *args: str, timeout: float = 600) -> str:
         out = subprocess.run(
-            ["ctr", "--address", str(self.containerd_sock), "-n", CONTAINERD_NAMESPACE, *args],
+            [str(self.cp.bin / "ctr"), "--address", str(self.containerd_sock), "-n", CONTAINERD_NAMESPACE, *args],
             capture_output=True, text=True, timeout=timeout,
         )
         if out.returncode != 0:
@@ -112,40 +113,34 @@ def _cni_conflist(folder: Path) -> None:
 
 
 def _containerd_config(node: RealNode) -> Path:
+    """containerd 2.x configuration (version 3: the CRI plugin is split into cri.v1.images/runtime)."""
     base = node.dir / "containerd"
     cni_conf = base / "cni"
     _cni_conflist(cni_conf)
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    text = f"""version = 2
+    images, runtime = 'plugins."io.containerd.cri.v1.images"', 'plugins."io.containerd.cri.v1.runtime"'
+    text = f"""version = 3
 root = "{base / 'root'}"
 state = "{base / 'state'}"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
-                    "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 [grpc]
   address = "{node.containerd_sock}"
 [ttrpc]
   address = "{base / 'containerd.sock.ttrpc'}"
-[debug]
-  level = "info"
-[{cri}]
-  sandbox_image = "{node.sandbox_image}"
-  # These machines run containers without AppArmor and with a capped oom_score_adj (docs: real-node.md).
+[{images}]
+  snapshotter = "overlayfs"
+[{images}.pinned_images]
+  sandbox = "{node.sandbox_image}"
+[{runtime}]
+  # These machines run containers without AppArmor or SELinux, with a capped oom_score_adj (real-node.md).
+  enable_selinux = false
   disable_apparmor = true
   restrict_oom_score_adj = true
-  enable_selinux = false
-[{cri}.cni]
-  bin_dir = "{CNI_BIN_DIR}"
-  conf_dir = "{cni_conf}"
-[{cri}.containerd]
-  snapshotter = "overlayfs"
-  default_runtime_name = "runc"
-[{cri}.containerd.runtimes.runc]
+[{runtime}.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
-[{cri}.containerd.runtimes.runc.options]
+[{runtime}.containerd.runtimes.runc.options]
   SystemdCgroup = false
-[{cri}.registry]
-  config_path = ""
+[{runtime}.cni]
+  bin_dirs = ["{CNI_BIN_DIR}"]
+  conf_dir = "{cni_conf}"
 """
     path = base / "config.toml"
     path.write_text(text)
@@ -154,7 +149,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 def start_containerd(node: RealNode) -> None:
     config = _containerd_config(node)
-    proc = node.cp.start("containerd", ["containerd", "--config", config])
+    # containerd finds its shim (containerd-shim-runc-v2, built with it) on PATH: ours first.
+    env = node.cp.env(PATH=f"{node.cp.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    proc = node.cp.start("containerd", [node.cp.bin / "containerd", "--config", config], env=env)
     cl.wait_for("containerd socket", lambda: bool(node.ctr("version", timeout=5)), timeout=60, proc=proc)
 
 
@@ -205,6 +202,9 @@ def start_kubelet(node: RealNode) -> None:
         "clusterDNS": [node.ip],
         "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": str(resolv),
+        # Not the shared /var/log/pods: a kubelet deletes log folders of pods it does not know, which would
+        # be another session's (another suite or bench run on the same machine).
+        "podLogsDir": str(kdir / "pod-logs"),
         "registerWithTaints": [{"key": NODE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
         "serializeImagePulls": False,
         "syncFrequency": "5s",
@@ -378,7 +378,7 @@ def stop_real_node(node: RealNode, timeout: float = 60) -> list[str]:
     if "containerd" in cp.processes and cp.processes["containerd"].alive():
         for task in node.ctr("tasks", "list", "-q").split():
             forced.append(f"task {task}")
-            subprocess.run(["ctr", "--address", str(node.containerd_sock), "-n", CONTAINERD_NAMESPACE,
+            subprocess.run([str(cp.bin / "ctr"), "--address", str(node.containerd_sock), "-n", CONTAINERD_NAMESPACE,
                             "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
         cp.processes["containerd"].stop()
     # The kubelet bind-mounts its root dir onto itself; anything else left here is a pod's volume.

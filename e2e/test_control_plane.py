@@ -41,7 +41,8 @@ def test_unauthenticated_request_is_rejected(cluster: cl.ControlPlane) -> None:
 
 
 def test_fake_gpu_nodes_are_ready_with_gpu_capacity(cluster: cl.ControlPlane) -> None:
-    nodes = cluster.get("nodes")["items"]
+    nodes = [n for n in cluster.get("nodes")["items"]
+             if cl.KWOK_NODE_ANNOTATION in n["metadata"].get("annotations", {})]  # not the real node
     assert len(nodes) >= 2
     for node in nodes:
         assert node["status"]["allocatable"][cl.GPU_RESOURCE] == "8"

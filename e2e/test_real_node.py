@@ -41,12 +41,13 @@ def test_node_registers_ready_with_its_runtime_and_address(cluster: cl.ControlPl
     node = cluster.get("node", real_node.name)
     info = node["status"]["nodeInfo"]
     assert info["kubeletVersion"] == K8S_VERSION
-    assert info["containerRuntimeVersion"].startswith("containerd://"), info
+    assert info["containerRuntimeVersion"] == "containerd://2.3.7", info  # the 2.x line Kubernetes 1.36 supports
     addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
     assert addresses["InternalIP"] == real_node.ip
     assert not ipaddress.ip_address(real_node.ip).is_loopback
     assert node["metadata"]["labels"][node_mod.NODE_LABEL] == node_mod.NODE_LABEL_VALUE
-    assert [t["key"] for t in node["spec"].get("taints", [])] == [node_mod.NODE_TAINT_KEY]
+    # Ours, registered by the kubelet (the node lifecycle controller may briefly add its not-ready one too).
+    assert node_mod.NODE_TAINT_KEY in [t["key"] for t in node["spec"].get("taints", [])]
     # The kwok nodes are still there for the scale and GPU tests, and only they are fake.
     fake = [n["metadata"]["name"] for n in cluster.get("nodes")["items"]
             if cl.KWOK_NODE_ANNOTATION in n["metadata"].get("annotations", {})]
