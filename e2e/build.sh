@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds, once, the binaries of the local Kubernetes control plane that the e2e suite runs:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, the Kubeflow MPI
-# Operator, and helm (for the chart tests). There is no container runtime and nothing can be downloaded but Go modules, so each is
-# compiled from its Go module at a pinned version. Output goes to a cache folder OUTSIDE the repo,
+# Builds, once, the binaries of the local Kubernetes cluster that the e2e suite runs: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, the Kubeflow MPI Operator, helm, and
+# for the real node kubelet, kube-proxy, CoreDNS and containerd v2 (daemon, runc shim, ctr; runc and the
+# CNI plugins come from Debian: e2e/run.sh installs them). Nothing can be downloaded but Go modules and Debian packages, so
+# each is compiled from its Go module at a pinned version. Output goes to a cache folder OUTSIDE the repo,
 # keyed by the versions, and a binary already there is reused (a cold build takes tens of minutes on
 # 2 cores; see e2e/README.md for the measured figures).
 #
@@ -87,6 +88,16 @@ kwok_build() {
         "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
     mv "$gobin/kwok" "$out" && rmdir "$gobin"
 }
+coredns_build() {  # gomod/coredns/main.go: CoreDNS with the kubernetes plugin (version pinned in its go.mod)
+    (cd "$HERE/gomod/coredns" && go build -trimpath -ldflags "-s -w" -o "$out" .)
+}
+CONTAINERD_VERSION=v2.3.7  # also pinned in gomod/containerd/go.mod
+containerd_build() {  # containerd_build CMD: containerd, containerd-shim-runc-v2 or ctr, without cgo
+    # no_btrfs/no_devmapper/no_zfs: snapshotters this node does not use (btrfs needs cgo); overlayfs is built in.
+    (cd "$HERE/gomod/containerd" && go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+        -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}" \
+        -o "$out" "github.com/containerd/containerd/v2/cmd/$1")
+}
 mpi_build() {
     (cd "$HERE/gomod/mpi-operator" && go build -trimpath -ldflags "-s -w" -o "$out" \
         github.com/kubeflow/mpi-operator/cmd/mpi-operator)
@@ -111,6 +122,13 @@ build kubectl k8s_build kubectl
 build kwok kwok_build
 build kube-controller-manager k8s_build kube-controller-manager
 build kube-scheduler k8s_build kube-scheduler
+# The real node (kubelet and kube-proxy share most packages with the binaries above).
+build kubelet k8s_build kubelet
+build kube-proxy k8s_build kube-proxy
+build coredns coredns_build
+for cmd in containerd containerd-shim-runc-v2 ctr; do
+    build "$cmd" containerd_build "$cmd"
+done
 if [[ "${KESTREL_E2E_SKIP_MPI:-}" != "1" ]]; then
     build mpi-operator mpi_build
 fi

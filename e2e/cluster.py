@@ -1,10 +1,11 @@
-"""A real Kubernetes control plane on loopback, run from binaries built by e2e/build.sh.
+"""A real Kubernetes control plane, run from binaries built by e2e/build.sh.
 
-There is no container runtime on the machines this project runs on, so there is no kind/k3d: etcd,
-kube-apiserver, kube-controller-manager and kube-scheduler run as plain processes, and kwok plays the
-kubelet for fake GPU nodes (it moves pods through their phases without running anything). Every address
-is 127.0.0.1 on a port the OS handed out, every process is stopped by its own PID, and the temp dir with
-all logs is kept when something failed so the failure can be read afterwards.
+There is no kind/k3d here: etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as plain
+processes, kwok plays the kubelet for fake GPU nodes (it moves pods through their phases without running
+anything), and node.py adds one real node (kubelet + containerd). The conftest runs all of it inside the
+session's own network namespace (netns.py): components listen on 127.0.0.1, the API server on the
+namespace's node address so pods can reach it. Every port is one the OS handed out, every process is
+stopped by its own PID, and the temp dir with all logs is kept when something failed.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # nothing contacts it, but a second process already on the port makes the operator exit.
 MPI_OPERATOR_HEALTH_PORT = 8080
 
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok",
+            "kubelet", "kube-proxy", "coredns", "containerd", "containerd-shim-runc-v2", "ctr")
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_VIP = "10.0.0.1"  # the `kubernetes` Service's ClusterIP: the first address of SERVICE_CIDR
 
 
 class KubectlError(RuntimeError):
@@ -97,16 +101,60 @@ def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     path.chmod(0o600)
 
 
-def make_pki(folder: Path) -> dict[str, Path]:
-    """A CA, an API-server serving cert for 127.0.0.1/localhost, and the service-account key pair.
+def _name(cn: str, orgs: Sequence[str] = ()) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+                     + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs])
+
+
+def _issue(ca_key: rsa.RSAPrivateKey, ca_name: x509.Name, subject: x509.Name, usage: x509.ObjectIdentifier,
+           sans: Sequence[x509.GeneralName] = ()) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A leaf certificate signed by our CA, for serving (SERVER_AUTH) or as a client identity (CLIENT_AUTH)."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=2))
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _write_pair(folder: Path, stem: str, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> tuple[Path, Path]:
+    crt_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
+    crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return crt_path, key_path
+
+
+def issue_client_cert(pki: dict[str, Path], stem: str, user: str, groups: Sequence[str] = ()) -> tuple[Path, Path]:
+    """A client certificate from our CA (the API server authenticates it as `user` in `groups`)."""
+    ca_cert = x509.load_pem_x509_certificate(pki["ca.crt"].read_bytes())
+    ca_key = serialization.load_pem_private_key(pki["ca.key"].read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    cert, key = _issue(ca_key, ca_cert.subject, _name(user, groups), x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
+    crt_path, key_path = _write_pair(pki["ca.crt"].parent, stem, cert, key)
+    pki[f"{stem}.crt"], pki[f"{stem}.key"] = crt_path, key_path
+    return crt_path, key_path
+
+
+def make_pki(folder: Path, ips: Sequence[str] = ("127.0.0.1",)) -> dict[str, Path]:
+    """A CA, an API-server serving cert for `ips` and the in-cluster names, and the service-account key pair.
 
     Our own CA (rather than the API server's self-signed cert) lets every client verify TLS instead
-    of skipping verification, the way a real cluster's kubeconfig does.
+    of skipping verification, the way a real cluster's kubeconfig does; it also signs the client
+    certificates of the kubelet and of the API server towards the kubelet (issue_client_cert).
     """
     folder.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kestrel-e2e-ca")])
+    ca_name = _name("kestrel-e2e-ca")
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -126,42 +174,23 @@ def make_pki(folder: Path) -> dict[str, Path]:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    srv_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    srv_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(srv_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.DNSName("kubernetes"),
-                    x509.DNSName("kubernetes.default.svc"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default"),
+        x509.DNSName("kubernetes.default.svc"), x509.DNSName("kubernetes.default.svc.cluster.local"),
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys([*ips, SERVICE_VIP])),
+    ]
+    srv_cert, srv_key = _issue(ca_key, ca_name, _name("kube-apiserver"),
+                               x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, sans)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     paths = {
         "ca.crt": folder / "ca.crt",
         "ca.key": folder / "ca.key",
-        "apiserver.crt": folder / "apiserver.crt",
-        "apiserver.key": folder / "apiserver.key",
         "sa.key": folder / "sa.key",
         "sa.pub": folder / "sa.pub",
     }
     paths["ca.crt"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(paths["ca.key"], ca_key)
-    paths["apiserver.crt"].write_bytes(srv_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(paths["apiserver.key"], srv_key)
+    paths["apiserver.crt"], paths["apiserver.key"] = _write_pair(folder, "apiserver", srv_cert, srv_key)
     _write_key(paths["sa.key"], sa_key)
     paths["sa.pub"].write_bytes(
         sa_key.public_key().public_bytes(
@@ -286,10 +315,13 @@ class ControlPlane:
     apiserver_port: int = 0
     etcd_port: int = 0
     pki: dict[str, Path] = field(default_factory=dict)
+    # Where the API server listens: the session network namespace's node address (netns.py), so pods on a
+    # real node's bridge reach it too; 127.0.0.1 when run without one (kwok-only use of this module).
+    address: str = "127.0.0.1"
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -303,7 +335,7 @@ class ControlPlane:
         """Environment for anything that talks to this cluster: KUBECONFIG set, proxies ignored."""
         env = {k: v for k, v in os.environ.items() if k.lower() not in {"http_proxy", "https_proxy"}}
         env["KUBECONFIG"] = str(self.kubeconfig)
-        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        env["NO_PROXY"] = env["no_proxy"] = f"127.0.0.1,localhost,{self.address}"
         env.update(extra)
         return env
 
@@ -421,28 +453,36 @@ def start_etcd(cp: ControlPlane) -> None:
 
 def start_apiserver(cp: ControlPlane) -> None:
     cp.apiserver_port = free_port()
+    kubelet_client = issue_client_cert(cp.pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                       ["system:masters"])
+    # The `kubernetes` Service's endpoint is the advertise address; Endpoints validation rejects 127.0.0.0/8,
+    # so without a namespace address (kwok-only use) the reconciler is off instead of failing every 10 s.
+    # Pods get ServiceAccount tokens (admission plugin ServiceAccount, on by default): real pods use them.
+    reconciler = ["--endpoint-reconciler-type=none"] if ipaddress.ip_address(cp.address).is_loopback else []
     tokens = cp.workdir / "tokens.csv"
     tokens.write_text(f'{cp.token},admin,admin,"system:masters"\n')
     tokens.chmod(0o600)
     proc = cp.start("kube-apiserver", [
         cp.bin / "kube-apiserver",
         f"--etcd-servers=http://127.0.0.1:{cp.etcd_port}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        f"--bind-address={cp.address}", f"--advertise-address={cp.address}",
         f"--secure-port={cp.apiserver_port}",
         f"--tls-cert-file={cp.pki['apiserver.crt']}", f"--tls-private-key-file={cp.pki['apiserver.key']}",
         f"--cert-dir={cp.workdir / 'apiserver-certs'}",
         f"--token-auth-file={tokens}",
-        "--authorization-mode=RBAC",
+        # Client certificates from our CA: the kubelet authenticates as system:node:<name> (group system:nodes),
+        # which the Node authorizer serves; the API server shows its own to the kubelet (logs, exec).
+        f"--client-ca-file={cp.pki['ca.crt']}",
+        f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
+        # The node's name resolves nowhere (the namespace has no resolver for it): dial its address.
+        "--kubelet-preferred-address-types=InternalIP",
+        "--authorization-mode=Node,RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={cp.pki['sa.pub']}",
         f"--service-account-signing-key-file={cp.pki['sa.key']}",
-        "--service-cluster-ip-range=10.0.0.0/24",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true",
-        # The `kubernetes` Service cannot point at a loopback address (Endpoints validation rejects
-        # 127.0.0.0/8) and nothing here runs inside a pod network, so do not try every 10 s.
-        "--endpoint-reconciler-type=none",
-        # Pods would otherwise wait for each namespace's default ServiceAccount; nothing here runs them.
-        "--disable-admission-plugins=ServiceAccount",
+        *reconciler,
         "--enable-priority-and-fairness=false",
         "--profiling=false",
         "--v=1",
@@ -542,13 +582,14 @@ def start_kwok(cp: ControlPlane, nodes: Sequence[str]) -> None:
 DEFAULT_GPU_NODES = ("gpu-node-0", "gpu-node-1", "gpu-node-2", "gpu-node-3")
 
 
-def start_control_plane(bin: Path, workdir: Path, gpu_nodes: Sequence[str] = DEFAULT_GPU_NODES) -> ControlPlane:
-    """etcd -> kube-apiserver -> controller-manager -> scheduler -> kwok with fake GPU nodes.
+def start_control_plane(bin: Path, workdir: Path, gpu_nodes: Sequence[str] = DEFAULT_GPU_NODES,
+                        address: str = "127.0.0.1") -> ControlPlane:
+    """etcd -> kube-apiserver (on `address`) -> controller-manager -> scheduler -> kwok with fake GPU nodes.
 
     On any failure everything started so far is stopped before the error propagates.
     """
-    cp = ControlPlane(bin=bin, workdir=workdir)
-    cp.pki = make_pki(workdir / "pki")
+    cp = ControlPlane(bin=bin, workdir=workdir, address=address)
+    cp.pki = make_pki(workdir / "pki", ips=["127.0.0.1", address])
     try:
         start_etcd(cp)
         start_apiserver(cp)

@@ -16,10 +16,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from e2e import cluster as cl
+from e2e import node as node_mod
+from e2e.netns import NetNS
+
+if TYPE_CHECKING:  # real_runs imports kestrel_objects, which imports wait_until from here
+    from e2e import real_runs
 
 FAILED_KEY = pytest.StashKey[bool]()
 MPI_KEY = pytest.StashKey[str]()
@@ -70,9 +76,22 @@ def e2e_workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def cluster(e2e_workdir: Path) -> Iterator[cl.ControlPlane]:
-    """etcd, kube-apiserver, controller-manager, scheduler and kwok with four fake 8-GPU nodes."""
-    cp = cl.start_control_plane(_binaries(), e2e_workdir)
+def session_netns() -> Iterator[NetNS]:
+    """The session's own network namespace (netns.py), entered by this process for the whole session."""
+    ns = NetNS.enter_new(f"kestrel-e2e-{os.getpid()}")
+    try:
+        yield ns
+    finally:
+        ns.leave()
+
+
+@pytest.fixture(scope="session")
+def cluster(e2e_workdir: Path, request: pytest.FixtureRequest) -> Iterator[cl.ControlPlane]:
+    """etcd, kube-apiserver, controller-manager, scheduler and kwok with four fake 8-GPU nodes, all inside
+    the session's network namespace (binaries are built first: that needs the machine's network)."""
+    folder = _binaries()
+    ns: NetNS = request.getfixturevalue("session_netns")
+    cp = cl.start_control_plane(folder, e2e_workdir, address=ns.node_ip)
     try:
         yield cp
     finally:
@@ -81,9 +100,11 @@ def cluster(e2e_workdir: Path) -> Iterator[cl.ControlPlane]:
 
 @pytest.fixture
 def namespace(cluster: cl.ControlPlane) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards without waiting (the namespace controller finishes)."""
+    """A fresh namespace per test, deleted afterwards without waiting (the namespace controller finishes).
+    Returned once its default ServiceAccount exists: pods need one (ServiceAccount admission)."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
+    wait_until(f"default ServiceAccount in {name}", lambda: cluster.exists("serviceaccount", "default", name))
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -166,3 +187,59 @@ def operator(cluster: cl.ControlPlane, mpi_controller: str, kestrel_crds: list[s
     op.start()
     yield op
     op.stop()
+
+
+# ------------------------------------------------------------------------------------------- real node
+
+def _image(name: str) -> node_mod.Image:
+    """localhost/kestrel-NAME from scripts/build_images.sh (cached by its inputs) as an OCI archive.
+    KESTREL_BUILD_IMAGES points at another copy of the script (e.g. a worktree where it is being written)."""
+    script = Path(os.environ.get("KESTREL_BUILD_IMAGES") or node_mod.BUILD_IMAGES)
+    cache = Path(os.environ.get("KESTREL_IMAGE_ARCHIVES") or Path.home() / ".cache" / "kestrel-images" / "archives")
+    try:
+        return node_mod.build_images([name], cache, script)[name]
+    except node_mod.NodeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: cl.ControlPlane, session_netns: NetNS) -> Iterator[node_mod.RealNode]:
+    """One real node (containerd, kubelet, kube-proxy, CoreDNS) running the sandbox image."""
+    try:
+        node = node_mod.start_real_node(cluster, session_netns.node_ip, _image("pause"))
+    except (node_mod.NodeError, cl.ControlPlaneError) as exc:
+        pytest.fail(f"real node did not come up: {exc}")
+    yield node
+    forced = node_mod.stop_real_node(node)
+    if forced:
+        sys.stderr.write(f"\n[e2e] real node teardown had to force: {forced}\n")
+
+
+@pytest.fixture(scope="session")
+def trainer_image(real_node: node_mod.RealNode) -> str:
+    """The CPU trainer image, imported into the real node's containerd; returns its reference."""
+    image = _image("trainer")
+    real_node.load(image)
+    return image.ref
+
+
+@pytest.fixture(scope="session")
+def real_workspace(cluster: cl.ControlPlane, e2e_workdir: Path, trainer_image: str,
+                   operator: cl.Operator) -> real_runs.Workspace:  # noqa: ARG001 - the operator must run
+    """A namespace with the key Secret and hostPath PV/PVCs (real Fashion-MNIST subset, results), shared by
+    the real-run tests: later tests (prune, export) reuse the trained results in it."""
+    from e2e import real_runs
+
+    name = f"e2e-real-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    wait_until(f"default ServiceAccount in {name}", lambda: cluster.exists("serviceaccount", "default", name))
+    return real_runs.make_workspace(cluster, name, e2e_workdir / "real-runs", trainer_image)
+
+
+@pytest.fixture(scope="session")
+def trained(cluster: cl.ControlPlane, real_workspace: real_runs.Workspace) -> dict:
+    """The 2-rank ClassificationTrain run to Succeeded on the real node (once per session)."""
+    from e2e import real_runs
+
+    return real_runs.run_to_end(cluster, real_workspace, real_runs.train_resource(real_workspace, "fashion"),
+                                "Succeeded")

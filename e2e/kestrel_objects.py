@@ -47,17 +47,22 @@ def claim_names(resource: dict) -> list[str]:
     return sorted({v["claimName"] for v in (resource["spec"].get("volumes") or {}).values() if v.get("claimName")})
 
 
-def provide_claims(cp: cl.ControlPlane, namespace: str, claims: list[str]) -> None:
+def provide_claims(cp: cl.ControlPlane, namespace: str, claims: list[str],
+                   host_paths: dict[str, Path] | None = None) -> None:
     """Pre-bound PV + PVC per claim: there is no storage provisioner here, and the scheduler keeps a pod
-    whose claim is unbound Pending. The PV is a hostPath nobody mounts (kwok runs no containers)."""
+    whose claim is unbound Pending. Each PV is a hostPath: the folder given in host_paths (the real node
+    mounts it), else a path nobody mounts (kwok runs no containers)."""
     docs: list[dict] = []
     for claim in claims:
         pv = f"pv-{namespace}-{claim}"[:63]
+        path = str((host_paths or {}).get(claim) or f"/nonexistent/{pv}")
         docs.append({
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
             "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"],
-                     "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
-                     "hostPath": {"path": f"/nonexistent/{pv}"},
+                     # Retain: deleting the claim never touches the folder (the test reads it afterwards).
+                     "persistentVolumeReclaimPolicy": "Retain" if host_paths else "Delete",
+                     "storageClassName": "",
+                     "hostPath": {"path": path, "type": "Directory" if host_paths else ""},
                      "claimRef": {"namespace": namespace, "name": claim}},
         })
         docs.append({

@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# CI entry for the end-to-end suite: build the control-plane binaries when the cache is cold (tens of
-# minutes on 2 cores; seconds when warm), then run e2e/ against them. Extra arguments go to pytest.
+# CI entry for the end-to-end suite, from the repo's own files on a fresh machine (as root):
+# 1. Debian packages of the real node (runc, CNI plugins, iptables for kube-proxy);
+# 2. the cluster binaries (build.sh: cold tens of minutes on 2 cores, cached by their versions);
+# 3. the images the real node runs (scripts/build_images.sh: base + trainer + pause, cached by their inputs);
+# 4. the suite (it creates its own network namespace, see e2e/netns.py). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${KESTREL_VENV:-$(pwd)/.venv}
 start=$(date +%s)
+need=()
+for pkg in runc containernetworking-plugins iptables iproute2 util-linux; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "e2e: installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 bash e2e/build.sh
 echo "e2e: binaries ready after $(( $(date +%s) - start )) s"
 # The CPU images (podman; cached by their inputs, seconds when warm) and their OCI archives for the node.

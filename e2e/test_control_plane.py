@@ -5,9 +5,11 @@ controller-manager's Job controller and garbage collector."""
 from __future__ import annotations
 
 import json
+import os
 
 from e2e import cluster as cl
 from e2e.conftest import wait_until
+from e2e.netns import NetNS, current_netns_inode
 
 K8S_VERSION = "v1.36.3"
 
@@ -19,12 +21,17 @@ def test_versions_are_stamped(cluster: cl.ControlPlane) -> None:
     assert cluster.get_json("/version")["gitVersion"] == K8S_VERSION
 
 
-def test_every_component_listens_on_loopback_only(cluster: cl.ControlPlane) -> None:
-    assert cluster.server.startswith("https://127.0.0.1:")
+def test_every_component_listens_only_inside_the_session_netns(cluster: cl.ControlPlane,
+                                                               session_netns: NetNS) -> None:
+    """Servers listen on loopback, except the API server, which listens on the session namespace's node
+    address (pods of the real node reach it there); that namespace is not the machine's (netns.py)."""
+    assert current_netns_inode() != os.fstat(NetNS.host_fd).st_ino
+    assert cluster.server == f"https://{session_netns.node_ip}:{cluster.apiserver_port}"
     for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
         addresses = cl.listening_addresses(cluster.processes[name].pid)
         assert addresses, f"{name} listens on nothing?"
-        assert all(a.startswith("127.0.0.1:") for a in addresses), (name, addresses)
+        allowed = (f"{session_netns.node_ip}:",) if name == "kube-apiserver" else ("127.0.0.1:",)
+        assert all(a.startswith(allowed) for a in addresses), (name, addresses)
 
 
 def test_unauthenticated_request_is_rejected(cluster: cl.ControlPlane) -> None:
@@ -34,7 +41,8 @@ def test_unauthenticated_request_is_rejected(cluster: cl.ControlPlane) -> None:
 
 
 def test_fake_gpu_nodes_are_ready_with_gpu_capacity(cluster: cl.ControlPlane) -> None:
-    nodes = cluster.get("nodes")["items"]
+    nodes = [n for n in cluster.get("nodes")["items"]
+             if cl.KWOK_NODE_ANNOTATION in n["metadata"].get("annotations", {})]  # not the real node
     assert len(nodes) >= 2
     for node in nodes:
         assert node["status"]["allocatable"][cl.GPU_RESOURCE] == "8"

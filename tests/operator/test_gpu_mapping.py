@@ -92,5 +92,18 @@ def test_rank_wider_than_a_node():
 def test_cpu_only_run():
     m = map_gpus(0, 1, 8)
     assert (m.ranks, m.gpus_per_pod, m.workers, m.launcher_as_worker) == (1, 0, 0, True)
-    with pytest.raises(InvalidSpec, match="CPU-only"):
-        map_gpus(0, 2, 8)
+
+
+def test_cpu_ranks_one_per_worker_pod(settings):
+    """gpus 0 with numProcesses 2: two CPU ranks in two worker pods, mpirun in the launcher, no GPU asked."""
+    res = parse_resource(train_body(gpus=0, numProcesses=2), settings)
+    job = _job(plan_run(res, res.run.experiment_spec))["spec"]
+    assert (job["slotsPerWorker"], job["runLauncherAsWorker"]) == (1, False)
+    replicas = job["mpiReplicaSpecs"]
+    assert replicas["Worker"]["replicas"] == 2
+    for role in ("Launcher", "Worker"):
+        assert "nvidia.com/gpu" not in str(replicas[role]["template"]["spec"]["containers"][0]["resources"])
+    launcher = replicas["Launcher"]["template"]["spec"]["containers"][0]
+    assert launcher["command"] == ["mpirun"] and launcher["args"][:2] == ["-np", "2"]
+    trainer = launcher["args"][launcher["args"].index("kestrel"):]
+    assert trainer[trainer.index("--num_processes") + 1] == "2"

@@ -116,6 +116,10 @@ def test_key_only_from_secret_env_never_on_command_line(settings):
     for name in ("KESTREL_RESOURCE_GROUP", "KESTREL_RESOURCE_PLURAL", "KESTREL_RESOURCE_NAME",
                  "KESTREL_RESOURCE_NAMESPACE", "KESTREL_RESOURCE_UID", "KESTREL_RUN"):
         assert name in env and args[args.index(name) - 1] == "-x"
+    # Ranks on the workers are started by sshd/orted and inherit none of the pod's variables: rank 0's
+    # progress reporter finds the API server only if mpirun forwards where kubelet said it is.
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        assert args[args.index(name) - 1] == "-x"
     assert env["KESTREL_RESOURCE_PLURAL"]["value"] == "classificationtrains"
     assert env["KESTREL_RUN"]["value"] == job["metadata"]["name"]
     for flag in ("--bind-to", "-map-by", "ob1", "^openib", "NCCL_DEBUG=INFO", "LD_LIBRARY_PATH", "PATH"):

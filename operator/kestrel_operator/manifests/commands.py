@@ -30,7 +30,10 @@ RESOURCE_ENV = (
 # and tf.data spawn their own threads). Non-root pods, so no --allow-run-as-root.
 MPIRUN_FLAGS = ("--bind-to", "none", "-map-by", "slot")
 MPIRUN_MCA = ("-mca", "pml", "ob1", "-mca", "btl", "^openib")
-MPIRUN_ENV = (KEY_ENV, "NCCL_DEBUG=INFO", "LD_LIBRARY_PATH", "PATH", *RESOURCE_ENV)
+# Ranks started by orted over ssh do not inherit the pod's environment: everything a rank reads must be
+# forwarded, including where the API server is (rank 0 may run in a worker pod and report progress).
+API_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+MPIRUN_ENV = (KEY_ENV, "NCCL_DEBUG=INFO", "LD_LIBRARY_PATH", "PATH", *API_ENV, *RESOURCE_ENV)
 
 
 def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str], has_spec: bool) -> list[str]:

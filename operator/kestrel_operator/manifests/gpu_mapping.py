@@ -4,6 +4,8 @@ P = numProcesses Horovod ranks; k = gpus / P GPUs per rank (k > 1 is model paral
 model_parallelism must have k entries). Ranks are packed into worker pods: slotsPerWorker S is the
 largest divisor of P with S*k <= gpusPerNode, so every pod fits on one node and all pods are equal;
 workers = P / S, each requesting S*k GPUs. A single rank runs in the launcher (no worker pods).
+CPU only (gpus 0): P ranks, one per worker pod (each with spec.resources' CPU and memory); P = 1 runs in
+the launcher.
 """
 
 from __future__ import annotations
@@ -46,9 +48,8 @@ def map_gpus(
     if gpus_per_node < 1:
         raise InvalidSpec(f"must be >= 1, got {gpus_per_node}", "spec.gpusPerNode")
     if gpus == 0:
-        if num_processes != 1:
-            raise InvalidSpec("CPU-only runs (gpus: 0) use one process", "spec.numProcesses")
-        return GpuMapping(ranks=1, gpus_per_rank=0, slots_per_worker=1, workers=0, gpus_per_pod=0)
+        workers = 0 if num_processes == 1 else num_processes
+        return GpuMapping(ranks=num_processes, gpus_per_rank=0, slots_per_worker=1, workers=workers, gpus_per_pod=0)
     if gpus % num_processes:
         raise InvalidSpec(
             f"gpus ({gpus}) must be a multiple of numProcesses ({num_processes}): "

@@ -126,6 +126,9 @@ def pod_template(
     if env:
         c["env"] = env
     c["resources"] = _resources(res, gpus, runs_ranks)
+    # A failed trainer's last log lines become the pod's termination message: the operator reads the
+    # trainer's one-line error from there into the resource's status (status/trainer_error.py).
+    c["terminationMessagePolicy"] = "FallbackToLogsOnError"
     c["volumeMounts"] = mounts
     if container == "launcher":
         # A failed trainer's last log line becomes the termination message the status quotes.

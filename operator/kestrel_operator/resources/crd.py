@@ -119,7 +119,8 @@ def _common_spec(kind: str) -> dict[str, Schema]:
         "gpus": _i(f"Total GPUs of the run (0: CPU only). Default {default_gpus}.", default=default_gpus,
                    minimum=0),
         "numProcesses": _i("MPI/Horovod ranks; each gets gpus/numProcesses GPUs (more than 1 is model "
-                           "parallelism). Default: gpus (or 1 when gpus is 0).", minimum=1),
+                           "parallelism); with gpus 0, CPU ranks, one per worker pod. Default: gpus (or 1 when "
+                           "gpus is 0).", minimum=1),
         "gpusPerNode": _i("GPUs per node, used to pack ranks into worker pods. Default: the operator's "
                           "KESTREL_GPUS_PER_NODE.", minimum=1),
         "image": _s("Trainer image. Default: the operator's KESTREL_DEFAULT_IMAGE.", maxLength=1024),
@@ -230,8 +231,8 @@ def _scheduling_spec() -> dict[str, Schema]:
 def _spec_schema(kind: str) -> Schema:
     props = _common_spec(kind)
     rules: list[tuple[str, str]] = [
-        ("!has(self.numProcesses) || (self.gpus == 0 ? self.numProcesses == 1 : self.gpus % self.numProcesses == 0)",
-         "gpus must be a multiple of numProcesses (and a CPU-only run, gpus 0, has one process)"),
+        ("!has(self.numProcesses) || self.gpus == 0 || self.gpus % self.numProcesses == 0",
+         "gpus must be a multiple of numProcesses (gpus 0: numProcesses CPU ranks, one per worker pod)"),
     ]
     required = ["keySecretRef", "volumes"]
     if kind == "ClassificationTrain":

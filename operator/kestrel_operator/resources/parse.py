@@ -293,8 +293,6 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> RunSpec:
     assert num_processes is not None
     if kind != "ClassificationTrain" and num_processes != 1:
         raise InvalidSpec(f"{kind} runs a single process; numProcesses must be 1", spec.at("numProcesses"))
-    if gpus == 0 and num_processes != 1:
-        raise InvalidSpec("CPU-only runs (gpus: 0) use one process", spec.at("numProcesses"))
     if gpus > 0 and gpus % num_processes != 0:
         raise InvalidSpec(f"gpus ({gpus}) must be a multiple of numProcesses ({num_processes})", spec.path)
     gpus_per_node = spec.integer("gpusPerNode", settings.gpus_per_node, minimum=1)

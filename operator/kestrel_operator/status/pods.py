@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from kestrel_operator.status import reasons as r
+from kestrel_operator.status.trainer_error import error_line
 
 IMAGE_PULL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 LAUNCHER_CONTAINER = "launcher"
@@ -157,8 +158,9 @@ def trainer_failure(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
             term = (cs.get("state") or {}).get("terminated") or {}
             if cs.get("name") != LAUNCHER_CONTAINER or not term or term.get("exitCode") in (0, None):
                 continue
-            said = str(term.get("message") or "").strip().splitlines()
-            line = said[-1] if said else f"no message ({term.get('reason') or 'Error'})"
+            message = str(term.get("message") or "")
+            said = message.strip().splitlines()
+            line = error_line(message) or (said[-1] if said else f"no message ({term.get('reason') or 'Error'})")
             return Cause(r.TRAINER_FAILED,
                          _clip(f"the trainer exited with code {term['exitCode']}: {line}. Fix the cause, then "
                                f"edit the resource to start a new run (kubectl logs {_name(pod)})."))
