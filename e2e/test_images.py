@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from e2e import netns
 from kestrel_operator.manifests.build import SSH_AUTH_MOUNT_PATH, WORKER_COMMAND
 from kestrel_operator.manifests.commands import KEY_ENV, RESOURCE_ENV, launcher_command
 from kestrel_operator.manifests.gpu_mapping import map_gpus
@@ -53,7 +54,7 @@ def podman_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def images(podman_env) -> dict[str, str]:
     """name -> reference of the CPU trainer and operator images, built (or found up to date) now."""
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "build_images.sh"), "--only", "trainer,operator"],
+    proc = in_host_netns(["bash", str(REPO / "scripts" / "build_images.sh"), "--only", "trainer,operator"],
                           capture_output=True, text=True, timeout=3600, env=podman_env)
     assert proc.returncode == 0, f"scripts/build_images.sh failed:\n{proc.stderr[-4000:]}"
     assert shutil.which("podman"), "podman is missing after scripts/build_images.sh"
@@ -62,7 +63,13 @@ def images(podman_env) -> dict[str, str]:
 
 
 def podman(env: dict[str, str], *args: str, timeout: int = TIMEOUT, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    return in_host_netns(["podman", *args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def in_host_netns(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    """podman in the machine's network namespace: the e2e session runs in a namespace of its own (netns.py),
+    while podman's network helpers (netavark bridges, aardvark-dns, one per machine) live in the machine's."""
+    return netns.run_in_host_netns(argv, **kw)
 
 
 def run(env: dict[str, str], image: str, *cmd: str, opts: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -202,7 +209,7 @@ def test_trains_on_mounted_data_into_a_uid_1000_results_folder(images, podman_en
            *mount(subset, ro=True), *mount(spec_dir, ro=True), *mount(results, "/results"),
            images["kestrel-trainer"], "kestrel", "train", "-e", str(spec), "-r", "/results"]
     assert KEY not in " ".join(cmd)  # the key never reaches a command line
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    proc = in_host_netns(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert KEY not in proc.stdout + proc.stderr
     model = results / "weights" / "resnet_001.tlt"
@@ -268,7 +275,7 @@ def test_two_ranks_train_over_ssh_like_an_mpijob(images, podman_env, network, co
         **{name: "" for name in RESOURCE_ENV},  # set in every pod by the operator; empty: no cluster here
     }
     env_opts = [opt for name in launcher_env for opt in ("-e", name)]
-    proc = subprocess.run(
+    proc = in_host_netns(
         ["podman", "run", "--rm", "--name", f"{network}-launcher", "--network", network, *env_opts, *volumes,
          *mount(hostfile_dir, "/etc/mpi", ro=True), image, *cmd],
         capture_output=True, text=True, timeout=TIMEOUT, env=dict(podman_env, **launcher_env))

@@ -35,6 +35,15 @@ def test_num_processes_minus_one_means_as_many_as_gpus():
         resolve_processes(_args("--gpus", "2", "--num_processes", "-3"))
 
 
+def test_gpus_zero_is_cpu_ranks_as_the_operator_renders_them():
+    """`gpus: 0, numProcesses: 2` in a ClassificationTrain renders `--gpus 0 --num_processes 2` (the real-node
+    e2e caught a refusal of it): 2 CPU ranks; with -1, one process."""
+    assert resolve_processes(_args("--gpus", "0", "--num_processes", "2")) == 2
+    assert resolve_processes(_args("--gpus", "0")) == 1
+    with pytest.raises(KestrelError, match="--gpus must be >= 0"):
+        resolve_processes(_args("--gpus", "-1"))
+
+
 def test_dry_run_with_num_processes_minus_one_shows_the_gpus_ranks(tmp_path, fashion_subset, capsys):
     spec = write_spec(tmp_path, fashion_subset, epochs=2)
     args = build_parser().parse_args(["train", "-e", str(spec), "-r", str(tmp_path / "r"), "--dry-run",
