@@ -34,6 +34,8 @@ from kestrel_operator.serving import leader, metrics
 from kestrel_operator.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
+# How soon a replica that does not hold the Lease looks at a queued key again (no API call meanwhile).
+FOLLOWER_RETRY_SECONDS = 5.0
 _state: dict[str, Any] = {}
 # Watch timeouts: the API server ends each watch after server_timeout; the client gives up on a silent
 # connection (a dropped TCP session) after client_timeout and kopf re-lists and watches again.
@@ -71,7 +73,9 @@ class Controller:
 
     def process(self, key: Hashable) -> Optional[float]:
         if not leader.is_leader():
-            return None  # a follower replica: the Lease holder reconciles; a new leader resyncs (serving/leader.py)
+            # A follower (or a leader whose renewal is late): the Lease holder reconciles. The key stays queued,
+            # so nothing is lost when this replica leads again before the next resync.
+            return FOLLOWER_RETRY_SECONDS
         kind, namespace, name = key  # type: ignore[misc]
         body = self.rec.api.get(API_VERSION, kind, namespace, name)
         if body is None:
