@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from kestrel_operator.handlers.reconcile import Reconciler
 from kestrel_operator.settings import Settings
+from tests.operator.fake_api import FakeApi
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "k8s"
@@ -79,3 +81,14 @@ def export_body(name: str = "exported", **spec: Any) -> dict[str, Any]:
         "keySecretRef": {"name": "kestrel-key"},
         "volumes": {"results": {"claimName": "results", "subPath": name}},
     }, spec)
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    """An in-memory API store (fake_api.py)."""
+    return FakeApi()
+
+
+@pytest.fixture
+def rec(api, settings) -> Reconciler:
+    return Reconciler(api, settings)

@@ -11,10 +11,8 @@ import kopf
 import pytest
 
 from kestrel_operator.handlers import kopf_handlers
-from kestrel_operator.handlers.reconcile import Reconciler
 from kestrel_operator.handlers.workqueue import WorkQueue
 from tests.operator.conftest import TRAIN_SPEC, prune_body, train_body
-from tests.operator.fake_api import FakeApi
 from tests.operator.test_handlers import cond, put_run_pod
 
 KEY = ("ClassificationTrain", "default", "resnet18")
@@ -26,16 +24,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def api() -> FakeApi:
-    return FakeApi()
-
-
-@pytest.fixture
-def rec(api, settings) -> Reconciler:
-    return Reconciler(api, settings)
 
 
 @pytest.fixture

@@ -12,21 +12,10 @@ import pytest
 from kestrel_operator.handlers import kopf_handlers
 from kestrel_operator.handlers.reconcile import Reconciler
 from tests.operator.conftest import TRAIN_SPEC, prune_body, train_body
-from tests.operator.fake_api import FakeApi
 
 RUN_KINDS = ["ServiceAccount/resnet18-train-kestrel", "Role/resnet18-train-kestrel-status",
              "RoleBinding/resnet18-train-kestrel-status", "ConfigMap/resnet18-train-g1-spec",
              "MPIJob/resnet18-train-g1"]
-
-
-@pytest.fixture
-def api() -> FakeApi:
-    return FakeApi()
-
-
-@pytest.fixture
-def rec(api, settings) -> Reconciler:
-    return Reconciler(api, settings)
 
 
 def status(api, kind="ClassificationTrain", name="resnet18"):

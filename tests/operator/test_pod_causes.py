@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from kestrel_operator.handlers.reconcile import Reconciler
 from kestrel_operator.status import reasons as r
 from kestrel_operator.status.pods import pod_cause, stuck_creating, trainer_failure
 from tests.operator.conftest import train_body
-from tests.operator.fake_api import FakeApi
 from tests.operator.test_handlers import cond, put_run_pod
 
 JOB = "resnet18-train-g1"
@@ -47,16 +45,6 @@ CASES = {
                                   restartCount=4, lastState={"terminated": {"exitCode": 255, "reason": "Error"}}),
                           r.WORKER_CRASH_LOOP, ["4 restarts", "exit code 255", "sshd"]),
 }
-
-
-@pytest.fixture
-def api() -> FakeApi:
-    return FakeApi()
-
-
-@pytest.fixture
-def rec(api, settings) -> Reconciler:
-    return Reconciler(api, settings)
 
 
 def created_run(api, rec):
