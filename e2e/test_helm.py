@@ -38,6 +38,16 @@ HA_VALUES = {"replicas": 2, "leaderElection": {"leaseDurationSeconds": 10}}
 
 # ------------------------------------------------------------------------------------------- helpers
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_session_operator(operator: cl.Operator) -> Iterator[None]:
+    """Only this module's own operators may reconcile here: the session's cluster-wide operator (started by the
+    modules before this one) would also create MPIJobs in these tests' namespaces, and the test of the chart's
+    ServiceAccount could pass on its work. Stopped for the module, started again after it."""
+    operator.stop()
+    yield
+    operator.start()
+
+
 @pytest.fixture(scope="module")
 def helm(cluster: cl.ControlPlane) -> Callable[..., subprocess.CompletedProcess[str]]:
     exe = cluster.bin / "helm"
