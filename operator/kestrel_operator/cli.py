@@ -96,8 +96,8 @@ def start_serving(settings: Settings, namespaces: list[str]):
     elector = None
     if serving.leader_lease:
         def started() -> None:
-            # Followers drop their queued keys, so a new leader queues every resource once (kopf's initial
-            # listing happened while it was a follower). Not in the election thread: a long list must not
+            # A new leader queues every resource once: followers keep the keys of the events they saw, but a
+            # resource may have changed while no replica led. Not in the election thread: a long list must not
             # delay the next renewal.
             metrics.IS_LEADER.set(1)
             threading.Thread(target=kopf_handlers.controller().resync, args=(tuple(namespaces),), name="resync",
