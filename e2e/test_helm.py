@@ -427,10 +427,8 @@ def test_helm_install_runs_the_operator_pod_on_the_real_node(cluster: cl.Control
     under its own ServiceAccount, serves the webhook through the chart's Service, reconciles a resource to
     Succeeded (its trainer pods on kwok nodes); helm upgrade rolls it; helm uninstall keeps CRDs and resources.
 
-    Needs issue 14's real node and images (e2e/node.py, the `real_node` fixture, conftest's `_image`): skipped
-    only while e2e/node.py is absent (this branch before the merge); with it, a failure to start fails."""
-    if not (cl.E2E_DIR / "node.py").exists():
-        pytest.skip("e2e/node.py (the real node of issue 14) is not in this tree yet")
+    Needs the real node and images (e2e/node.py, the `real_node` fixture, conftest's `_image`); a failure to
+    start them fails the test."""
     from e2e import node as node_mod
     from e2e.conftest import _image
 
