@@ -64,13 +64,9 @@ def _operator_test_lines() -> dict[str, list[str]]:
 
 
 LINES = {**_example_lines(), **_operator_test_lines()}
-COMMANDS = set(build_parser()._subparsers._group_actions[0].choices)
 
 
 def _case(name: str, argv: list[str]):
-    if argv[1] == "export" and "export" not in COMMANDS:
-        return pytest.param(argv, id=name, marks=pytest.mark.xfail(
-            strict=True, reason="export command lands on the export branch"))
     return pytest.param(argv, id=name)
 
 
