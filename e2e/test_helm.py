@@ -149,6 +149,11 @@ def ca_published(cp: cl.ControlPlane, config: str) -> bool:
     return all(h["clientConfig"].get("caBundle") for h in vwc["webhooks"])
 
 
+def webhook_answers(cp: cl.ControlPlane, doc: dict) -> bool:
+    """True once a server-side dry run reaches the webhook (its answer, not a failed call to it)."""
+    return "failed calling webhook" not in apply_result(cp, doc, "--dry-run=server").stderr
+
+
 def apply_result(cp: cl.ControlPlane, doc: dict, *flags: str) -> subprocess.CompletedProcess[str]:
     return cp.kubectl("apply", *flags, "-f", "-", input=yaml.safe_dump(doc), check=False)
 
@@ -450,6 +455,10 @@ def test_helm_install_runs_the_operator_pod_on_the_real_node(cluster: cl.Control
     assert all(c["ready"] for c in pod["status"]["containerStatuses"])
     wait_until("caBundle published by the pod", lambda: ca_published(cluster, f"{full}.kestrel.dev"), 60)
 
+    # A Ready pod is not yet a routed Service: kube-proxy programs the new endpoint on its next sync, and until then
+    # the API server's call is refused. Wait until the webhook itself answers a dry run (what a GitOps retry sees).
+    wait_until("the webhook answering through its Service", lambda: webhook_answers(
+        cluster, train(watched, "probe", experimentSpec=BAD_SPEC)), timeout=60)
     bad = apply_result(cluster, train(watched, "bad", experimentSpec=BAD_SPEC))
     assert bad.returncode != 0 and "spec.experimentSpec:3" in bad.stderr, bad.stderr
     res = train(watched, "in-cluster")
