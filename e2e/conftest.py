@@ -150,9 +150,10 @@ def _mpi_mode(bin_folder: Path) -> str:
 @pytest.fixture(scope="session")
 def mpi_controller(cluster: cl.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """The MPIJob CRD applied and a controller for it running; yields "real" or "double"."""
-    crds = cl.mpijob_crd_paths()
-    if not crds:
-        pytest.fail("no MPIJob CRD (a file named *mpijob*.yaml) under crds/")
+    try:
+        crds = cl.mpijob_crd_paths(cluster.bin)  # the MPI Operator's own, from its Go module (build.sh)
+    except cl.ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
     cl.apply_crds(cluster, crds)
     mode = _mpi_mode(cluster.bin)
     request.config.stash[MPI_KEY] = mode
