@@ -8,4 +8,5 @@ bash scripts/setup.sh
 VENV=${KESTREL_VENV:-$(pwd)/.venv}
 export KESTREL_STRICT=${KESTREL_STRICT:-1}
 "$VENV/bin/ruff" check .
+"$VENV/bin/lint-imports"  # the import layers in pyproject.toml [tool.importlinter]
 "$VENV/bin/python" -m pytest tests "$@"
