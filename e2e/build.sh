@@ -41,6 +41,7 @@ if ! command -v go >/dev/null; then
     [[ -x /usr/local/go/bin/go ]] && export PATH="/usr/local/go/bin:$PATH"
 fi
 command -v go >/dev/null || { echo "e2e/build.sh: the go command is needed (Go >= 1.26)" >&2; exit 1; }
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 # mpijob_crd_source: the CRD file inside the MPI Operator module that gomod/mpi-operator/go.mod pins (go.sum
 # verifies the module's content), after checking that it is the version this script builds.
@@ -69,7 +70,6 @@ TIMES="$CACHE_ROOT/$KEY/build-times.tsv"
 JOBS="${KESTREL_E2E_JOBS:-2}"
 export CGO_ENABLED=0
 export GOFLAGS="-p=${JOBS} -buildvcs=false"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 # Version stamps: without them /version and `kubectl version` report v0.0.0.
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
