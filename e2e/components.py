@@ -21,7 +21,7 @@ from pathlib import Path
 
 from e2e.certs import issue_client_cert, make_pki
 from e2e.kubectl import KubeAccess, write_kubeconfig
-from e2e.processes import ControlPlaneError, Process, _die_with_parent, free_port, port_in_use, wait_for
+from e2e.processes import ControlPlaneError, Process, die_with_parent, free_port, port_in_use, wait_for
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO_ROOT = E2E_DIR.parent
@@ -59,7 +59,6 @@ def missing_binaries(folder: Path) -> list[str]:
     return missing + ([] if (folder / MPIJOB_CRD).is_file() else [MPIJOB_CRD])
 
 
-
 @dataclass
 class ControlPlane(KubeAccess):
     """The running cluster: its addresses, credentials and kubectl (KubeAccess) and the processes it runs."""
@@ -82,7 +81,7 @@ class ControlPlane(KubeAccess):
         popen = subprocess.Popen(
             [str(a) for a in argv], stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env if env is not None else self.env(), cwd=cwd, start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         handle.close()
         proc = Process(name, popen, log)

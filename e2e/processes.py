@@ -105,7 +105,7 @@ def listening_addresses(pid: int) -> set[str]:
     return found
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: ask Linux to SIGTERM it when the test process dies, so a killed pytest
     (a CI timeout, SIGKILL) leaves no etcd or API server behind. Best effort: no-op where prctl is absent."""
     try:
