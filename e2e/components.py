@@ -311,8 +311,12 @@ def apply_crds(cp: ControlPlane, paths: Sequence[Path]) -> list[str]:
             for line in out.splitlines()
             if line.startswith("customresourcedefinition")
         ]
+    # Polled rather than `kubectl wait`, which fails at once while a new CRD has no status yet (the MPI Operator's
+    # 670 KB CRD takes the API server a moment).
     for name in names:
-        cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        wait_for(f"CRD {name} Established", lambda name=name: any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (cp.get("crd", name).get("status") or {}).get("conditions") or []), timeout=60, interval=0.5)
     return names
 
 
