@@ -7,8 +7,13 @@
 # keyed by the versions, and a binary already there is reused (a cold build takes tens of minutes on
 # 2 cores; see e2e/README.md for the measured figures).
 #
-# Usage: e2e/build.sh            build what is missing, print the bin folder on the last line
-#        e2e/build.sh --print    only print the bin folder (for the pytest fixture)
+# The MPIJob CRD the suite installs is the MPI Operator's own, from the same Go module as its binary
+# (manifests/base/kubeflow.org_mpijobs.yaml), copied next to the binaries as kubeflow.org_mpijobs.yaml.
+#
+# Usage: e2e/build.sh              build what is missing, print the bin folder on the last line
+#        e2e/build.sh --print      only print the bin folder (for the pytest fixture)
+#        e2e/build.sh --mpijob-crd print the path of the MPIJob CRD in the MPI Operator's Go module (downloaded
+#                                  into the module cache if needed; the unit tests compare their copy with it)
 # Env:   KESTREL_E2E_CACHE       cache root (default $HOME/.cache/kestrel-e2e)
 #        KESTREL_E2E_JOBS        go build -p (default 2)
 #        KESTREL_E2E_SKIP_MPI=1  do not build the MPI Operator (the suite then uses its test double)
@@ -36,6 +41,27 @@ if ! command -v go >/dev/null; then
     [[ -x /usr/local/go/bin/go ]] && export PATH="/usr/local/go/bin:$PATH"
 fi
 command -v go >/dev/null || { echo "e2e/build.sh: the go command is needed (Go >= 1.26)" >&2; exit 1; }
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+
+# mpijob_crd_source: the CRD file inside the MPI Operator module that gomod/mpi-operator/go.mod pins (go.sum
+# verifies the module's content), after checking that it is the version this script builds.
+mpijob_crd_source() {
+    local mod=github.com/kubeflow/mpi-operator version dir
+    (cd "$HERE/gomod/mpi-operator" && go mod download "$mod") >&2
+    version=$(cd "$HERE/gomod/mpi-operator" && go list -m -f '{{.Version}}' "$mod")
+    if [[ "$version" != "$MPI_OPERATOR_VERSION" ]]; then
+        echo "e2e/build.sh: gomod/mpi-operator/go.mod pins $mod $version, this script builds $MPI_OPERATOR_VERSION" >&2
+        return 1
+    fi
+    dir=$(cd "$HERE/gomod/mpi-operator" && go list -m -f '{{.Dir}}' "$mod")
+    [[ -f "$dir/manifests/base/kubeflow.org_mpijobs.yaml" ]] || {
+        echo "e2e/build.sh: no manifests/base/kubeflow.org_mpijobs.yaml in $dir" >&2; return 1; }
+    echo "$dir/manifests/base/kubeflow.org_mpijobs.yaml"
+}
+if [[ "${1:-}" == "--mpijob-crd" ]]; then
+    mpijob_crd_source
+    exit 0
+fi
 
 mkdir -p "$BIN"
 # The machine is shared: every compile runs at the lowest CPU priority (children inherit it).
@@ -44,7 +70,6 @@ TIMES="$CACHE_ROOT/$KEY/build-times.tsv"
 JOBS="${KESTREL_E2E_JOBS:-2}"
 export CGO_ENABLED=0
 export GOFLAGS="-p=${JOBS} -buildvcs=false"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 # Version stamps: without them /version and `kubectl version` report v0.0.0.
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
@@ -129,6 +154,13 @@ build coredns coredns_build
 for cmd in containerd containerd-shim-runc-v2 ctr; do
     build "$cmd" containerd_build "$cmd"
 done
+# The MPIJob CRD (also needed by the test double): a plain file, copied whole or not at all.
+if [[ ! -f "$BIN/kubeflow.org_mpijobs.yaml" ]]; then
+    crd_source=$(mpijob_crd_source)
+    cp "$crd_source" "$BIN/.kubeflow.org_mpijobs.yaml.partial"
+    mv "$BIN/.kubeflow.org_mpijobs.yaml.partial" "$BIN/kubeflow.org_mpijobs.yaml"
+    echo "copied $crd_source" >&2
+fi
 if [[ "${KESTREL_E2E_SKIP_MPI:-}" != "1" ]]; then
     build mpi-operator mpi_build
 fi

@@ -23,6 +23,7 @@ import pytest
 from e2e import cluster as cl
 from e2e import node as node_mod
 from e2e.netns import NetNS
+from tests.strict_mode import STRICT_ENV, strict_mode
 
 if TYPE_CHECKING:  # real_runs imports kestrel_objects, which imports wait_until from here
     from e2e import real_runs
@@ -134,19 +135,25 @@ def have_tool(name: str) -> bool:
 
 
 def _mpi_mode(bin_folder: Path) -> str:
-    """`real` (the Kubeflow MPI Operator binary) unless it was not built or KESTREL_E2E_MPI=double."""
+    """`real` (the Kubeflow MPI Operator binary) unless it was not built or KESTREL_E2E_MPI=double.
+    In strict mode (KESTREL_STRICT=1, as in CI) the test double is refused: the suite fails instead."""
     forced = os.environ.get("KESTREL_E2E_MPI", "")
-    if forced in ("real", "double"):
-        return forced
-    return "real" if os.access(bin_folder / "mpi-operator", os.X_OK) else "double"
+    built = os.access(bin_folder / "mpi-operator", os.X_OK)
+    mode = forced if forced in ("real", "double") else "real" if built else "double"
+    if mode == "double" and strict_mode():
+        why = "KESTREL_E2E_MPI=double" if forced == "double" else f"{bin_folder / 'mpi-operator'} was not built"
+        pytest.fail(f"{STRICT_ENV}=1 refuses the MPIJob test double ({why}): the suite must run the real "
+                    "Kubeflow MPI Operator (bash e2e/build.sh builds it)", pytrace=False)
+    return mode
 
 
 @pytest.fixture(scope="session")
 def mpi_controller(cluster: cl.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """The MPIJob CRD applied and a controller for it running; yields "real" or "double"."""
-    crds = cl.mpijob_crd_paths()
-    if not crds:
-        pytest.fail("no MPIJob CRD (a file named *mpijob*.yaml) under crds/")
+    try:
+        crds = cl.mpijob_crd_paths(cluster.bin)  # the MPI Operator's own, from its Go module (build.sh)
+    except cl.ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
     cl.apply_crds(cluster, crds)
     mode = _mpi_mode(cluster.bin)
     request.config.stash[MPI_KEY] = mode

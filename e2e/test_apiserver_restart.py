@@ -31,11 +31,11 @@ def own_cluster() -> Iterator[cl.ControlPlane]:
     workdir = Path(tempfile.mkdtemp(prefix="kestrel-e2e-restart-"))
     folder = cl.bin_dir()
     missing = [b for b in cl.API_ONLY_BINARIES if not os.access(folder / b, os.X_OK)]
-    if missing:
+    if missing or not (folder / cl.MPIJOB_CRD).is_file():
         _binaries()  # skips (or builds) with the suite's message
     cp = cl.start_api_only(folder, workdir)
     try:
-        cl.apply_crds(cp, cl.mpijob_crd_paths())
+        cl.apply_crds(cp, cl.mpijob_crd_paths(folder))
         cl.apply_crds(cp, cl.our_crd_paths())
         yield cp
     finally:

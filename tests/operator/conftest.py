@@ -16,6 +16,8 @@ from tests.operator.fake_api import FakeApi
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "k8s"
 CRDS = REPO / "crds"
+# The MPI Operator v0.8.0 module's MPIJob CRD, verbatim (tests/operator/upstream/README.md)
+UPSTREAM_MPIJOB_CRD = Path(__file__).resolve().parent / "upstream" / "kubeflow.org_mpijobs.yaml"
 CHART = REPO / "charts" / "kestrel"
 
 TRAIN_SPEC = """model_config {

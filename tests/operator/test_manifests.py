@@ -1,5 +1,5 @@
 """What the builders produce: shapes per kind, volumes, security, the key, names; and validity of every
-object against the hand-written MPIJob CRD schema and the Kubernetes client's core models."""
+object against the MPI Operator v0.8.0's own MPIJob CRD schema and the Kubernetes client's core models."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from kestrel_operator.manifests import plan_run
 from kestrel_operator.manifests.names import mpijob_name
 from kestrel_operator.manifests.outputs import OutputLocation
 from kestrel_operator.resources import parse_resource
-from tests.operator.conftest import CRDS, TRAIN_SPEC, export_body, prune_body, train_body
+from tests.operator.conftest import TRAIN_SPEC, UPSTREAM_MPIJOB_CRD, export_body, prune_body, train_body
 from tests.operator.k8s_schema import check_core, validate
 
-MPIJOB_SCHEMA = yaml.safe_load((CRDS / "test" / "mpijob-v2beta1.yaml").read_text())["spec"]["versions"][0][
-    "schema"]["openAPIV3Schema"]
+MPIJOB_SCHEMA = yaml.safe_load(UPSTREAM_MPIJOB_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 CORE_MODELS = {"ServiceAccount": "V1ServiceAccount", "ConfigMap": "V1ConfigMap", "Role": "V1Role",
                "RoleBinding": "V1RoleBinding"}
 UPSTREAM = OutputLocation("results", "resnet18", "weights/resnet_012.tlt", "/results/weights/resnet_012.tlt")

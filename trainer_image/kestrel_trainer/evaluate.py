@@ -121,9 +121,9 @@ def run_evaluation(spec, model_path: str, key: Optional[str], results_dir: Optio
     from kestrel_trainer.data import folders
     from kestrel_trainer.data.check import exclude_bad_images
     from kestrel_trainer.errors import DataError
+    from kestrel_trainer.model_io.files import write_json_atomic
     from kestrel_trainer.predict import default_classmap_path, load_for_prediction, predict_files
     from kestrel_trainer.report.plots import confusion_matrix
-    from kestrel_trainer.train.callbacks import write_json_atomic
 
     classmap_path = classmap_path or default_classmap_path(model_path)
     classmap = folders.read_classmap(classmap_path) if classmap_path else None

@@ -14,26 +14,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from kestrel_trainer.data.folders import class_names_from, images_under
 from kestrel_trainer.errors import DataError
 
 log = logging.getLogger("kestrel.inference")
-INFERENCE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-def images_under(root: str) -> list[str]:
-    """Every jpg/jpeg/png under `root` (recursive, any case), sorted for a stable row order."""
-    if not os.path.isdir(root):
-        raise DataError(f"image folder not found: {root}")
-    found = []
-    for folder, _dirs, names in os.walk(root):
-        for name in names:
-            if name.lower().endswith(INFERENCE_EXTENSIONS):
-                found.append(os.path.join(folder, name))
-    if not found:
-        raise DataError(f"no images ({', '.join(INFERENCE_EXTENSIONS)}) under {root}")
-    return sorted(found)
-
-
 def top_k_rows(scores: np.ndarray, class_names: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
     k = min(k, scores.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -51,16 +35,6 @@ def write_result_csv(path: str, files: Sequence[str], rows: Sequence[Sequence[tu
             line += [name, f"{confidence:.6f}"]
         writer.writerow(line)
     write_atomic(path, buffer.getvalue().encode("utf-8"))
-
-
-def class_names_from(classmap_path: str, n_outputs: int) -> list[str]:
-    from kestrel_trainer.data import folders
-
-    classmap = folders.read_classmap(classmap_path)
-    names = list(folders.classes_from_classmap(classmap, source=classmap_path))
-    if len(names) != n_outputs:
-        raise DataError(f"{classmap_path} has {len(names)} classes but the model predicts {n_outputs}")
-    return names
 
 
 def run_inference(spec, model_path: str, key: Optional[str], classmap_path: Optional[str], *,

@@ -20,8 +20,7 @@ def spec_source(meta: ResourceMeta, field: str) -> str:
 
 def check_spec_text(text: str, meta: ResourceMeta, field: str):
     """Parse, default and validate for this kind's task; a SpecError becomes InvalidSpec (same message)."""
-    from kestrel_trainer.errors import SpecError
-    from kestrel_trainer.spec import parse_spec_text
+    from kestrel_trainer.spec import SpecError, parse_spec_text
 
     try:
         return parse_spec_text(text, source=spec_source(meta, field), task=TASKS[meta.kind])
@@ -39,7 +38,7 @@ def with_pretrained_model(text: str, model_path: Optional[str], meta: ResourceMe
         return text
     from google.protobuf import text_format
 
-    from kestrel_trainer.errors import SpecError
+    from kestrel_trainer.spec import SpecError
     from kestrel_trainer.spec.parse import parse_text
 
     try:

@@ -10,6 +10,9 @@ from typing import Optional
 
 from kestrel_trainer.errors import KestrelError
 
+# How many ranks --gpus/--num_processes ask for: the train launcher needs it too, so it lives there.
+from kestrel_trainer.train.launcher import resolve_processes  # noqa: F401 - part of this module's API
+
 KEY_ENV = "KESTREL_KEY"
 
 
@@ -30,21 +33,6 @@ def add_common_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use_amp", action="store_true", help="automatic mixed precision (GPU only)")
     parser.add_argument("--log_file", default=None, help="also write plain log lines to this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-
-
-def resolve_processes(args: argparse.Namespace) -> int:
-    """Ranks to run: --num_processes, where -1 (the original's default) or absent means as many as --gpus.
-    --gpus 0 is CPU only (what the operator renders for `gpus: 0`): -1 then means one process, and
-    `--gpus 0 --num_processes P` runs P CPU ranks."""
-    gpus = getattr(args, "gpus", 1)
-    if gpus is None or gpus < 0:
-        raise KestrelError(f"--gpus must be >= 0 (0: CPU only), got {gpus}", exit_code=2)
-    n = getattr(args, "num_processes", -1)
-    if n is None or n == -1:
-        return max(gpus, 1)
-    if n < 1:
-        raise KestrelError(f"--num_processes must be >= 1, or -1 for as many as --gpus; got {n}", exit_code=2)
-    return n
 
 
 def apply_device_flags(args: argparse.Namespace) -> None:

@@ -159,3 +159,30 @@ def write_classmap(path: str, classes: Sequence[str]) -> None:
 
     data = {name: i for i, name in enumerate(classes)}
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+INFERENCE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def images_under(root: str) -> list[str]:
+    """Every jpg/jpeg/png under `root` (recursive, any case), sorted for a stable row order: the images to run a
+    model on (inference, export checks and calibration), unlike a class folder's (scan)."""
+    if not os.path.isdir(root):
+        raise DataError(f"image folder not found: {root}")
+    found = []
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            if name.lower().endswith(INFERENCE_EXTENSIONS):
+                found.append(os.path.join(folder, name))
+    if not found:
+        raise DataError(f"no images ({', '.join(INFERENCE_EXTENSIONS)}) under {root}")
+    return sorted(found)
+
+
+def class_names_from(classmap_path: str, n_outputs: int) -> list[str]:
+    """Class names in label order from a classmap.json, which must name as many classes as the model has outputs."""
+    classmap = read_classmap(classmap_path)
+    names = list(classes_from_classmap(classmap, source=classmap_path))
+    if len(names) != n_outputs:
+        raise DataError(f"{classmap_path} has {len(names)} classes but the model predicts {n_outputs}")
+    return names

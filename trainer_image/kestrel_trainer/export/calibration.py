@@ -35,7 +35,7 @@ DEFAULT_BATCH_SIZE = 8
 def calibration_files(image_dir: str, n_images: int, n_workers: Optional[int] = None) -> list[str]:
     """The first `n_images` images under `image_dir` (sorted); DataError for an empty or undecodable folder."""
     from kestrel_trainer.data.check import exclude_bad_images
-    from kestrel_trainer.inference import images_under
+    from kestrel_trainer.data.folders import images_under
 
     try:
         files = images_under(image_dir)[:n_images]

@@ -124,7 +124,7 @@ def _refuse_existing(paths: list[str], force: bool) -> None:
 
 def _parity_batch(req: ExportRequest, chw: tuple[int, int, int]) -> tuple[np.ndarray, str]:
     """Up to PARITY_IMAGES real images preprocessed by the spec, or random inputs without a spec or images."""
-    from kestrel_trainer.inference import images_under
+    from kestrel_trainer.data.folders import images_under
 
     if req.spec is not None:
         for folder in (req.spec.eval.eval_dataset_path, req.spec.train.val_dataset_path, req.cal_image_dir):
@@ -165,7 +165,7 @@ def _calibration_batches(req: ExportRequest, files: Optional[list[str]], chw: tu
 
 
 def _class_names(req: ExportRequest, n_classes: int) -> list[str]:
-    from kestrel_trainer.inference import class_names_from
+    from kestrel_trainer.data.folders import class_names_from
     from kestrel_trainer.predict import default_classmap_path
 
     path = req.classmap or default_classmap_path(req.model)

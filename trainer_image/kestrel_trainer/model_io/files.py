@@ -12,12 +12,13 @@ All our layers are stock Keras layers (mish is built in), so loading needs no cu
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from kestrel_trainer.errors import ModelFileError
 from kestrel_trainer.model_io import crypto
@@ -83,6 +84,11 @@ def write_atomic(path: PathLike, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:  # some filesystems do not fsync directories; the rename itself is atomic
         pass
+
+
+def write_json_atomic(path: PathLike, data: Any) -> None:
+    """`data` as indented JSON (summary.json, results.json, ...), written as write_atomic does."""
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def model_to_h5_bytes(model, include_optimizer: bool = True) -> bytes:

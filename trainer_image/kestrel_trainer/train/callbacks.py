@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
-from kestrel_trainer.model_io.files import write_atomic
+from kestrel_trainer.model_io.files import write_atomic, write_json_atomic  # noqa: F401 - loop.py imports it here
 from kestrel_trainer.report.status import StatusLogger
 
 log = logging.getLogger("kestrel.train")
@@ -209,7 +208,3 @@ class PlainProgress(tf.keras.callbacks.Callback):
             self._epoch + 1, self.max_epoch, done, self.steps, logs.get("loss", float("nan")),
             logs.get("acc", float("nan")), rate,
         )
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))

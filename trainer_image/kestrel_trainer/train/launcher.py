@@ -29,10 +29,23 @@ LAUNCHER_ENV = "KESTREL_LAUNCHER"  # "gloo" (default: horovodrun --gloo) or "mpi
 KEY_ENV = "KESTREL_KEY"
 
 
+def resolve_processes(args: argparse.Namespace) -> int:
+    """Ranks to run: --num_processes, where -1 (the original's default) or absent means as many as --gpus.
+    --gpus 0 is CPU only (what the operator renders for `gpus: 0`): -1 then means one process, and
+    `--gpus 0 --num_processes P` runs P CPU ranks."""
+    gpus = getattr(args, "gpus", 1)
+    if gpus is None or gpus < 0:
+        raise KestrelError(f"--gpus must be >= 0 (0: CPU only), got {gpus}", exit_code=2)
+    n = getattr(args, "num_processes", -1)
+    if n is None or n == -1:
+        return max(gpus, 1)
+    if n < 1:
+        raise KestrelError(f"--num_processes must be >= 1, or -1 for as many as --gpus; got {n}", exit_code=2)
+    return n
+
+
 def rank_arguments(args: argparse.Namespace) -> list[str]:
     """The `kestrel train` arguments every rank runs with: the caller's, minus the key."""
-    from kestrel_trainer.cli.common import resolve_processes
-
     out = ["train", "-e", args.experiment_spec, "-r", args.results_dir,
            "--gpus", str(args.gpus), "--num_processes", str(resolve_processes(args))]
     if args.init_epoch is not None:
