@@ -1,7 +1,9 @@
 """The three CustomResourceDefinitions, built from the same defaults as the parser.
 
 `crds/*.yaml` are this module's output (`kestrel-operator crds`), checked by a test, so the schema
-the API server enforces and the rules `parse.py` enforces cannot drift apart silently.
+the API server enforces and the rules `parse.py` enforces cannot drift apart silently. The GPU/rank
+CEL rules and bounds are generated from the rule table both `parse.py` and the trainer evaluate
+(`kestrel_trainer.spec.parallelism.RULES`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any, Optional
 from kestrel_operator import GROUP, VERSION
 from kestrel_operator.resources import defaults as d
 from kestrel_operator.resources.types import KINDS, PHASES, SHORT_NAMES
+from kestrel_trainer.spec import contract
+from kestrel_trainer.spec import parallelism as par
 
 Schema = dict[str, Any]
 ABS_PATH = r"^/"
@@ -98,6 +102,13 @@ def _model_ref(desc: str) -> Schema:
     )
 
 
+def parallelism_rules(kind: str) -> list[tuple[str, str]]:
+    """The CEL rules of the GPU/rank rule table that apply to this kind, with the table's messages."""
+    single = kind != "ClassificationTrain"
+    return [(r.cel, r.text(par.FIELDS)) for r in par.RULES
+            if r.cel is not None and (single or not r.single_process_only)]
+
+
 def _common_spec(kind: str) -> dict[str, Schema]:
     default_gpus = d.DEFAULT_GPUS[kind]
     return {
@@ -117,12 +128,12 @@ def _common_spec(kind: str) -> dict[str, Schema]:
             required=("name",),
         ),
         "gpus": _i(f"Total GPUs of the run (0: CPU only). Default {default_gpus}.", default=default_gpus,
-                   minimum=0),
+                   minimum=par.BOUNDS["gpus"].minimum),
         "numProcesses": _i("MPI/Horovod ranks; each gets gpus/numProcesses GPUs (more than 1 is model "
                            "parallelism); with gpus 0, CPU ranks, one per worker pod. Default: gpus (or 1 when "
-                           "gpus is 0).", minimum=1),
+                           "gpus is 0).", minimum=par.BOUNDS["processes"].minimum),
         "gpusPerNode": _i("GPUs per node, used to pack ranks into worker pods. Default: the operator's "
-                          "KESTREL_GPUS_PER_NODE.", minimum=1),
+                          "KESTREL_GPUS_PER_NODE.", minimum=par.BOUNDS["gpus_per_node"].minimum),
         "image": _s("Trainer image. Default: the operator's KESTREL_DEFAULT_IMAGE.", maxLength=1024),
         "imagePullPolicy": _s("Image pull policy of the trainer containers.", enum=list(d.IMAGE_PULL_POLICIES)),
         "imagePullSecrets": {
@@ -230,10 +241,7 @@ def _scheduling_spec() -> dict[str, Schema]:
 
 def _spec_schema(kind: str) -> Schema:
     props = _common_spec(kind)
-    rules: list[tuple[str, str]] = [
-        ("!has(self.numProcesses) || self.gpus == 0 || self.gpus % self.numProcesses == 0",
-         "gpus must be a multiple of numProcesses (gpus 0: numProcesses CPU ranks, one per worker pod)"),
-    ]
+    rules = parallelism_rules(kind)
     required = ["keySecretRef", "volumes"]
     if kind == "ClassificationTrain":
         props.update({
@@ -248,7 +256,6 @@ def _spec_schema(kind: str) -> Schema:
     else:
         rules.append(("!(has(self.experimentSpec) && has(self.experimentSpecRef))",
                       "at most one of experimentSpec or experimentSpecRef"))
-        rules.append(("!has(self.numProcesses) || self.numProcesses == 1", f"a {kind} runs one process"))
         required.append("model")
     if kind == "ClassificationPrune":
         props.update({
@@ -292,7 +299,6 @@ def _spec_schema(kind: str) -> Schema:
 
 def _status_schema(kind: str) -> Schema:
     time = {"type": "string", "format": "date-time"}
-    number = {"type": "number"}
     props: dict[str, Schema] = {
         "phase": _s("Pending, Suspended, Running, Succeeded or Failed.", enum=list(PHASES)),
         "reason": _s("Why, as a CamelCase word (docs/operator.md lists them): InvalidSpec, SpecNotFound, "
@@ -324,27 +330,31 @@ def _status_schema(kind: str) -> Schema:
         },
     }
     if kind == "ClassificationTrain":
-        props["progress"] = _o("Written by the trainer's rank 0 after every epoch.", {
-            "epoch": _i("Last finished epoch."),
-            "maxEpoch": _i("Epochs of the run."),
-            "loss": {**number, "description": "Training loss."},
-            "accuracy": {**number, "description": "Training accuracy."},
-            "valLoss": {**number, "description": "Validation loss."},
-            "valAccuracy": {**number, "description": "Validation accuracy."},
-            "message": _s("Trainer message."),
-            "run": _s("The MPIJob (run) that reported it."),
-            "updateTime": {**time, "description": "When it was reported."},
-        })
+        props[contract.PROGRESS] = _o("Written by the trainer's rank 0 after every epoch.", _progress_schema())
     return _o(f"Observed state of a {kind}, written by the operator (and progress by the trainer).", props)
+
+
+def _progress_schema() -> dict[str, Schema]:
+    """status.progress as the trainer writes it (contract.PROGRESS_FIELDS)."""
+    out: dict[str, Schema] = {}
+    for name, (kind, description) in contract.PROGRESS_FIELDS.items():
+        if kind == "integer":
+            out[name] = _i(description)
+        elif kind == "date-time":
+            out[name] = {"type": "string", "format": "date-time", "description": description}
+        else:
+            out[name] = {"type": kind, "description": description}
+    return out
 
 
 def _columns(kind: str) -> list[dict[str, Any]]:
     cols = [{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}]
+    progress = f".status.{contract.PROGRESS}"
     if kind == "ClassificationTrain":
         cols += [
-            {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
-            {"name": "Max", "type": "integer", "jsonPath": ".status.progress.maxEpoch"},
-            {"name": "Val Acc", "type": "number", "jsonPath": ".status.progress.valAccuracy"},
+            {"name": "Epoch", "type": "integer", "jsonPath": f"{progress}.{contract.PROGRESS_EPOCH}"},
+            {"name": "Max", "type": "integer", "jsonPath": f"{progress}.{contract.PROGRESS_MAX_EPOCH}"},
+            {"name": "Val Acc", "type": "number", "jsonPath": f"{progress}.{contract.PROGRESS_VAL_ACCURACY}"},
         ]
     else:
         cols.append({"name": "Output", "type": "string", "jsonPath": ".status.outputPath"})

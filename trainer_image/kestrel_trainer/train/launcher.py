@@ -22,11 +22,11 @@ import sys
 from typing import Mapping, Optional, Sequence
 
 from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.spec.contract import KEY_ENV
 
 log = logging.getLogger("kestrel.train")
 
 LAUNCHER_ENV = "KESTREL_LAUNCHER"  # "gloo" (default: horovodrun --gloo) or "mpi" (mpirun)
-KEY_ENV = "KESTREL_KEY"
 
 
 def rank_arguments(args: argparse.Namespace) -> list[str]:
