@@ -118,7 +118,7 @@ def test_invalid_spec_text_creates_nothing_then_fixing_goes_on(api, rec):
 @pytest.mark.parametrize("spec,needle", [
     ({"gpus": 6, "numProcesses": 4}, "must be a multiple of numProcesses"),
     ({"gpus": 8, "numProcesses": 4}, "model_parallelism needs 2 entries"),
-    ({"experimentSpecRef": {"name": "cm"}}, "not both"),
+    ({"experimentSpecRef": {"name": "cm"}}, "exactly one of experimentSpec or experimentSpecRef"),
     ({"resources": {"limits": {"nvidia.com/gpu": "1"}}}, "set by the operator"),
 ])
 def test_cross_field_errors_are_invalid_spec(api, rec, spec, needle):

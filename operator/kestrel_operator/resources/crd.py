@@ -1,9 +1,9 @@
 """The three CustomResourceDefinitions, built from the same defaults as the parser.
 
 `crds/*.yaml` are this module's output (`kestrel-operator crds`), checked by a test, so the schema
-the API server enforces and the rules `parse.py` enforces cannot drift apart silently. The GPU/rank
-CEL rules and bounds are generated from the rule table both `parse.py` and the trainer evaluate
-(`kestrel_trainer.spec.parallelism.RULES`).
+the API server enforces and the rules `parse.py` enforces cannot drift apart silently. Every CEL rule
+(x-kubernetes-validations) comes from the table `parse.py` evaluates too (`rules.py`, whose GPU/rank rows and
+bounds are the trainer's `kestrel_trainer.spec.parallelism.RULES`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from kestrel_operator import GROUP, VERSION
 from kestrel_operator.resources import defaults as d
+from kestrel_operator.resources import rules as cel
 from kestrel_operator.resources.types import KINDS, PHASES, SHORT_NAMES
 from kestrel_trainer.spec import contract
 from kestrel_trainer.spec import parallelism as par
@@ -86,6 +87,11 @@ def _volume(role: str, default_mount: str, read_only_note: str) -> Schema:
     )
 
 
+def _requirements(desc: str) -> Schema:
+    return _o(desc, {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
+              rules=cel.cel_at(cel.REQUIREMENTS, cel.TRAIN))
+
+
 def _model_ref(desc: str) -> Schema:
     return _o(
         desc,
@@ -97,16 +103,8 @@ def _model_ref(desc: str) -> Schema:
             "fromPrune": _name("A ClassificationPrune in this namespace: the run waits until it succeeded and "
                                "reads its pruned model."),
         },
-        rules=(("(has(self.path) ? 1 : 0) + (has(self.fromTrain) ? 1 : 0) + (has(self.fromPrune) ? 1 : 0) == 1",
-                "exactly one of path, fromTrain, fromPrune"),),
+        rules=cel.cel_at(cel.MODEL_REF, cel.TRAIN),
     )
-
-
-def parallelism_rules(kind: str) -> list[tuple[str, str]]:
-    """The CEL rules of the GPU/rank rule table that apply to this kind, with the table's messages."""
-    single = kind != "ClassificationTrain"
-    return [(r.cel, r.text(par.FIELDS)) for r in par.RULES
-            if r.cel is not None and (single or not r.single_process_only)]
 
 
 def _common_spec(kind: str) -> dict[str, Schema]:
@@ -149,16 +147,10 @@ def _common_spec(kind: str) -> dict[str, Schema]:
                 "results": _volume("results", d.DEFAULT_RESULTS_MOUNT, " (checkpoints, logs, outputs)"),
             },
             required=("results", "data") if kind == "ClassificationTrain" else ("results",),
-            rules=(("!has(self.data) || self.data.mountPath != self.results.mountPath",
-                    "data and results need different mountPaths"),),
+            rules=cel.cel_at(cel.VOLUMES, kind),
         ),
-        "resources": _o(
-            "CPU/memory requests and limits of each pod that runs ranks; nvidia.com/gpu is set from gpus.",
-            {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
-            rules=(("(!has(self.requests) || !('nvidia.com/gpu' in self.requests)) && "
-                    "(!has(self.limits) || !('nvidia.com/gpu' in self.limits))",
-                    "nvidia.com/gpu is set by the operator from spec.gpus"),),
-        ),
+        "resources": _requirements(
+            "CPU/memory requests and limits of each pod that runs ranks; nvidia.com/gpu is set from gpus."),
         "nodeSelector": {"type": "object", "description": "Node labels the pods must match.",
                          "additionalProperties": {"type": "string"}},
         "tolerations": {
@@ -231,17 +223,14 @@ def _scheduling_spec() -> dict[str, Schema]:
         "affinity": {"type": "object", "description": "core/v1 Affinity of every pod.",
                      "x-kubernetes-preserve-unknown-fields": True},
         "runtimeClassName": _name("RuntimeClass of every pod (e.g. nvidia)."),
-        "launcherResources": _o(
+        "launcherResources": _requirements(
             "Requests and limits of a launcher that only runs mpirun (default requests 250m CPU / 256Mi, limits "
-            "1 CPU / 512Mi, so namespaces whose ResourceQuota demands limits accept it).",
-            {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
-        ),
+            "1 CPU / 512Mi, so namespaces whose ResourceQuota demands limits accept it)."),
     }
 
 
 def _spec_schema(kind: str) -> Schema:
     props = _common_spec(kind)
-    rules = parallelism_rules(kind)
     required = ["keySecretRef", "volumes"]
     if kind == "ClassificationTrain":
         props.update({
@@ -251,11 +240,7 @@ def _spec_schema(kind: str) -> Schema:
             "pretrainedModel": _model_ref("Pretrained weights, overriding train_config.pretrained_model_path; "
                                           "retraining a pruned model is fromPrune."),
         })
-        rules.append(("has(self.experimentSpec) != has(self.experimentSpecRef)",
-                      "exactly one of experimentSpec or experimentSpecRef"))
     else:
-        rules.append(("!(has(self.experimentSpec) && has(self.experimentSpecRef))",
-                      "at most one of experimentSpec or experimentSpecRef"))
         required.append("model")
     if kind == "ClassificationPrune":
         props.update({
@@ -291,10 +276,8 @@ def _spec_schema(kind: str) -> Schema:
             "maxBatchSize": _i("Maximum engine batch size (--max_batch_size).", minimum=1),
             "engineFile": _s("Also build a TensorRT engine here (--engine_file).", pattern=ABS_PATH, maxLength=4096),
         })
-        rules.append(("self.dataType != 'int8' || (has(self.calibration) && (has(self.calibration.imageDir) || "
-                      "has(self.calibration.cacheFile)))", "int8 needs calibration.imageDir or calibration.cacheFile"))
     return _o(f"Desired state of a {kind}: a change starts a new run (the running one is stopped).", props,
-              required=tuple(required), rules=tuple(rules))
+              required=tuple(required), rules=cel.cel_at(cel.SPEC, kind))
 
 
 def _status_schema(kind: str) -> Schema:

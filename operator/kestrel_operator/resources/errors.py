@@ -75,8 +75,7 @@ class InvalidSpec(ValueError):
     `InvalidSpec([FieldError, ...])` several.
     """
 
-    reason = "InvalidSpec"
-    exit_code = 2
+    exit_code = 2  # the status reason it becomes is status/reasons.py's INVALID_SPEC
 
     def __init__(self, errors: str | FieldError | Sequence[FieldError], field: Optional[str] = None) -> None:
         if isinstance(errors, str):

@@ -1,10 +1,11 @@
 """CR dict -> typed resource, with defaults and every single-field and cross-field check.
 
 The API server's CEL rules catch most of these at admission, but `render` works without a server
-and older servers may skip CEL, so the same rules are enforced here with field paths in messages.
-The GPU/rank rule is `kestrel_trainer.spec.parallelism` (the trainer checks its flags with it too, and
-the CRDs' CEL rules are generated from its table). Every problem is collected, not only the first: the
-InvalidSpec lists them all (`spec.gpus: Invalid value: -1: ...; spec.volumes.data: Required value`).
+and older servers may skip CEL, so the same rules are enforced here with field paths in messages:
+the cross-field ones are the rows of `rules.py`, from which the CRDs' CEL rules are generated, and the
+GPU/rank rule is `kestrel_trainer.spec.parallelism` (the trainer checks its flags with it too).
+Every problem is collected, not only the first: InvalidSpec lists them all, like the MPI Operator's
+validation (`spec.gpus: Invalid value: -1: ...; spec.volumes.data: Required value: ...`).
 The spec *text* is checked separately (`spec_text.py`) because it may live in a ConfigMap.
 """
 
@@ -19,11 +20,11 @@ from typing import Any, Optional
 
 from kestrel_operator import API_VERSION
 from kestrel_operator.resources import defaults as d
+from kestrel_operator.resources import rules as cel
 from kestrel_operator.resources.errors import (
     FieldError,
     FieldErrors,
     InvalidSpec,
-    forbidden,
     invalid,
     required,
     unsupported,
@@ -92,6 +93,11 @@ class _Fields:
 
     def sub(self, key: str) -> Optional[_Fields]:
         return _Fields(self.data[key], self.at(key), self.errs) if self.has(key) else None
+
+    def cross_field(self, at: str, kind: str) -> None:
+        """The table's rules on this object (rules.py; the same as the CRD's CEL rules at `at`)."""
+        for rule in cel.broken(at, kind, self.data):
+            self.errs.add(invalid(self.path, rule.message, self.data))
 
     def string(self, key: str, default: Optional[str] = None, required_: bool = False,
                detail: str = "") -> Optional[str]:
@@ -203,7 +209,7 @@ def _key_ref(parent: _Fields, key: str, default_key: str) -> Optional[KeyRef]:
     return KeyRef(name=name, key=ref_key) if name is not None else None
 
 
-def _model_ref(parent: _Fields, key: str, required_: bool) -> Optional[ModelRef]:
+def _model_ref(parent: _Fields, key: str, required_: bool, kind: str) -> Optional[ModelRef]:
     f = parent.sub(key)
     if f is None:
         if required_:
@@ -215,17 +221,15 @@ def _model_ref(parent: _Fields, key: str, required_: bool) -> Optional[ModelRef]
         from_train=f.name("fromTrain"),
         from_prune=f.name("fromPrune"),
     )
-    given = [k for k in ("path", "fromTrain", "fromPrune") if f.has(k)]
-    if len(given) != 1:
-        f.errs.add(invalid(f.path, "needs exactly one of path, fromTrain, fromPrune "
-                                   f"(got {', '.join(given) or 'none'})"))
+    f.cross_field(cel.MODEL_REF, kind)
     return ref if len(f.errs) == before else None
 
 
-def _resources(parent: _Fields, key: str = "resources") -> dict[str, dict[str, str]]:
+def _resources(parent: _Fields, kind: str, key: str = "resources") -> dict[str, dict[str, str]]:
     f = parent.sub(key)
     if f is None:
         return {}
+    f.cross_field(cel.REQUIREMENTS, kind)
     out: dict[str, dict[str, str]] = {}
     for section in f.data:
         if section not in ("requests", "limits"):
@@ -238,9 +242,6 @@ def _resources(parent: _Fields, key: str = "resources") -> dict[str, dict[str, s
         out[section] = {}
         for name, qty in values.items():
             where = f"{f.at(section)}.{name}"
-            if name == d.GPU_RESOURCE:
-                f.errs.add(forbidden(where, f"{d.GPU_RESOURCE} is set by the operator from spec.gpus; remove it here"))
-                continue
             text = str(qty) if isinstance(qty, (int, float)) and not isinstance(qty, bool) else qty
             if not isinstance(text, str) or not _QUANTITY.match(text):
                 f.errs.add(invalid(where, "not a Kubernetes quantity", qty))
@@ -360,11 +361,7 @@ def _parallelism(kind: str, spec: _Fields, settings: Settings) -> Optional[tuple
 def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]:
     errs = spec.errs
     before = len(errs)
-    has_text, has_ref = spec.has("experimentSpec"), spec.has("experimentSpecRef")
-    if has_text and has_ref:
-        errs.add(invalid(spec.path, "give experimentSpec or experimentSpecRef, not both"))
-    if kind == "ClassificationTrain" and not (has_text or has_ref):
-        errs.add(required(spec.path, "one of experimentSpec (inline text) or experimentSpecRef (a ConfigMap key)"))
+    spec.cross_field(cel.SPEC, kind)  # one spec source; int8 calibrated (export)
     key_secret = _key_ref(spec, "keySecretRef", d.DEFAULT_KEY_SECRET_KEY)
     if not spec.has("keySecretRef"):
         errs.add(required(spec.at("keySecretRef"), "the Secret holding the model key ({name, key})"))
@@ -380,15 +377,14 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
         spec.bad("shmSize", "not a Kubernetes quantity", shm)
     results = _volume(volumes, "results", d.DEFAULT_RESULTS_MOUNT, required_=True, read_only=False)
     data = _volume(volumes, "data", d.DEFAULT_DATA_MOUNT, required_=kind == "ClassificationTrain", read_only=True)
-    if data is not None and results is not None and data.mount_path == results.mount_path:
-        errs.add(invalid(volumes.path, "data and results need different mountPaths"))
+    volumes.cross_field(cel.VOLUMES, kind)
     fields = dict(
         image=spec.string("image") or settings.default_image,
         image_pull_policy=spec.choice("imagePullPolicy", d.IMAGE_PULL_POLICIES, None),
         image_pull_secrets=tuple(str(p["name"]) for p in pull_secrets),
         experiment_spec=spec.string("experimentSpec"),
         experiment_spec_ref=_key_ref(spec, "experimentSpecRef", d.DEFAULT_SPEC_CONFIGMAP_KEY),
-        resources=_resources(spec),
+        resources=_resources(spec, kind),
         node_selector=spec.string_map("nodeSelector"),
         tolerations=_tolerations(spec),
         priority_class_name=spec.name("priorityClassName"),
@@ -404,7 +400,7 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
         env=_env(spec),
         affinity=_affinity(spec),
         runtime_class_name=spec.name("runtimeClassName"),
-        launcher_resources=_resources(spec, "launcherResources"),
+        launcher_resources=_resources(spec, kind, "launcherResources"),
     )
     if len(errs) > before or ranks is None or key_secret is None or results is None:
         return None
@@ -465,7 +461,7 @@ def _output_path(spec: _Fields, results: Optional[VolumeSpec], default_rel: str)
 def _train(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec]) -> Optional[TrainResource]:
     use_amp = spec.boolean("useAmp")
     init_epoch = spec.integer("initEpoch", None, minimum=1)
-    pretrained = _model_ref(spec, "pretrainedModel", required_=False)
+    pretrained = _model_ref(spec, "pretrainedModel", required_=False, kind=cel.TRAIN)
     if meta is None or run is None or spec.errs:
         return None
     return TrainResource(meta=meta, run=run, use_amp=use_amp, init_epoch=init_epoch, pretrained_model=pretrained)
@@ -498,10 +494,7 @@ def _export(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec],
         batches=cal.integer("batches", None, minimum=1),
         batch_size=cal.integer("batchSize", None, minimum=1),
     )
-    data_type = spec.choice("dataType", d.DATA_TYPES, d.DEFAULT_DATA_TYPE)
-    if data_type == "int8" and not (cal.has("imageDir") or cal.has("cacheFile")):
-        spec.bad("dataType", "int8 needs calibration.imageDir (images to calibrate on) or calibration.cacheFile",
-                 data_type)
+    data_type = spec.choice("dataType", d.DATA_TYPES, d.DEFAULT_DATA_TYPE)  # int8's calibration: rules.py
     fields = dict(
         output_path=_output_path(spec, results if meta else None, f"export/{meta.name if meta else ''}.etlt"),
         gen_ds_config=spec.boolean("genDsConfig"),
@@ -526,9 +519,9 @@ def parse_resource(body: Mapping[str, Any], settings: Settings) -> Resource:
     if kind == "ClassificationTrain":
         res = _train(meta, spec, run)
     elif kind == "ClassificationPrune":
-        res = _prune(meta, spec, run, _model_ref(spec, "model", required_=True), results)
+        res = _prune(meta, spec, run, _model_ref(spec, "model", True, kind), results)
     else:
-        res = _export(meta, spec, run, _model_ref(spec, "model", required_=True), results)
+        res = _export(meta, spec, run, _model_ref(spec, "model", True, kind), results)
     errs.raise_if_any()
     assert res is not None, "no error recorded but no resource built"
     return res
