@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from kestrel_trainer.spec.contract import api_client
+
 log = logging.getLogger(__name__)
 
 # kind -> plural, for every kind the operator reads or writes.
@@ -46,17 +48,10 @@ class KubeError(RuntimeError):
 
 
 def load_client_config(pool_size: int = 16) -> Any:
-    """In a pod: the service account. Elsewhere: KUBECONFIG (or ~/.kube/config). `pool_size`: kept-alive
-    connections (at least the reconcile workers: a busy pool opens and drops extra TLS connections)."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    configuration.connection_pool_maxsize = pool_size
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
-    return client.ApiClient(configuration)
+    """In a pod: the service account. Elsewhere: KUBECONFIG (or ~/.kube/config), as the trainer's reporter
+    does (contract.api_client). `pool_size`: kept-alive connections (at least the reconcile workers: a busy
+    pool opens and drops extra TLS connections)."""
+    return api_client(pool_size)
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:

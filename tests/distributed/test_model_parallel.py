@@ -35,9 +35,13 @@ def test_device_plan_gives_each_rank_its_own_gpus():
     cpu = plan_devices(2, 1, 0, (0.3, 0.7), n_visible_gpus=0)
     assert cpu.gpu_ids == () and cpu.split and cpu.fractions == pytest.approx((0.3, 0.7))
     assert not plan_devices(1, 1, 0, (), n_visible_gpus=0).split
-    with pytest.raises(KestrelError, match="3 fractions but --gpus 4 --num_processes 2 gives each rank 2"):
+    with pytest.raises(KestrelError, match=r"each rank gets 2 GPUs \(--gpus 4 / --num_processes 2\), so "
+                                           r"model_parallelism needs 2 entries, got 3; 3 entries need --gpus = 6"):
         plan_devices(4, 2, 0, (1, 1, 1), n_visible_gpus=4)
-    with pytest.raises(KestrelError, match="not a multiple"):
+    # 2 devices per rank without model_parallelism: refused, as the operator refuses it (one shared rule)
+    with pytest.raises(KestrelError, match="model_parallelism needs 2 entries, got 0"):
+        plan_devices(4, 2, 0, (), n_visible_gpus=4)
+    with pytest.raises(KestrelError, match="--gpus must be a multiple of --num_processes: --gpus 3, --num_processes 2"):
         plan_devices(3, 2, 0, (), n_visible_gpus=0)
     with pytest.raises(KestrelError, match="only 2 GPU"):
         plan_devices(4, 2, 1, (1, 1), n_visible_gpus=2)
@@ -140,5 +144,6 @@ def test_model_parallelism_needs_matching_device_count(tmp_path, small_subset):
     spec = write_spec(tmp_path, small_subset, epochs=1, model_parallelism=(1, 1))
     proc = kestrel_train(spec, tmp_path / "r")
     assert proc.returncode == 2
-    assert "model_parallelism has 2 fractions but --gpus 1 --num_processes 1" in proc.stderr
+    assert ("model_parallelism has 2 entries but each rank gets 1 GPU (--gpus 1 / --num_processes 1); 2 entries "
+            "need --gpus = 2 with --num_processes = 1") in proc.stderr
     assert "Traceback" not in proc.stderr

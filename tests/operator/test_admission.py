@@ -77,6 +77,18 @@ def test_unchanged_spec_updates_are_allowed_even_when_invalid(api):
         _validate(bad, old=train_body(), operation="UPDATE")
 
 
+def test_refusal_lists_every_error(api):
+    body = train_body(gpus=-1, numProcesses=0, schedulerName="Not_A_Name")
+    with pytest.raises(kopf.AdmissionError) as err:
+        _validate(body)
+    assert str(err.value).split("; ") == [
+        "spec.gpus: Invalid value: -1: gpus must be >= 0 (0: CPU only)",
+        "spec.numProcesses: Invalid value: 0: numProcesses must be >= 1, or unset for one rank per GPU (1 when gpus "
+        "is 0)",
+        'spec.schedulerName: Invalid value: "Not_A_Name": not a valid Kubernetes object name',
+    ]
+
+
 def test_field_errors_and_generate_name(api):
     with pytest.raises(kopf.AdmissionError, match=r"spec.model"):
         _validate(prune_body(model={}))

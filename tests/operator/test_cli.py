@@ -79,7 +79,23 @@ def test_render_cross_field_error_exit_2(capsys, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
     code, _, err = run_cli(capsys, "render", "-f", str(path))
-    assert code == 2 and "gpus (6) must be a multiple of numProcesses (4)" in err
+    assert code == 2, err
+    assert err == ("kestrel-operator: InvalidSpec: spec.numProcesses: Invalid value: 4: gpus must be a multiple of "
+                   "numProcesses: gpus 6, numProcesses 4\n")
+
+
+def test_render_lists_every_field_error_on_one_line(capsys, tmp_path):
+    """Three independent mistakes: all three are reported at once, each with its field path, '; '-joined."""
+    doc = load_example("train.yaml")[0]
+    doc["spec"].update(gpus=6, numProcesses=4, backoffLimit=-1)
+    doc["spec"]["volumes"]["data"]["subPath"] = "../etc"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    code, _, err = run_cli(capsys, "render", "-f", str(path))
+    assert code == 2 and err.count("\n") == 1, err
+    errors = err.removeprefix("kestrel-operator: InvalidSpec: ").rstrip("\n").split("; ")
+    assert [e.split(":")[0] for e in errors] == ["spec.numProcesses", "spec.volumes.data.subPath", "spec.backoffLimit"]
+    assert errors[1] == 'spec.volumes.data.subPath: Invalid value: "../etc": must be a relative path without \'..\''
 
 
 def test_examples_secret_and_pvc_are_valid_core_objects():

@@ -58,8 +58,11 @@ def test_mapping_reaches_the_mpijob(settings, label, gpus, procs, per_node, mp, 
 
 def test_invalid_6_over_4(settings):
     body = train_body(gpus=6, numProcesses=4)
-    with pytest.raises(InvalidSpec, match=r"gpus \(6\) must be a multiple of numProcesses \(4\)"):
+    with pytest.raises(InvalidSpec) as err:
         parse_resource(body, settings)
+    assert err.value.fields == ["spec.numProcesses"]
+    assert err.value.message == ("spec.numProcesses: Invalid value: 4: gpus must be a multiple of numProcesses: "
+                                 "gpus 6, numProcesses 4")
     with pytest.raises(InvalidSpec, match="multiple of numProcesses"):
         map_gpus(6, 4, 8)
 

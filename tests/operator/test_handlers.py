@@ -118,7 +118,7 @@ def test_invalid_spec_text_creates_nothing_then_fixing_goes_on(api, rec):
 @pytest.mark.parametrize("spec,needle", [
     ({"gpus": 6, "numProcesses": 4}, "must be a multiple of numProcesses"),
     ({"gpus": 8, "numProcesses": 4}, "model_parallelism needs 2 entries"),
-    ({"experimentSpecRef": {"name": "cm"}}, "not both"),
+    ({"experimentSpecRef": {"name": "cm"}}, "exactly one of experimentSpec or experimentSpecRef"),
     ({"resources": {"limits": {"nvidia.com/gpu": "1"}}}, "set by the operator"),
 ])
 def test_cross_field_errors_are_invalid_spec(api, rec, spec, needle):
@@ -127,6 +127,26 @@ def test_cross_field_errors_are_invalid_spec(api, rec, spec, needle):
     st = status(api)
     assert st["reason"] == "InvalidSpec" and needle in st["message"]
     assert api.creates == [] and api.events[0][2] == "InvalidSpec"
+
+
+def test_every_field_error_is_listed_in_status_condition_and_event_on_one_line(api, rec):
+    """Like the MPI Operator's validation: all problems at once, each with its field path, '; '-joined."""
+    body = train_body(gpus=6, numProcesses=4, backoffLimit=-1, resources={"limits": {"nvidia.com/gpu": "2"}})
+    body["spec"]["volumes"]["data"]["subPath"] = "../x"
+    api.put(body)
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    expected = "; ".join([
+        "spec.numProcesses: Invalid value: 4: gpus must be a multiple of numProcesses: gpus 6, numProcesses 4",
+        'spec.volumes.data.subPath: Invalid value: "../x": must be a relative path without \'..\'',
+        'spec.resources: Invalid value: "object": nvidia.com/gpu is set by the operator from spec.gpus',
+        "spec.backoffLimit: Invalid value: -1: must be >= 0",
+    ])
+    st = status(api)
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidSpec") and api.creates == []
+    assert st["message"] == f"{expected} (fix the resource; the next edit is checked again)"
+    assert st["conditions"][0]["message"] == st["message"]
+    assert api.events == [("resnet18", "Warning", "InvalidSpec", f"Failed: {st['message']}")]
+    assert "\n" not in st["message"]
 
 
 def test_spec_change_restarts_the_run_once_the_old_pods_are_gone(api, rec):

@@ -78,7 +78,7 @@ def test_single_rank_launcher_uses_the_users_resources_not_the_mpirun_defaults(s
     ({"affinity": {"nodeSelector": {}}}, "spec.affinity"),
     ({"schedulingPolicy": {"minAvailable": 0}}, "spec.schedulingPolicy.minAvailable"),
     ({"queueName": "Team A"}, "spec.queueName"),
-    ({"launcherResources": {"limits": {"nvidia.com/gpu": "1"}}}, "spec.launcherResources.limits.nvidia.com/gpu"),
+    ({"launcherResources": {"limits": {"nvidia.com/gpu": "1"}}}, "spec.launcherResources"),
 ])
 def test_bad_passthrough_values_name_the_field(settings, spec, field):
     with pytest.raises(InvalidSpec) as err:

@@ -19,6 +19,7 @@ from kestrel_operator.resources.defaults import KUEUE_QUEUE_LABEL
 from kestrel_operator.resources.errors import InvalidSpec
 from kestrel_operator.resources.spec_text import check_spec_text, with_pretrained_model
 from kestrel_operator.resources.types import ModelRef, Resource, TrainResource
+from kestrel_trainer.spec.contract import STATUS_VERBS
 
 MPIJOB_API_VERSION = "kubeflow.org/v2beta1"
 # Recorded on the MPIJob so status can name the run's artifact without re-reading the spec text.
@@ -59,12 +60,27 @@ def model_ref_of(res: Resource) -> Optional[ModelRef]:
     return res.model
 
 
+def spec_text_field(res: Resource) -> str:
+    """Where the resource's spec text comes from, as messages name it."""
+    return "spec.experimentSpec" if res.run.experiment_spec is not None else "spec.experimentSpecRef"
+
+
 def validate_spec_text(res: Resource, spec_text: Optional[str]) -> Any:
     """The resolved ExperimentSpec (or None): the InvalidSpec path checks this before anything else."""
     if spec_text is None:
         return None
-    field = "spec.experimentSpec" if res.run.experiment_spec is not None else "spec.experimentSpecRef"
-    return check_spec_text(spec_text, res.meta, field)
+    return check_spec_text(spec_text, res.meta, spec_text_field(res))
+
+
+def gpu_mapping(res: Resource, experiment: Any) -> GpuMapping:
+    """The run's ranks and pods. model_parallelism is the spec's for training (unknown while the text is not,
+    `experiment` None), none for prune and export (one device)."""
+    if isinstance(res, TrainResource):
+        fractions = experiment.train.model_parallelism if experiment is not None else None
+    else:
+        fractions = ()
+    run = res.run
+    return map_gpus(run.gpus, run.num_processes, run.gpus_per_node, fractions, spec_text_field(res))
 
 
 def _rbac(res: Resource) -> tuple[str, list[dict[str, Any]]]:
@@ -89,7 +105,7 @@ def _rbac(res: Resource) -> tuple[str, list[dict[str, Any]]]:
             "apiGroups": [group],
             "resources": [f"{meta.plural}/status"],
             "resourceNames": [meta.name],
-            "verbs": ["get", "patch"],
+            "verbs": list(STATUS_VERBS),
         }],
     })
     objects.append({
@@ -215,12 +231,9 @@ def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputL
     experiment = validate_spec_text(res, spec_text)
     ref = model_ref_of(res)
     model = model_source(ref, upstream) if ref is not None else None
-    parallelism = experiment.train.model_parallelism if isinstance(res, TrainResource) else None
-    run = res.run
-    mapping = map_gpus(run.gpus, run.num_processes, run.gpus_per_node, parallelism)
+    mapping = gpu_mapping(res, experiment)
     if isinstance(res, TrainResource) and model is not None:
-        field = "spec.experimentSpec" if run.experiment_spec is not None else "spec.experimentSpecRef"
-        spec_text = with_pretrained_model(spec_text or "", model.path, res.meta, field)
+        spec_text = with_pretrained_model(spec_text or "", model.path, res.meta, spec_text_field(res))
     if isinstance(res, TrainResource) and experiment is None:
         raise InvalidSpec("a ClassificationTrain needs spec text", "spec.experimentSpec")
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from kestrel_operator.manifests.build import validate_spec_text
-from kestrel_operator.manifests.gpu_mapping import GpuMapping, map_gpus
+from kestrel_operator.manifests.build import gpu_mapping, validate_spec_text
+from kestrel_operator.manifests.gpu_mapping import GpuMapping
 from kestrel_operator.resources import parse_resource
-from kestrel_operator.resources.types import TrainResource
 from kestrel_operator.settings import Settings
 
 
@@ -24,7 +23,4 @@ def check_resource(body: Mapping[str, Any], settings: Settings, spec_text: Optio
     `spec_text` is the inline text or the referenced ConfigMap's; None skips the text (a ref not readable yet).
     """
     res = parse_resource(body, settings)
-    experiment = validate_spec_text(res, spec_text)
-    parallelism = experiment.train.model_parallelism if isinstance(res, TrainResource) and experiment else None
-    run = res.run
-    return map_gpus(run.gpus, run.num_processes, run.gpus_per_node, parallelism)
+    return gpu_mapping(res, validate_spec_text(res, spec_text))

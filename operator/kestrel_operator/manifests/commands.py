@@ -1,7 +1,8 @@
 """The trainer command each kind runs, and the mpirun line around it for multi-rank training.
 
-The model key never appears here: it reaches the trainer as the environment variable KESTREL_KEY
-(from the Secret), and mpirun forwards it to the ranks with `-x KESTREL_KEY`.
+The model key never appears here: it reaches the trainer as the environment variable KEY_ENV
+(from the Secret), and mpirun forwards it to the ranks with `-x`. The variable names are the trainer
+contract's (kestrel_trainer.spec.contract).
 """
 
 from __future__ import annotations
@@ -11,28 +12,19 @@ from typing import Optional
 
 from kestrel_operator.manifests.gpu_mapping import GpuMapping
 from kestrel_operator.resources.types import ExportResource, PruneResource, Resource, TrainResource
+from kestrel_trainer.spec.contract import API_ENV, KEY_ENV, TRAINER_ENV
 
 SPEC_DIR = "/etc/kestrel/spec"
 SPEC_FILE = "spec.txt"
 SPEC_PATH = f"{SPEC_DIR}/{SPEC_FILE}"
-KEY_ENV = "KESTREL_KEY"
-# Environment the trainer's rank 0 needs to patch its own resource's status (see report/cluster_status.py).
-RESOURCE_ENV = (
-    "KESTREL_RESOURCE_GROUP",
-    "KESTREL_RESOURCE_VERSION",
-    "KESTREL_RESOURCE_PLURAL",
-    "KESTREL_RESOURCE_NAME",
-    "KESTREL_RESOURCE_NAMESPACE",
-    "KESTREL_RESOURCE_UID",
-    "KESTREL_RUN",
-)
+# Environment the trainer's rank 0 needs to patch its own resource's status (contract.RunIdentity).
+RESOURCE_ENV = tuple(name for name in TRAINER_ENV if name != KEY_ENV)
 # OpenMPI over TCP without InfiniBand verbs; ranks placed slot by slot, not pinned to cores (Horovod
 # and tf.data spawn their own threads). Non-root pods, so no --allow-run-as-root.
 MPIRUN_FLAGS = ("--bind-to", "none", "-map-by", "slot")
 MPIRUN_MCA = ("-mca", "pml", "ob1", "-mca", "btl", "^openib")
 # Ranks started by orted over ssh do not inherit the pod's environment: everything a rank reads must be
 # forwarded, including where the API server is (rank 0 may run in a worker pod and report progress).
-API_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
 MPIRUN_ENV = (KEY_ENV, "NCCL_DEBUG=INFO", "LD_LIBRARY_PATH", "PATH", *API_ENV, *RESOURCE_ENV)
 
 

@@ -1,7 +1,8 @@
 """GPUs -> MPI ranks -> worker pods.
 
 P = numProcesses Horovod ranks; k = gpus / P GPUs per rank (k > 1 is model parallelism and the spec's
-model_parallelism must have k entries). Ranks are packed into worker pods: slotsPerWorker S is the
+model_parallelism must have k entries): whether the numbers fit is the rule the trainer checks too,
+`kestrel_trainer.spec.parallelism`; this module packs the ranks into pods. slotsPerWorker S is the
 largest divisor of P with S*k <= gpusPerNode, so every pod fits on one node and all pods are equal;
 workers = P / S, each requesting S*k GPUs. A single rank runs in the launcher (no worker pods).
 CPU only (gpus 0): P ranks, one per worker pod (each with spec.resources' CPU and memory); P = 1 runs in
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kestrel_operator.resources.errors import InvalidSpec
+from kestrel_operator.resources.parse import parallelism_errors
+from kestrel_trainer.spec.parallelism import parallelism
 
 
 @dataclass(frozen=True)
@@ -39,42 +42,17 @@ def map_gpus(
     num_processes: int,
     gpus_per_node: int,
     model_parallelism: Optional[Sequence[float]] = None,
+    spec_text_field: str = "spec.experimentSpec",
 ) -> GpuMapping:
-    """Apply the rules above; InvalidSpec names the numbers that do not fit."""
-    if num_processes < 1:
-        raise InvalidSpec(f"must be >= 1, got {num_processes}", "spec.numProcesses")
-    if gpus < 0:
-        raise InvalidSpec(f"must be >= 0, got {gpus}", "spec.gpus")
-    if gpus_per_node < 1:
-        raise InvalidSpec(f"must be >= 1, got {gpus_per_node}", "spec.gpusPerNode")
+    """Check the numbers with the shared rule (InvalidSpec lists every violation), then pack the ranks.
+    `model_parallelism` None: the spec text is not known (no fraction check)."""
+    rule = parallelism(gpus, num_processes, model_parallelism, gpus_per_node)
+    if not rule.ok:
+        raise InvalidSpec(parallelism_errors(rule, spec_text_field))
+    k = rule.gpus_per_rank
     if gpus == 0:
         workers = 0 if num_processes == 1 else num_processes
         return GpuMapping(ranks=num_processes, gpus_per_rank=0, slots_per_worker=1, workers=workers, gpus_per_pod=0)
-    if gpus % num_processes:
-        raise InvalidSpec(
-            f"gpus ({gpus}) must be a multiple of numProcesses ({num_processes}): "
-            "each rank gets gpus/numProcesses GPUs",
-            "spec",
-        )
-    k = gpus // num_processes
-    entries = len(model_parallelism or ())
-    if k > 1 and entries != k:
-        raise InvalidSpec(
-            f"each rank gets {k} GPUs (gpus {gpus} / numProcesses {num_processes}), so the spec's "
-            f"train_config.model_parallelism needs {k} entries, got {entries}",
-            "spec.experimentSpec",
-        )
-    if k == 1 and entries > 1:
-        raise InvalidSpec(
-            f"train_config.model_parallelism has {entries} entries but each rank gets 1 GPU "
-            f"(gpus {gpus} / numProcesses {num_processes}); set numProcesses to gpus/{entries}",
-            "spec.experimentSpec",
-        )
-    if k > gpus_per_node:
-        raise InvalidSpec(
-            f"each rank needs {k} GPUs but a node has {gpus_per_node} (gpusPerNode); a rank cannot span nodes",
-            "spec",
-        )
     slots = max(s for s in range(1, num_processes + 1) if num_processes % s == 0 and s * k <= gpus_per_node)
     if num_processes == 1:
         return GpuMapping(ranks=1, gpus_per_rank=k, slots_per_worker=1, workers=0, gpus_per_pod=k)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Optional
 
-from kestrel_operator.manifests.commands import KEY_ENV, SPEC_DIR, SPEC_FILE
+from kestrel_operator.manifests.commands import SPEC_DIR, SPEC_FILE
 from kestrel_operator.resources.defaults import GPU_RESOURCE
 from kestrel_operator.resources.types import Resource, VolumeSpec
+from kestrel_trainer.spec.contract import KEY_ENV, RunIdentity
 
 RUN_AS_USER = 1000
 SHM_VOLUME = "shm"
@@ -72,21 +73,11 @@ def trainer_env(res: Resource, run_name: str) -> list[dict[str, Any]]:
     """The key from the Secret, and who the trainer is (to patch its own status); then spec.env."""
     meta = res.meta
     group, _, version = meta.api_version.partition("/")
-    return [*_own_env(res, run_name, meta, group, version), *user_env(res)]
-
-
-def _own_env(res: Resource, run_name: str, meta: Any, group: str, version: str) -> list[dict[str, Any]]:
-    return [
-        {"name": KEY_ENV, "valueFrom": {"secretKeyRef": {"name": res.run.key_secret.name,
-                                                         "key": res.run.key_secret.key}}},
-        {"name": "KESTREL_RESOURCE_GROUP", "value": group},
-        {"name": "KESTREL_RESOURCE_VERSION", "value": version},
-        {"name": "KESTREL_RESOURCE_PLURAL", "value": meta.plural},
-        {"name": "KESTREL_RESOURCE_NAME", "value": meta.name},
-        {"name": "KESTREL_RESOURCE_NAMESPACE", "value": meta.namespace},
-        {"name": "KESTREL_RESOURCE_UID", "value": meta.uid},
-        {"name": "KESTREL_RUN", "value": run_name},
-    ]
+    identity = RunIdentity(group=group, version=version, plural=meta.plural, name=meta.name,
+                           namespace=meta.namespace, uid=meta.uid, run=run_name)
+    key = {"name": KEY_ENV, "valueFrom": {"secretKeyRef": {"name": res.run.key_secret.name,
+                                                            "key": res.run.key_secret.key}}}
+    return [key, *({"name": n, "value": v} for n, v in identity.env()), *user_env(res)]
 
 
 def _resources(res: Resource, gpus: int, runs_ranks: bool) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The three CustomResourceDefinitions, built from the same defaults as the parser.
 
 `crds/*.yaml` are this module's output (`kestrel-operator crds`), checked by a test, so the schema
-the API server enforces and the rules `parse.py` enforces cannot drift apart silently.
+the API server enforces and the rules `parse.py` enforces cannot drift apart silently. Every CEL rule
+(x-kubernetes-validations) comes from the table `parse.py` evaluates too (`rules.py`, whose GPU/rank rows and
+bounds are the trainer's `kestrel_trainer.spec.parallelism.RULES`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from typing import Any, Optional
 
 from kestrel_operator import GROUP, VERSION
 from kestrel_operator.resources import defaults as d
+from kestrel_operator.resources import rules as cel
 from kestrel_operator.resources.types import KINDS, PHASES, SHORT_NAMES
+from kestrel_trainer.spec import contract
+from kestrel_trainer.spec import parallelism as par
 
 Schema = dict[str, Any]
 ABS_PATH = r"^/"
@@ -82,6 +87,11 @@ def _volume(role: str, default_mount: str, read_only_note: str) -> Schema:
     )
 
 
+def _requirements(desc: str) -> Schema:
+    return _o(desc, {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
+              rules=cel.cel_at(cel.REQUIREMENTS, cel.TRAIN))
+
+
 def _model_ref(desc: str) -> Schema:
     return _o(
         desc,
@@ -93,8 +103,7 @@ def _model_ref(desc: str) -> Schema:
             "fromPrune": _name("A ClassificationPrune in this namespace: the run waits until it succeeded and "
                                "reads its pruned model."),
         },
-        rules=(("(has(self.path) ? 1 : 0) + (has(self.fromTrain) ? 1 : 0) + (has(self.fromPrune) ? 1 : 0) == 1",
-                "exactly one of path, fromTrain, fromPrune"),),
+        rules=cel.cel_at(cel.MODEL_REF, cel.TRAIN),
     )
 
 
@@ -117,12 +126,12 @@ def _common_spec(kind: str) -> dict[str, Schema]:
             required=("name",),
         ),
         "gpus": _i(f"Total GPUs of the run (0: CPU only). Default {default_gpus}.", default=default_gpus,
-                   minimum=0),
+                   minimum=par.BOUNDS["gpus"].minimum),
         "numProcesses": _i("MPI/Horovod ranks; each gets gpus/numProcesses GPUs (more than 1 is model "
                            "parallelism); with gpus 0, CPU ranks, one per worker pod. Default: gpus (or 1 when "
-                           "gpus is 0).", minimum=1),
+                           "gpus is 0).", minimum=par.BOUNDS["processes"].minimum),
         "gpusPerNode": _i("GPUs per node, used to pack ranks into worker pods. Default: the operator's "
-                          "KESTREL_GPUS_PER_NODE.", minimum=1),
+                          "KESTREL_GPUS_PER_NODE.", minimum=par.BOUNDS["gpus_per_node"].minimum),
         "image": _s("Trainer image. Default: the operator's KESTREL_DEFAULT_IMAGE.", maxLength=1024),
         "imagePullPolicy": _s("Image pull policy of the trainer containers.", enum=list(d.IMAGE_PULL_POLICIES)),
         "imagePullSecrets": {
@@ -138,16 +147,10 @@ def _common_spec(kind: str) -> dict[str, Schema]:
                 "results": _volume("results", d.DEFAULT_RESULTS_MOUNT, " (checkpoints, logs, outputs)"),
             },
             required=("results", "data") if kind == "ClassificationTrain" else ("results",),
-            rules=(("!has(self.data) || self.data.mountPath != self.results.mountPath",
-                    "data and results need different mountPaths"),),
+            rules=cel.cel_at(cel.VOLUMES, kind),
         ),
-        "resources": _o(
-            "CPU/memory requests and limits of each pod that runs ranks; nvidia.com/gpu is set from gpus.",
-            {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
-            rules=(("(!has(self.requests) || !('nvidia.com/gpu' in self.requests)) && "
-                    "(!has(self.limits) || !('nvidia.com/gpu' in self.limits))",
-                    "nvidia.com/gpu is set by the operator from spec.gpus"),),
-        ),
+        "resources": _requirements(
+            "CPU/memory requests and limits of each pod that runs ranks; nvidia.com/gpu is set from gpus."),
         "nodeSelector": {"type": "object", "description": "Node labels the pods must match.",
                          "additionalProperties": {"type": "string"}},
         "tolerations": {
@@ -220,20 +223,14 @@ def _scheduling_spec() -> dict[str, Schema]:
         "affinity": {"type": "object", "description": "core/v1 Affinity of every pod.",
                      "x-kubernetes-preserve-unknown-fields": True},
         "runtimeClassName": _name("RuntimeClass of every pod (e.g. nvidia)."),
-        "launcherResources": _o(
+        "launcherResources": _requirements(
             "Requests and limits of a launcher that only runs mpirun (default requests 250m CPU / 256Mi, limits "
-            "1 CPU / 512Mi, so namespaces whose ResourceQuota demands limits accept it).",
-            {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
-        ),
+            "1 CPU / 512Mi, so namespaces whose ResourceQuota demands limits accept it)."),
     }
 
 
 def _spec_schema(kind: str) -> Schema:
     props = _common_spec(kind)
-    rules: list[tuple[str, str]] = [
-        ("!has(self.numProcesses) || self.gpus == 0 || self.gpus % self.numProcesses == 0",
-         "gpus must be a multiple of numProcesses (gpus 0: numProcesses CPU ranks, one per worker pod)"),
-    ]
     required = ["keySecretRef", "volumes"]
     if kind == "ClassificationTrain":
         props.update({
@@ -243,12 +240,7 @@ def _spec_schema(kind: str) -> Schema:
             "pretrainedModel": _model_ref("Pretrained weights, overriding train_config.pretrained_model_path; "
                                           "retraining a pruned model is fromPrune."),
         })
-        rules.append(("has(self.experimentSpec) != has(self.experimentSpecRef)",
-                      "exactly one of experimentSpec or experimentSpecRef"))
     else:
-        rules.append(("!(has(self.experimentSpec) && has(self.experimentSpecRef))",
-                      "at most one of experimentSpec or experimentSpecRef"))
-        rules.append(("!has(self.numProcesses) || self.numProcesses == 1", f"a {kind} runs one process"))
         required.append("model")
     if kind == "ClassificationPrune":
         props.update({
@@ -284,15 +276,12 @@ def _spec_schema(kind: str) -> Schema:
             "maxBatchSize": _i("Maximum engine batch size (--max_batch_size).", minimum=1),
             "engineFile": _s("Also build a TensorRT engine here (--engine_file).", pattern=ABS_PATH, maxLength=4096),
         })
-        rules.append(("self.dataType != 'int8' || (has(self.calibration) && (has(self.calibration.imageDir) || "
-                      "has(self.calibration.cacheFile)))", "int8 needs calibration.imageDir or calibration.cacheFile"))
     return _o(f"Desired state of a {kind}: a change starts a new run (the running one is stopped).", props,
-              required=tuple(required), rules=tuple(rules))
+              required=tuple(required), rules=cel.cel_at(cel.SPEC, kind))
 
 
 def _status_schema(kind: str) -> Schema:
     time = {"type": "string", "format": "date-time"}
-    number = {"type": "number"}
     props: dict[str, Schema] = {
         "phase": _s("Pending, Suspended, Running, Succeeded or Failed.", enum=list(PHASES)),
         "reason": _s("Why, as a CamelCase word (docs/operator.md lists them): InvalidSpec, SpecNotFound, "
@@ -324,27 +313,31 @@ def _status_schema(kind: str) -> Schema:
         },
     }
     if kind == "ClassificationTrain":
-        props["progress"] = _o("Written by the trainer's rank 0 after every epoch.", {
-            "epoch": _i("Last finished epoch."),
-            "maxEpoch": _i("Epochs of the run."),
-            "loss": {**number, "description": "Training loss."},
-            "accuracy": {**number, "description": "Training accuracy."},
-            "valLoss": {**number, "description": "Validation loss."},
-            "valAccuracy": {**number, "description": "Validation accuracy."},
-            "message": _s("Trainer message."),
-            "run": _s("The MPIJob (run) that reported it."),
-            "updateTime": {**time, "description": "When it was reported."},
-        })
+        props[contract.PROGRESS] = _o("Written by the trainer's rank 0 after every epoch.", _progress_schema())
     return _o(f"Observed state of a {kind}, written by the operator (and progress by the trainer).", props)
+
+
+def _progress_schema() -> dict[str, Schema]:
+    """status.progress as the trainer writes it (contract.PROGRESS_FIELDS)."""
+    out: dict[str, Schema] = {}
+    for name, (kind, description) in contract.PROGRESS_FIELDS.items():
+        if kind == "integer":
+            out[name] = _i(description)
+        elif kind == "date-time":
+            out[name] = {"type": "string", "format": "date-time", "description": description}
+        else:
+            out[name] = {"type": kind, "description": description}
+    return out
 
 
 def _columns(kind: str) -> list[dict[str, Any]]:
     cols = [{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}]
+    progress = f".status.{contract.PROGRESS}"
     if kind == "ClassificationTrain":
         cols += [
-            {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
-            {"name": "Max", "type": "integer", "jsonPath": ".status.progress.maxEpoch"},
-            {"name": "Val Acc", "type": "number", "jsonPath": ".status.progress.valAccuracy"},
+            {"name": "Epoch", "type": "integer", "jsonPath": f"{progress}.{contract.PROGRESS_EPOCH}"},
+            {"name": "Max", "type": "integer", "jsonPath": f"{progress}.{contract.PROGRESS_MAX_EPOCH}"},
+            {"name": "Val Acc", "type": "number", "jsonPath": f"{progress}.{contract.PROGRESS_VAL_ACCURACY}"},
         ]
     else:
         cols.append({"name": "Output", "type": "string", "jsonPath": ".status.outputPath"})

@@ -17,6 +17,7 @@ from kestrel_operator.status import reasons as r
 from kestrel_operator.status.phase import FAILED, PENDING, RUNNING, SUCCEEDED, Phase, phase_of
 from kestrel_operator.status.pods import Cause
 from kestrel_operator.status.progress import progress_for_run
+from kestrel_trainer.spec.contract import PROGRESS
 
 READY = "Ready"
 # Kept for callers that import it from here; the one list is reasons.WARNING_REASONS.
@@ -43,9 +44,9 @@ def _same_generation(old: Mapping[str, Any], generation: int) -> bool:
 
 
 def _drop_stale_progress(old: Mapping[str, Any], run: Optional[str], patch: dict[str, Any]) -> None:
-    progress = old.get("progress")
+    progress = old.get(PROGRESS)
     if progress and progress_for_run(progress, run) is None:
-        patch["progress"] = None
+        patch[PROGRESS] = None
 
 
 def _finish(old: Mapping[str, Any], generation: int, patch: dict[str, Any], now: str) -> dict[str, Any]:
@@ -66,8 +67,8 @@ def invalid_status(old: Mapping[str, Any], generation: int, message: str, now: s
     previous = old.get("conditions") if _same_generation(old, generation) else None
     patch["conditions"] = [cond.condition("Failed", "True", r.INVALID_SPEC, message,
                                           cond.find(previous, "Failed"), now)]
-    if old.get("progress"):
-        patch["progress"] = None
+    if old.get(PROGRESS):
+        patch[PROGRESS] = None
     return _finish(old, generation, patch, now)
 
 
@@ -78,8 +79,8 @@ def waiting_status(old: Mapping[str, Any], generation: int, reason: str, message
     patch = _base(generation, PENDING, reason, message)
     patch["mpiJobName"] = mpijob_name
     patch["conditions"] = []
-    if old.get("progress"):
-        patch["progress"] = None
+    if old.get(PROGRESS):
+        patch[PROGRESS] = None
     return _finish(old, generation, patch, now)
 
 

@@ -2,7 +2,8 @@
 
 A reason is a CamelCase word for machines (`kubectl wait`, alerts); the `message` next to it says what
 happened and what the user should do. The MPIJob's own reasons (`MPIJobCreated`, `MPIJobRunning`, ...) are
-mirrored as they are and are not listed here.
+mirrored as they are and are not listed here, but for the one that decides an Event's type.
+tests/operator/test_reasons.py fails when a reason is written as a string literal anywhere else.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ WORKER_EVICTED = "WorkerEvicted"
 # How a run ended, when the trainer said why (the launcher's termination message).
 TRAINER_FAILED = "TrainerFailed"
 
+# Mirrored from the MPIJob (the MPI Operator writes it), listed for WARNING_REASONS.
+MPIJOB_FAILED = "MPIJobFailed"
+
 # Events only (never a status reason).
 SPEC_CHANGED = "SpecChanged"
 RUN_UPDATED = "RunUpdated"
@@ -45,5 +49,5 @@ WARNING_REASONS = frozenset({
     INVALID_SPEC, SPEC_NOT_FOUND, MODEL_SOURCE_FAILED, NAME_CONFLICT, API_ERROR, MPIJOB_CRD_MISSING,
     UNSCHEDULABLE, VOLUME_CLAIM_MISSING, IMAGE_PULL_BACKOFF, KEY_SECRET_MISSING, CREATE_CONTAINER_CONFIG_ERROR,
     VOLUME_MULTI_ATTACH, VOLUME_MOUNT_FAILED, WORKER_CRASH_LOOP, WORKER_EVICTED, TRAINER_FAILED, MPIJOB_RECREATED,
-    "MPIJobFailed",
+    MPIJOB_FAILED,
 })

@@ -1,6 +1,6 @@
 """The trainer's own one-line error, read from the launcher pod's termination message.
 
-The trainer reports bad input as one line, `<prog>: error: <message>` (kestrel_trainer.cli.main.run_cli),
+The trainer reports bad input as one line, `<prog>: error: <message>` (kestrel_trainer.spec.contract),
 and exits non-zero. The launcher container has terminationMessagePolicy FallbackToLogsOnError
 (manifests/pods.py), so kubelet copies the tail of its log (80 lines / 2 KiB at most) into the pod's
 status when it fails: with mpirun in front, the ranks' stderr is in that log, followed by mpirun's own
@@ -9,12 +9,11 @@ banner. The MPIJob only says the launcher Job failed; this line says why.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-# `kestrel: error: ...`, `classification_tf1: error: ...`, argparse's `kestrel train: error: ...`.
-ERROR_LINE = re.compile(r"^(?:kestrel|classification_tf1)(?: [a-z_]+)?: error: \S.*$")
+from kestrel_trainer.spec.contract import ERROR_LINE
+
 MAX_LENGTH = 1024  # events and printer columns stay readable; the full log is one `kubectl logs` away
 
 

@@ -9,11 +9,10 @@ import sys
 from typing import Optional
 
 from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.spec.contract import KEY_ENV
 
 # How many ranks --gpus/--num_processes ask for: the train launcher needs it too, so it lives there.
 from kestrel_trainer.train.launcher import resolve_processes  # noqa: F401 - part of this module's API
-
-KEY_ENV = "KESTREL_KEY"
 
 
 def add_key_argument(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from typing import Optional
 import kestrel_trainer
 from kestrel_trainer import cli as cli_pkg
 from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.spec.contract import error_line
 
 
 def _command_modules() -> list:
@@ -56,7 +57,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> i
     try:
         return int(func(args) or 0)
     except KestrelError as err:
-        print(f"{parser.prog}: error: {err.message}", file=sys.stderr)
+        print(error_line(parser.prog, err.message), file=sys.stderr)  # the operator reads this line
         return err.exit_code
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)

@@ -1,9 +1,9 @@
 """Training progress into the Kubernetes resource that started the run (ClassificationTrain status).
 
-The operator sets KESTREL_RESOURCE_GROUP/VERSION/PLURAL/NAME/NAMESPACE/UID (and KESTREL_RUN) on the
-run's pods and binds their ServiceAccount to a Role allowing get/patch of that one resource's status.
-Rank 0 calls `report()` after every epoch; it JSON-merge-patches `status.progress` only, so it never
-fights the operator over phase or conditions. Reporting is best effort: any failure (no token, no
+The operator writes which resource started the run into the pods' environment (contract.RunIdentity) and
+binds their ServiceAccount to a Role allowing get/patch of that one resource's status. Rank 0 calls
+`report()` after every epoch; it JSON-merge-patches `status.progress` only (contract.progress_patch), so it
+never fights the operator over phase or conditions. Reporting is best effort: any failure (no token, no
 network, RBAC) is logged once per kind of error and training goes on.
 """
 
@@ -16,15 +16,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional
 
-log = logging.getLogger(__name__)
+from kestrel_trainer.spec.contract import RunIdentity, api_client, progress_patch
 
-_ENV = {
-    "group": "KESTREL_RESOURCE_GROUP",
-    "version": "KESTREL_RESOURCE_VERSION",
-    "plural": "KESTREL_RESOURCE_PLURAL",
-    "name": "KESTREL_RESOURCE_NAME",
-    "namespace": "KESTREL_RESOURCE_NAMESPACE",
-}
+log = logging.getLogger(__name__)
 
 
 def _finite(value: Optional[float]) -> Optional[float]:
@@ -49,32 +43,23 @@ class ClusterStatusReporter:
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> Optional[ClusterStatusReporter]:
         """A reporter when the operator's variables are all set (running in a cluster), else None."""
-        env = os.environ if env is None else env
-        values = {key: env.get(var, "").strip() for key, var in _ENV.items()}
-        if not all(values.values()):
+        identity = RunIdentity.from_env(os.environ if env is None else env)
+        if identity is None:
             return None
-        return cls(**values, uid=env.get("KESTREL_RESOURCE_UID", "").strip(), run=env.get("KESTREL_RUN", "").strip())
+        return cls(identity.group, identity.version, identity.plural, identity.name, identity.namespace,
+                   uid=identity.uid, run=identity.run)
 
     @property
     def path(self) -> str:
-        return f"/apis/{self.group}/{self.version}/namespaces/{self.namespace}/{self.plural}/{self.name}/status"
+        return RunIdentity(self.group, self.version, self.plural, self.name, self.namespace).status_path
 
     def body(self, epoch: int, max_epoch: int, loss: float, accuracy: float, val_loss: Optional[float],
              val_accuracy: Optional[float], phase_message: Optional[str] = None) -> dict[str, Any]:
         """The merge patch of status.progress (the status subresource ignores metadata, so the
         resource's identity is checked once by `_same_resource` instead)."""
-        progress = {
-            "epoch": int(epoch),
-            "maxEpoch": int(max_epoch),
-            "loss": _finite(loss),
-            "accuracy": _finite(accuracy),
-            "valLoss": _finite(val_loss),
-            "valAccuracy": _finite(val_accuracy),
-            "message": phase_message,
-            "run": self.run or None,
-            "updateTime": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        return {"status": {"progress": progress}}
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return progress_patch(epoch, max_epoch, _finite(loss), _finite(accuracy), _finite(val_loss),
+                              _finite(val_accuracy), phase_message, self.run, now)
 
     def _same_resource(self, api: Any) -> bool:
         """Is the resource under this name still the one that started the run (same uid)? A run of a
@@ -106,15 +91,7 @@ class ClusterStatusReporter:
 
     def _client(self) -> Any:
         if self._api is None:
-            from kubernetes import client, config
-
-            configuration = client.Configuration()
-            if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
-                                        client_configuration=configuration)
-            else:
-                config.load_incluster_config(client_configuration=configuration)
-            self._api = client.ApiClient(configuration)
+            self._api = api_client()
         return self._api
 
     def report(self, epoch: int, max_epoch: int, loss: float, accuracy: float, val_loss: Optional[float],

@@ -22,26 +22,30 @@ import sys
 from typing import Mapping, Optional, Sequence
 
 from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.spec.contract import KEY_ENV
+from kestrel_trainer.spec.parallelism import FLAGS, parallelism
 
 log = logging.getLogger("kestrel.train")
 
 LAUNCHER_ENV = "KESTREL_LAUNCHER"  # "gloo" (default: horovodrun --gloo) or "mpi" (mpirun)
-KEY_ENV = "KESTREL_KEY"
 
 
 def resolve_processes(args: argparse.Namespace) -> int:
     """Ranks to run: --num_processes, where -1 (the original's default) or absent means as many as --gpus.
     --gpus 0 is CPU only (what the operator renders for `gpus: 0`): -1 then means one process, and
-    `--gpus 0 --num_processes P` runs P CPU ranks."""
+    `--gpus 0 --num_processes P` runs P CPU ranks. The numbers must obey the rule the operator checks too
+    (kestrel_trainer.spec.parallelism); --gpus below --num_processes (the default --gpus 1 with `-np 2`) is
+    read as one device per rank, as the training loop reads it."""
     gpus = getattr(args, "gpus", 1)
-    if gpus is None or gpus < 0:
-        raise KestrelError(f"--gpus must be >= 0 (0: CPU only), got {gpus}", exit_code=2)
     n = getattr(args, "num_processes", -1)
-    if n is None or n == -1:
-        return max(gpus, 1)
-    if n < 1:
-        raise KestrelError(f"--num_processes must be >= 1, or -1 for as many as --gpus; got {n}", exit_code=2)
-    return n
+    gpus = -1 if gpus is None else gpus
+    processes = None if n is None or n == -1 else n
+    if gpus > 0 and processes is not None and 0 < gpus < processes:
+        gpus = processes
+    rule = parallelism(gpus, processes, terms=FLAGS)
+    if not rule.ok:
+        raise KestrelError(rule.message(), exit_code=2)
+    return rule.ranks
 
 
 def rank_arguments(args: argparse.Namespace) -> list[str]:

@@ -12,7 +12,6 @@ On a machine without GPUs the CPU is split into k logical devices, which runs th
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -20,8 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from kestrel_trainer.errors import KestrelError
-
-log = logging.getLogger("kestrel.train")
+from kestrel_trainer.spec.parallelism import FLAGS, parallelism
 
 
 @dataclass(frozen=True)
@@ -58,22 +56,14 @@ def plan_devices(
     gpus: int, processes: int, local_rank: int, fractions: Sequence[float], n_visible_gpus: int,
     gpu_index: Optional[Sequence[int]] = None,
 ) -> DevicePlan:
-    """Check --gpus/--num_processes against the spec's fractions and pick this rank's devices (pure)."""
-    if processes < 1 or gpus < 1:
-        raise KestrelError(f"--gpus {gpus} --num_processes {processes}: both must be >= 1", exit_code=2)
-    if gpus % processes:
-        raise KestrelError(f"--gpus {gpus} is not a multiple of --num_processes {processes}: every rank needs "
-                           "the same number of devices", exit_code=2)
-    k = gpus // processes
-    if fractions and len(fractions) > 1 and len(fractions) != k:
-        raise KestrelError(
-            f"model_parallelism has {len(fractions)} fractions but --gpus {gpus} --num_processes {processes} gives "
-            f"each rank {k} device(s); use --gpus {len(fractions) * processes} --num_processes {processes}",
-            exit_code=2)
-    norm = normalise(fractions) if fractions and len(fractions) > 1 else ()
-    if k > 1 and not norm:
-        log.warning("each rank owns %d devices but the spec has no model_parallelism: each rank uses only its "
-                    "first device", k)
+    """Check --gpus/--num_processes against the spec's fractions and pick this rank's devices (pure).
+
+    Whether the numbers fit is the rule the operator checks too (kestrel_trainer.spec.parallelism)."""
+    rule = parallelism(gpus, processes, fractions, terms=FLAGS)
+    if not rule.ok:
+        raise KestrelError(rule.message(), exit_code=2)
+    k = rule.gpus_per_rank or 1  # a CPU rank (--gpus 0) owns one device
+    norm = normalise(fractions) if len(fractions) > 1 else ()
     gpu_ids: tuple[int, ...] = ()
     if n_visible_gpus:
         ids = list(gpu_index) if gpu_index else list(range(n_visible_gpus))

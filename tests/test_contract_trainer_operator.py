@@ -1,0 +1,126 @@
+"""The trainer <-> operator contract (kestrel_trainer/spec/contract.py) is the only place either side names it.
+
+- No KESTREL_* variable name appears as a string in both packages, and none of the contract's names appears
+  outside the contract module: a name one side writes and the other reads must come from the contract.
+- The pods the operator renders carry exactly the contract's variables, mpirun forwards them to every rank,
+  and the trainer reading them back finds the resource the operator rendered (its status path), which the
+  run's Role lets it get and patch.
+- What the trainer patches into status.progress is what the CRD declares and what the operator keeps.
+- The trainer's error line is the one the operator picks out of a launcher's log.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from kestrel_operator.manifests import plan_run
+from kestrel_operator.resources import parse_resource
+from kestrel_operator.resources.crd import crd
+from kestrel_operator.settings import Settings
+from kestrel_operator.status.progress import progress_for_run
+from kestrel_operator.status.trainer_error import error_line as operator_reads
+from kestrel_trainer.report.cluster_status import ClusterStatusReporter
+from kestrel_trainer.spec import contract
+from tests.conftest import REPO
+from tests.operator.conftest import train_body
+
+PACKAGES = {"trainer": REPO / "trainer_image" / "kestrel_trainer", "operator": REPO / "operator" / "kestrel_operator"}
+CONTRACT = Path(contract.__file__).resolve()
+NAME = re.compile(r"KESTREL_[A-Z0-9_]+")
+SETTINGS = Settings(default_image="kestrel-trainer:test", gpus_per_node=8)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def env_names_used() -> dict[str, dict[str, list[str]]]:
+    """package -> KESTREL_ name -> where: string constants that are exactly a name (docstrings and prose that
+    mentions a name inside a sentence are not uses), outside the contract module."""
+    used: dict[str, dict[str, list[str]]] = {side: defaultdict(list) for side in PACKAGES}
+    for side, root in PACKAGES.items():
+        for path in sorted(root.rglob("*.py")):
+            if path.resolve() == CONTRACT or path.name.endswith("_pb2.py"):
+                continue
+            tree = ast.parse(path.read_text(), str(path))
+            skip = _docstrings(tree)
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+                        and NAME.fullmatch(node.value.partition("=")[0])):
+                    used[side][node.value.partition("=")[0]].append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return used
+
+
+def test_no_contract_name_is_spelled_outside_the_contract_and_none_is_shared_without_it():
+    used = env_names_used()
+    spelled = {name: where for side in used.values() for name, where in side.items()
+               if name in contract.TRAINER_ENV}
+    assert spelled == {}, "import these from kestrel_trainer.spec.contract"
+    shared = set(used["trainer"]) & set(used["operator"])
+    assert shared == set(), f"both sides use {sorted(shared)}: define them in kestrel_trainer/spec/contract.py"
+    # The scan sees the names each side keeps for itself (else it would prove nothing).
+    assert "KESTREL_LAUNCHER" in used["trainer"] and "KESTREL_GPUS_PER_NODE" in used["operator"]
+
+
+def _launcher(body: dict) -> tuple[dict, dict]:
+    plan = plan_run(parse_resource(body, SETTINGS), body["spec"].get("experimentSpec"))
+    job = next(o for o in plan.objects if o["kind"] == "MPIJob")
+    role = next(o for o in plan.objects if o["kind"] == "Role")
+    return job, role
+
+
+def test_pods_carry_the_contracts_variables_and_the_trainer_finds_its_resource_with_them():
+    body = train_body(name="r18", gpus=4, numProcesses=4)
+    body["metadata"]["uid"] = "uid-1"
+    job, role = _launcher(body)
+    launcher = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in launcher["env"]}
+    assert [n for n in env if n.startswith("KESTREL_")] == list(contract.TRAINER_ENV)
+    forwarded = [launcher["args"][i + 1] for i, a in enumerate(launcher["args"]) if a == "-x"]
+    assert set(contract.TRAINER_ENV) | set(contract.API_ENV) <= set(forwarded)
+
+    # The trainer's rank 0 reads the values the operator wrote (the key comes from the Secret).
+    values = {name: e["value"] for name, e in env.items() if "value" in e}
+    reporter = ClusterStatusReporter.from_env(values)
+    assert reporter is not None
+    assert reporter.path == "/apis/kestrel.dev/v1alpha1/namespaces/default/classificationtrains/r18/status"
+    assert (reporter.uid, reporter.run) == ("uid-1", job["metadata"]["name"])
+    # ... and the run's Role lets it do what the reporter does to that path.
+    assert role["rules"] == [{"apiGroups": ["kestrel.dev"], "resources": ["classificationtrains/status"],
+                              "resourceNames": ["r18"], "verbs": ["get", "patch"]}]
+    assert tuple(role["rules"][0]["verbs"]) == contract.STATUS_VERBS
+
+
+def test_progress_the_trainer_writes_is_what_the_crd_declares_and_the_operator_keeps():
+    reporter = ClusterStatusReporter("kestrel.dev", "v1alpha1", "classificationtrains", "r18", "ml", run="r18-g2")
+    progress = reporter.body(3, 30, 0.5, 0.8, float("inf"), 0.7, "epoch 3/30")["status"]["progress"]
+    schema = crd("ClassificationTrain")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    declared = schema["properties"]["status"]["properties"]["progress"]["properties"]
+    assert list(progress) == list(declared) == list(contract.PROGRESS_FIELDS)
+    assert progress["valLoss"] is None and progress["epoch"] == 3  # JSON has no inf
+    assert progress_for_run(progress, "r18-g2") == progress
+    assert progress_for_run(progress, "r18-g3") is None  # a superseded run's report is dropped
+    columns = {c["name"]: c["jsonPath"] for c in crd("ClassificationTrain")["spec"]["versions"][0][
+        "additionalPrinterColumns"]}
+    assert columns["Epoch"] == ".status.progress.epoch" and columns["Val Acc"] == ".status.progress.valAccuracy"
+
+
+def test_the_trainers_error_line_is_what_the_operator_reads_from_the_launcher_log(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e",
+                           str(tmp_path / "missing.txt"), "-r", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("kestrel train: error: ") or line.startswith("kestrel: error: "), proc.stderr
+    log_tail = f"Epoch 1 starting\n{line}\n-----\nmpirun detected that one or more processes exited\n"
+    assert operator_reads(log_tail) == line

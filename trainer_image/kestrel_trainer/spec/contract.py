@@ -1,0 +1,127 @@
+"""What the operator and the trainer say to each other, defined once; both import it from here.
+
+- Environment: the operator sets these on every trainer container (the key from the resource's Secret, and
+  which resource started the run, so rank 0 can patch that resource's status); mpirun forwards them, and
+  where the API server is, to every rank.
+- Status: the trainer's rank 0 JSON-merge-patches `status.progress` (the fields below) of its resource
+  after every epoch; the operator keeps it (the CRD's schema and printer columns), or drops it when its
+  `run` is not the current MPIJob. The operator grants exactly STATUS_VERBS on `<plural>/status`.
+- Errors: the trainer's one-line error, `<prog>: error: <message>`, which the operator reads from the
+  launcher's termination message (ERROR_LINE).
+- The Kubernetes client: in a pod the service account, elsewhere KUBECONFIG (`api_client`).
+
+tests/test_contract_trainer_operator.py fails when either side uses a KESTREL_ name of the other's without
+this module, or when the pods the operator renders do not carry what the trainer reads.
+Standard library only (the kubernetes package is imported by `api_client` when it is called).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+# -- environment ------------------------------------------------------------------------------------------
+KEY_ENV = "KESTREL_KEY"  # the model key: only ever in the environment, never on a command line
+RUN_ENV = "KESTREL_RUN"  # the MPIJob of the run: progress carries it so a superseded run's is dropped
+RESOURCE_GROUP_ENV = "KESTREL_RESOURCE_GROUP"
+RESOURCE_VERSION_ENV = "KESTREL_RESOURCE_VERSION"
+RESOURCE_PLURAL_ENV = "KESTREL_RESOURCE_PLURAL"
+RESOURCE_NAME_ENV = "KESTREL_RESOURCE_NAME"
+RESOURCE_NAMESPACE_ENV = "KESTREL_RESOURCE_NAMESPACE"
+RESOURCE_UID_ENV = "KESTREL_RESOURCE_UID"
+# Every variable the operator sets for the trainer, in the order the pods list them.
+TRAINER_ENV = (KEY_ENV, RESOURCE_GROUP_ENV, RESOURCE_VERSION_ENV, RESOURCE_PLURAL_ENV, RESOURCE_NAME_ENV,
+               RESOURCE_NAMESPACE_ENV, RESOURCE_UID_ENV, RUN_ENV)
+# Where the API server is (set by Kubernetes in every pod): ranks started over ssh need it forwarded.
+API_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which resource a run belongs to: the operator writes it into the pods' environment, rank 0 reads it
+    back to patch that resource's status. `uid` guards against a new resource that reuses the name."""
+
+    group: str
+    version: str
+    plural: str
+    name: str
+    namespace: str
+    uid: str = ""
+    run: str = ""
+
+    def env(self) -> list[tuple[str, str]]:
+        """(name, value) pairs, in TRAINER_ENV order (the key comes from a Secret, not from here)."""
+        return [(RESOURCE_GROUP_ENV, self.group), (RESOURCE_VERSION_ENV, self.version),
+                (RESOURCE_PLURAL_ENV, self.plural), (RESOURCE_NAME_ENV, self.name),
+                (RESOURCE_NAMESPACE_ENV, self.namespace), (RESOURCE_UID_ENV, self.uid), (RUN_ENV, self.run)]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Optional[RunIdentity]:
+        """The identity when the operator started this process (group .. namespace all set), else None."""
+        values = {key: env.get(var, "").strip() for key, var in (
+            ("group", RESOURCE_GROUP_ENV), ("version", RESOURCE_VERSION_ENV), ("plural", RESOURCE_PLURAL_ENV),
+            ("name", RESOURCE_NAME_ENV), ("namespace", RESOURCE_NAMESPACE_ENV))}
+        if not all(values.values()):
+            return None
+        return cls(**values, uid=env.get(RESOURCE_UID_ENV, "").strip(), run=env.get(RUN_ENV, "").strip())
+
+    @property
+    def status_path(self) -> str:
+        """The status subresource: what rank 0 reads (uid check) and patches."""
+        return f"/apis/{self.group}/{self.version}/namespaces/{self.namespace}/{self.plural}/{self.name}/status"
+
+
+# -- status -----------------------------------------------------------------------------------------------
+STATUS_VERBS = ("get", "patch")  # on <plural>/status, for the one resource (the run's Role)
+PROGRESS = "progress"  # the key under status the trainer owns
+# status.progress, field -> (JSON schema type, meaning): the trainer writes these, the CRD declares them.
+PROGRESS_FIELDS: Mapping[str, tuple[str, str]] = {
+    "epoch": ("integer", "Last finished epoch."),
+    "maxEpoch": ("integer", "Epochs of the run."),
+    "loss": ("number", "Training loss."),
+    "accuracy": ("number", "Training accuracy."),
+    "valLoss": ("number", "Validation loss."),
+    "valAccuracy": ("number", "Validation accuracy."),
+    "message": ("string", "Trainer message."),
+    "run": ("string", "The MPIJob (run) that reported it."),
+    "updateTime": ("date-time", "When it was reported."),
+}
+PROGRESS_EPOCH, PROGRESS_MAX_EPOCH, PROGRESS_RUN = "epoch", "maxEpoch", "run"
+PROGRESS_VAL_ACCURACY = "valAccuracy"
+
+
+def progress_patch(epoch: int, max_epoch: int, loss: Optional[float], accuracy: Optional[float],
+                   val_loss: Optional[float], val_accuracy: Optional[float], message: Optional[str],
+                   run: Optional[str], update_time: str) -> dict[str, Any]:
+    """The JSON merge patch of status.progress (numbers already JSON-safe: None for NaN/inf)."""
+    values = (int(epoch), int(max_epoch), loss, accuracy, val_loss, val_accuracy, message, run or None, update_time)
+    return {"status": {PROGRESS: dict(zip(PROGRESS_FIELDS, values))}}
+
+
+# -- errors -----------------------------------------------------------------------------------------------
+# `kestrel: error: ...`, `classification_tf1: error: ...`, argparse's `kestrel train: error: ...`.
+ERROR_LINE = re.compile(r"^(?:kestrel|classification_tf1)(?: [a-z_]+)?: error: \S.*$")
+
+
+def error_line(prog: str, message: str) -> str:
+    """How the trainer reports bad input: one line on stderr, then a non-zero exit."""
+    return f"{prog}: error: {message}"
+
+
+# -- the Kubernetes client --------------------------------------------------------------------------------
+def api_client(pool_size: Optional[int] = None) -> Any:
+    """A kubernetes.client.ApiClient: in a pod (KUBERNETES_SERVICE_HOST set, no KUBECONFIG) the service
+    account; elsewhere KUBECONFIG or ~/.kube/config. `pool_size`: kept-alive connections."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if pool_size is not None:
+        configuration.connection_pool_maxsize = pool_size
+    if os.environ.get(API_ENV[0]) and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
+    return client.ApiClient(configuration)
