@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from kestrel_trainer.data import folders
 from kestrel_trainer.data.check import exclude_bad_images_and_cache
-from kestrel_trainer.data.pipeline import make_dataset, steps_per_epoch
+from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
+from kestrel_trainer.data.sharding import steps_per_epoch
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.model_io.files import load_model, save_model
 from kestrel_trainer.report.status import StatusLogger
@@ -307,8 +308,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     vis = spec.train.visualizer
     if ranks.is_chief and vis.enabled and vis.num_images > 0:
         n_show = min(vis.num_images, len(train_files))
-        sample = make_dataset(train_files[:n_show], train_labels[:n_show], n_classes, spec.model, spec.train,
-                              training=True, batch_size=n_show, n_epochs=1, decoded=None)
+        sample = make_dataset(train_files[:n_show], train_labels[:n_show], n_classes,
+                              replace(PipelineOptions.for_training(spec.model, spec.train, n_show), n_epochs=1))
         callbacks.append(SampleImages(os.path.join(results, "events", "images"),
                                       lambda: next(iter(sample))[0], n_show))
     callbacks += list(opts.extra_callbacks)
@@ -324,18 +325,17 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
             fh.write(str(os.getpid()))
 
     def train_data(first_epoch: int, skip: int = 0) -> tf.data.Dataset:
-        ds = make_dataset(train_files, train_labels, n_classes, spec.model, spec.train, training=True,
-                          batch_size=batch, rank=ranks.rank, size=ranks.size, initial_epoch=first_epoch,
-                          n_epochs=n_epochs - first_epoch, with_paths=bool(seen_dir), decoded=decoded)
+        options = replace(PipelineOptions.for_training(spec.model, spec.train, batch), with_paths=bool(seen_dir))
+        ds = make_dataset(train_files, train_labels, n_classes, options, rank=ranks.rank, size=ranks.size,
+                          initial_epoch=first_epoch, decoded=decoded)
         if skip:
             ds = ds.skip(skip)
         if seen_dir:
             ds = _record_paths(ds, seen_dir, ranks.rank, first_epoch, spe, skip)
         return _with_sample_weights(ds, weights) if weights is not None else ds
 
-    val_ds = make_dataset(val_files, val_labels, n_classes, spec.model, spec.train, training=False,
-                          batch_size=batch, rank=ranks.rank, size=ranks.size,
-                          center_crop=spec.train.enable_center_crop)
+    val_options = PipelineOptions.for_evaluation(spec.model, spec.train, batch)
+    val_ds = make_dataset(val_files, val_labels, n_classes, val_options, rank=ranks.rank, size=ranks.size)
     h, w, c = spec.model.input_shape
     if len(val_files) * h * w * c * 4 <= VAL_CACHE_BYTES:
         val_ds = val_ds.cache()  # decoded once; small validation sets only (memory)
