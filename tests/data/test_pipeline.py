@@ -11,7 +11,7 @@ from PIL import Image
 
 from kestrel_trainer.data import folders, pipeline
 from kestrel_trainer.data.sharding import steps_per_epoch
-from tests.data.helpers import make_folder, model_spec, pipeline_options
+from tests.data.helpers import make_folder, model_spec, pipeline_options, train_spec
 from tests.data.numpy_refs import ref_center_box, ref_preprocess, ref_resize_crop
 
 
@@ -144,3 +144,26 @@ def test_jpeg_and_bmp_files_go_through_the_same_geometry(tmp_path):
         box = ref_center_box(img.shape[0], img.shape[1], 8, 8)
         np.testing.assert_allclose(x[i], ref_preprocess(ref_resize_crop(img, *box, 8, 8, "bilinear"), "caffe"),
                                    atol=2e-3)
+
+
+def test_options_follow_the_spec_and_evaluation_refuses_augmentations():
+    from dataclasses import replace
+
+    from kestrel_trainer.data.pipeline import PipelineOptions
+
+    spec = train_spec(enable_random_crop=True, enable_color_augmentation=True, disable_horizontal_flip=False,
+                      mixup_alpha=0.2, n_epochs=5, random_seed=9, n_workers=3, preprocess_mode="torch",
+                      torch_std="per_channel")
+    rgb = PipelineOptions.for_training(model_spec(c=3, h=8, w=6), spec, 8)
+    assert (rgb.height, rgb.width, rgb.channels, rgb.batch_size) == (8, 6, 3, 8)
+    assert (rgb.random_crop, rgb.color, rgb.flip, rgb.mixup_alpha) == (True, True, True, 0.2)
+    assert (rgb.n_epochs, rgb.seed, rgb.n_workers, rgb.preprocess_mode) == (5, 9, 3, "torch_per_channel")
+    assert PipelineOptions.for_training(model_spec(c=1), spec, 8).color is False  # colour augmentation: RGB only
+    evaluation = PipelineOptions.for_evaluation(model_spec(), spec, 4)
+    assert not (evaluation.random_crop or evaluation.color or evaluation.flip or evaluation.mixup_alpha)
+    assert evaluation.center_crop is False and evaluation.seed == 9
+    assert PipelineOptions.for_evaluation(model_spec(), replace(spec, enable_center_crop=True), 4).center_crop
+    with pytest.raises(ValueError, match="training augmentations"):
+        replace(evaluation, flip=True)
+    with pytest.raises(ValueError, match="center crop is for evaluation"):
+        replace(rgb, center_crop=True)
