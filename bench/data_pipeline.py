@@ -9,7 +9,7 @@ Baseline, in the same run: the original's loading scheme, a tf.keras.utils.Seque
 __getitem__ opens each file with PIL, applies the original's random crop (PIL resize keeping aspect
 to target/fraction, random window), a random flip and caffe preprocessing in NumPy, run by Keras'
 OrderedEnqueuer with worker threads (use_multiprocessing=False), as classification_tf1 does.
-Kestrel: make_dataset(training=True) with the same augmentations (random crop, flip, caffe).
+Kestrel: make_dataset(PipelineOptions.for_training(...)) with the same augmentations (random crop, flip, caffe).
 Kestrel is timed decoding every epoch (its path when the decoded images exceed the cache budget) and
 from its in-memory cache of decoded images (training's default when they fit: the files are decoded
 once per run, timed separately as "cache fill", and the average over runs of 1, 10 and 80 epochs
@@ -206,15 +206,17 @@ def time_kestrel(files: list[str], batch: int, color: bool, workers: int, cached
                  ) -> tuple[float, float]:
     """workers: the spec's n_workers (tf.data map parallelism); 0 overrides it with AUTOTUNE.
     cached: an epoch from the in-memory decoded-image cache (training's default when it fits)."""
-    from kestrel_trainer.data.pipeline import make_dataset
+    from dataclasses import replace
+
+    from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
     from kestrel_trainer.spec import parse_spec_text
 
     text = SPEC.format(t=TARGET, batch=batch, color=str(color).lower(), workers=max(workers, 1))
     spec = parse_spec_text(text, task="train")
     if cached and tuple(files) not in CACHE:
         time_cache_fill(files)
-    ds = make_dataset(files, [0] * len(files), 10, spec.model, spec.train, training=True, batch_size=batch,
-                      n_workers=workers, decoded=CACHE[tuple(files)] if cached else None)
+    options = replace(PipelineOptions.for_training(spec.model, spec.train, batch), n_workers=workers)
+    ds = make_dataset(files, [0] * len(files), 10, options, decoded=CACHE[tuple(files)] if cached else None)
     it = iter(ds)
     next(it)  # warm-up batch (graph tracing, thread pools)
     n, start, cpu = 0, time.perf_counter(), cpu_seconds()

@@ -22,7 +22,8 @@ import time
 import tensorflow as tf
 
 from kestrel_trainer.data import folders
-from kestrel_trainer.data.pipeline import make_dataset, steps_per_epoch
+from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
+from kestrel_trainer.data.sharding import steps_per_epoch
 from kestrel_trainer.models.registry import create_model
 from kestrel_trainer.spec import parse_spec_text
 from kestrel_trainer.train.loop import TrainOptions, run_training
@@ -75,10 +76,10 @@ def main() -> None:
     model = create_model(spec.model, train.n_classes)
     spe = steps_per_epoch(n_train, 128)
     compile_model(model, spec, make_optimizer(spec, spe * args.epochs))
-    ds = make_dataset(train.files, train.labels, train.n_classes, spec.model, spec.train, training=True,
-                      batch_size=128)
-    vds = make_dataset(val.files, val.labels, val.n_classes, spec.model, spec.train, training=False,
-                       batch_size=128).cache()
+    ds = make_dataset(train.files, train.labels, train.n_classes,
+                      PipelineOptions.for_training(spec.model, spec.train, 128))
+    vds = make_dataset(val.files, val.labels, val.n_classes,
+                       PipelineOptions.for_evaluation(spec.model, spec.train, 128)).cache()
     base = EpochTimer()
     model.fit(ds, epochs=args.epochs, steps_per_epoch=spe, validation_data=vds, callbacks=[base], verbose=0)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 from types import MappingProxyType
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -41,6 +42,20 @@ def train_spec(**overrides) -> TrainSpec:
         visualizer=VisualizerSpec(False, 0, False),
     )
     return replace(base, **overrides)
+
+
+def pipeline_options(*, training: bool, batch_size: int, model: Optional[ModelSpec] = None,
+                     center_crop: Optional[bool] = None, **kw):
+    """PipelineOptions from these specs: keywords naming TrainSpec fields (enable_random_crop, n_epochs, ...)
+    go into train_spec, the others (with_paths, seed) replace option fields."""
+    from kestrel_trainer.data.pipeline import PipelineOptions
+
+    spec_fields = {f.name for f in fields(TrainSpec)}
+    ts = train_spec(**{k: v for k, v in kw.items() if k in spec_fields})
+    ms = model or model_spec(h=8, w=8)
+    options = (PipelineOptions.for_training(ms, ts, batch_size) if training
+               else PipelineOptions.for_evaluation(ms, ts, batch_size, center_crop))
+    return replace(options, **{k: v for k, v in kw.items() if k not in spec_fields})
 
 
 def write_image(path: str, array: np.ndarray) -> str:

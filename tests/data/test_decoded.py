@@ -6,21 +6,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kestrel_trainer.data import check, folders, pipeline
+from kestrel_trainer.data import check, folders, pipeline, sharding
 from kestrel_trainer.data import decoded as D
 from kestrel_trainer.data import transforms as T
-from tests.data.helpers import make_folder, model_spec, train_spec
+from tests.data.helpers import make_folder, model_spec, pipeline_options
 from tests.data.numpy_refs import ref_preprocess, ref_resize_crop
 
 RNG = np.random.default_rng(11)
 
 
-def _images(folder, channels=3, **kw):
-    """All batches' images of one pass, as one array."""
-    ms = kw.pop("model", model_spec(c=channels, h=8, w=8))
-    spec = train_spec(**{k: kw.pop(k) for k in list(kw) if k in (
-        "enable_random_crop", "enable_color_augmentation", "preprocess_mode", "random_seed")})
-    ds = pipeline.make_dataset(folder.files, folder.labels, folder.n_classes, ms, spec, batch_size=4, **kw)
+def _images(folder, channels=3, *, rank=0, size=1, decoded=None, **kw):
+    """All batches' images of one pass, as one array; kw: training, spec fields, center_crop."""
+    options = pipeline_options(batch_size=4, model=model_spec(c=channels, h=8, w=8), **kw)
+    ds = pipeline.make_dataset(folder.files, folder.labels, folder.n_classes, options, rank=rank, size=size,
+                               decoded=decoded)
     return np.concatenate([x.numpy() for x, _ in ds])
 
 
@@ -47,7 +46,7 @@ def test_each_rank_caches_its_own_shard(tmp_path):
     make_folder(root, {"a": 4, "b": 3}, size=(12, 10))
     folder = folders.scan(root)
     decoded = D.decode_shard(folder.files, 1, 2, 3, "on", log=lambda _: None)
-    assert len(decoded) == len(pipeline.shard_indices(len(folder.files), 1, 2)) == 3
+    assert len(decoded) == sharding.shard_size(len(folder.files), 1, 2) == 3
     kw = dict(training=True, enable_random_crop=True, rank=1, size=2)
     np.testing.assert_allclose(_images(folder, decoded=decoded, **kw), _images(folder, **kw), atol=1e-4)
     with pytest.raises(ValueError, match="shard"):

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from kestrel_trainer.data import folders, pipeline
-from kestrel_trainer.errors import DataError
-from tests.data.helpers import make_folder, model_spec, train_spec
+from kestrel_trainer.data.sharding import steps_per_epoch
+from tests.data.helpers import make_folder, model_spec, pipeline_options, train_spec
 from tests.data.numpy_refs import ref_center_box, ref_preprocess, ref_resize_crop
 
 
@@ -26,14 +26,11 @@ def _paths(batches):
     return [p.decode() for b in batches for p in b[2].numpy()]
 
 
-def _batches(folder, *, training=True, batch_size=4, **kw):
-    spec_kw = {k: kw.pop(k) for k in list(kw) if k in ("enable_random_crop", "enable_color_augmentation",
-                                                         "disable_horizontal_flip", "mixup_alpha",
-                                                         "preprocess_mode", "random_seed")}
-    ms = kw.pop("model", model_spec(h=8, w=8))
-    ds = pipeline.make_dataset(folder.files, folder.labels, folder.n_classes, ms, train_spec(**spec_kw),
-                               training=training, batch_size=batch_size, with_paths=True, **kw)
-    return list(ds)
+def _batches(folder, *, training=True, batch_size=4, rank=0, size=1, initial_epoch=0, **kw):
+    """Every batch (images, labels, paths); kw: spec fields (n_epochs: the last epoch + 1), model, center_crop."""
+    options = pipeline_options(training=training, batch_size=batch_size, with_paths=True, **kw)
+    return list(pipeline.make_dataset(folder.files, folder.labels, folder.n_classes, options, rank=rank, size=size,
+                                      initial_epoch=initial_epoch))
 
 
 def test_eval_values_match_numpy_reference_and_keep_the_partial_batch(ds13):
@@ -64,7 +61,7 @@ def test_grey_model_and_bicubic_resize(ds13):
 def test_ranks_read_disjoint_shards_covering_the_set_in_equal_steps(ds13, n_files, size, batch):
     files, labels = ds13.files[:n_files], ds13.labels[:n_files]
     sub = folders.ImageFolder(ds13.root, ds13.classes, files, labels)
-    steps = pipeline.steps_per_epoch(n_files, batch, size)
+    steps = steps_per_epoch(n_files, batch, size)
     per_rank = [_batches(sub, batch_size=batch, rank=r, size=size, n_epochs=2) for r in range(size)]
     for epoch in range(2):
         seen = []
@@ -79,25 +76,17 @@ def test_ranks_read_disjoint_shards_covering_the_set_in_equal_steps(ds13, n_file
             assert set(seen[r]) == {files[i] for i in range(r, n_files, size)}
 
 
-def test_batch_plan_only_repeats_with_batch_one():
-    assert pipeline.batch_plan(6, 3, 3) == [(0, 3, 3), (3, 3, 2)]  # last full batch split: 3, 2, 1
-    assert pipeline.batch_plan(7, 3, 3) == [(0, 7, 3)]
-    assert pipeline.batch_plan(2, 1, 3) == [(0, 2, 1), (0, 1, 1)]
-    with pytest.raises(DataError, match="3 images cannot be split across 4 ranks"):
-        pipeline.steps_per_epoch(3, 2, 4)
-
-
 def test_shuffle_is_seeded_reshuffled_each_epoch_and_resumable(ds13):
     kw = dict(enable_random_crop=True, disable_horizontal_flip=False, enable_color_augmentation=True,
               mixup_alpha=0.3)
     run = _batches(ds13, n_epochs=3, **kw)
     again = _batches(ds13, n_epochs=3, **kw)
-    steps = pipeline.steps_per_epoch(13, 4, 1)
+    steps = steps_per_epoch(13, 4, 1)
     orders = [_paths(run[e * steps:(e + 1) * steps]) for e in range(3)]
     assert orders[0] != orders[1] != orders[2] and sorted(orders[0]) == sorted(ds13.files)
     for a, b in zip(run, again, strict=True):
         np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
-    resumed = _batches(ds13, initial_epoch=1, n_epochs=2, **kw)
+    resumed = _batches(ds13, initial_epoch=1, n_epochs=3, **kw)
     for a, b in zip(run[steps:], resumed, strict=True):
         np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
     other_seed = _batches(ds13, n_epochs=1, random_seed=43, **kw)
@@ -133,11 +122,10 @@ def test_mixup_labels_sum_to_one_and_mix_two_classes_at_most(ds13):
 
 
 def test_static_shapes_for_keras(ds13):
-    ds = pipeline.make_dataset(ds13.files, ds13.labels, 3, model_spec(h=8, w=8), train_spec(),
-                               training=True, batch_size=4)
+    ds = pipeline.make_dataset(ds13.files, ds13.labels, 3, pipeline_options(training=True, batch_size=4))
     assert ds.element_spec[0].shape.as_list() == [None, 8, 8, 3]
     assert ds.element_spec[1].shape.as_list() == [None, 3]
-    assert int(ds.cardinality()) == pipeline.steps_per_epoch(13, 4)
+    assert int(ds.cardinality()) == steps_per_epoch(13, 4)
     assert os.path.exists(ds13.files[0])
 
 
@@ -156,3 +144,26 @@ def test_jpeg_and_bmp_files_go_through_the_same_geometry(tmp_path):
         box = ref_center_box(img.shape[0], img.shape[1], 8, 8)
         np.testing.assert_allclose(x[i], ref_preprocess(ref_resize_crop(img, *box, 8, 8, "bilinear"), "caffe"),
                                    atol=2e-3)
+
+
+def test_options_follow_the_spec_and_evaluation_refuses_augmentations():
+    from dataclasses import replace
+
+    from kestrel_trainer.data.pipeline import PipelineOptions
+
+    spec = train_spec(enable_random_crop=True, enable_color_augmentation=True, disable_horizontal_flip=False,
+                      mixup_alpha=0.2, n_epochs=5, random_seed=9, n_workers=3, preprocess_mode="torch",
+                      torch_std="per_channel")
+    rgb = PipelineOptions.for_training(model_spec(c=3, h=8, w=6), spec, 8)
+    assert (rgb.height, rgb.width, rgb.channels, rgb.batch_size) == (8, 6, 3, 8)
+    assert (rgb.random_crop, rgb.color, rgb.flip, rgb.mixup_alpha) == (True, True, True, 0.2)
+    assert (rgb.n_epochs, rgb.seed, rgb.n_workers, rgb.preprocess_mode) == (5, 9, 3, "torch_per_channel")
+    assert PipelineOptions.for_training(model_spec(c=1), spec, 8).color is False  # colour augmentation: RGB only
+    evaluation = PipelineOptions.for_evaluation(model_spec(), spec, 4)
+    assert not (evaluation.random_crop or evaluation.color or evaluation.flip or evaluation.mixup_alpha)
+    assert evaluation.center_crop is False and evaluation.seed == 9
+    assert PipelineOptions.for_evaluation(model_spec(), replace(spec, enable_center_crop=True), 4).center_crop
+    with pytest.raises(ValueError, match="training augmentations"):
+        replace(evaluation, flip=True)
+    with pytest.raises(ValueError, match="center crop is for evaluation"):
+        replace(rgb, center_crop=True)

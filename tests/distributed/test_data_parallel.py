@@ -55,7 +55,7 @@ def _assert_epochs_cover_the_set_once(debug: Path, data: Path, epochs: int) -> N
 
 def _val_metrics_single_process(model_path: Path, spec_path: Path) -> tuple[float, float]:
     """Loss and accuracy of a checkpoint on the whole validation set, in this one process."""
-    from kestrel_trainer.data.pipeline import make_dataset
+    from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
     from kestrel_trainer.spec import load_spec
     from kestrel_trainer.train.regularizers import add_regularization
 
@@ -63,8 +63,8 @@ def _val_metrics_single_process(model_path: Path, spec_path: Path) -> tuple[floa
     val = folders.scan(spec.train.val_dataset_path)
     model = load_model(model_path, KEY, compile=True)
     add_regularization(model, spec.train.reg)  # training's val_loss includes the L2 term; files do not keep it
-    ds = make_dataset(val.files, val.labels, val.n_classes, spec.model, spec.train, training=False,
-                      batch_size=spec.train.batch_size_per_gpu, center_crop=spec.train.enable_center_crop)
+    ds = make_dataset(val.files, val.labels, val.n_classes,
+                      PipelineOptions.for_evaluation(spec.model, spec.train, spec.train.batch_size_per_gpu))
     loss, acc = model.evaluate(ds, verbose=0)
     return float(loss), float(acc)
 

@@ -63,7 +63,8 @@ ONE_STEP = textwrap.dedent("""
     import tensorflow as tf
     from kestrel_trainer.spec import load_spec
     from kestrel_trainer.data import folders
-    from kestrel_trainer.data.pipeline import make_dataset
+    from dataclasses import replace
+    from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
     from kestrel_trainer.models.registry import create_model
     from kestrel_trainer.train import model_parallel as mp
     from kestrel_trainer.train.task import compile_model, make_optimizer
@@ -72,8 +73,8 @@ ONE_STEP = textwrap.dedent("""
     plan = mp.plan_devices(2, 1, 0, spec.train.model_parallelism, n_visible_gpus=0)
     devices = mp.configure_devices(plan)
     data = folders.scan(spec.train.train_dataset_path)
-    x, y = next(iter(make_dataset(data.files, data.labels, data.n_classes, spec.model, spec.train, training=True,
-                                  batch_size=16, n_epochs=1)))
+    options = replace(PipelineOptions.for_training(spec.model, spec.train, 16), n_epochs=1)
+    x, y = next(iter(make_dataset(data.files, data.labels, data.n_classes, options)))
 
     def model(split):
         tf.keras.utils.set_random_seed(3)

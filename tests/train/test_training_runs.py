@@ -203,7 +203,7 @@ def test_resume_follows_the_current_spec_and_rebases_a_changed_batch_size(tmp_pa
     """A resumed run uses today's spec (more epochs, another batch size) from this plan's step, as the
     original; a partial epoch whose steps no longer map onto the plan restarts from its beginning."""
     from kestrel_trainer.data.folders import scan
-    from kestrel_trainer.data.pipeline import steps_per_epoch
+    from kestrel_trainer.data.sharding import steps_per_epoch
 
     n_train = len(scan(str(fashion_subset / "train")).files)
     results = tmp_path / "r"

@@ -7,6 +7,7 @@ normalisation from the spec), so a model sees at inference what it saw when it w
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -51,13 +52,14 @@ def predict_files(
     n_workers: int,
 ) -> np.ndarray:
     """Softmax scores [len(files), n_classes], in file order."""
-    from kestrel_trainer.data.pipeline import make_dataset
+    from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
 
     n_classes = int(model.output_shape[-1])
     if hasattr(model, "check_input"):  # an exported model has a fixed input: say so before decoding images
         model.check_input(spec.model.input_height, spec.model.input_width, spec.model.input_channels)
-    ds = make_dataset(list(files), [0] * len(files), n_classes, spec.model, spec.train, training=False,
-                      batch_size=batch_size, center_crop=center_crop, n_workers=n_workers)
+    options = replace(PipelineOptions.for_evaluation(spec.model, spec.train, batch_size, center_crop),
+                      n_workers=n_workers)
+    ds = make_dataset(list(files), [0] * len(files), n_classes, options)
     ds = ds.map(lambda x, y: x)
     scores = model.predict(ds, verbose=0)
     return np.asarray(scores, dtype=np.float64)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from kestrel_trainer.data.sharding import shard_indices
 from kestrel_trainer.errors import DataError
 
 if TYPE_CHECKING:
@@ -116,8 +117,6 @@ def exclude_bad_images_and_cache(
     shard is decoded in a second pass. `log` gets the skipped files, `info` what the cache holds.
     """
     from kestrel_trainer.data.decoded import cache_budget, decode_pass, decode_shard, log_cached
-    from kestrel_trainer.data.pipeline import shard_indices
-
     budget = cache_budget(cache, size)
     shard = shard_indices(len(files), rank, size) if len(files) >= size else np.arange(len(files))
     if gather is not None and size > 1:

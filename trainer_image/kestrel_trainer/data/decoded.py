@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from kestrel_trainer.data.sharding import shard_indices
 from kestrel_trainer.errors import DataError
 
 CACHE_MODES = ("auto", "on", "off")  # cli/train_cmd.IMAGE_CACHE_MODES repeats these (no NumPy import for --help)
@@ -181,9 +182,7 @@ def log_cached(decoded: Optional[DecodedImages], log: Callable[[str], None]) -> 
 
 def decode_shard(files: Sequence[str], rank: int, size: int, channels: int, mode: str, *,
                  n_workers: Optional[int] = None, log: Callable[[str], None] = print) -> Optional[DecodedImages]:
-    """decode_images for rank `rank`'s shard (pipeline.shard_indices order) within the mode's budget."""
-    from kestrel_trainer.data.pipeline import shard_indices
-
+    """decode_images for rank `rank`'s shard (sharding.shard_indices order) within the mode's budget."""
     shard = [files[i] for i in shard_indices(len(files), rank, size)]
     decoded = decode_images(shard, channels, max_bytes=cache_budget(mode, size), n_workers=n_workers, log=log)
     log_cached(decoded, log)

@@ -1,7 +1,7 @@
 """INT8 calibration without a GPU: batches, the original's tensorfile, entropy ranges, TensorRT's cache.
 
-Batches are the spec's evaluation preprocessing (data/pipeline.make_dataset, training=False) of the
-calibration images, laid out NCHW like the exported model's input. ONNX Runtime's entropy calibrator
+Batches are the spec's evaluation preprocessing (data/pipeline.make_dataset, PipelineOptions.for_evaluation)
+of the calibration images, laid out NCHW like the exported model's input. ONNX Runtime's entropy calibrator
 (histograms of every float tensor, threshold minimising the KL divergence, as TensorRT's
 IInt8EntropyCalibrator2 does) gives an absolute range per tensor; TensorRT's cache stores the scale
 amax / 127 of each tensor as the big-endian hex of its float32 bits, one `name: hex` line per tensor
@@ -16,6 +16,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -48,10 +49,11 @@ def calibration_files(image_dir: str, n_images: int, n_workers: Optional[int] = 
 
 def preprocessed(files: Sequence[str], spec, batch_size: int) -> list[np.ndarray]:
     """Channels-last float32 batches of `files` with the spec's evaluation preprocessing (what evaluate feeds)."""
-    from kestrel_trainer.data.pipeline import make_dataset
+    from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
 
-    ds = make_dataset(list(files), [0] * len(files), 1, spec.model, spec.train, training=False,
-                      batch_size=batch_size, center_crop=spec.eval.enable_center_crop, n_workers=spec.eval.n_workers)
+    options = replace(PipelineOptions.for_evaluation(spec.model, spec.train, batch_size, spec.eval.enable_center_crop),
+                      n_workers=spec.eval.n_workers)
+    ds = make_dataset(list(files), [0] * len(files), 1, options)
     return [x.numpy() for x, _ in ds]
 
 

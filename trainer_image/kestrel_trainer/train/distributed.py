@@ -183,10 +183,10 @@ def metric_average_callback(ranks: Ranks, n_train: int, n_val: int) -> Any:
     """
     import tensorflow as tf
 
-    from kestrel_trainer.data.pipeline import shard_indices
+    from kestrel_trainer.data.sharding import shard_size
 
-    train_w = float(len(shard_indices(n_train, ranks.rank, ranks.size)))
-    val_w = float(len(shard_indices(n_val, ranks.rank, ranks.size)))
+    train_w = float(shard_size(n_train, ranks.rank, ranks.size))
+    val_w = float(shard_size(n_val, ranks.rank, ranks.size))
 
     class AverageMetrics(tf.keras.callbacks.Callback):
         def on_test_begin(self, logs: Optional[dict] = None) -> None:

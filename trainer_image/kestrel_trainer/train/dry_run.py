@@ -11,6 +11,7 @@ import os
 from typing import Optional
 
 from kestrel_trainer.data import folders
+from kestrel_trainer.data.sharding import steps_per_epoch
 from kestrel_trainer.errors import DataError
 from kestrel_trainer.spec.render import summarize
 from kestrel_trainer.spec.types import ExperimentSpec
@@ -23,7 +24,6 @@ ASSUMED_CLASSES = 1000  # when the training folder is not reachable from here
 def describe_run(spec: ExperimentSpec, results_dir: str, init_epoch: Optional[int], ranks: int = 1,
                  classmap_path: Optional[str] = None) -> list[str]:
     """Lines describing the run; builds the model (TensorFlow) but reads no image and writes nothing."""
-    from kestrel_trainer.data.pipeline import steps_per_epoch
     from kestrel_trainer.models.registry import create_model
     from kestrel_trainer.models.summary import count_macs, param_counts
 
