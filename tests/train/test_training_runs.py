@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -54,7 +55,14 @@ def test_train_writes_every_output_and_they_parse(tmp_path, fashion_subset):
     rows = list(csv.DictReader((results / "training.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0]) == ["epoch", "acc", "loss", "lr", "val_acc", "val_loss"]  # the original's order
-    assert all(0.0 <= float(r["val_acc"]) <= 1.0 and float(r["lr"]) > 0 for r in rows)
+    assert all(0.0 <= float(r["val_acc"]) <= 1.0 for r in rows)
+    # lr: the cosine formula (docs/training.md, the original's with its missing /(1 - soft_start) restored) at the
+    # optimizer's step after each epoch: 80 images / 16 = 5 steps per epoch, 10 in all
+    base, lo, soft = 0.05, 0.05 * 0.01, 0.2
+    for row, step in zip(rows, (5, 10)):
+        p = step / 10
+        expected = lo + (base - lo) * (1 + math.cos(math.pi * (p - soft) / (1 - soft))) / 2
+        assert float(row["lr"]) == pytest.approx(expected, rel=1e-5), row
     status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
     # the original's records, in its order (its TAOStatusLogger and train.py)
     assert [s.get("message") for s in status] == [
