@@ -21,7 +21,11 @@ SNAPSHOT = {
     ("googlenet", None): ["conv2_reduce", "inception_3a_5x5", "inception_5b_pool_proj"],
     ("squeezenet", None): ["fire2_squeeze_conv", "fire9_expand_conv3x3"],
     ("darknet", 53): ["conv1", "conv6", "b5_conv4_2", "b5_add4"],
-    ("cspdarknet", 53): ["b3_csp_part1", "b3_conv8_2", "b5_csp_fuse"],
+    # the original's names (its open-source cspdarknet.py)
+    ("cspdarknet", 53): ["conv4_1", "conv4_2", "b3_conv8_2", "b3_add8", "b3_partial_trans", "b3_concat",
+                         "b5_final_trans"],
+    ("cspdarknet", 19): ["b1_conv1", "b2_conv1", "b2_part1", "b2_part2", "b4_conv5", "b5_partial_trans",
+                         "b5_final_trans"],
     ("cspdarknet_tiny", None): ["conv2", "b4_conv4", "b5_conv1"],
     ("alexnet", None): ["conv1", "conv5", "pool5"],
 }

@@ -11,6 +11,7 @@ import pytest
 
 from kestrel_trainer.models.registry import create_model
 
+from .arithmetic import FAMILIES, expected_count
 from .specs import make_spec
 
 pytestmark = pytest.mark.slow
@@ -40,26 +41,21 @@ CANONICAL = [
     ("squeezenet", None, {"use_batch_norm": False, "use_bias": True}, 1_248_424),
 ]
 
-# Families where there is no single standard definition: the number is ours, pinned so a change is seen.
-OURS = [
-    # vgg16 with BN and no conv bias: vgg16_bn minus its 4,224 conv biases
-    ("vgg", 16, {}, 138_361_768),
-    # GoogLeNet without aux heads, with BN, true 5x5 branches (torchvision's uses 3x3 there: 6,624,904)
-    ("googlenet", None, {}, 7_005_832),
-    # AlexNet single tower (torchvision's counts 61,100,840 with a 6x6 map and no BN; our 'same' pools give 7x7)
-    ("alexnet", None, {}, 76_011_208),
-    # Darknet-19/53 classifiers of YOLO9000/YOLOv3 (published ~20.8M / ~41.6M)
-    ("darknet", 19, {}, 20_842_376),
-    ("darknet", 53, {}, 41_609_928),
-    # our CSP variants (the original's definition is undocumented; see docs/models.md)
-    ("cspdarknet", 19, {}, 10_046_280),
-    ("cspdarknet", 53, {}, 19_076_296),
-    ("cspdarknet_tiny", None, {}, 4_142_728),
-]
+# vgg16 with BN and no conv bias: vgg16_bn minus its 4,224 conv biases (ours: no single standard definition)
+OURS = [("vgg", 16, {}, 138_361_768)]
+# googlenet, alexnet and the darknet family: per-layer arithmetic from the published layer tables (arithmetic.py;
+# test_param_arithmetic.py checks other sizes, heads and options). At 224 with 1000 classes: googlenet 7,005,832
+# (BN, true 5x5 branches, no aux heads; torchvision's uses 3x3 there: 6,624,904), alexnet 76,011,208 (7x7 final
+# map from 'same' pools; torchvision's 61,100,840 has 6x6 and no BN), darknet19/53 20,842,376 / 41,609,928
+# (YOLO9000 / YOLOv3: ~20.8M / ~41.6M), cspdarknet19/53 17,223,560 / 27,642,184 (the original's templates;
+# CSPNet's CSPDarknet53 classifier: 27.6M), cspdarknet_tiny 4,142,728.
+ARITHMETIC = [(arch, n, {}, expected_count(arch, n, channels=3, size=224, classes=1000, retain_head=True,
+                                           use_bias=False, use_batch_norm=True).trainable)
+              for arch, n in FAMILIES]
 
 
-@pytest.mark.parametrize("arch,n,overrides,expected", CANONICAL + OURS,
-                         ids=[f"{a}{n or ''}-{e}" for a, n, _, e in CANONICAL + OURS])
+@pytest.mark.parametrize("arch,n,overrides,expected", CANONICAL + OURS + ARITHMETIC,
+                         ids=[f"{a}{n or ''}-{e}" for a, n, _, e in CANONICAL + OURS + ARITHMETIC])
 def test_trainable_parameters_at_224(arch, n, overrides, expected):
     spec = make_spec(arch, n, size=224, retain_head=True, **overrides)
     assert trainable(create_model(spec, 1000)) == expected

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -53,7 +55,14 @@ def test_train_writes_every_output_and_they_parse(tmp_path, fashion_subset):
     rows = list(csv.DictReader((results / "training.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0]) == ["epoch", "acc", "loss", "lr", "val_acc", "val_loss"]  # the original's order
-    assert all(0.0 <= float(r["val_acc"]) <= 1.0 and float(r["lr"]) > 0 for r in rows)
+    assert all(0.0 <= float(r["val_acc"]) <= 1.0 for r in rows)
+    # lr: the cosine formula (docs/training.md, the original's with its missing /(1 - soft_start) restored) at the
+    # optimizer's step after each epoch: 80 images / 16 = 5 steps per epoch, 10 in all
+    base, lo, soft = 0.05, 0.05 * 0.01, 0.2
+    for row, step in zip(rows, (5, 10)):
+        p = step / 10
+        expected = lo + (base - lo) * (1 + math.cos(math.pi * (p - soft) / (1 - soft))) / 2
+        assert float(row["lr"]) == pytest.approx(expected, rel=1e-5), row
     status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
     # the original's records, in its order (its TAOStatusLogger and train.py)
     assert [s.get("message") for s in status] == [
@@ -149,33 +158,102 @@ def test_existing_checkpoints_resume_instead_of_overwriting(tmp_path, fashion_su
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(tmp_path, fashion_subset):
+    """SIGTERM a few steps into epoch 2 (40 steps of 2 images per epoch): the run writes a checkpoint of that
+    step, 0 < step < 40, whose optimizer has done exactly 40 + step steps, says so, exits 143 and a rerun
+    resumes from it."""
     spec = write_spec(tmp_path, fashion_subset, epochs=40)
+    spec.write_text(spec.read_text().replace("batch_size_per_gpu: 16", "batch_size_per_gpu: 2"))
+    spe = 80 // 2
     results = tmp_path / "r"
     env = dict(os.environ, KESTREL_KEY=KEY)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    # the plain progress lines (stderr is not a terminal): "epoch 2/40 step 4/40: ..." about ten per epoch
+    progress = re.compile(rf"epoch 2/40 step (\d+)/{spe}:")
     deadline = time.time() + 300
-    while time.time() < deadline and not (results / "weights" / "resnet_001.tlt").exists():
-        time.sleep(0.2)
-    assert (results / "weights" / "resnet_001.tlt").exists(), "first epoch never finished"
-    time.sleep(0.3)
+    while time.time() < deadline and proc.poll() is None and not any(progress.search(line) for line in lines):
+        time.sleep(0.05)
+    assert any(progress.search(line) for line in lines), "epoch 2 never started:\n" + "".join(lines[-20:])
     proc.terminate()
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.wait(timeout=120) == 143
+    reader.join(timeout=30)
+    err = "".join(lines)
     assert "checkpoint written to" in err and "Traceback" not in err
-    partial = sorted((results / "weights").glob("resnet_*_step*.tlt")) or sorted((results / "weights").glob("*.tlt"))
-    newest = partial[-1]
-    assert load_model(newest, KEY, compile=True).optimizer.iterations.numpy() > 0
+    names = sorted(p.name for p in (results / "weights").iterdir())
+    partial = [n for n in names if "_step" in n]
+    assert len(partial) == 1, names
+    match = re.fullmatch(r"resnet_(\d{3})_step(\d{6})\.tlt", partial[0])
+    assert match, partial
+    epoch, step = int(match.group(1)), int(match.group(2))
+    assert 0 < step < spe, (epoch, step)
+    assert epoch >= 2 and names == [f"resnet_{e:03d}.tlt" for e in range(1, epoch)] + partial  # no later epoch
+    newest = results / "weights" / partial[0]
+    # the checkpoint is the state after exactly that step: every earlier epoch's steps plus `step`
+    assert load_model(newest, KEY, compile=True).optimizer.iterations.numpy() == (epoch - 1) * spe + step
     assert not list((results / "weights").glob("*.tmp*")), "a temp file was left behind"
+    assert f"checkpoint written to {newest}" in err
     status = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
     assert status[-1]["status"] == "FAILURE" and "Preempted" in status[-1]["message"]
-    # restart: resumes from that checkpoint (epochs cut to keep the test short)
-    spec_short = write_spec(tmp_path, fashion_subset, epochs=3)
-    again = _train(spec_short, results)
+    rows = list(csv.DictReader((results / "training.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epoch))  # the cut epoch has no row
+    # restart: resumes from that checkpoint and finishes the cut epoch (epochs cut to keep the test short)
+    spec.write_text(spec.read_text().replace("n_epochs: 40", f"n_epochs: {epoch}"))
+    again = _train(spec, results)
     assert again.returncode == 0, again.stderr
-    assert f"resuming from {newest}" in again.stderr
+    assert f"resuming from {newest}" in again.stderr and f"{epoch - 1} epochs and {step} steps done" in again.stderr
+    final = results / "weights" / f"resnet_{epoch:03d}.tlt"
+    assert load_model(final, KEY, compile=True).optimizer.iterations.numpy() == epoch * spe
+
+
+# `run_training` with one more callback that sends this process SIGTERM as the last step of epoch 1 begins.
+SIGTERM_IN_LAST_STEP = """
+import os, signal, sys
+import tensorflow as tf
+from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.spec import load_spec
+from kestrel_trainer.train.loop import TrainOptions, run_training
+
+class SigtermInLastStep(tf.keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == 0 and batch + 1 == self.params["steps"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+try:
+    run_training(load_spec(sys.argv[1], "train"), TrainOptions(results_dir=sys.argv[2], key=os.environ["KESTREL_KEY"],
+                                                               verbose=False, extra_callbacks=[SigtermInLastStep()]))
+except KestrelError as err:
+    print(err.message, file=sys.stderr)
+    sys.exit(err.exit_code)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_last_step_of_an_epoch_resumes(tmp_path, fashion_subset):
+    """A SIGTERM that arrives while the last step of an epoch runs: every step of the epoch is done, its
+    validation is not. The checkpoint then holds all of the epoch's steps and the rerun resumes (it used to
+    resume into a 0-step epoch: Keras' ValueError `steps_per_epoch` 0, on every rerun)."""
+    spec = write_spec(tmp_path, fashion_subset, epochs=2)
+    spe = 80 // 16
+    results = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_LAST_STEP, str(spec), str(results)], capture_output=True,
+                          text=True, env=dict(os.environ, KESTREL_KEY=KEY), timeout=600)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    written = proc.stderr.split("checkpoint written to ")[1].split(";")[0]
+    assert load_model(written, KEY, compile=True).optimizer.iterations.numpy() == spe
+    again = _train(spec, results)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {written}" in again.stderr and "Traceback" not in again.stderr
+    final = results / "weights" / "resnet_002.tlt"
+    assert load_model(final, KEY, compile=True).optimizer.iterations.numpy() == 2 * spe
+    assert [r["epoch"] for r in csv.DictReader((results / "training.csv").open())][-1] == "2"
 
 
 def test_wrong_key_is_a_clear_error(tmp_path, fashion_subset):

@@ -1,15 +1,20 @@
 """DarkNet 19/53 (YOLO9000, YOLOv3), CSPDarkNet 19/53 (CSPNet, YOLOv4) and CSPDarkNet-tiny (YOLOv4-tiny).
 
 Names follow the original: stem `conv1`; darknet19 `maxpool_<k>`, `b<k>_conv<i>`; darknet53 downsampling
-`conv<k+1>`, residuals `b<k>_conv<i>_1`, `b<k>_conv<i>_2`, `b<k>_add<i>`; CSP stages add
-`b<k>_csp_part1/part2/transition/fuse` and `b<k>_concat`; every conv has `<name>_bn` and `<name>_act`.
-Freeze ids: 0 = stem, 1-5 = stages (the layers named b<k>, conv<k+1>, maxpool_<k>).
+`conv<k+1>`, residuals `b<k>_conv<i>_1`, `b<k>_conv<i>_2`, `b<k>_add<i>`; every conv has `<name>_bn` and
+`<name>_act`. Freeze ids: 0 = stem, 1-5 = stages (the layers named b<k>, conv<k+1>, maxpool_<k>).
+
+CSPDarkNet-19/53 are the original's templates (its open-source cspdarknet.py), names included: a stage of
+width w splits into two 1x1 convs to h = w/2 (stage 1 of cspdarknet53: h = w), `b<k>_part1`/`b<k>_part2`
+(19) or `conv<k+1>_1`/`conv<k+1>_2` (53); the second part goes through the stage's convs at h (darknet53's
+residual blocks [1x1, 3x3] at h, stage 1's bottleneck 32 wide) and a 1x1 `b<k>_partial_trans` at h; both
+parts are concatenated (`b<k>_concat`) and fused by a 1x1 `b<k>_final_trans` to w. cspdarknet19's stage 1
+is darknet19's single conv, and its stages 2-5 start with their 3x3 conv to w before the split.
 
 Activation: the spec's (the loader defaults this family to leaky_relu, alpha 0.1, the original's
 LeakyReLU(0.1)); relu, relu6, swish and mish work too.
 retain_head: 1x1 conv `conv_head` (n_classes) -> global average pool -> softmax `predictions` (YOLO9000's
-classifier). cspdarknet19 is not a published network: we use the darknet19 layout with each stage
-wrapped in a CSP split/transition/concat (the original's own definition is undocumented).
+classifier).
 """
 
 from __future__ import annotations
@@ -54,8 +59,8 @@ def _head(spec: ModelSpec, ctx: Ctx, inputs, x, n_classes: int) -> tf.keras.Mode
     return tf.keras.Model(inputs, L.Activation("softmax", name="predictions", dtype=HEAD_DTYPE)(x), name=spec.name)
 
 
-def _d19_stage(ctx: Ctx, x, k: int, convs, prefix: str):
-    for i, (f, kern) in enumerate(convs, start=1):
+def _d19_stage(ctx: Ctx, x, k: int, convs, prefix: str, first: int = 1):
+    for i, (f, kern) in enumerate(convs, start=first):
         x = _cba(ctx, x, f, kern, 1, f"{prefix}{k}_conv{i}")
     return x
 
@@ -68,15 +73,22 @@ def _d53_stage(ctx: Ctx, x, k: int, filters: int, repeats: int, prefix: str):
     return x
 
 
-def _csp(ctx: Ctx, x, k: int, width: int, body) -> tf.Tensor:
-    """Cross-stage partial wrapper: half the channels skip `body`, then both halves are fused."""
-    half = width if k == 1 else width // 2
-    part1 = _cba(ctx, x, half, 1, 1, f"b{k}_csp_part1")
-    part2 = _cba(ctx, x, half, 1, 1, f"b{k}_csp_part2")
-    part2 = body(part2)
-    part2 = _cba(ctx, part2, half, 1, 1, f"b{k}_csp_transition")
-    x = L.Concatenate(name=f"b{k}_concat")([part2, part1])
-    return _cba(ctx, x, width, 1, 1, f"b{k}_csp_fuse")
+def _csp(ctx: Ctx, x, k: int, width: int, half: int, parts: tuple[str, str], body) -> tf.Tensor:
+    """Cross-stage partial stage (the original's): one part skips `body`, both are fused to `width`."""
+    skipped = _cba(ctx, x, half, 1, 1, parts[0])
+    x = body(_cba(ctx, x, half, 1, 1, parts[1]))
+    x = _cba(ctx, x, half, 1, 1, f"b{k}_partial_trans")
+    x = L.Concatenate(name=f"b{k}_concat")([x, skipped])
+    return _cba(ctx, x, width, 1, 1, f"b{k}_final_trans")
+
+
+def _d53_csp_stage(ctx: Ctx, x, k: int, half: int, repeats: int):
+    """The original's CSP residual blocks: [1x1, 3x3] at the part's width (stage 1: a 32-wide bottleneck)."""
+    for i in range(1, repeats + 1):
+        y = _cba(ctx, x, 32 if k == 1 else half, 1, 1, f"b{k}_conv{i}_1")
+        y = _cba(ctx, y, half, 3, 1, f"b{k}_conv{i}_2")
+        x = L.Add(name=f"b{k}_add{i}")([x, y])
+    return x
 
 
 def _features(spec: ModelSpec, ctx: Ctx, inputs, csp: bool):
@@ -84,20 +96,21 @@ def _features(spec: ModelSpec, ctx: Ctx, inputs, csp: bool):
     if spec.n_layers == 19:
         for k, convs in enumerate(D19, start=1):
             x = L.MaxPooling2D(2, strides=2, padding="same", name=f"maxpool_{k}")(x)
-            if csp:
-                out_ch = convs[-1][0]
-                x = _csp(ctx, x, k, out_ch,
-                         lambda t, k=k, convs=convs: _d19_stage(ctx, t, k, [(f if k == 1 else f // 2, kk)
-                                                                           for f, kk in convs], "b"))
+            if csp and k > 1:
+                width, half = convs[0][0], convs[0][0] // 2
+                x = _cba(ctx, x, width, convs[0][1], 1, f"b{k}_conv1")
+                x = _csp(ctx, x, k, width, half, (f"b{k}_part1", f"b{k}_part2"),
+                         lambda t, k=k, convs=convs, half=half: _d19_stage(
+                             ctx, t, k, [(half, kk) for _f, kk in convs[1:]], "b", first=2))
             else:
                 x = _d19_stage(ctx, x, k, convs, "b")
         return x
     for k, (filters, repeats) in enumerate(D53, start=1):
         x = _cba(ctx, x, filters, 3, 2, f"conv{k + 1}")
         if csp:
-            inner = filters if k == 1 else filters // 2
-            x = _csp(ctx, x, k, filters, lambda t, k=k, inner=inner, repeats=repeats:
-                     _d53_stage(ctx, t, k, inner, repeats, "b"))
+            half = filters if k == 1 else filters // 2
+            x = _csp(ctx, x, k, filters, half, (f"conv{k + 1}_1", f"conv{k + 1}_2"),
+                     lambda t, k=k, half=half, repeats=repeats: _d53_csp_stage(ctx, t, k, half, repeats))
         else:
             x = _d53_stage(ctx, x, k, filters, repeats, "b")
     return x

@@ -171,8 +171,15 @@ class Preemption(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
         if self.requested is None or self.saved_path is not None:
             return
-        steps_done = batch + 1 + self.steps_offset
-        self.saved_path = self.save_partial(self._epoch + 1, steps_done)
+        if batch + 1 == (self.params or {}).get("steps"):
+            # The epoch's last step: all its steps are done, only its validation is not. Named as step 0 of the
+            # next epoch, so a rerun starts that epoch (a partial epoch with no step left cannot be resumed).
+            log.warning("the signal came in the last step of epoch %d: checkpointing as the start of epoch %d "
+                        "(epoch %d's validation and training.csv row are skipped)", self._epoch + 1,
+                        self._epoch + 2, self._epoch + 1)
+            self.saved_path = self.save_partial(self._epoch + 2, 0)
+        else:
+            self.saved_path = self.save_partial(self._epoch + 1, batch + 1 + self.steps_offset)
         # Leave fit() now: no validation pass and no end-of-epoch outputs for an epoch that did not finish
         # (Kubernetes only waits terminationGracePeriodSeconds before SIGKILL).
         raise PreemptedSignal(self.saved_path)

@@ -121,7 +121,26 @@ def launch(n: int, rank_argv: Sequence[str], key: Optional[str], results_dir: st
     where = (f"the last complete checkpoint is {complete[-1].path}" if complete
              else "no epoch was completed yet")
     how = "signal" if proc.returncode < 0 else "exit code"
-    raise KestrelError(
-        f"a rank failed, so all {n} ranks were stopped ({os.path.basename(cmd[0])} {how} "
-        f"{abs(proc.returncode)}; the rank's own error is above); {where}; run the same command again to resume",
-        exit_code=proc.returncode if proc.returncode > 0 else 1)
+    message = (f"a rank failed, so all {n} ranks were stopped ({os.path.basename(cmd[0])} {how} "
+               f"{abs(proc.returncode)}; the rank's own error is above); {where}; run the same command again to resume")
+    _record_failure(os.path.join(os.path.abspath(results_dir), "status.json"), message)
+    raise KestrelError(message, exit_code=proc.returncode if proc.returncode > 0 else 1)
+
+
+def _record_failure(status_path: str, message: str) -> None:
+    """End status.json with FAILURE when the ranks could not: rank 0, which writes it, may be the one that died
+    (killed, out of memory), leaving a RUNNING record as the last word on a job that has stopped."""
+    import json
+
+    from kestrel_trainer.report.status import StatusLogger
+
+    last = None
+    if os.path.exists(status_path):
+        with open(status_path, encoding="utf-8") as fh:
+            lines = [line for line in fh.read().splitlines() if line.strip()]
+        try:
+            last = json.loads(lines[-1]).get("status") if lines else None
+        except ValueError:  # a line cut by the kill: not a record
+            last = None
+    if last != "FAILURE":
+        StatusLogger(status_path).write("FAILURE", message)
