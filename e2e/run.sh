@@ -3,7 +3,8 @@
 # 1. Debian packages of the real node (runc, CNI plugins, iptables for kube-proxy);
 # 2. the cluster binaries (build.sh: cold tens of minutes on 2 cores, cached by their versions);
 # 3. the images the real node runs (scripts/build_images.sh: base + trainer + pause, cached by their inputs);
-# 4. the suite (it creates its own network namespace, see e2e/netns.py). Extra arguments go to pytest.
+# 4. the suite (it creates its own network namespace, see e2e/netns.py). Extra arguments go to pytest;
+# `--prepare` alone does steps 1-3 only (.ci/run builds them in the background while the unit suite runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${KESTREL_VENV:-$(pwd)/.venv}
@@ -26,5 +27,8 @@ echo "e2e: binaries ready after $(( $(date +%s) - start )) s"
 export KESTREL_IMAGE_ARCHIVES=${KESTREL_IMAGE_ARCHIVES:-$HOME/.cache/kestrel-images/archives}
 bash scripts/build_images.sh --save "$KESTREL_IMAGE_ARCHIVES"
 echo "e2e: images ready after $(( $(date +%s) - start )) s"
+if [[ "${1:-}" == "--prepare" ]]; then
+    exit 0
+fi
 KESTREL_E2E_BUILD=1 "$VENV/bin/python" -m pytest e2e -q "$@"
 echo "e2e: total $(( $(date +%s) - start )) s"
