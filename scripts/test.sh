@@ -2,6 +2,8 @@
 # The project's test command (README and CI): set up if needed, lint, then the fast test suite.
 # Strict by default (tests/strict_mode.py): setup.sh installed everything, so a skipped test fails;
 # KESTREL_STRICT=0 allows skips.
+# Tests run in KESTREL_TEST_WORKERS pytest-xdist processes (default 2, one per core: most tests spend their time
+# in one Python thread; KESTREL_TEST_WORKERS=0 runs them in this process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,4 +11,4 @@ VENV=${KESTREL_VENV:-$(pwd)/.venv}
 export KESTREL_STRICT=${KESTREL_STRICT:-1}
 "$VENV/bin/ruff" check .
 "$VENV/bin/lint-imports"  # the import layers in pyproject.toml [tool.importlinter]
-"$VENV/bin/python" -m pytest tests "$@"
+"$VENV/bin/python" -m pytest -n "${KESTREL_TEST_WORKERS:-2}" tests "$@"
