@@ -3,9 +3,12 @@
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, the Kubeflow MPI Operator, helm, and
 # for the real node kubelet, kube-proxy, CoreDNS and containerd v2 (daemon, runc shim, ctr; runc and the
 # CNI plugins come from Debian: e2e/run.sh installs them). Nothing can be downloaded but Go modules and Debian packages, so
-# each is compiled from its Go module at a pinned version. Output goes to a cache folder OUTSIDE the repo,
-# keyed by the versions, and a binary already there is reused (a cold build takes tens of minutes on
-# 2 cores; see e2e/README.md for the measured figures).
+# each is compiled from its Go module, all of them in ONE wrapper module, gomod/cluster, whose go.mod is the only
+# place their versions are pinned (one module graph: each shared library is compiled once for all binaries).
+# Output goes to a cache folder OUTSIDE the repo, keyed by a hash of that module, and a binary already there is
+# reused (a cold build takes tens of minutes on 2 cores; see e2e/README.md for the measured figures). Concurrent
+# runs are safe: the second waits for the first (flock) and then reuses its binaries (.ci/run starts one before
+# setup.sh and another with the images).
 #
 # The MPIJob CRD the suite installs is the MPI Operator's own, from the same Go module as its binary
 # (manifests/base/kubeflow.org_mpijobs.yaml), copied next to the binaries as kubeflow.org_mpijobs.yaml.
@@ -19,17 +22,23 @@
 #        KESTREL_E2E_SKIP_MPI=1  do not build the MPI Operator (the suite then uses its test double)
 set -euo pipefail
 
-K8S_VERSION=v1.36.3
-ETCD_VERSION=v3.6.16
-KWOK_VERSION=v0.8.0
-MPI_OPERATOR_VERSION=v0.8.0
-# helm v3.21 is built against k8s.io/client-go v0.36 (the same minor as K8S_VERSION). Not part of KEY (a new
-# helm must not rebuild the control plane): the binary's own name carries the version, `helm` links to it.
-HELM_VERSION=v3.21.4
-
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MOD="$HERE/gomod/cluster"
+# pinned MODULE: its version in gomod/cluster/go.mod's require block (read without the go command).
+pinned() {
+    local v
+    v=$(awk -v m="$1" '$1 == m && $2 ~ /^v/ {print $2; exit}' "$MOD/go.mod")
+    [[ -n "$v" ]] || { echo "e2e/build.sh: $1 is not required in $MOD/go.mod" >&2; exit 1; }
+    echo "$v"
+}
+K8S_VERSION=$(pinned k8s.io/kubernetes)
+KWOK_VERSION=$(pinned sigs.k8s.io/kwok)
+CONTAINERD_VERSION=$(pinned github.com/containerd/containerd/v2)
+HELM_VERSION=$(pinned helm.sh/helm/v3)
 CACHE_ROOT="${KESTREL_E2E_CACHE:-$HOME/.cache/kestrel-e2e}"
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_mpi-${MPI_OPERATOR_VERSION}"
+# The key: the Kubernetes release (readable) and a hash of everything that pins the graph and the sources.
+KEY="k8s-${K8S_VERSION}_mod-$(cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/tools.go" "$MOD/coredns/main.go" \
+    | sha256sum | cut -c1-12)"
 BIN="$CACHE_ROOT/$KEY/bin"
 
 if [[ "${1:-}" == "--print" ]]; then
@@ -43,17 +52,12 @@ fi
 command -v go >/dev/null || { echo "e2e/build.sh: the go command is needed (Go >= 1.26)" >&2; exit 1; }
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
-# mpijob_crd_source: the CRD file inside the MPI Operator module that gomod/mpi-operator/go.mod pins (go.sum
-# verifies the module's content), after checking that it is the version this script builds.
+# mpijob_crd_source: the CRD file inside the MPI Operator module that gomod/cluster/go.mod pins (go.sum
+# verifies the module's content): the same module version as the mpi-operator binary.
 mpijob_crd_source() {
-    local mod=github.com/kubeflow/mpi-operator version dir
-    (cd "$HERE/gomod/mpi-operator" && go mod download "$mod") >&2
-    version=$(cd "$HERE/gomod/mpi-operator" && go list -m -f '{{.Version}}' "$mod")
-    if [[ "$version" != "$MPI_OPERATOR_VERSION" ]]; then
-        echo "e2e/build.sh: gomod/mpi-operator/go.mod pins $mod $version, this script builds $MPI_OPERATOR_VERSION" >&2
-        return 1
-    fi
-    dir=$(cd "$HERE/gomod/mpi-operator" && go list -m -f '{{.Dir}}' "$mod")
+    local mod=github.com/kubeflow/mpi-operator dir
+    (cd "$MOD" && go mod download "$mod") >&2
+    dir=$(cd "$MOD" && go list -m -f '{{.Dir}}' "$mod")
     [[ -f "$dir/manifests/base/kubeflow.org_mpijobs.yaml" ]] || {
         echo "e2e/build.sh: no manifests/base/kubeflow.org_mpijobs.yaml in $dir" >&2; return 1; }
     echo "$dir/manifests/base/kubeflow.org_mpijobs.yaml"
@@ -64,6 +68,8 @@ if [[ "${1:-}" == "--mpijob-crd" ]]; then
 fi
 
 mkdir -p "$BIN"
+exec 9>"$CACHE_ROOT/$KEY/.lock"
+flock 9  # another build.sh on the same key: wait for it, then reuse what it built
 # The machine is shared: every compile runs at the lowest CPU priority (children inherit it).
 renice -n 19 $$ >/dev/null
 TIMES="$CACHE_ROOT/$KEY/build-times.tsv"
@@ -99,46 +105,32 @@ build() {
     printf '%s\t%ss\t%sMiB\n' "$name" "$((end - start))" "$size" | tee -a "$TIMES" >&2
 }
 
-k8s_build() {  # k8s_build NAME: one command of k8s.io/kubernetes through our wrapper module
-    (cd "$HERE/gomod/k8s" && go build -trimpath -tags selinux,notest -ldflags "$K8S_LDFLAGS" \
-        -o "$out" "k8s.io/kubernetes/cmd/$1")
+# Every binary is built with the same tags (a package's compile is shared only if its flags match): selinux and
+# notest as Kubernetes' own build; no_btrfs/no_devmapper/no_zfs drop containerd snapshotters this node does not
+# use (btrfs needs cgo; overlayfs is built in). Tags select files only, so the others' packages are unchanged.
+TAGS="selinux notest no_btrfs no_devmapper no_zfs"
+go_build() {  # go_build LDFLAGS PACKAGE: one command of the cluster module
+    (cd "$MOD" && go build -trimpath -tags "$TAGS" -ldflags "$1" -o "$out" "$2")
 }
-etcd_build() {
-    (cd "$HERE/gomod/etcd" && go build -trimpath -ldflags "-s -w" -o "$out" go.etcd.io/etcd/server/v3)
-}
-kwok_build() {
-    local gobin
-    gobin="$(mktemp -d)"
-    GOBIN="$gobin" go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}" \
-        "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
-    mv "$gobin/kwok" "$out" && rmdir "$gobin"
-}
-coredns_build() {  # gomod/coredns/main.go: CoreDNS with the kubernetes plugin (version pinned in its go.mod)
-    (cd "$HERE/gomod/coredns" && go build -trimpath -ldflags "-s -w" -o "$out" .)
-}
-CONTAINERD_VERSION=v2.3.7  # also pinned in gomod/containerd/go.mod
+k8s_build() { go_build "$K8S_LDFLAGS" "k8s.io/kubernetes/cmd/$1"; }
+etcd_build() { go_build "-s -w" go.etcd.io/etcd/server/v3; }
+kwok_build() { go_build "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}" sigs.k8s.io/kwok/cmd/kwok; }
+coredns_build() { go_build "-s -w" ./coredns; }  # CoreDNS with the kubernetes plugin (gomod/cluster/coredns)
 containerd_build() {  # containerd_build CMD: containerd, containerd-shim-runc-v2 or ctr, without cgo
-    # no_btrfs/no_devmapper/no_zfs: snapshotters this node does not use (btrfs needs cgo); overlayfs is built in.
-    (cd "$HERE/gomod/containerd" && go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
-        -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}" \
-        -o "$out" "github.com/containerd/containerd/v2/cmd/$1")
+    go_build "-s -w -X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}" \
+        "github.com/containerd/containerd/v2/cmd/$1"
 }
-mpi_build() {
-    (cd "$HERE/gomod/mpi-operator" && go build -trimpath -ldflags "-s -w" -o "$out" \
-        github.com/kubeflow/mpi-operator/cmd/mpi-operator)
-}
+mpi_build() { go_build "-s -w" github.com/kubeflow/mpi-operator/cmd/mpi-operator; }
 
 # Helm's Makefile stamps its version and the Kubernetes version it assumes for `helm template`/`lint`
 # (.Capabilities.KubeVersion); without these it reports v0.0.0 and assumes Kubernetes 1.20.
 helm_build() {
-    local gobin ld="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+    local ld="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
     ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
     for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
         ld+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${minor}"
     done
-    gobin="$(mktemp -d)"
-    GOBIN="$gobin" go install -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
-    mv "$gobin/helm" "$out" && rmdir "$gobin"
+    go_build "$ld" helm.sh/helm/v3/cmd/helm
 }
 
 build etcd etcd_build

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI entry for the end-to-end suite, from the repo's own files on a fresh machine (as root):
 # 1. Debian packages of the real node (runc, CNI plugins, iptables for kube-proxy);
-# 2. the cluster binaries (build.sh: cold tens of minutes on 2 cores, cached by their versions);
-# 3. the images the real node runs (scripts/build_images.sh: base + trainer + pause, cached by their inputs);
+# 2. the images the real node runs (scripts/build_images.sh: base + trainer + pause, cached by their inputs);
+# 3. the cluster binaries (build.sh: cold tens of minutes on 2 cores, cached by their module's hash);
 # 4. the suite (it creates its own network namespace, see e2e/netns.py). Extra arguments go to pytest;
 # `--prepare` alone does steps 1-3 only (.ci/run builds them in the background while the unit suite runs).
 set -euo pipefail
@@ -21,12 +21,13 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-bash e2e/build.sh
-echo "e2e: binaries ready after $(( $(date +%s) - start )) s"
-# The CPU images (podman; cached by their inputs, seconds when warm) and their OCI archives for the node.
+# The CPU images (podman; cached by their inputs, seconds when warm) and their OCI archives for the node. Before
+# the binaries: they need neither, and .ci/run has a build.sh running already, which the one below waits for.
 export KESTREL_IMAGE_ARCHIVES=${KESTREL_IMAGE_ARCHIVES:-$HOME/.cache/kestrel-images/archives}
 bash scripts/build_images.sh --save "$KESTREL_IMAGE_ARCHIVES"
 echo "e2e: images ready after $(( $(date +%s) - start )) s"
+bash e2e/build.sh
+echo "e2e: binaries ready after $(( $(date +%s) - start )) s"
 if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
