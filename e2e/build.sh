@@ -15,11 +15,13 @@
 #
 # Usage: e2e/build.sh              build what is missing, print the bin folder on the last line
 #        e2e/build.sh --print      only print the bin folder (for the pytest fixture)
+#        e2e/build.sh --pinned MODULE  print MODULE's version in gomod/cluster/go.mod (the tests' expected versions)
 #        e2e/build.sh --mpijob-crd print the path of the MPIJob CRD in the MPI Operator's Go module (downloaded
 #                                  into the module cache if needed; the unit tests compare their copy with it)
 # Env:   KESTREL_E2E_CACHE       cache root (default $HOME/.cache/kestrel-e2e)
 #        KESTREL_E2E_JOBS        go build -p (default 2)
 #        KESTREL_E2E_SKIP_MPI=1  do not build the MPI Operator (the suite then uses its test double)
+#        KESTREL_E2E_KEEP_DAYS   a folder of another key (older pins) unused this many days is removed (default 14)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,6 +43,10 @@ KEY="k8s-${K8S_VERSION}_mod-$(cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/tools.go" "$
     | sha256sum | cut -c1-12)"
 BIN="$CACHE_ROOT/$KEY/bin"
 
+if [[ "${1:-}" == "--pinned" ]]; then
+    pinned "${2:?--pinned needs a module path}"
+    exit 0
+fi
 if [[ "${1:-}" == "--print" ]]; then
     echo "$BIN"
     exit 0
@@ -158,4 +164,18 @@ if [[ "${KESTREL_E2E_SKIP_MPI:-}" != "1" ]]; then
 fi
 build "helm-${HELM_VERSION}" helm_build
 ln -sfn "helm-${HELM_VERSION}" "$BIN/helm"
+
+# Folders of other keys (earlier pins, ~0.5-1 GiB each) are removed once no build has used them for
+# KESTREL_E2E_KEEP_DAYS days, the way Go trims its build cache; one whose lock another build.sh holds is kept.
+touch "$CACHE_ROOT/$KEY/.used"
+for old in "$CACHE_ROOT"/k8s-*/; do
+    old="${old%/}"
+    [[ "$old" != "$CACHE_ROOT/$KEY" ]] || continue
+    stamp="$old/.used"
+    [[ -e "$stamp" ]] || stamp="$old"  # folders from before the stamp existed: their own mtime
+    [[ -n "$(find "$stamp" -maxdepth 0 -mtime "+${KESTREL_E2E_KEEP_DAYS:-14}")" ]] || continue
+    if (flock -n 8 && rm -rf "$old") 8>>"$old/.lock"; then
+        echo "removed $old (unused for over ${KESTREL_E2E_KEEP_DAYS:-14} days)" >&2
+    fi
+done
 echo "$BIN"

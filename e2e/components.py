@@ -53,6 +53,12 @@ def bin_dir() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def pinned_version(module: str) -> str:
+    """`module`'s version as gomod/cluster/go.mod pins it (build.sh reads the pins, so ask it)."""
+    out = subprocess.run(["bash", str(BUILD_SCRIPT), "--pinned", module], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def missing_binaries(folder: Path) -> list[str]:
     """What build.sh has not (yet) put in `folder`: a binary of BINARIES, or the MPIJob CRD file."""
     missing = [name for name in BINARIES if not os.access(folder / name, os.X_OK)]

@@ -11,7 +11,7 @@ from e2e import cluster as cl
 from e2e.conftest import wait_until
 from e2e.netns import NetNS, current_netns_inode
 
-K8S_VERSION = "v1.36.3"
+K8S_VERSION = cl.pinned_version("k8s.io/kubernetes")  # the release build.sh stamps into the binaries
 
 
 def test_versions_are_stamped(cluster: cl.ControlPlane) -> None:

@@ -29,7 +29,7 @@ from e2e import kestrel_objects as ko
 from e2e.conftest import _operator_argv, wait_until
 
 CHART = cl.REPO_ROOT / "charts" / "kestrel"
-HELM_VERSION = "v3.21.4"  # helm.sh/helm/v3 in e2e/gomod/cluster/go.mod
+HELM_VERSION = cl.pinned_version("helm.sh/helm/v3")
 KIND = "ClassificationTrain"
 # Line 3 of this spec text misspells a model_config field.
 BAD_SPEC = 'model_config {\n  arch: "resnet"\n  n_layerz: 18\n  input_image_size: "1,32,32"\n}\n'

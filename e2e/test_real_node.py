@@ -11,7 +11,7 @@ from e2e import cluster as cl
 from e2e import node as node_mod
 from e2e.conftest import wait_until
 
-K8S_VERSION = "v1.36.3"
+K8S_VERSION = cl.pinned_version("k8s.io/kubernetes")  # the release build.sh stamps into the binaries
 
 
 def _pod(name: str, namespace: str, image: str, command: list[str], **spec: object) -> dict:

@@ -55,6 +55,18 @@ if [ -z "$wheel" ]; then
   start=$(date +%s)
   tmp=$(mktemp -d "$SLOT/.build.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
+  # Horovod's setup.py configures CMake as RelWithDebInfo, which its CMakeLists turns into "-O3 -g -DNDEBUG".
+  # Nothing here reads the debug info, and compiling it into every object (each includes TensorFlow's headers)
+  # makes the build slower and the wheel larger. setup.py runs the cmake that HOROVOD_CMAKE names: this wrapper
+  # sets the RelWithDebInfo flags to "-O2 -DNDEBUG" when configuring (the CMakeLists still raises -O2 to -O3).
+  cmake_bin=$(command -v cmake)
+  cat > "$tmp/cmake" <<EOF
+#!/bin/sh
+case "\$1" in --build|--version) exec "$cmake_bin" "\$@" ;; esac
+exec "$cmake_bin" "\$@" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -DNDEBUG" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -DNDEBUG"
+EOF
+  chmod +x "$tmp/cmake"
+  HOROVOD_CMAKE="$tmp/cmake" \
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
   HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 \
   MAKEFLAGS="-j${KESTREL_HOROVOD_JOBS:-$(nproc)}" \
