@@ -115,8 +115,10 @@ build() {
 # notest as Kubernetes' own build; no_btrfs/no_devmapper/no_zfs drop containerd snapshotters this node does not
 # use (btrfs needs cgo; overlayfs is built in). Tags select files only, so the others' packages are unchanged.
 TAGS="selinux notest no_btrfs no_devmapper no_zfs"
+# -dwarf=false: the compiler skips the debug info that the linker's -s -w would strip anyway (kube-scheduler from an
+# empty build cache: 361 -> 308 s, 606 -> 516 CPU-s; e2e/README.md). It changes no code, so the cache key ignores it.
 go_build() {  # go_build LDFLAGS PACKAGE: one command of the cluster module
-    (cd "$MOD" && go build -trimpath -tags "$TAGS" -ldflags "$1" -o "$out" "$2")
+    (cd "$MOD" && go build -trimpath -tags "$TAGS" -gcflags=all=-dwarf=false -ldflags "$1" -o "$out" "$2")
 }
 k8s_build() { go_build "$K8S_LDFLAGS" "k8s.io/kubernetes/cmd/$1"; }
 etcd_build() { go_build "-s -w" go.etcd.io/etcd/server/v3; }
