@@ -169,15 +169,16 @@ ln -sfn "helm-${HELM_VERSION}" "$BIN/helm"
 
 # Folders of other keys (earlier pins, ~0.5-1 GiB each) are removed once no build has used them for
 # KESTREL_E2E_KEEP_DAYS days, the way Go trims its build cache; one whose lock another build.sh holds is kept.
+KEEP_DAYS="${KESTREL_E2E_KEEP_DAYS:-14}"
 touch "$CACHE_ROOT/$KEY/.used"
 for old in "$CACHE_ROOT"/k8s-*/; do
     old="${old%/}"
     [[ "$old" != "$CACHE_ROOT/$KEY" ]] || continue
     stamp="$old/.used"
     [[ -e "$stamp" ]] || stamp="$old"  # folders from before the stamp existed: their own mtime
-    [[ -n "$(find "$stamp" -maxdepth 0 -mtime "+${KESTREL_E2E_KEEP_DAYS:-14}")" ]] || continue
+    [[ -n "$(find "$stamp" -maxdepth 0 -mtime "+${KEEP_DAYS}")" ]] || continue
     if (flock -n 8 && rm -rf "$old") 8>>"$old/.lock"; then
-        echo "removed $old (unused for over ${KESTREL_E2E_KEEP_DAYS:-14} days)" >&2
+        echo "removed $old (unused for over ${KEEP_DAYS} days)" >&2
     fi
 done
 echo "$BIN"
