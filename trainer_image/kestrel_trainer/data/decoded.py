@@ -119,7 +119,8 @@ def decode_pass(paths: Sequence[str], channels: Optional[int] = None, keep: Opti
         return index, pixels, tf.shape(image)
 
     ds = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), list(paths), wanted))
-    ds = ds.map(decode, num_parallel_calls=calls, deterministic=True).ignore_errors()
+    ds = ds.map(tf.autograph.experimental.do_not_convert(decode), num_parallel_calls=calls,  # as in pipeline.py
+                deterministic=True).ignore_errors()
     seen = np.zeros(n, bool)
     images: list[np.ndarray] = []
     shapes: list[np.ndarray] = []
