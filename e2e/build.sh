@@ -76,7 +76,8 @@ fi
 mkdir -p "$BIN"
 exec 9>"$CACHE_ROOT/$KEY/.lock"
 flock 9  # another build.sh on the same key: wait for it, then reuse what it built
-# The machine is shared: every compile runs at the lowest CPU priority (children inherit it).
+# The machine is shared: every compile runs at the lowest CPU priority (children inherit it), which counts among
+# the processes of its session (with autogroup scheduling sessions share the CPU equally: e2e/README.md "CI time").
 renice -n 19 $$ >/dev/null
 TIMES="$CACHE_ROOT/$KEY/build-times.tsv"
 JOBS="${KESTREL_E2E_JOBS:-2}"
