@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 import yaml
 
-from kestrel_operator.manifests.build import RunPlan, model_ref_of, plan_run, validate_spec_text
-from kestrel_operator.manifests.outputs import OutputLocation, output_location
+from kestrel_operator.manifests.build import RunPlan, model_ref_of, plan_run
+from kestrel_operator.manifests.outputs import OutputLocation
 from kestrel_operator.resources import KINDS, InvalidSpec, parse_resource
 from kestrel_operator.resources.types import Resource
 from kestrel_operator.settings import Settings
@@ -62,21 +62,21 @@ class Renderer:
         return text
 
     def output_of(self, kind: str, name: str, depth: int = 0) -> OutputLocation:
+        """The model `kind name` would promote: its run's output (its run hash follows its own upstream)."""
         doc = self._find(kind, name)
         if doc is None:
             raise InvalidSpec(f"{kind} {name} is not in the input; add it with another -f so render can resolve "
                               "the model it produces", "spec")
         if depth > 8:
             raise InvalidSpec("model references form a cycle", "spec")
-        res = parse_resource(doc, self.settings)
-        return output_location(res, validate_spec_text(res, self.spec_text(res)))
+        return self.plan(doc, depth + 1).output
 
-    def plan(self, doc: Mapping[str, Any]) -> RunPlan:
+    def plan(self, doc: Mapping[str, Any], depth: int = 0) -> RunPlan:
         res = parse_resource(doc, self.settings)
         ref = model_ref_of(res)
         upstream = None
         if ref is not None and ref.source_kind is not None:
-            upstream = self.output_of(ref.source_kind, ref.source_name or "")
+            upstream = self.output_of(ref.source_kind, ref.source_name or "", depth)
         return plan_run(res, self.spec_text(res), upstream)
 
     def render_all(self) -> list[dict[str, Any]]:

@@ -10,11 +10,15 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Optional
 
 DEFAULT_IMAGE = "kestrel-trainer:0.1.0"
 DEFAULT_GPUS_PER_NODE = 8
 DEFAULT_RESYNC_SECONDS = 300
 DEFAULT_WORKERS = 8
+# Seconds a finished run's MPIJob (and its pods) stay before the MPI Operator deletes them; status, files and
+# Events keep the result. spec.ttlSecondsAfterFinished overrides it per resource.
+DEFAULT_RUN_TTL_SECONDS = 3600
 
 
 class SettingsError(ValueError):
@@ -51,6 +55,8 @@ class Settings:
     resync_seconds: int = DEFAULT_RESYNC_SECONDS
     # Reconcile passes that run at once (threads of the work queue).
     workers: int = DEFAULT_WORKERS
+    # MPIJob runPolicy.ttlSecondsAfterFinished when the resource does not set one; None: never deleted.
+    run_ttl_seconds: Optional[int] = DEFAULT_RUN_TTL_SECONDS
     serving: Serving = field(default_factory=Serving)
 
 
@@ -105,7 +111,8 @@ def serving_from_env(env: Mapping[str, str]) -> Serving:
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """KESTREL_DEFAULT_IMAGE, KESTREL_GPUS_PER_NODE, KESTREL_WATCH_NAMESPACES (comma list, empty = all),
-    KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS, and what `serving_from_env` reads."""
+    KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS, KESTREL_RUN_TTL_SECONDS ("none": finished runs'
+    MPIJobs are never deleted), and what `serving_from_env` reads."""
     env = os.environ if env is None else env
     level = env.get("KESTREL_LOG_LEVEL", "").strip().upper() or "INFO"
     if not isinstance(logging.getLevelName(level), int):
@@ -118,5 +125,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_level=level,
         resync_seconds=_int(env, "KESTREL_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS, 1),
         workers=_int(env, "KESTREL_WORKERS", DEFAULT_WORKERS, 1),
+        run_ttl_seconds=(None if env.get("KESTREL_RUN_TTL_SECONDS", "").strip().lower() == "none"
+                         else _int(env, "KESTREL_RUN_TTL_SECONDS", DEFAULT_RUN_TTL_SECONDS, 0)),
         serving=serving_from_env(env),
     )

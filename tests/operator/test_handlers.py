@@ -71,7 +71,7 @@ def test_status_follows_the_mpijob(api, rec):
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     st = status(api)
     assert st["phase"] == "Running" and st["startTime"] == "2026-01-01T00:00:00Z"
-    assert [c["type"] for c in st["conditions"]] == ["Created", "Running", "Ready"]
+    assert [c["type"] for c in st["conditions"]] == ["Created", "Running", "Reconciling", "Stalled", "Ready"]
     running_since = st["conditions"][1]["lastTransitionTime"]
     assert api.events[-1][1:3] == ("Normal", "MPIJobRunning")
 
@@ -81,15 +81,21 @@ def test_status_follows_the_mpijob(api, rec):
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     st = status(api)
     assert st["phase"] == "Succeeded" and st["completionTime"] == "2026-01-01T02:00:00Z"
-    assert st["outputPath"] == "/results/weights/resnet_012.tlt"
-    assert st["output"] == {"claimName": "results", "subPath": "resnet18", "relativePath": "weights/resnet_012.tlt"}
+    run = st["runHash"]
+    assert st["outputPath"] == f"/results/runs/{run}/weights/resnet_012.tlt"
+    assert st["output"] == {"claimName": "results", "subPath": "resnet18",
+                            "relativePath": f"runs/{run}/weights/resnet_012.tlt"}
     assert st["conditions"][1]["status"] == "False" and st["conditions"][1]["lastTransitionTime"]
     assert running_since
     assert api.events[-1][1:3] == ("Normal", "MPIJobSucceeded")
+    # No gate: the run is the promoted model, and Ready.
+    assert st["promoted"]["runHash"] == run and st["promoted"]["outputPath"] == st["outputPath"]
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"
 
+    # A finished run is recorded: whatever its MPIJob says later (or its removal by the TTL), the result stands.
     api.set_mpijob_conditions("resnet18-train-g1", cond([("Created", "True"), ("Failed", "True")]))
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
-    assert status(api)["phase"] == "Failed" and api.events[-1][1:3] == ("Warning", "MPIJobFailed")
+    assert status(api)["phase"] == "Succeeded" and status(api)["outputPath"] == st["outputPath"]
 
 
 def test_invalid_spec_text_creates_nothing_then_fixing_goes_on(api, rec):
@@ -112,7 +118,8 @@ def test_invalid_spec_text_creates_nothing_then_fixing_goes_on(api, rec):
     assert "MPIJob/resnet18-train-g2" in api.creates
     st = status(api)
     assert st["phase"] == "Pending" and st["observedGeneration"] == 2
-    assert [(c["type"], c["status"], c["observedGeneration"]) for c in st["conditions"]] == [("Ready", "False", 2)]
+    assert [(c["type"], c["status"], c["observedGeneration"]) for c in st["conditions"]] == [
+        ("Reconciling", "True", 2), ("Stalled", "False", 2), ("Ready", "False", 2)]
 
 
 @pytest.mark.parametrize("spec,needle", [
@@ -203,7 +210,10 @@ def test_prune_waits_for_its_train_then_runs(api, rec):
     assert [w["metadata"]["name"] for w in waiting] == ["pruned"]
     rec.reconcile(waiting[0])
     job = api.body("MPIJob", "pruned-prune-g1")
-    assert job["metadata"]["annotations"]["kestrel.dev/input-model"] == "/kestrel/model-source/weights/resnet_012.tlt"
+    train_run = status(api)["runHash"]
+    # The train's promoted model, in its run's folder, through the train's results volume mounted read-only.
+    assert job["metadata"]["annotations"]["kestrel.dev/input-model"] == (
+        f"/kestrel/model-source/runs/{train_run}/weights/resnet_012.tlt")
     assert status(api, "ClassificationPrune", "pruned")["inputModelPath"].endswith("resnet_012.tlt")
 
 

@@ -82,7 +82,11 @@ def test_train_objects_and_ownership(settings):
     assert job["metadata"]["name"] == "resnet18-train-g3"
     assert job["metadata"]["labels"]["kestrel.dev/generation"] == "3"
     assert by_kind(plan, "ConfigMap")[0]["data"]["spec.txt"] == TRAIN_SPEC
-    assert plan.output.path == "/results/weights/resnet_012.tlt"
+    # The run's own folder, named by its 16-hex run hash (also labelled on the MPIJob).
+    run = plan.resource.meta.run_hash
+    assert len(run) == 16 and int(run, 16) >= 0
+    assert job["metadata"]["labels"]["kestrel.dev/run-hash"] == run
+    assert plan.output.path == f"/results/runs/{run}/weights/resnet_012.tlt"
 
 
 def test_role_allows_only_this_resources_status(settings):
@@ -149,15 +153,16 @@ def test_train_command(settings):
     args = by_kind(plan, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0][
         "args"]
     trainer = args[args.index("kestrel"):]
-    assert trainer == ["kestrel", "train", "-e", "/etc/kestrel/spec/spec.txt", "-r", "/results", "--gpus", "16",
-                       "--num_processes", "16", "--use_amp", "--init_epoch", "5"]
+    run = plan.resource.meta.run_hash
+    assert trainer == ["kestrel", "train", "-e", "/etc/kestrel/spec/spec.txt", "-r", f"/results/runs/{run}",
+                       "--gpus", "16", "--num_processes", "16", "--use_amp", "--init_epoch", "5"]
 
 
 def test_single_gpu_train_runs_trainer_directly(settings):
     plan = plan_for(train_body(), settings)
     c = by_kind(plan, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     assert [c["command"][0], *c["args"]] == ["kestrel", "train", "-e", "/etc/kestrel/spec/spec.txt", "-r",
-                                             "/results"]
+                                             f"/results/runs/{plan.resource.meta.run_hash}"]
 
 
 def test_prune_shape(settings):
@@ -166,8 +171,10 @@ def test_prune_shape(settings):
     job = by_kind(plan, "MPIJob")[0]["spec"]
     assert job["runLauncherAsWorker"] is True and "Worker" not in job["mpiReplicaSpecs"]
     c = job["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    run = plan.resource.meta.run_hash
     assert [c["command"][0], *c["args"]] == [
-        "kestrel", "prune", "-m", "/kestrel/model-source/weights/resnet_012.tlt", "-o", "/results/pruned/pruned.tlt",
+        "kestrel", "prune", "-m", "/kestrel/model-source/weights/resnet_012.tlt", "-o",
+        f"/results/runs/{run}/pruned/pruned.tlt",
         "-n", "max", "-eq", "union", "-pg", "8", "-pth", "0.1", "-nf", "16", "-el", "conv1", "predictions"]
     assert "nvidia.com/gpu" not in str(c["resources"])  # CPU by default
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
@@ -175,14 +182,15 @@ def test_prune_shape(settings):
     assert source["readOnly"] is True and source["subPath"] == "resnet18"
     # The upstream's results claim is the same PVC: one pod volume, two mounts.
     assert source["name"] == mounts["/results"]["name"]
-    assert plan.output.relative_path == "pruned/pruned.tlt"
+    assert plan.output.relative_path == f"runs/{run}/pruned/pruned.tlt"
 
 
 def test_export_shape(settings):
     plan = plan_for(BODIES["export-int8"](), settings)
     c = by_kind(plan, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     assert [c["command"][0], *c["args"]] == [
-        "kestrel", "export", "-m", "/results/pruned.tlt", "-o", "/results/export/exported.etlt", "--data_type",
+        "kestrel", "export", "-m", "/results/pruned.tlt", "-o",
+        f"/results/runs/{plan.resource.meta.run_hash}/export/exported.etlt", "--data_type",
         "int8", "--gen_ds_config", "--cal_image_dir", "/data/cal", "--batches", "10", "--batch_size", "8"]
 
 

@@ -91,7 +91,7 @@ class Controller:
         self._set_waiting(key, namespace, outcome.waits_for_configmap)
         for etype, reason, message in outcome.events:
             log.info("%s/%s %s %s: %s", namespace, name, etype, reason, message)
-        if outcome.succeeded:
+        if outcome.promoted:
             for dependent in self.rec.dependents(body):
                 self.queue.add(key_of(dependent))
         return outcome.requeue_after

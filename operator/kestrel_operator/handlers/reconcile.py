@@ -4,13 +4,19 @@ Level-triggered and idempotent: it looks at what exists (by deterministic names 
 only what is missing, so running it twice, concurrently, or after an operator restart changes nothing
 the second time. It talks to the API only through `api` (kube.KubeApi, or an in-memory double in tests).
 
-Runs and spec edits. A run is identified by its run hash (the spec without suspend,
-activeDeadlineSeconds and tolerations; `resources.parse.run_hash`), labelled on its MPIJob:
+Runs and spec edits. A run is identified by its run hash (manifests/runs.py: the spec without the fields
+taken in place, the spec text, the upstream's promoted run), labelled on its MPIJob, and works in its own
+folder <results>/runs/<run hash>:
 - an edit that keeps the hash is applied to the running MPIJob in place (no restart);
-- any other edit stops the old run (its MPIJob is deleted) and starts `<name>-<task>-g<generation>`
-  only once every pod of the old run is gone, so two runs never write the same results together;
+- any other edit stops the old run (its MPIJob is deleted) and starts `<name>-<task>-g<generation>` in a new
+  folder only once every pod of the old run is gone; the old run's files stay;
+- an edit back to a spec whose run succeeded (a revert) takes that run's result back with no pod
+  (status.runs, the history, bounded by spec.keepRuns: older runs' folders are removed by the next run);
+- a run that succeeds passes the promotion gate or not; only a promoted run is what dependents read, and a
+  new promoted run re-runs them (their run hash includes it);
 - an edit the operator rejects (InvalidSpec) stops the old run too: status and cluster agree.
-A finished run whose MPIJob is removed keeps its result; an unfinished one is started again.
+A finished run whose MPIJob is removed (ttlSecondsAfterFinished) keeps its result; an unfinished one is
+started again.
 
 An API error is recorded in status (reason APIError, or MPIJobCRDMissing) with an Event, then raised:
 the work queue retries the key with backoff.
@@ -18,6 +24,7 @@ the work queue retries the key with backoff.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -31,16 +38,18 @@ from kestrel_operator.manifests.build import (
     MPIJOB_API_VERSION,
     OUTPUT_ANNOTATION,
     decode_output,
+    identify,
     in_place_fields,
     in_place_patch,
     model_ref_of,
     plan_run,
 )
 from kestrel_operator.manifests.outputs import OutputLocation
+from kestrel_operator.manifests.runs import run_dir
 from kestrel_operator.resources import InvalidSpec, parse_meta, parse_resource
-from kestrel_operator.resources.types import Resource, ResourceMeta
+from kestrel_operator.resources.types import Resource, ResourceMeta, TrainResource
 from kestrel_operator.settings import Settings
-from kestrel_operator.status import compute
+from kestrel_operator.status import compute, runs
 from kestrel_operator.status import reasons as r
 from kestrel_operator.status.phase import FAILED, SUCCEEDED, phase_of
 from kestrel_operator.status.pods import Cause, failure_cause, pod_cause, stuck_creating
@@ -78,6 +87,7 @@ class Outcome:
     requeue_after: Optional[float] = None
     waits_for_configmap: Optional[str] = None
     succeeded: bool = False
+    promoted: bool = False  # the promoted run changed: dependents follow it
     # resourceVersions this pass wrote, with the resource's generation it reconciled (None for MPIJobs it
     # created): a watch event of exactly that version and generation carries nothing new.
     written: list[tuple[str, Optional[int]]] = field(default_factory=list)
@@ -169,6 +179,8 @@ class Reconciler:
             out.status_patch = patch
         if patch.get("phase") == SUCCEEDED and old.get("phase") != SUCCEEDED:
             out.succeeded = True
+        if runs.PROMOTED in patch and patch[runs.PROMOTED] != old.get(runs.PROMOTED):
+            out.promoted = True
         return out
 
     def _owned(self, api_version: str, kind: str, meta: ResourceMeta) -> list[dict[str, Any]]:
@@ -205,7 +217,9 @@ class Reconciler:
         return text, None
 
     def _upstream(self, res: Resource) -> tuple[Optional[OutputLocation], Optional[tuple[str, str]]]:
-        """The referenced resource's output, or (None, (reason, message)) to wait."""
+        """The referenced resource's promoted output, or (None, (reason, message)) to wait. A promoted model is
+        used whatever the referenced resource does now (a retrain in progress, or one that missed its gate,
+        leaves its dependents on the model they have)."""
         ref = model_ref_of(res)
         if ref is None or ref.source_kind is None:
             return None, None
@@ -214,14 +228,15 @@ class Reconciler:
         if src is None:
             return None, (r.WAITING_FOR_MODEL, f"waiting for {what}: not found (create it, or fix the reference)")
         status = src.get("status") or {}
+        loc = OutputLocation.promoted(status)
+        if loc is not None:
+            return loc, None
         phase = status.get("phase") or "Pending"
         if phase == FAILED:
             return None, (r.MODEL_SOURCE_FAILED, f"{what} failed ({status.get('reason')}): {status.get('message')} "
-                                                 f"Fix {what}; this run starts when it succeeds.")
-        loc = OutputLocation.from_status(status) if phase == SUCCEEDED else None
-        if loc is None or status.get("observedGeneration") != (src.get("metadata") or {}).get("generation"):
-            return None, (r.WAITING_FOR_MODEL, f"waiting for {what} to succeed (now {phase})")
-        return loc, None
+                                                 f"Fix {what}; this run starts when it has a promoted model.")
+        return None, (r.WAITING_FOR_MODEL, f"waiting for {what} to promote a model (now {phase}: "
+                                           f"{status.get('message') or status.get('reason') or 'no status yet'})")
 
     def _apply(self, body: Mapping[str, Any], obj: Mapping[str, Any], meta: ResourceMeta, out: Outcome) -> None:
         """Create `obj`; if it exists and is ours, bring what we manage up to date (RoleBinding subjects,
@@ -240,7 +255,9 @@ class Reconciler:
         if not _owned_by(existing, meta.uid):
             raise NameConflict(f"{obj['kind']} {m['name']} exists and is not owned by this resource: delete or "
                                "rename it (the operator never overwrites it)")
-        managed = {"RoleBinding": "subjects", "Role": "rules"}.get(obj["kind"])
+        # A run's spec ConfigMap keeps its name within a generation: a dependent's new run (its upstream promoted
+        # another model) writes its own text (the pretrained path) into it once the old run's pods are gone.
+        managed = {"RoleBinding": "subjects", "Role": "rules", "ConfigMap": "data"}.get(obj["kind"])
         if managed and existing.get(managed) != obj.get(managed):
             self.api.patch(obj["apiVersion"], obj["kind"], m["namespace"], m["name"], {managed: obj[managed]})
             out.updated.append(f"{obj['kind']}/{m['name']}")
@@ -275,16 +292,48 @@ class Reconciler:
             self._stop_runs(body, meta, jobs, None, f"spec is invalid (generation {generation})", out)
             return self._finish(body, old, compute.invalid_status(old, generation, err.message, now), out)
 
-        meta = res.meta
-        jobs = self._owned(MPIJOB_API_VERSION, "MPIJob", meta)
+        jobs = self._owned(MPIJOB_API_VERSION, "MPIJob", res.meta)
         live = [j for j in jobs if not (j.get("metadata") or {}).get("deletionTimestamp")]
-        same = [j for j in live if _same_run(j, meta)]
+        text, missing = self._spec_text(res)
+        upstream, wait = self._upstream(res)
+        if missing or wait:
+            return self._unidentified(body, res, old, generation, jobs, live, missing, wait, now, out)
+        res = identify(res, text, upstream)
+        same = [j for j in live if _same_run(j, res.meta)]
         current = max(same, key=_generation_of) if same else None
-        self._stop_runs(body, meta, jobs, current, f"spec changed (generation {generation})", out)
+        self._stop_runs(body, res.meta, jobs, current, f"spec changed (generation {generation})", out)
+        rec = runs.find(old, res.meta.run_hash)
+        if rec is not None and rec.get("phase") == SUCCEEDED:
+            patch = compute.recorded_status(old, generation, rec, now)
+            if patch["reason"] == r.RUN_REUSED and old.get("runHash") != rec["runHash"]:
+                self._event(body, out, "Normal", r.RUN_REUSED, patch["message"])
+            return self._finish(body, old, patch, out)
         if current is None:
-            return self._start_run(body, res, old, generation, jobs, now, out)
+            return self._start_run(body, res, old, generation, jobs, text, upstream, now, out)
         current = self._update_in_place(body, res, current, out)
         return self._mirror(body, res, old, generation, current, now, out)
+
+    def _unidentified(self, body: Mapping[str, Any], res: Resource, old: Mapping[str, Any], generation: int,
+                      jobs: list[dict[str, Any]], live: list[dict[str, Any]], missing: Optional[str],
+                      wait: Optional[tuple[str, str]], now: str, out: Outcome) -> Outcome:
+        """The spec text or the upstream model cannot be read now (ConfigMap missing, upstream not promoted or
+        gone): a run of this very spec goes on (it has its copy of both); otherwise wait, with no run."""
+        meta = res.meta
+        same = [j for j in live if _labels(j).get(names.SPEC_HASH_LABEL) == meta.spec_hash]
+        current = max(same, key=_generation_of) if same else None
+        if current is not None:
+            self._stop_runs(body, meta, jobs, current, f"spec changed (generation {generation})", out)
+            res = dataclasses.replace(res, meta=dataclasses.replace(
+                meta, run_hash=_labels(current).get(names.RUN_HASH_LABEL, "")))
+            current = self._update_in_place(body, res, current, out)
+            return self._mirror(body, res, old, generation, current, now, out)
+        self._stop_runs(body, meta, jobs, None, f"spec changed (generation {generation})", out)
+        if missing:
+            out.waits_for_configmap = res.run.experiment_spec_ref.name if res.run.experiment_spec_ref else None
+            return self._finish(body, old, compute.waiting_status(old, generation, r.SPEC_NOT_FOUND, missing, now),
+                                out)
+        assert wait is not None
+        return self._finish(body, old, compute.waiting_status(old, generation, *wait, now), out)
 
     def _update_in_place(self, body: Mapping[str, Any], res: Resource, job: dict[str, Any],
                          out: Outcome) -> dict[str, Any]:
@@ -305,12 +354,14 @@ class Reconciler:
         return job
 
     def _start_run(self, body: Mapping[str, Any], res: Resource, old: Mapping[str, Any], generation: int,
-                   jobs: list[dict[str, Any]], now: str, out: Outcome) -> Outcome:
+                   jobs: list[dict[str, Any]], text: Optional[str], upstream: Optional[OutputLocation], now: str,
+                   out: Outcome) -> Outcome:
         meta = res.meta
         job_name = names.mpijob_name(meta)
-        this_run = old.get("observedGeneration") == generation and old.get("mpiJobName")
-        if this_run and old.get("phase") in (SUCCEEDED, FAILED) and old.get("reason") != r.INVALID_SPEC:
-            return out  # its MPIJob was removed after it finished: the result stands, nothing re-runs
+        this_run = old.get("runHash") == meta.run_hash and old.get("mpiJobName")
+        if this_run and old.get("phase") == FAILED and old.get("reason") != r.INVALID_SPEC \
+                and old.get("observedGeneration") == generation:
+            return out  # its MPIJob was removed after it failed: the result stands, nothing re-runs
 
         again = bool(this_run) and old.get("mpiJobName") == job_name  # its MPIJob was deleted by hand
         # A first generation that never had a run (no MPIJob, nothing in status) has no pods to wait for.
@@ -323,19 +374,14 @@ class Reconciler:
                     f"waiting for the previous run to stop before starting generation {generation}")
             message = f"{what}: {len(jobs)} MPIJob(s), {len(pods)} pod(s) left"
             patch = compute.waiting_status(old, generation, r.WAITING_FOR_OLD_RUN, message, now,
-                                           job_name if again else None)
+                                           job_name if again else None, meta.run_hash if again else None)
             return self._finish(body, old, patch, out)
 
-        text, missing = self._spec_text(res)
-        if missing:
-            out.waits_for_configmap = res.run.experiment_spec_ref.name if res.run.experiment_spec_ref else None
-            return self._finish(body, old, compute.waiting_status(old, generation, r.SPEC_NOT_FOUND, missing, now),
-                                out)
-        upstream, wait = self._upstream(res)
-        if wait:
-            return self._finish(body, old, compute.waiting_status(old, generation, *wait, now), out)
+        history, dropped = runs.trim(runs.records(old), res.run.keep_runs,
+                                     (meta.run_hash, runs.promoted_hash(old)))
+        remove = self._old_folders(body, res, dropped, out)
         try:
-            plan = plan_run(res, text, upstream)
+            plan = plan_run(res, text, upstream, remove)
         except InvalidSpec as err:
             return self._finish(body, old, compute.invalid_status(old, generation, err.message, now), out)
 
@@ -358,17 +404,46 @@ class Reconciler:
                         f"MPIJob {job_name} was deleted before the run finished: started it again ({what}). To "
                         "stop a run, set spec.suspend: true or delete the resource.")
         else:
-            self._event(body, out, "Normal", r.MPIJOB_CREATED, f"created MPIJob {job_name}: {what}")
-        return self._mirror(body, res, old, generation, plan.objects[-1], now, out, fresh=True)
+            folder = run_dir(res.run.results, meta.run_hash)
+            self._event(body, out, "Normal", r.MPIJOB_CREATED,
+                        f"created MPIJob {job_name} for run {meta.run_hash} in {folder}: {what}")
+        return self._mirror(body, res, old, generation, plan.objects[-1], now, out, fresh=True, history=history)
+
+    def _old_folders(self, body: Mapping[str, Any], res: Resource, dropped: list[dict[str, Any]],
+                     out: Outcome) -> list[str]:
+        """Folders of runs beyond spec.keepRuns, as this run's pods see them (its launcher removes them); a run on
+        another results volume (spec.volumes.results changed since) is only named in the Event."""
+        results = res.run.results
+        remove, elsewhere = [], []
+        for rec in dropped:
+            loc = rec.get("output") or {}
+            on_this_volume = (not loc or (loc.get("claimName") == results.claim_name
+                                          and (loc.get("subPath") or "") == results.sub_path))
+            if on_this_volume and rec.get("runHash"):
+                remove.append(run_dir(results, str(rec["runHash"])))
+            else:
+                elsewhere.append(f"{rec.get('runHash')} ({loc.get('claimName')}/{loc.get('subPath') or ''})")
+        if remove or elsewhere:
+            message = f"spec.keepRuns is {res.run.keep_runs}: "
+            if remove:
+                message += f"the new run's launcher removes {', '.join(remove)}"
+            if elsewhere:
+                message += ("; " if remove else "") + (f"run(s) {', '.join(elsewhere)} are on another results "
+                                                        "volume and stay: remove them by hand")
+            self._event(body, out, "Normal", r.OLD_RUNS_REMOVED, message)
+        return remove
 
     def _mirror(self, body: Mapping[str, Any], res: Resource, old: Mapping[str, Any], generation: int,
-                job: Mapping[str, Any], now: str, out: Outcome, fresh: bool = False) -> Outcome:
+                job: Mapping[str, Any], now: str, out: Outcome, fresh: bool = False,
+                history: Optional[list[dict[str, Any]]] = None) -> Outcome:
         """Status from the run's MPIJob, with the pods' story when they are stuck or the trainer failed."""
         annotations = (job.get("metadata") or {}).get("annotations") or {}
         name = _name(job)
         cause = None if fresh else self._pod_cause(res, old, generation, job, out)
+        gate = res.promotion if isinstance(res, TrainResource) else None
+        ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate, history)
         patch = compute.run_status(old, generation, job, name, decode_output(annotations.get(OUTPUT_ANNOTATION)),
-                                   annotations.get(INPUT_MODEL_ANNOTATION), now, cause)
+                                   annotations.get(INPUT_MODEL_ANNOTATION), now, cause, ctx, fresh)
         return self._finish(body, old, patch, out)
 
     def _pod_cause(self, res: Resource, old: Mapping[str, Any], generation: int, job: Mapping[str, Any],
@@ -395,7 +470,8 @@ class Reconciler:
         return cause
 
     def dependents(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Resources in the namespace that wait for `body`'s model (re-reconciled when it succeeds)."""
+        """Resources in the namespace that read `body`'s model (re-reconciled when its promoted run changes: they
+        start a run on the new model, or take back their run on a model promoted again)."""
         meta = body.get("metadata") or {}
         key = {"ClassificationTrain": "fromTrain", "ClassificationPrune": "fromPrune"}.get(body.get("kind", ""))
         if key is None:
@@ -405,6 +481,6 @@ class Reconciler:
                                  ("ClassificationExport", "model")):
             for obj in self.api.list(body["apiVersion"], kind, meta["namespace"]):
                 ref = (obj.get("spec") or {}).get(field_name) or {}
-                if ref.get(key) == meta.get("name") and (obj.get("status") or {}).get("mpiJobName") is None:
+                if ref.get(key) == meta.get("name"):
                     found.append(obj)
         return found

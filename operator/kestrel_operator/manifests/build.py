@@ -6,7 +6,8 @@ Order matters only for readability of `render`: RBAC, then the spec ConfigMap, t
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -14,7 +15,14 @@ from kestrel_operator.manifests import names
 from kestrel_operator.manifests.commands import SPEC_FILE, launcher_command, trainer_command
 from kestrel_operator.manifests.gpu_mapping import GpuMapping, map_gpus
 from kestrel_operator.manifests.outputs import ModelSource, OutputLocation, model_source, output_location
-from kestrel_operator.manifests.pods import pod_template, trainer_env, user_env, volumes_and_mounts
+from kestrel_operator.manifests.pods import (
+    cleanup_container,
+    pod_template,
+    trainer_env,
+    user_env,
+    volumes_and_mounts,
+)
+from kestrel_operator.manifests.runs import run_identity
 from kestrel_operator.resources.defaults import KUEUE_QUEUE_LABEL
 from kestrel_operator.resources.errors import InvalidSpec
 from kestrel_operator.resources.spec_text import check_spec_text, with_pretrained_model
@@ -118,12 +126,19 @@ def _rbac(res: Resource) -> tuple[str, list[dict[str, Any]]]:
     return sa, objects
 
 
+def identify(res: Resource, spec_text: Optional[str], upstream: Optional[OutputLocation] = None) -> Resource:
+    """`res` with meta.run_hash set to its run's identity (manifests/runs.py) for this spec text and upstream."""
+    run_hash = run_identity(res.meta, spec_text, upstream.run_hash if upstream is not None else "")
+    return dataclasses.replace(res, meta=dataclasses.replace(res.meta, run_hash=run_hash))
+
+
 def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[str],
-            model: Optional[ModelSource], service_account: str) -> dict[str, Any]:
+            model: Optional[ModelSource], service_account: str, output: OutputLocation,
+            remove: Sequence[str]) -> dict[str, Any]:
     meta = res.meta
     labels = names.run_labels(meta)
     volumes, mounts = volumes_and_mounts(res, configmap, model.volume if model else None)
-    trainer = trainer_command(res, mapping, model.path if model else None, configmap is not None)
+    trainer = trainer_command(res, mapping, model.path if model else None, configmap is not None, output.path)
     command = launcher_command(trainer, mapping, [e["name"] for e in res.run.env])
 
     def common() -> dict[str, Any]:
@@ -136,9 +151,13 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
         gpus=mapping.gpus_per_pod if mapping.launcher_as_worker else 0,
         runs_ranks=mapping.launcher_as_worker, **common(),
     )
+    if remove:  # old runs' folders beyond spec.keepRuns, removed before this run starts
+        launcher["spec"]["initContainers"] = [cleanup_container(res, remove, mounts)]
     run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": res.run.backoff_limit}
     if res.run.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = res.run.active_deadline_seconds
+    if res.run.ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = res.run.ttl_seconds_after_finished
     if res.run.suspend:
         run_policy["suspend"] = True
     gang = _scheduling_policy(res)
@@ -186,9 +205,11 @@ def _scheduling_policy(res: Resource) -> dict[str, Any]:
 
 def in_place_fields(res: Resource) -> dict[str, Any]:
     """What a run takes without restarting (resources.defaults.IN_PLACE_FIELDS), as the MPIJob holds it:
-    {"suspend", "activeDeadlineSeconds", "tolerations"}. With a Kueue queue, Kueue owns suspend."""
+    {"suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "tolerations"}. With a Kueue queue, Kueue
+    owns suspend."""
     out: dict[str, Any] = {
         "activeDeadlineSeconds": res.run.active_deadline_seconds,
+        "ttlSecondsAfterFinished": res.run.ttl_seconds_after_finished,
         "tolerations": [dict(t) for t in res.run.tolerations] or None,
     }
     if not res.run.queue_name:
@@ -202,6 +223,7 @@ def in_place_of(job: Mapping[str, Any]) -> dict[str, Any]:
     policy = spec.get("runPolicy") or {}
     launcher = (((spec.get("mpiReplicaSpecs") or {}).get("Launcher") or {}).get("template") or {}).get("spec") or {}
     return {"activeDeadlineSeconds": policy.get("activeDeadlineSeconds"),
+            "ttlSecondsAfterFinished": policy.get("ttlSecondsAfterFinished"),
             "tolerations": launcher.get("tolerations") or None,
             "suspend": bool(policy.get("suspend"))}
 
@@ -213,7 +235,7 @@ def in_place_patch(job: Mapping[str, Any], wanted: Mapping[str, Any]) -> Optiona
     if not changed:
         return None
     spec: dict[str, Any] = {}
-    policy = {k: changed[k] for k in ("suspend", "activeDeadlineSeconds") if k in changed}
+    policy = {k: changed[k] for k in ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished") if k in changed}
     if "suspend" in policy and not policy["suspend"]:
         policy["suspend"] = False
     if policy:
@@ -225,9 +247,12 @@ def in_place_patch(job: Mapping[str, Any], wanted: Mapping[str, Any]) -> Optiona
     return {"spec": spec}
 
 
-def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputLocation] = None) -> RunPlan:
+def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputLocation] = None,
+             remove: Sequence[str] = ()) -> RunPlan:
     """Everything one run of `res` creates. `spec_text` is the resource's text (inline or from its
-    ConfigMap); `upstream` is the output of a referenced Train/Prune (None for a path reference)."""
+    ConfigMap); `upstream` is the promoted output of a referenced Train/Prune (None for a path reference);
+    `remove`: old runs' folders (as the pods see them) its launcher deletes before the run starts."""
+    res = identify(res, spec_text, upstream)
     experiment = validate_spec_text(res, spec_text)
     ref = model_ref_of(res)
     model = model_source(ref, upstream) if ref is not None else None
@@ -249,7 +274,7 @@ def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputL
         })
     job_name = names.mpijob_name(res.meta)
     output = output_location(res, experiment)
-    job = _mpijob(res, mapping, job_name, configmap, model, service_account)
+    job = _mpijob(res, mapping, job_name, configmap, model, service_account, output, remove)
     job["metadata"]["annotations"][OUTPUT_ANNOTATION] = encode_output(output)
     if model is not None:
         job["metadata"]["annotations"][INPUT_MODEL_ANNOTATION] = model.path

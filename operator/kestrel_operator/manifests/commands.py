@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from kestrel_operator.manifests.gpu_mapping import GpuMapping
+from kestrel_operator.manifests.runs import run_dir
 from kestrel_operator.resources.types import ExportResource, PruneResource, Resource, TrainResource
 from kestrel_trainer.spec.contract import API_ENV, KEY_ENV, TRAINER_ENV
 
@@ -28,20 +29,24 @@ MPIRUN_MCA = ("-mca", "pml", "ob1", "-mca", "btl", "^openib")
 MPIRUN_ENV = (KEY_ENV, "NCCL_DEBUG=INFO", "LD_LIBRARY_PATH", "PATH", *API_ENV, *RESOURCE_ENV)
 
 
-def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str], has_spec: bool) -> list[str]:
-    """`kestrel train|prune|export ...` with the original CLI's flags."""
+def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str], has_spec: bool,
+                    output_path: str) -> list[str]:
+    """`kestrel train|prune|export ...` with the original CLI's flags. A train's results folder is its run's
+    folder (manifests/runs.py); `output_path` is where a prune or export writes (inside its run's folder)."""
     if isinstance(res, TrainResource):
-        cmd = ["kestrel", "train", "-e", SPEC_PATH, "-r", res.run.results.mount_path]
+        cmd = ["kestrel", "train", "-e", SPEC_PATH, "-r", run_dir(res.run.results, res.meta.run_hash)]
         if mapping.ranks > 1 or mapping.total_gpus > 1:
             cmd += ["--gpus", str(mapping.total_gpus), "--num_processes", str(mapping.ranks)]
         if res.use_amp:
             cmd.append("--use_amp")
         if res.init_epoch is not None:
             cmd += ["--init_epoch", str(res.init_epoch)]
+        if res.promotion is not None:
+            cmd.append("--evaluate")  # the gate's metric, reported into status.progress before the run ends
         return cmd
     assert model_path is not None
     if isinstance(res, PruneResource):
-        cmd = ["kestrel", "prune", "-m", model_path, "-o", res.output_path]
+        cmd = ["kestrel", "prune", "-m", model_path, "-o", output_path]
         if has_spec:
             cmd += ["-e", SPEC_PATH]
         cmd += [
@@ -55,7 +60,7 @@ def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str
             cmd += ["-el", *res.excluded_layers]
         return cmd
     assert isinstance(res, ExportResource)
-    cmd = ["kestrel", "export", "-m", model_path, "-o", res.output_path, "--data_type", res.data_type]
+    cmd = ["kestrel", "export", "-m", model_path, "-o", output_path, "--data_type", res.data_type]
     if has_spec:
         cmd += ["-e", SPEC_PATH]
     if res.gen_ds_config:

@@ -21,6 +21,9 @@ GENERATION_LABEL = "kestrel.dev/generation"
 # The run's identity (resources.parse.run_hash): an edit that keeps it (suspend, activeDeadlineSeconds,
 # tolerations) updates the run in place instead of starting a new one.
 RUN_HASH_LABEL = "kestrel.dev/run-hash"
+# The spec's part of it (resources.parse.run_hash): a run whose spec text or upstream cannot be read right now
+# (ConfigMap deleted, upstream gone) keeps going while its spec is unchanged.
+SPEC_HASH_LABEL = "kestrel.dev/spec-hash"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 
@@ -76,7 +79,7 @@ def owner_labels(meta: ResourceMeta) -> dict[str, str]:
 def run_labels(meta: ResourceMeta) -> dict[str, str]:
     """Labels of one run (one generation): also set on its pods so `kubectl get pods -l` finds them."""
     return {**owner_labels(meta), "app.kubernetes.io/name": "kestrel", GENERATION_LABEL: str(meta.generation),
-            RUN_HASH_LABEL: meta.run_hash}
+            RUN_HASH_LABEL: meta.run_hash, SPEC_HASH_LABEL: meta.spec_hash}
 
 
 def owner_reference(meta: ResourceMeta) -> dict[str, object]:

@@ -1,8 +1,10 @@
 """Where each kind leaves its final artifact, and how a consumer mounts a referenced one.
 
-A ClassificationPrune with `model: {fromTrain: x}` mounts x's results volume read-only at
-MODEL_SOURCE_MOUNT and reads the model from there; the location comes from x's status once it
-succeeded (in the cluster) or from x's spec (in `render`), through the same function.
+Every artifact is inside its run's folder (manifests/runs.py): a train's checkpoints under
+<results>/runs/<hash>/weights, a prune's or export's outputPath re-rooted there (outputPath /results/x.tlt of
+run <hash> is /results/runs/<hash>/x.tlt). A ClassificationPrune with `model: {fromTrain: x}` mounts x's
+results volume read-only at MODEL_SOURCE_MOUNT and reads x's promoted model from there; the location comes
+from x's status.promoted (in the cluster) or from x's spec (in `render`), through the same function.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from kestrel_operator.manifests.runs import run_relative_dir
 from kestrel_operator.resources.types import (
     ExportResource,
     ModelRef,
@@ -29,16 +32,25 @@ class OutputLocation:
     sub_path: str
     relative_path: str  # under the volume's sub-path
     path: str  # absolute, as the producing pods see it
+    run_hash: str = ""  # the run that made it
 
     def to_status(self) -> dict[str, str]:
         return {"claimName": self.claim_name, "subPath": self.sub_path, "relativePath": self.relative_path}
 
     @classmethod
-    def from_status(cls, status: Mapping[str, Any]) -> Optional[OutputLocation]:
-        out = status.get("output") or {}
-        if not out.get("claimName") or not out.get("relativePath") or not status.get("outputPath"):
+    def from_record(cls, record: Optional[Mapping[str, Any]]) -> Optional[OutputLocation]:
+        """From a run record of status (status.promoted, an entry of status.runs): outputPath, output, runHash."""
+        record = record or {}
+        out = record.get("output") or {}
+        if not out.get("claimName") or not out.get("relativePath") or not record.get("outputPath"):
             return None
-        return cls(out["claimName"], out.get("subPath") or "", out["relativePath"], status["outputPath"])
+        return cls(out["claimName"], out.get("subPath") or "", out["relativePath"], record["outputPath"],
+                   str(record.get("runHash") or ""))
+
+    @classmethod
+    def promoted(cls, status: Mapping[str, Any]) -> Optional[OutputLocation]:
+        """The model a resource's dependents read: its promoted run's artifact."""
+        return cls.from_record(status.get("promoted"))
 
 
 @dataclass(frozen=True)
@@ -55,16 +67,18 @@ def final_model_relative_path(arch: str, n_epochs: int) -> str:
 
 
 def output_location(res: Resource, experiment: Any = None) -> OutputLocation:
-    """The final artifact of `res`; a train needs its resolved ExperimentSpec (arch, n_epochs)."""
+    """The final artifact of the run `res.meta.run_hash`; a train needs its resolved ExperimentSpec (arch,
+    n_epochs)."""
     results = res.run.results
     if isinstance(res, TrainResource):
         if experiment is None:
             raise ValueError("a ClassificationTrain's output depends on its spec text")
-        rel = final_model_relative_path(experiment.model.arch, experiment.train.n_epochs)
-        return OutputLocation(results.claim_name, results.sub_path, rel, f"{results.mount_path}/{rel}")
-    assert isinstance(res, (PruneResource, ExportResource))
-    rel = res.output_path[len(results.mount_path) + 1:]
-    return OutputLocation(results.claim_name, results.sub_path, rel, res.output_path)
+        in_run = final_model_relative_path(experiment.model.arch, experiment.train.n_epochs)
+    else:
+        assert isinstance(res, (PruneResource, ExportResource))
+        in_run = res.output_path[len(results.mount_path) + 1:]
+    rel = f"{run_relative_dir(res.meta.run_hash)}/{in_run}"
+    return OutputLocation(results.claim_name, results.sub_path, rel, f"{results.mount_path}/{rel}", res.meta.run_hash)
 
 
 def model_source(ref: ModelRef, upstream: Optional[OutputLocation]) -> ModelSource:

@@ -7,6 +7,7 @@ the same paths wherever it runs, and runs as a non-root user without privilege e
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from kestrel_operator.manifests.commands import SPEC_DIR, SPEC_FILE
@@ -20,6 +21,9 @@ SPEC_VOLUME = "spec"
 # Resources of a launcher that only runs mpirun (its ranks run on the workers); limits too, so namespaces whose
 # ResourceQuota covers limits.cpu/limits.memory admit it. spec.launcherResources overrides per entry.
 MPIRUN_LAUNCHER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+# The init container that removes old runs' folders (spec.keepRuns): a file-tree walk.
+CLEANUP_CONTAINER = "remove-old-runs"
+CLEANUP_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
 
 
 def _claim_volumes(mounts: list[tuple[str, VolumeSpec]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -80,6 +84,33 @@ def trainer_env(res: Resource, run_name: str) -> list[dict[str, Any]]:
     return [key, *({"name": n, "value": v} for n, v in identity.env()), *user_env(res)]
 
 
+def _security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def cleanup_container(res: Resource, folders: Sequence[str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The launcher's init container removing old runs' folders (`kestrel runs remove`, which refuses any path
+    that is not <...>/runs/<run hash> and logs each folder it removes). Only the results volume is mounted."""
+    results = res.run.results.mount_path
+    c: dict[str, Any] = {
+        "name": CLEANUP_CONTAINER,
+        "image": res.run.image,
+        "command": ["kestrel", "runs", "remove", *folders],
+        "resources": {k: dict(v) for k, v in CLEANUP_RESOURCES.items()},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [dict(m) for m in mounts if m["mountPath"] == results],
+        "securityContext": _security_context(),
+    }
+    if res.run.image_pull_policy:
+        c["imagePullPolicy"] = res.run.image_pull_policy
+    return c
+
+
 def _resources(res: Resource, gpus: int, runs_ranks: bool) -> dict[str, Any]:
     if not runs_ranks:
         out = {k: dict(v) for k, v in MPIRUN_LAUNCHER_RESOURCES.items()}
@@ -124,12 +155,7 @@ def pod_template(
     if container == "launcher":
         # A failed trainer's last log line becomes the termination message the status quotes.
         c["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    c["securityContext"] = {
-        "allowPrivilegeEscalation": False,
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS_USER,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    c["securityContext"] = _security_context()
     spec: dict[str, Any] = {
         "serviceAccountName": service_account,
         "securityContext": {

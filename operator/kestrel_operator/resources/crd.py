@@ -13,6 +13,8 @@ from typing import Any, Optional
 from kestrel_operator import GROUP, VERSION
 from kestrel_operator.resources import defaults as d
 from kestrel_operator.resources import rules as cel
+from kestrel_operator.resources import status_fields as runs
+from kestrel_operator.resources.status_fields import EVALUATION_FIELDS
 from kestrel_operator.resources.types import KINDS, PHASES, SHORT_NAMES
 from kestrel_trainer.spec import contract
 from kestrel_trainer.spec import parallelism as par
@@ -171,6 +173,14 @@ def _common_spec(kind: str) -> dict[str, Schema]:
         "backoffLimit": _i("Retries of a failed run (each starts the trainer again).",
                            default=d.DEFAULT_BACKOFF_LIMIT, minimum=0),
         "activeDeadlineSeconds": _i("Fail the run after this many seconds.", minimum=1, fmt="int64"),
+        "ttlSecondsAfterFinished": _i("Seconds a finished run's MPIJob and pods stay (then the MPI Operator deletes "
+                                      "them; status, files and Events keep the result). Default: the operator's "
+                                      "KESTREL_RUN_TTL_SECONDS (chart value runTTLSecondsAfterFinished).",
+                                      minimum=0, fmt="int32"),
+        "keepRuns": _i("Old runs whose folders (<results>/runs/<runHash>) are kept besides the current and the "
+                       "promoted run; a new run's launcher removes older ones. A spec edited back to a kept run's "
+                       f"spec takes its result back with no new run. Default {d.DEFAULT_KEEP_RUNS}.",
+                       default=d.DEFAULT_KEEP_RUNS, minimum=0),
         "shmSize": {"description": "Size limit of the /dev/shm memory volume (default: no limit).",
                     "anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True},
         **_scheduling_spec(),
@@ -239,6 +249,22 @@ def _spec_schema(kind: str) -> Schema:
                             minimum=1),
             "pretrainedModel": _model_ref("Pretrained weights, overriding train_config.pretrained_model_path; "
                                           "retraining a pruned model is fromPrune."),
+            "promotion": _o(
+                "Quality gate: a run that succeeds becomes the promoted model (what fromTrain references and "
+                "status.promoted name) only if its end-of-run evaluation on eval_config's data passes. A run that "
+                "misses it ends Succeeded with the condition Promoted=False, and dependents keep the promoted "
+                "model. Without it every successful run is promoted. Changing the thresholds starts no run; "
+                "adding or removing the gate does (the run evaluates at its end).",
+                {
+                    "metric": _s("top1, or topK (eval_config.top_k).", default=d.DEFAULT_PROMOTION_METRIC,
+                                 enum=list(d.PROMOTION_METRICS)),
+                    "minimum": {"type": "number", "minimum": 0, "maximum": 1,
+                                "description": "The metric must be at least this (0-1)."},
+                    "maxDrop": {"type": "number", "minimum": 0, "maximum": 1,
+                                "description": "The metric may be at most this much below the promoted run's "
+                                               "(0: at least as good)."},
+                },
+            ),
         })
     else:
         required.append("model")
@@ -296,10 +322,18 @@ def _status_schema(kind: str) -> Schema:
             "claimName": _s("PersistentVolumeClaim."), "subPath": _s("Sub-path of the results volume."),
             "relativePath": _s("Path below the sub-path.")}),
         "inputModelPath": _s("The model this run read, as its pods see it."),
+        "runHash": _s("The current run's identity (spec, spec text, input model); its folder is runPath."),
+        "runPath": _s("The current run's folder, <results mountPath>/runs/<runHash>, as its pods see it."),
+        runs.PROMOTED: _o("The promoted run: the model dependents (fromTrain/fromPrune) read.", _record_schema()),
+        runs.RUNS: {"type": "array", "description": "Run history, newest first: the current run, the promoted "
+                    "one and up to spec.keepRuns others (their folders are kept).",
+                    "items": _o("A run.", _record_schema())},
         "conditions": {
             "type": "array",
-            "description": "Ready (the one to wait on: True once the run is Running or Succeeded), and Created, "
-                           "Running, Restarting, Suspended, Succeeded, Failed mirrored from the MPIJob.",
+            "description": "Ready (the one to wait on: True once the run succeeded and its model is the promoted "
+                           "one), Reconciling (a run of this generation is pending, running or held), Stalled "
+                           "(failed, or cannot go on without a change), Promoted (the gate's verdict), and Created, "
+                           "Running, Restarting, Succeeded, Failed mirrored from the MPIJob.",
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
             "items": _o("A condition.", {
@@ -317,10 +351,25 @@ def _status_schema(kind: str) -> Schema:
     return _o(f"Observed state of a {kind}, written by the operator (and progress by the trainer).", props)
 
 
+def _record_schema() -> dict[str, Schema]:
+    """A run record (status.runs[], status.promoted): status/runs.py's fields."""
+    out = _fields_schema(runs.RECORD_FIELDS)
+    out["output"] = _o("Where the artifact is on its volume.", {
+        "claimName": _s("PersistentVolumeClaim."), "subPath": _s("Sub-path of the results volume."),
+        "relativePath": _s("Path below the sub-path.")})
+    out["evaluation"] = _o(runs.RECORD_FIELDS["evaluation"][1],
+                           {k: v for k, v in _progress_schema().items() if k in EVALUATION_FIELDS})
+    return out
+
+
 def _progress_schema() -> dict[str, Schema]:
     """status.progress as the trainer writes it (contract.PROGRESS_FIELDS)."""
+    return _fields_schema(contract.PROGRESS_FIELDS)
+
+
+def _fields_schema(fields: Any) -> dict[str, Schema]:
     out: dict[str, Schema] = {}
-    for name, (kind, description) in contract.PROGRESS_FIELDS.items():
+    for name, (kind, description) in fields.items():
         if kind == "integer":
             out[name] = _i(description)
         elif kind == "date-time":
@@ -337,7 +386,12 @@ def _columns(kind: str) -> list[dict[str, Any]]:
         cols += [
             {"name": "Epoch", "type": "integer", "jsonPath": f"{progress}.{contract.PROGRESS_EPOCH}"},
             {"name": "Max", "type": "integer", "jsonPath": f"{progress}.{contract.PROGRESS_MAX_EPOCH}"},
+            {"name": "Progress", "type": "integer", "jsonPath": f"{progress}.{contract.PROGRESS_PERCENT}",
+             "description": "Percent of the run's training steps done."},
+            {"name": "ETA", "type": "string", "jsonPath": f"{progress}.{contract.PROGRESS_ETA}",
+             "description": "Time left, from rank 0's measured step time."},
             {"name": "Val Acc", "type": "number", "jsonPath": f"{progress}.{contract.PROGRESS_VAL_ACCURACY}"},
+            {"name": "Promoted", "type": "string", "jsonPath": f".status.{runs.PROMOTED}.runHash", "priority": 1},
         ]
     else:
         cols.append({"name": "Output", "type": "string", "jsonPath": ".status.outputPath"})

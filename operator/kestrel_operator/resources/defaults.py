@@ -40,4 +40,13 @@ RESERVED_LABEL_PREFIXES = ("kestrel.dev/", "app.kubernetes.io/managed-by", "app.
 RESERVED_ENV_PREFIX = "KESTREL_"
 # Spec fields a running run takes in place (the MPIJob is patched; pods created later get new tolerations):
 # editing only these (and metadata) never restarts a run. Every other spec edit starts a new run.
-IN_PLACE_FIELDS = ("suspend", "activeDeadlineSeconds", "tolerations")
+IN_PLACE_FIELDS = ("suspend", "activeDeadlineSeconds", "tolerations", "ttlSecondsAfterFinished")
+# Spec fields about what happens around runs, not inside them: editing them never starts a run either (a new
+# gate applies to runs that finish after it; whether a run evaluates at all is part of its identity:
+# manifests/runs.py).
+RUN_HISTORY_FIELDS = ("keepRuns", "promotion")
+# Old runs whose folders are kept besides the promoted run's (spec.keepRuns).
+DEFAULT_KEEP_RUNS = 3
+# The gate's metrics: the status.progress field the trainer's end-of-run evaluation writes for each.
+PROMOTION_METRICS = ("top1", "topK")
+DEFAULT_PROMOTION_METRIC = "top1"

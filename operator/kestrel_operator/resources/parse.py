@@ -35,6 +35,7 @@ from kestrel_operator.resources.types import (
     ExportResource,
     KeyRef,
     ModelRef,
+    Promotion,
     PruneResource,
     Resource,
     ResourceMeta,
@@ -401,6 +402,8 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
         affinity=_affinity(spec),
         runtime_class_name=spec.name("runtimeClassName"),
         launcher_resources=_resources(spec, kind, "launcherResources"),
+        keep_runs=spec.integer("keepRuns", d.DEFAULT_KEEP_RUNS, minimum=0),
+        ttl_seconds_after_finished=spec.integer("ttlSecondsAfterFinished", settings.run_ttl_seconds, minimum=0),
     )
     if len(errs) > before or ranks is None or key_secret is None or results is None:
         return None
@@ -410,8 +413,13 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
 
 
 def run_hash(spec: Any) -> str:
-    """Identity of a run: the spec without the fields a run takes in place (defaults.IN_PLACE_FIELDS)."""
-    kept = {k: v for k, v in (spec or {}).items() if k not in d.IN_PLACE_FIELDS} if isinstance(spec, Mapping) else {}
+    """What of a run the spec alone decides: the spec without the fields a run takes in place
+    (defaults.IN_PLACE_FIELDS) or that act around runs (defaults.RUN_HISTORY_FIELDS), but with whether the run
+    evaluates its model at the end (a gate needs it, and it changes the run's command)."""
+    ignored = (*d.IN_PLACE_FIELDS, *d.RUN_HISTORY_FIELDS)
+    kept = {k: v for k, v in (spec or {}).items() if k not in ignored} if isinstance(spec, Mapping) else {}
+    if isinstance(spec, Mapping) and spec.get("promotion") is not None:
+        kept["evaluates"] = True
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -444,6 +452,7 @@ def _meta(body: Mapping[str, Any], errs: FieldErrors) -> Optional[ResourceMeta]:
         uid=meta.string("uid") or "",
         generation=generation,
         run_hash=run_hash(body.get("spec")),
+        spec_hash=run_hash(body.get("spec")),
     )
 
 
@@ -458,13 +467,27 @@ def _output_path(spec: _Fields, results: Optional[VolumeSpec], default_rel: str)
     return path
 
 
+def _promotion(spec: _Fields) -> Optional[Promotion]:
+    gate = spec.sub("promotion")
+    if gate is None:
+        return None
+    metric = gate.choice("metric", d.PROMOTION_METRICS, d.DEFAULT_PROMOTION_METRIC)
+    minimum = gate.number("minimum", -1.0, 0.0, 1.0) if gate.has("minimum") else None
+    max_drop = gate.number("maxDrop", -1.0, 0.0, 1.0) if gate.has("maxDrop") else None
+    if metric is None:
+        return None
+    return Promotion(metric=metric, minimum=minimum, max_drop=max_drop)
+
+
 def _train(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec]) -> Optional[TrainResource]:
     use_amp = spec.boolean("useAmp")
     init_epoch = spec.integer("initEpoch", None, minimum=1)
     pretrained = _model_ref(spec, "pretrainedModel", required_=False, kind=cel.TRAIN)
+    promotion = _promotion(spec)
     if meta is None or run is None or spec.errs:
         return None
-    return TrainResource(meta=meta, run=run, use_amp=use_amp, init_epoch=init_epoch, pretrained_model=pretrained)
+    return TrainResource(meta=meta, run=run, use_amp=use_amp, init_epoch=init_epoch, pretrained_model=pretrained,
+                         promotion=promotion)
 
 
 def _prune(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec], model: Optional[ModelRef],

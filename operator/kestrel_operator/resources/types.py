@@ -41,8 +41,14 @@ class ResourceMeta:
     uid: str
     generation: int
     api_version: str = API_VERSION
-    # Hash of the spec without defaults.IN_PLACE_FIELDS: runs with the same hash are the same run.
+    # The run's identity (manifests/runs.py run_identity): the spec hash below with the spec text and the input
+    # model's run. parse_resource sets it to `spec_hash`; the reconciler and render replace it by the full
+    # identity once the spec text and the upstream model are known. Runs with the same hash are the same run,
+    # in the same folder (<results>/runs/<run_hash>).
     run_hash: str = ""
+    # Hash of the spec alone (resources.parse.run_hash): what is known before the spec text and the upstream
+    # are read.
+    spec_hash: str = ""
 
     @property
     def plural(self) -> str:
@@ -133,6 +139,21 @@ class RunSpec:
     affinity: Optional[Mapping[str, Any]] = None
     runtime_class_name: Optional[str] = None
     launcher_resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Old runs' folders kept besides the promoted one (spec.keepRuns); seconds a finished run's MPIJob and pods
+    # stay (spec.ttlSecondsAfterFinished; None: the operator's KESTREL_RUN_TTL_SECONDS).
+    keep_runs: int = 3
+    ttl_seconds_after_finished: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """spec.promotion: the quality gate a finished run must pass to become the promoted model. `metric` is
+    measured by the trainer's evaluation at the end of the run (eval_config's data); `minimum` is an absolute
+    floor, `max_drop` how far below the promoted model's value it may be."""
+
+    metric: str  # defaults.PROMOTION_METRICS
+    minimum: Optional[float] = None
+    max_drop: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +163,7 @@ class TrainResource:
     use_amp: bool
     init_epoch: Optional[int]
     pretrained_model: Optional[ModelRef]
+    promotion: Optional[Promotion] = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,36 @@
+"""A run's identity and its folder: one folder per run, named by its run hash.
+
+The identity covers everything that changes what a run's pods compute: the spec (resources.parse.run_hash:
+without the fields a run takes in place or that act around runs), the spec text (inline or from its
+ConfigMap), the run of the model it reads (the upstream's promoted run, so a new promoted model re-runs its
+dependents and a rolled-back one rolls them back too), and which resource it is (two resources never share a
+folder). The same identity always maps to the same folder, so a restarted pod or operator resumes there, and
+an edited spec starts in a new, empty folder while the old run's files stay as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+from kestrel_operator.resources.types import ResourceMeta, VolumeSpec
+
+RUNS_DIR = "runs"
+HASH_LENGTH = 16
+
+
+def run_identity(meta: ResourceMeta, spec_text: Optional[str], input_run: str = "") -> str:
+    """16 hex characters naming the run (and its folder). `input_run`: the run hash of the upstream model
+    (fromTrain/fromPrune), empty for a path reference or no model."""
+    parts = (meta.kind, meta.namespace, meta.name, meta.spec_hash, spec_text or "", input_run)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:HASH_LENGTH]
+
+
+def run_relative_dir(run_hash: str) -> str:
+    """The run's folder below the results volume's mount path."""
+    return f"{RUNS_DIR}/{run_hash}"
+
+
+def run_dir(results: VolumeSpec, run_hash: str) -> str:
+    """The run's folder as its pods see it: <results mountPath>/runs/<run hash>."""
+    return f"{results.mount_path}/{run_relative_dir(run_hash)}"
