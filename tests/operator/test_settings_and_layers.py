@@ -21,6 +21,9 @@ def test_settings_defaults_and_env():
     assert (s.default_image, s.gpus_per_node, s.watch_namespaces, s.log_level) == ("reg/img:1", 4, ("a", "b"), "DEBUG")
     s = from_env({"KESTREL_RESYNC_SECONDS": "5", "KESTREL_WORKERS": "8"})
     assert (s.resync_seconds, s.workers) == (5, 8)
+    assert from_env({}).run_ttl_seconds == 3600
+    assert from_env({"KESTREL_RUN_TTL_SECONDS": "0"}).run_ttl_seconds == 0
+    assert from_env({"KESTREL_RUN_TTL_SECONDS": "none"}).run_ttl_seconds is None
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -28,6 +31,7 @@ def test_settings_defaults_and_env():
     ({"KESTREL_GPUS_PER_NODE": "0"}, ">= 1"),
     ({"KESTREL_LOG_LEVEL": "LOUD"}, "KESTREL_LOG_LEVEL"),
     ({"KESTREL_RESYNC_SECONDS": "0"}, "KESTREL_RESYNC_SECONDS"),
+    ({"KESTREL_RUN_TTL_SECONDS": "-1"}, "KESTREL_RUN_TTL_SECONDS"),
 ])
 def test_bad_settings_name_the_variable(env, needle):
     with pytest.raises(SettingsError, match=needle):
