@@ -41,6 +41,14 @@ class Workspace:
     def results_of(self, sub_path: str) -> Path:
         return self.results_dir / sub_path
 
+    def run_folder(self, resource: dict) -> Path:
+        """The folder of a resource's current run (status.runPath, `<results mountPath>/runs/<runHash>` in the
+        pods) on this machine."""
+        results = resource["spec"]["volumes"]["results"]
+        run_path = Path(resource["status"]["runPath"])
+        return self.results_of(results.get("subPath", "")) / run_path.relative_to(results.get("mountPath",
+                                                                                              RESULTS_MOUNT))
+
     def make_results_folder(self, sub_path: str) -> Path:
         """The run's folder on the results volume, owned by the pods' user: kubelet would create a missing
         subPath as root (mode of the volume root), where the non-root trainer cannot write."""

@@ -17,6 +17,7 @@ from e2e import cluster as cl
 from e2e import kestrel_objects as ko
 from e2e import node as node_mod
 from e2e import real_runs
+from e2e.captures import capture
 from tests.train.conftest import TINY_SPEC
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -73,16 +74,17 @@ def test_prune_retrain_export_then_the_onnx_on_the_volume_scores_like_the_retrai
         "volumes": {"results": _volumes(ws, "fashion-pruned")["results"]},
     })
     pruned = real_runs.run_to_end(cluster, ws, prune, "Succeeded", timeout=420)
-    report = json.loads((ws.results_of("fashion-pruned") / "pruned" / "prune_report.json").read_text())
+    capture(pruned, "prune-healthy")
+    report = json.loads((ws.run_folder(pruned) / "pruned" / "prune_report.json").read_text())
     assert report["parameters"]["after"] < report["parameters"]["before"], report["parameters"]
-    pruned_file = ws.results_of("fashion-pruned") / "pruned" / "fashion-pruned.tlt"
+    pruned_file = ws.run_folder(pruned) / "pruned" / "fashion-pruned.tlt"
     assert pruned_file.is_file() and not pruned_file.read_bytes().startswith(HDF5_MAGIC)  # encrypted
 
     retrain = real_runs.train_resource(ws, "fashion-retrain", epochs=1)
     retrain["spec"]["pretrainedModel"] = {"fromPrune": pruned["metadata"]["name"]}
     retrained = real_runs.run_to_end(cluster, ws, retrain, "Succeeded", timeout=600)
     assert retrained["status"].get("inputModelPath", "").endswith("fashion-pruned.tlt"), retrained["status"]
-    retrained_model = ws.results_of("fashion-retrain") / "weights" / "resnet_001.tlt"
+    retrained_model = ws.run_folder(retrained) / "weights" / "resnet_001.tlt"
     assert retrained_model.is_file(), sorted(ws.results_of("fashion-retrain").rglob("*"))
 
     export = _placed(ws, "ClassificationExport", "fashion-export", {
@@ -91,8 +93,8 @@ def test_prune_retrain_export_then_the_onnx_on_the_volume_scores_like_the_retrai
         "dataType": "fp32", "outputPath": ONNX_PATH,
         "volumes": _volumes(ws, "fashion-export"),
     })
-    real_runs.run_to_end(cluster, ws, export, "Succeeded", timeout=420)
-    onnx_file = ws.results_of("fashion-export") / "export" / "fashion.onnx"
+    exported = real_runs.run_to_end(cluster, ws, export, "Succeeded", timeout=420)
+    onnx_file = ws.run_folder(exported) / "export" / "fashion.onnx"
     assert onnx_file.is_file(), ko.events_for(cluster, ws.namespace, "fashion-export")
 
     keras = _evaluate(ws, retrained_model, tmp_path / "keras")

@@ -12,6 +12,7 @@ import pytest
 from e2e import cluster as cl
 from e2e import kestrel_objects as ko
 from e2e import real_runs
+from e2e.captures import capture
 from kestrel_trainer.model_io.files import read_model_bytes
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # the HDF5 file signature (HDF5 File Format Specification, section II.A)
@@ -46,7 +47,7 @@ def test_two_rank_train_succeeds_with_progress_from_the_worker_rank(cluster: cl.
 
 
 def test_encrypted_checkpoints_are_on_the_volume(trained: dict, real_workspace: real_runs.Workspace) -> None:
-    weights = real_workspace.results_of(trained["metadata"]["name"]) / "weights"
+    weights = real_workspace.run_folder(trained) / "weights"
     names = sorted(p.name for p in weights.glob("*.tlt"))
     assert names == [f"resnet_{e:03d}.tlt" for e in range(1, real_runs.EPOCHS + 1)], sorted(weights.iterdir())
     last: Path = weights / names[-1]
@@ -66,6 +67,7 @@ def test_trainer_error_ends_failed_with_its_one_line_message(cluster: cl.Control
     resource = real_runs.train_resource(real_workspace, "no-data", data_claim="empty-data")
     final = real_runs.run_to_end(cluster, real_workspace, resource, "Failed", timeout=420)
     status = final["status"]
+    capture(final, "train-degraded-failed")
     assert f"kestrel: error: dataset folder not found: {real_runs.DATA_MOUNT}/train" in status["message"], status
     events = ko.events_for(cluster, real_workspace.namespace, "no-data")
     assert any(e["type"] == "Warning" and "dataset folder not found" in e["message"] for e in events), events

@@ -282,6 +282,27 @@ def test_kopf_mpijob_event_mirrors_owner_and_wakes_dependents(wired):
     assert "MPIJob/pruned-prune-g1" in api.creates  # the waiting prune was reconciled right away
 
 
+def test_an_edited_spec_configmap_wakes_the_resource_that_reads_it(wired):
+    """GitOps with the spec text in a ConfigMap: its edit is a new run at once, not at the next resync."""
+    api, ctl = wired
+    api.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "specs"}, "data": {"spec.txt": TRAIN_SPEC}})
+    body = train_body(experimentSpecRef={"name": "specs"})
+    del body["spec"]["experimentSpec"]
+    api.put(body)
+    asyncio.run(kopf_handlers.on_resource_event(type="ADDED", body=kopf.Body(api.body("ClassificationTrain",
+                                                                                      "resnet18"))))
+    ctl.queue.run_ready()
+    first = status(api)["runHash"]
+    api.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "specs"},
+             "data": {"spec.txt": TRAIN_SPEC.replace("n_epochs: 12", "n_epochs: 14")}})
+    asyncio.run(kopf_handlers.on_configmap_event(type="MODIFIED", body=kopf.Body(api.body("ConfigMap", "specs"))))
+    assert ctl.queue.run_ready() == 1
+    assert "MPIJob/resnet18-train-g1" in api.deletes  # the old text's run stops; the new text's run follows
+    asyncio.run(kopf_handlers.on_configmap_event(type="MODIFIED", body=kopf.Body(api.body("ConfigMap", "specs"))))
+    ctl.queue.run_ready()
+    assert status(api)["runHash"] not in (None, first)
+
+
 def test_kopf_registry_watches_kinds_mpijobs_pods_configmaps_without_finalizers():
     registry = kopf.get_default_registry()
     selectors = {h.selector.any_name or h.selector.plural for h in registry._watching._handlers}

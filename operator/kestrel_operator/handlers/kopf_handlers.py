@@ -215,7 +215,8 @@ async def on_pod_event(body: kopf.Body, **_: Any) -> None:
 
 
 async def on_configmap_event(body: kopf.Body, **_: Any) -> None:
-    """A ConfigMap appeared or changed: resources waiting for it (SpecNotFound) go on."""
+    """A ConfigMap appeared or changed: resources that read their spec text from it go on (SpecNotFound), or
+    start a run of the new text."""
     meta = body.get("metadata") or {}
     controller().configmap_changed(str(meta.get("namespace")), str(meta.get("name")))
 

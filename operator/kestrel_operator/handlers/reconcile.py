@@ -85,7 +85,7 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     requeue_after: Optional[float] = None
-    waits_for_configmap: Optional[str] = None
+    waits_for_configmap: Optional[str] = None  # the spec ConfigMap it reads: an edit of it wakes the resource
     succeeded: bool = False
     promoted: bool = False  # the promoted run changed: dependents follow it
     # resourceVersions this pass wrote, with the resource's generation it reconciled (None for MPIJobs it
@@ -294,6 +294,8 @@ class Reconciler:
 
         jobs = self._owned(MPIJOB_API_VERSION, "MPIJob", res.meta)
         live = [j for j in jobs if not (j.get("metadata") or {}).get("deletionTimestamp")]
+        if res.run.experiment_spec_ref is not None:  # its text is part of the run: an edit of it starts a new one
+            out.waits_for_configmap = res.run.experiment_spec_ref.name
         text, missing = self._spec_text(res)
         upstream, wait = self._upstream(res)
         if missing or wait:
@@ -329,7 +331,6 @@ class Reconciler:
             return self._mirror(body, res, old, generation, current, now, out)
         self._stop_runs(body, meta, jobs, None, f"spec changed (generation {generation})", out)
         if missing:
-            out.waits_for_configmap = res.run.experiment_spec_ref.name if res.run.experiment_spec_ref else None
             return self._finish(body, old, compute.waiting_status(old, generation, r.SPEC_NOT_FOUND, missing, now),
                                 out)
         assert wait is not None
