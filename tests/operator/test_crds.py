@@ -91,11 +91,28 @@ def test_status_has_what_the_operator_and_trainer_write():
     assert validate(body["status"], _schema(crd("ClassificationTrain"))["properties"]["status"], ".status") == []
 
 
-@pytest.mark.parametrize("name", ["train.yaml", "prune.yaml", "retrain.yaml", "export.yaml"])
+@pytest.mark.parametrize("name", ["train.yaml", "prune.yaml", "retrain.yaml", "export.yaml",
+                                  "../gitops/retraining/train.yaml", "../gitops/retraining/export.yaml"])
 def test_examples_validate_against_crds(name):
     for doc in yaml.safe_load_all((EXAMPLES / name).read_text()):
         schema = _schema(crd(doc["kind"]))
         assert validate(doc, schema) == []
+
+
+def test_the_gitops_example_renders_with_its_gate_and_the_export_reads_the_trains_run(settings):
+    """examples/gitops/retraining: the train evaluates at its end (the gate) and the export reads the model of the
+    train's run folder."""
+    from kestrel_operator.render import Renderer
+
+    docs = [d for f in ("train.yaml", "export.yaml")
+            for d in yaml.safe_load_all((EXAMPLES.parent / "gitops" / "retraining" / f).read_text())]
+    renderer = Renderer(docs, settings, namespace="ml")
+    train, export = (renderer.plan(d) for d in renderer.docs)
+    assert train.resource.promotion.minimum == 0.90 and train.resource.run.keep_runs == 3
+    job = train.objects[-1]
+    args = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-1] == "--evaluate" and f"/results/runs/{train.resource.meta.run_hash}" in args
+    assert export.model.path == f"/kestrel/model-source/runs/{train.resource.meta.run_hash}/weights/resnet_030.tlt"
 
 
 def test_upstream_mpijob_crd_is_the_mpi_operator_modules_own_file():
