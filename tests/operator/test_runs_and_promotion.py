@@ -293,3 +293,19 @@ def test_a_spec_text_from_a_configmap_is_part_of_the_run(api, rec):
     assert "MPIJob/resnet18-train-g1" in api.deletes
     rec.reconcile(api.body(TRAIN, "resnet18"))
     assert status(api)["runHash"] not in (None, run_a)
+
+
+def test_a_finished_run_keeps_its_result_when_its_upstream_goes_away(api, rec):
+    apply(api, rec, train_body())
+    succeed(api, rec, "resnet18-train-g1")
+    apply(api, rec, prune_body())
+    succeed(api, rec, "pruned-prune-g1", kind="ClassificationPrune", name="pruned")
+    done = status(api, "ClassificationPrune", "pruned")
+    del api.objects[(TRAIN, "default", "resnet18")]
+    api.delete("", "MPIJob", "default", "pruned-prune-g1")  # and its TTL passed
+    rec.reconcile(api.body("ClassificationPrune", "pruned"))
+    after = status(api, "ClassificationPrune", "pruned")
+    assert (after["phase"], after["runHash"], after["outputPath"]) == ("Succeeded", done["runHash"], done["outputPath"])
+    # An edit of the prune now cannot start (no upstream model): it waits, and says why.
+    apply(api, rec, prune_body(pruningThreshold=0.5))
+    assert status(api, "ClassificationPrune", "pruned")["reason"] == "WaitingForModel"

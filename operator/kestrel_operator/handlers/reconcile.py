@@ -330,6 +330,10 @@ class Reconciler:
             current = self._update_in_place(body, res, current, out)
             return self._mirror(body, res, old, generation, current, now, out)
         self._stop_runs(body, meta, jobs, None, f"spec changed (generation {generation})", out)
+        done = runs.find(old, str(old.get("runHash") or ""))
+        if done is not None and done.get("phase") == SUCCEEDED and done.get("specHash") == meta.spec_hash:
+            # The finished run of this very spec keeps its result (its MPIJob may be gone).
+            return self._finish(body, old, compute.recorded_status(old, generation, done, now), out)
         if missing:
             return self._finish(body, old, compute.waiting_status(old, generation, r.SPEC_NOT_FOUND, missing, now),
                                 out)
@@ -442,7 +446,8 @@ class Reconciler:
         name = _name(job)
         cause = None if fresh else self._pod_cause(res, old, generation, job, out)
         gate = res.promotion if isinstance(res, TrainResource) else None
-        ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate, history)
+        ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate=gate,
+                                 spec_hash=res.meta.spec_hash, history=history)
         patch = compute.run_status(old, generation, job, name, decode_output(annotations.get(OUTPUT_ANNOTATION)),
                                    annotations.get(INPUT_MODEL_ANNOTATION), now, cause, ctx, fresh)
         return self._finish(body, old, patch, out)

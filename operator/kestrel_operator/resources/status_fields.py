@@ -13,6 +13,8 @@ PROMOTED = "promoted"
 # A record's keys (the CRD's schema lists them; crd.py reads this).
 RECORD_FIELDS: Mapping[str, tuple[str, str]] = {
     "runHash": ("string", "The run's identity; its folder is <results mountPath>/runs/<runHash>."),
+    "specHash": ("string", "The spec's part of runHash: a finished run of an unchanged spec keeps its result while "
+                           "its spec ConfigMap or upstream cannot be read."),
     "generation": ("integer", "The resource's metadata.generation that started (or last took back) the run."),
     "phase": ("string", "Pending, Suspended, Running, Succeeded or Failed."),
     "mpiJobName": ("string", "The run's MPIJob (gone once its ttlSecondsAfterFinished passed)."),

@@ -40,6 +40,7 @@ class RunContext:
     run_hash: str
     run_path: str
     gate: Optional[Promotion] = None
+    spec_hash: str = ""
     # The history to record the run in (default: status.runs); a new run passes it already trimmed.
     history: Optional[list[dict[str, Any]]] = None
 # Kept for callers that import it from here; the one list is reasons.WARNING_REASONS.
@@ -129,8 +130,8 @@ def _record(old: Mapping[str, Any], generation: int, ctx: RunContext, phase: str
             completion: Optional[str], output: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     """The run's history record, updated with what the MPIJob says now."""
     rec = runs.find(old, ctx.run_hash) or {}
-    rec.update(runHash=ctx.run_hash, generation=generation, phase=phase, mpiJobName=mpijob_name,
-               runPath=ctx.run_path)
+    rec.update(runHash=ctx.run_hash, specHash=ctx.spec_hash or rec.get("specHash"), generation=generation,
+               phase=phase, mpiJobName=mpijob_name, runPath=ctx.run_path)
     if completion:
         rec["completionTime"] = completion
     if phase == SUCCEEDED and output:
