@@ -309,3 +309,21 @@ def test_a_finished_run_keeps_its_result_when_its_upstream_goes_away(api, rec):
     # An edit of the prune now cannot start (no upstream model): it waits, and says why.
     apply(api, rec, prune_body(pruningThreshold=0.5))
     assert status(api, "ClassificationPrune", "pruned")["reason"] == "WaitingForModel"
+
+
+def test_a_refused_run_is_judged_again_when_the_gate_changes(api, rec):
+    """Lowering a threshold is how a team accepts a model the gate refused: no new run, the run is promoted."""
+    apply(api, rec, train_body(promotion={"minimum": 0.9}))
+    succeed(api, rec, "resnet18-train-g1", top1=0.88)
+    run = status(api)["runHash"]
+    assert status(api)["reason"] == "PromotionRejected" and "promoted" not in status(api)
+    creates = list(api.creates)
+    out = apply(api, rec, train_body(promotion={"minimum": 0.85}))
+    st = status(api)
+    assert api.creates == creates and st["runHash"] == run
+    assert (st["reason"], st["promoted"]["runHash"], st["observedGeneration"]) == ("Promoted", run, 2)
+    assert "judged again" in st["message"] and "0.8800" in st["message"] and out.promoted
+    assert conditions(api)["Ready"]["status"] == "True" and conditions(api)["Promoted"]["status"] == "True"
+    # Raising it again does not demote a promoted model (a gate judges runs, it does not retire models).
+    apply(api, rec, train_body(promotion={"minimum": 0.95}))
+    assert status(api)["promoted"]["runHash"] == run and status(api)["reason"] == "Promoted"

@@ -47,7 +47,7 @@ from kestrel_operator.manifests.build import (
 from kestrel_operator.manifests.outputs import OutputLocation
 from kestrel_operator.manifests.runs import run_dir
 from kestrel_operator.resources import InvalidSpec, parse_meta, parse_resource
-from kestrel_operator.resources.types import Resource, ResourceMeta, TrainResource
+from kestrel_operator.resources.types import Promotion, Resource, ResourceMeta, TrainResource
 from kestrel_operator.settings import Settings
 from kestrel_operator.status import compute, runs
 from kestrel_operator.status import reasons as r
@@ -133,6 +133,11 @@ def _same_run(job: Mapping[str, Any], meta: ResourceMeta) -> bool:
     if names.RUN_HASH_LABEL in labels:
         return labels[names.RUN_HASH_LABEL] == meta.run_hash
     return labels.get(names.GENERATION_LABEL) == str(meta.generation)
+
+
+def _gate(res: Resource) -> Optional[Promotion]:
+    """spec.promotion (ClassificationTrain only; Prune and Export promote every successful run)."""
+    return res.promotion if isinstance(res, TrainResource) else None
 
 
 def api_error_status(err: KubeError) -> tuple[str, str]:
@@ -306,7 +311,7 @@ class Reconciler:
         self._stop_runs(body, res.meta, jobs, current, f"spec changed (generation {generation})", out)
         rec = runs.find(old, res.meta.run_hash)
         if rec is not None and rec.get("phase") == SUCCEEDED:
-            patch = compute.recorded_status(old, generation, rec, now)
+            patch = compute.recorded_status(old, generation, rec, now, _gate(res))
             if patch["reason"] == r.RUN_REUSED and old.get("runHash") != rec["runHash"]:
                 self._event(body, out, "Normal", r.RUN_REUSED, patch["message"])
             return self._finish(body, old, patch, out)
@@ -333,7 +338,7 @@ class Reconciler:
         done = runs.find(old, str(old.get("runHash") or ""))
         if done is not None and done.get("phase") == SUCCEEDED and done.get("specHash") == meta.spec_hash:
             # The finished run of this very spec keeps its result (its MPIJob may be gone).
-            return self._finish(body, old, compute.recorded_status(old, generation, done, now), out)
+            return self._finish(body, old, compute.recorded_status(old, generation, done, now, _gate(res)), out)
         if missing:
             return self._finish(body, old, compute.waiting_status(old, generation, r.SPEC_NOT_FOUND, missing, now),
                                 out)
@@ -445,8 +450,7 @@ class Reconciler:
         annotations = (job.get("metadata") or {}).get("annotations") or {}
         name = _name(job)
         cause = None if fresh else self._pod_cause(res, old, generation, job, out)
-        gate = res.promotion if isinstance(res, TrainResource) else None
-        ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate=gate,
+        ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate=_gate(res),
                                  spec_hash=res.meta.spec_hash, history=history)
         patch = compute.run_status(old, generation, job, name, decode_output(annotations.get(OUTPUT_ANNOTATION)),
                                    annotations.get(INPUT_MODEL_ANNOTATION), now, cause, ctx, fresh)

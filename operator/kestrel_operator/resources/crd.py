@@ -359,6 +359,9 @@ def _record_schema() -> dict[str, Schema]:
         "relativePath": _s("Path below the sub-path.")})
     out["evaluation"] = _o(runs.RECORD_FIELDS["evaluation"][1],
                            {k: v for k, v in _progress_schema().items() if k in EVALUATION_FIELDS})
+    out["gate"] = _o(runs.RECORD_FIELDS["gate"][1], {
+        "metric": _s("top1 or topK."), "minimum": {"type": "number", "description": "spec.promotion.minimum."},
+        "maxDrop": {"type": "number", "description": "spec.promotion.maxDrop."}})
     return out
 
 

@@ -22,7 +22,7 @@ from kestrel_operator.status import runs
 from kestrel_operator.status.phase import FAILED, PENDING, RUNNING, SUCCEEDED, SUSPENDED, Phase, phase_of
 from kestrel_operator.status.pods import Cause
 from kestrel_operator.status.progress import progress_for_run
-from kestrel_operator.status.promotion import decide, evaluation_of
+from kestrel_operator.status.promotion import decide, evaluation_of, gate_record
 from kestrel_trainer.spec.contract import PROGRESS
 
 READY = "Ready"
@@ -147,10 +147,16 @@ def _judge(old: Mapping[str, Any], ctx: RunContext, rec: dict[str, Any], mpijob_
     if rec.get("promotion"):
         return
     evaluation = evaluation_of(old.get(PROGRESS), mpijob_name)
-    verdict = decide(ctx.gate, ctx.run_hash, evaluation, old.get(runs.PROMOTED))
     if evaluation:
         rec["evaluation"] = evaluation
+    _verdict(old, ctx.gate, rec, patch)
+
+
+def _verdict(old: Mapping[str, Any], gate: Optional[Promotion], rec: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Judge `rec` (its evaluation) with `gate` against the promoted run; record the verdict and the gate."""
+    verdict = decide(gate, rec["runHash"], rec.get("evaluation"), old.get(runs.PROMOTED))
     rec["promotion"], rec["promotionMessage"] = verdict.reason, verdict.message
+    rec["gate"] = gate_record(gate)
     if verdict.promoted:
         patch[runs.PROMOTED] = runs.promoted_record(rec)
 
@@ -201,13 +207,24 @@ def run_status(old: Mapping[str, Any], generation: int, mpijob: Optional[Mapping
     return _finish(old, generation, patch, now)
 
 
-def recorded_status(old: Mapping[str, Any], generation: int, rec: Mapping[str, Any], now: str) -> dict[str, Any]:
+def recorded_status(old: Mapping[str, Any], generation: int, rec: Mapping[str, Any], now: str,
+                    gate: Optional[Promotion] = None) -> dict[str, Any]:
     """A run already recorded as Succeeded, with no pod: its MPIJob was removed after it finished (TTL), or the
     spec maps to it again (a revert): its result and its verdict are back, and it is promoted again if it passed
-    the gate. Nothing re-runs."""
+    the gate. Nothing re-runs. A run the gate refused is judged again when the gate changed since (`gate`: the
+    resource's spec.promotion now), so lowering a threshold can accept it."""
+    rec = dict(rec)
+    patch: dict[str, Any] = {}
+    rejudged = (rec.get("promotion") not in (None, r.PROMOTED) and gate is not None
+                and rec.get("gate") != gate_record(gate))
+    if rejudged:
+        _verdict(old, gate, rec, patch)
     again = old.get("runHash") == rec["runHash"] and old.get("phase") == SUCCEEDED
     when = f" at {rec['completionTime']}" if rec.get("completionTime") else ""
-    if again:
+    if rejudged:
+        reason, message = str(rec["promotion"]), f"{rec['promotionMessage']} (judged again: spec.promotion changed)"
+        rec["promotionMessage"] = message
+    elif again:
         reason, message = str(old.get("reason")), str(old.get("message") or "")
     else:
         reason = r.RUN_REUSED
@@ -215,7 +232,7 @@ def recorded_status(old: Mapping[str, Any], generation: int, rec: Mapping[str, A
                    f"{rec.get('generation')}): its result is back with no new run")
         if rec.get("promotionMessage"):
             message += f"; {rec['promotionMessage']}"
-    patch = _base(generation, SUCCEEDED, reason, message)
+    patch.update(_base(generation, SUCCEEDED, reason, message))
     patch.update(runHash=rec["runHash"], runPath=rec.get("runPath"), outputPath=rec.get("outputPath"),
                  output=rec.get("output"), completionTime=rec.get("completionTime"),
                  mpiJobName=old.get("mpiJobName") if again else None,

@@ -15,7 +15,7 @@ from kestrel_operator.resources.types import Promotion
 from kestrel_operator.status import reasons as r
 from kestrel_trainer.spec.contract import PROGRESS_RUN, PROGRESS_TOP1, PROGRESS_TOP_K_VALUE, PROGRESS_TOPK
 
-__all__ = ["EVALUATION_FIELDS", "METRIC_FIELDS", "Verdict", "decide", "evaluation_of"]
+__all__ = ["EVALUATION_FIELDS", "METRIC_FIELDS", "Verdict", "decide", "evaluation_of", "gate_record"]
 
 # spec.promotion.metric -> the field of status.progress (and of a record's evaluation) that measures it.
 METRIC_FIELDS: Mapping[str, str] = {"top1": PROGRESS_TOP1, "topK": PROGRESS_TOPK}
@@ -34,6 +34,14 @@ def evaluation_of(progress: Optional[Mapping[str, Any]], run_name: str) -> Optio
         return None
     found = {k: progress[k] for k in EVALUATION_FIELDS if progress.get(k) is not None}
     return found or None
+
+
+def gate_record(gate: Optional[Promotion]) -> Optional[dict[str, Any]]:
+    """The gate as a run record keeps it (None: no gate)."""
+    if gate is None:
+        return None
+    out = {"metric": gate.metric, "minimum": gate.minimum, "maxDrop": gate.max_drop}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _name(metric: str, evaluation: Optional[Mapping[str, Any]]) -> str:
