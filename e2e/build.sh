@@ -13,8 +13,13 @@
 # The MPIJob CRD the suite installs is the MPI Operator's own, from the same Go module as its binary
 # (manifests/base/kubeflow.org_mpijobs.yaml), copied next to the binaries as kubeflow.org_mpijobs.yaml.
 #
+# kstatus (gomod/kstatus, for e2e/kstatus.py: Flux's health verdict by the kstatus library) is a module of its own,
+# outside gomod/cluster's key: it is built into the same bin folder as kstatus-<12 hex of its module's files>, so a
+# change to it rebuilds only it; bin/kstatus links the latest one built.
+#
 # Usage: e2e/build.sh              build what is missing, print the bin folder on the last line
 #        e2e/build.sh --print      only print the bin folder (for the pytest fixture)
+#        e2e/build.sh --kstatus    only print the path of this checkout's kstatus binary (for e2e/kstatus.py)
 #        e2e/build.sh --pinned MODULE  print MODULE's version in gomod/cluster/go.mod (the tests' expected versions)
 #        e2e/build.sh --mpijob-crd print the path of the MPIJob CRD in the MPI Operator's Go module (downloaded
 #                                  into the module cache if needed; the unit tests compare their copy with it)
@@ -42,6 +47,8 @@ CACHE_ROOT="${KESTREL_E2E_CACHE:-$HOME/.cache/kestrel-e2e}"
 KEY="k8s-${K8S_VERSION}_mod-$(cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/tools.go" "$MOD/coredns/main.go" \
     | sha256sum | cut -c1-12)"
 BIN="$CACHE_ROOT/$KEY/bin"
+KSTATUS_MOD="$HERE/gomod/kstatus"
+KSTATUS="kstatus-$(cat "$KSTATUS_MOD/go.mod" "$KSTATUS_MOD/go.sum" "$KSTATUS_MOD/main.go" | sha256sum | cut -c1-12)"
 
 if [[ "${1:-}" == "--pinned" ]]; then
     pinned "${2:?--pinned needs a module path}"
@@ -49,6 +56,10 @@ if [[ "${1:-}" == "--pinned" ]]; then
 fi
 if [[ "${1:-}" == "--print" ]]; then
     echo "$BIN"
+    exit 0
+fi
+if [[ "${1:-}" == "--kstatus" ]]; then
+    echo "$BIN/$KSTATUS"
     exit 0
 fi
 
@@ -118,8 +129,8 @@ build() {
 TAGS="selinux notest no_btrfs no_devmapper no_zfs"
 # -dwarf=false: the compiler skips the debug info that the linker's -s -w would strip anyway (kube-scheduler from an
 # empty build cache: 361 -> 308 s, 606 -> 516 CPU-s; e2e/README.md). It changes no code, so the cache key ignores it.
-go_build() {  # go_build LDFLAGS PACKAGE: one command of the cluster module
-    (cd "$MOD" && go build -trimpath -tags "$TAGS" -gcflags=all=-dwarf=false -ldflags "$1" -o "$out" "$2")
+go_build() {  # go_build LDFLAGS PACKAGE [MODULE_DIR]: one command of the cluster module (or of MODULE_DIR)
+    (cd "${3:-$MOD}" && go build -trimpath -tags "$TAGS" -gcflags=all=-dwarf=false -ldflags "$1" -o "$out" "$2")
 }
 k8s_build() { go_build "$K8S_LDFLAGS" "k8s.io/kubernetes/cmd/$1"; }
 etcd_build() { go_build "-s -w" go.etcd.io/etcd/server/v3; }
@@ -130,6 +141,7 @@ containerd_build() {  # containerd_build CMD: containerd, containerd-shim-runc-v
         "github.com/containerd/containerd/v2/cmd/$1"
 }
 mpi_build() { go_build "-s -w" github.com/kubeflow/mpi-operator/cmd/mpi-operator; }
+kstatus_build() { go_build "-s -w" . "$KSTATUS_MOD"; }  # its own module and graph (cli-utils' k8s.io v0.30)
 
 # Helm's Makefile stamps its version and the Kubernetes version it assumes for `helm template`/`lint`
 # (.Capabilities.KubeVersion); without these it reports v0.0.0 and assumes Kubernetes 1.20.
@@ -167,11 +179,15 @@ if [[ "${KESTREL_E2E_SKIP_MPI:-}" != "1" ]]; then
 fi
 build "helm-${HELM_VERSION}" helm_build
 ln -sfn "helm-${HELM_VERSION}" "$BIN/helm"
+build "$KSTATUS" kstatus_build
+ln -sfn "$KSTATUS" "$BIN/kstatus"
 
 # Folders of other keys (earlier pins, ~0.5-1 GiB each) are removed once no build has used them for
 # KESTREL_E2E_KEEP_DAYS days, the way Go trims its build cache; one whose lock another build.sh holds is kept.
 KEEP_DAYS="${KESTREL_E2E_KEEP_DAYS:-14}"
-touch "$CACHE_ROOT/$KEY/.used"
+touch "$CACHE_ROOT/$KEY/.used" "$BIN/$KSTATUS"
+# kstatus builds of other versions of gomod/kstatus, by the same rule (this one's mtime is the touch above).
+find "$BIN" -maxdepth 1 -name 'kstatus-*' -mtime "+${KEEP_DAYS}" -delete
 for old in "$CACHE_ROOT"/k8s-*/; do
     old="${old%/}"
     [[ "$old" != "$CACHE_ROOT/$KEY" ]] || continue
