@@ -104,12 +104,29 @@ def test_pods_carry_the_contracts_variables_and_the_trainer_finds_its_resource_w
 
 def test_progress_the_trainer_writes_is_what_the_crd_declares_and_the_operator_keeps():
     reporter = ClusterStatusReporter("kestrel.dev", "v1alpha1", "classificationtrains", "r18", "ml", run="r18-g2")
-    progress = reporter.body(3, 30, 0.5, 0.8, float("inf"), 0.7, "epoch 3/30")["status"]["progress"]
+    progress = reporter.body(3, 30, 0.5, 0.8, float("inf"), 0.7, "epoch 3/30", percent=10, eta="4m10s")[
+        "status"]["progress"]
+    evaluation = contract.evaluation_patch(0.9, 0.99, 3, reporter.run, "2030-01-02T03:04:05Z")["status"]["progress"]
     schema = crd("ClassificationTrain")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     declared = schema["properties"]["status"]["properties"]["progress"]["properties"]
-    assert list(progress) == list(declared) == list(contract.PROGRESS_FIELDS)
+    assert list(declared) == list(contract.PROGRESS_FIELDS)
+    # Training reports every field but the evaluation's; `train --evaluate` then adds those (with run and time).
+    shared = {contract.PROGRESS_RUN, contract.PROGRESS_UPDATE_TIME}
+    assert list(progress) == [f for f in declared if f not in set(evaluation) - shared]
+    assert list(evaluation) == [contract.PROGRESS_TOP1, contract.PROGRESS_TOPK, contract.PROGRESS_TOP_K_VALUE,
+                                contract.PROGRESS_RUN, contract.PROGRESS_UPDATE_TIME]
+    assert set(progress) | set(evaluation) == set(declared)
+    assert (contract.PROGRESS_PERCENT, contract.PROGRESS_ETA) == ("percent", "eta")
+    assert (contract.PROGRESS_TOP1, contract.PROGRESS_TOPK, contract.PROGRESS_TOP_K_VALUE) == (
+        "top1Accuracy", "topKAccuracy", "topK")
+    for fields in (progress, evaluation):  # each value has its declared type
+        for name, value in fields.items():
+            kind = {"integer": int, "number": float, "string": str}[declared[name]["type"]]
+            assert value is None or isinstance(value, kind), name
     assert progress["valLoss"] is None and progress["epoch"] == 3  # JSON has no inf
+    assert (progress["percent"], progress["eta"]) == (10, "4m10s")
     assert progress_for_run(progress, "r18-g2") == progress
+    assert progress_for_run(evaluation, "r18-g2") == evaluation
     assert progress_for_run(progress, "r18-g3") is None  # a superseded run's report is dropped
     columns = {c["name"]: c["jsonPath"] for c in crd("ClassificationTrain")["spec"]["versions"][0][
         "additionalPrinterColumns"]}

@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,21 +209,31 @@ def test_the_final_checkpoint_restores_every_weight_the_training_ended_with(run)
 
 def test_progress_reaches_the_kubernetes_resource(run):
     """The trainer patches the ClassificationTrain's status.progress after every epoch with training.csv's
-    numbers; `kubectl get` shows the last patch (merge patches replace the progress each time)."""
+    numbers, the percent of the run's steps done and the time left; `kubectl get` shows the last patch (merge
+    patches replace the progress each time). A long epoch also sends reports inside it (every 30 s, with the
+    last finished epoch's numbers): on a slow machine these may appear between the epochs' own."""
     requests = run["requests"]
     assert requests[0]["method"] == "GET" and requests[0]["path"] == STATUS_PATH  # same resource (uid) first
     patches = [r for r in requests if r["method"] == "PATCH"]
     assert all(r["path"] == STATUS_PATH and r["content_type"] == "application/merge-patch+json" for r in patches)
     assert all(r["authorization"] == "Bearer test-token" for r in requests)
+    assert all(list(r["body"]) == ["status"] and list(r["body"]["status"]) == ["progress"] for r in patches)
+    reports = [r["body"]["status"]["progress"] for r in patches]
+    # an epoch's own report is the last one naming it (the reports inside the next epoch name it too)
+    ends = [p for i, p in enumerate(reports) if i + 1 == len(reports) or reports[i + 1]["epoch"] != p["epoch"]]
     rows = _rows(run["results"])
-    assert len(patches) == len(rows) == EPOCHS
-    for patch, row in zip(patches, rows):
-        assert list(patch["body"]) == ["status"] and list(patch["body"]["status"]) == ["progress"]
-        progress = patch["body"]["status"]["progress"]
+    assert len(ends) == len(rows) == EPOCHS
+    assert [p["epoch"] for p in reports] == sorted(p["epoch"] for p in reports)
+    assert [p["percent"] for p in reports] == sorted(p["percent"] for p in reports)
+    for progress, row in zip(ends, rows):
         assert {k: progress[k] for k in ("epoch", "maxEpoch", "run")} == {
             "epoch": int(row["epoch"]), "maxEpoch": EPOCHS, "run": "fashion-g1"}
+        # whole epochs of 16 steps (500 images / 32) out of 4 x 16, in whole percent rounded down
+        assert progress["percent"] == 100 * int(row["epoch"]) * 16 // (EPOCHS * 16)
+        assert re.fullmatch(r"(\d+h)?(\d+m)?\d+s|\d+[hm]", progress["eta"]), progress["eta"]
         for field, column in (("loss", "loss"), ("accuracy", "acc"), ("valLoss", "val_loss"),
                               ("valAccuracy", "val_acc")):
             assert progress[field] == pytest.approx(row[column], rel=1e-6), field
-    last = patches[-1]["body"]["status"]["progress"]
+    last = ends[-1]
     assert last["epoch"] == EPOCHS and last["valAccuracy"] > 0.6
+    assert (last["percent"], last["eta"]) == (100, "0s")

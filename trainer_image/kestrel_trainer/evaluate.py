@@ -115,6 +115,11 @@ def format_original_report(metrics: dict[str, Any]) -> str:
     ])
 
 
+def default_results_dir(model_path: str) -> str:
+    """Where evaluate writes without -r: RUN/evaluate beside the model's RUN/weights/ folder."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_path))), "evaluate")
+
+
 def run_evaluation(spec, model_path: str, key: Optional[str], results_dir: Optional[str],
                    classmap_path: Optional[str] = None, skip_bad_images: bool = False) -> dict[str, Any]:
     """Evaluate `model_path` on eval_config.eval_dataset_path; writes results.json and confusion_matrix.png."""

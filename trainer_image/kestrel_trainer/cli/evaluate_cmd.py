@@ -27,11 +27,10 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(f"{args.experiment_spec}: eval_config.model_path: is required for evaluate (or pass -m MODEL)")
     key = resolve_key(args)
     require_key_for(model_path, key)
-    results = args.results_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_path))),
-                                               "evaluate")
-    from kestrel_trainer.evaluate import format_original_report, format_report, run_evaluation
+    from kestrel_trainer.evaluate import default_results_dir, format_original_report, format_report, run_evaluation
     from kestrel_trainer.report.status import StatusLogger
 
+    results = args.results_dir or default_results_dir(model_path)
     # As the original: status.json in the -r folder (only when -r is given).
     status = StatusLogger(os.path.join(args.results_dir, "status.json")) if args.results_dir else None
     if status:

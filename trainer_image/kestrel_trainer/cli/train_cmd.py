@@ -1,10 +1,16 @@
-"""`kestrel train` (and `classification_tf1 train`): train a classifier from a spec file."""
+"""`kestrel train` (and `classification_tf1 train`): train a classifier from a spec file.
+
+With `--evaluate` (a Kestrel extension), rank 0 then evaluates the final model on eval_config's data exactly
+as `kestrel evaluate -e SPEC -m FINAL_MODEL` does and reports top-1/top-k to the cluster status: the
+operator's promotion gate reads them as soon as the run succeeds.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+from typing import Optional
 
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
@@ -15,6 +21,7 @@ from kestrel_trainer.cli.common import (
 )
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.spec import load_spec
+from kestrel_trainer.spec.types import ExperimentSpec
 
 ORDER = 30
 log = logging.getLogger("kestrel.train")
@@ -29,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise KestrelError(f"KESTREL_IMAGE_CACHE must be one of {', '.join(IMAGE_CACHE_MODES)}, "
                            f"got {args.image_cache!r}", exit_code=2)
     spec = load_spec(args.experiment_spec, "train")
+    eval_spec = load_spec(args.experiment_spec, "evaluate") if args.evaluate else None  # its errors before training
     setup_logging(args.log_file, args.verbose)
     for warning in spec.warnings:
         log.warning("%s", warning)
@@ -38,7 +46,14 @@ def run(args: argparse.Namespace) -> int:
 
         for line in describe_run(spec, args.results_dir, args.init_epoch, processes, args.classmap):
             print(line)
+        if eval_spec is not None:
+            print(f"evaluate: then the final model on {eval_spec.eval.eval_dataset_path}, into "
+                  f"{os.path.join(args.results_dir, 'evaluate', 'results.json')} (--evaluate)")
         return 0
+    if eval_spec is not None:
+        from kestrel_trainer.data import folders
+
+        folders.scan(eval_spec.eval.eval_dataset_path)  # a missing or empty eval folder fails now, not after training
     key = resolve_key(args)
     if not key:
         log.warning("no key given (-k or KESTREL_KEY): checkpoints are written unencrypted as .hdf5")
@@ -63,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger().setLevel(logging.WARNING)
     from kestrel_trainer.train.loop import TrainOptions, run_training
 
-    run_training(
+    summary = run_training(
         spec,
         TrainOptions(
             results_dir=args.results_dir,
@@ -79,7 +94,30 @@ def run(args: argparse.Namespace) -> int:
             model_format=args.model_format,
         ),
     )
+    if eval_spec is not None and ranks.is_chief:  # the other ranks are done: they exit now
+        evaluate_final_model(eval_spec, summary.get("final_model"), key, args.skip_bad_images)
     return 0
+
+
+def evaluate_final_model(spec: ExperimentSpec, model_path: Optional[str], key: Optional[str],
+                         skip_bad_images: bool) -> None:
+    """--evaluate: `kestrel evaluate -e SPEC -m MODEL` (results.json in RUN/evaluate), one log line, and
+    top-1/top-k into the cluster status (in a cluster), sent before this returns."""
+    if not model_path:
+        raise KestrelError("--evaluate: the run has no final model to evaluate")
+    from kestrel_trainer.evaluate import default_results_dir, run_evaluation
+    from kestrel_trainer.report.cluster_status import ClusterStatusReporter
+
+    results = default_results_dir(model_path)
+    metrics = run_evaluation(spec, model_path, key, results, skip_bad_images=skip_bad_images)
+    k = metrics["top_k"]
+    top1, topk = metrics["top_1_accuracy"], metrics[f"top_{k}_accuracy"]
+    log.info("evaluation of %s on %d images of %s: top-1 accuracy %.4f, top-%d accuracy %.4f -> %s",
+             os.path.basename(model_path), metrics["n_images"], metrics["dataset"], top1, k, topk,
+             os.path.join(results, "results.json"))
+    reporter = ClusterStatusReporter.from_env()
+    if reporter is not None:
+        reporter.report_evaluation(top1, topk, k)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,6 +140,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="encrypted checkpoint format: kestrel (default; authenticated, a wrong key is a clear error) "
                    "or tao (the original's .tlt: AES-CTR over a channels-first HDF5, no optimizer state, for "
                    "downstream tools that need it)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="after training, rank 0 evaluates the final model on eval_config.eval_dataset_path as "
+                   "`kestrel evaluate` does (RESULTS/evaluate/results.json) and reports top-1/top-k to the "
+                   "cluster status (a Kestrel extension)")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print what the run would build and do (model, data, schedule, resume), then exit")
     add_common_task_arguments(p)

@@ -2,9 +2,11 @@
 
 The operator writes which resource started the run into the pods' environment (contract.RunIdentity) and
 binds their ServiceAccount to a Role allowing get/patch of that one resource's status. Rank 0 calls
-`report()` after every epoch; it JSON-merge-patches `status.progress` only (contract.progress_patch), so it
-never fights the operator over phase or conditions. Reporting is best effort: any failure (no token, no
-network, RBAC) is logged once per kind of error and training goes on.
+`report()` after every epoch (and inside long ones) and `report_evaluation()` once after `train --evaluate`;
+both JSON-merge-patch `status.progress` only (contract.progress_patch, contract.evaluation_patch), so they
+never fight the operator over phase or conditions. Each call returns once the API server answered (or the
+timeout passed): a report sent just before the process exits has arrived. Reporting is best effort: any
+failure (no token, no network, RBAC) is logged once per kind of error and training goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from kestrel_trainer.spec.contract import RunIdentity, api_client, progress_patch
+from kestrel_trainer.spec.contract import RunIdentity, api_client, evaluation_patch, progress_patch
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,17 @@ class ClusterStatusReporter:
     def path(self) -> str:
         return RunIdentity(self.group, self.version, self.plural, self.name, self.namespace).status_path
 
-    def body(self, epoch: int, max_epoch: int, loss: float, accuracy: float, val_loss: Optional[float],
-             val_accuracy: Optional[float], phase_message: Optional[str] = None) -> dict[str, Any]:
+    @staticmethod
+    def _now() -> str:
+        return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def body(self, epoch: int, max_epoch: int, loss: Optional[float], accuracy: Optional[float],
+             val_loss: Optional[float], val_accuracy: Optional[float], phase_message: Optional[str] = None,
+             percent: Optional[int] = None, eta: Optional[str] = None) -> dict[str, Any]:
         """The merge patch of status.progress (the status subresource ignores metadata, so the
         resource's identity is checked once by `_same_resource` instead)."""
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return progress_patch(epoch, max_epoch, _finite(loss), _finite(accuracy), _finite(val_loss),
-                              _finite(val_accuracy), phase_message, self.run, now)
+                              _finite(val_accuracy), phase_message, self.run, self._now(), percent=percent, eta=eta)
 
     def _same_resource(self, api: Any) -> bool:
         """Is the resource under this name still the one that started the run (same uid)? A run of a
@@ -94,13 +100,32 @@ class ClusterStatusReporter:
             self._api = api_client()
         return self._api
 
-    def report(self, epoch: int, max_epoch: int, loss: float, accuracy: float, val_loss: Optional[float],
-               val_accuracy: Optional[float], phase_message: Optional[str] = None) -> bool:
-        """Patch status.progress; True when the API server accepted it. Never raises."""
+    def report(self, epoch: int, max_epoch: int, loss: Optional[float], accuracy: Optional[float],
+               val_loss: Optional[float], val_accuracy: Optional[float], phase_message: Optional[str] = None,
+               percent: Optional[int] = None, eta: Optional[str] = None) -> bool:
+        """Patch status.progress with the training's progress; True when the API server accepted it. Never raises."""
+        try:
+            body = self.body(epoch, max_epoch, loss, accuracy, val_loss, val_accuracy, phase_message, percent, eta)
+        except Exception as err:  # never let reporting break training
+            self._log_once(type(err).__name__, "cluster status report failed: %s", err)
+            return False
+        return self._send(body)
+
+    def report_evaluation(self, top1: Optional[float], topk: Optional[float], k: int) -> bool:
+        """Patch status.progress with the final model's evaluation (train --evaluate), leaving the training's
+        fields as they are; True when the API server accepted it. Never raises."""
+        try:
+            body = evaluation_patch(_finite(top1), _finite(topk), k, self.run, self._now())
+        except Exception as err:
+            self._log_once(type(err).__name__, "cluster status report failed: %s", err)
+            return False
+        return self._send(body)
+
+    def _send(self, body: dict[str, Any]) -> bool:
+        """PATCH `body` as a JSON merge patch of the status subresource; True when accepted. Never raises."""
         if self._disabled:
             return False
         try:
-            body = self.body(epoch, max_epoch, loss, accuracy, val_loss, val_accuracy, phase_message)
             try:
                 api = self._client()
             except ImportError:

@@ -4,8 +4,10 @@
   which resource started the run, so rank 0 can patch that resource's status); mpirun forwards them, and
   where the API server is, to every rank.
 - Status: the trainer's rank 0 JSON-merge-patches `status.progress` (the fields below) of its resource
-  after every epoch; the operator keeps it (the CRD's schema and printer columns), or drops it when its
+  after every epoch and, in long epochs, every half minute or so; with `train --evaluate`, once more with the
+  final model's evaluation. The operator keeps it (the CRD's schema and printer columns), or drops it when its
   `run` is not the current MPIJob. The operator grants exactly STATUS_VERBS on `<plural>/status`.
+- Run folders: RESULTS_MOUNT/RUNS_DIR/<RUN_ID>, one per run; `kestrel runs remove` deletes only such folders.
 - Errors: the trainer's one-line error, `<prog>: error: <message>`, which the operator reads from the
   launcher's termination message (ERROR_LINE).
 - The Kubernetes client: in a pod the service account, elsewhere KUBECONFIG (`api_client`).
@@ -78,27 +80,60 @@ class RunIdentity:
 STATUS_VERBS = ("get", "patch")  # on <plural>/status, for the one resource (the run's Role)
 PROGRESS = "progress"  # the key under status the trainer owns
 # status.progress, field -> (JSON schema type, meaning): the trainer writes these, the CRD declares them.
+PROGRESS_EPOCH, PROGRESS_MAX_EPOCH, PROGRESS_RUN, PROGRESS_UPDATE_TIME = "epoch", "maxEpoch", "run", "updateTime"
+PROGRESS_VAL_ACCURACY = "valAccuracy"
+PROGRESS_PERCENT, PROGRESS_ETA = "percent", "eta"
+# Written once, after training, by `kestrel train --evaluate` (the final model on eval_config's data).
+PROGRESS_TOP1, PROGRESS_TOPK, PROGRESS_TOP_K_VALUE = "top1Accuracy", "topKAccuracy", "topK"
 PROGRESS_FIELDS: Mapping[str, tuple[str, str]] = {
-    "epoch": ("integer", "Last finished epoch."),
-    "maxEpoch": ("integer", "Epochs of the run."),
+    PROGRESS_EPOCH: ("integer", "Last finished epoch."),
+    PROGRESS_MAX_EPOCH: ("integer", "Epochs of the run."),
     "loss": ("number", "Training loss."),
     "accuracy": ("number", "Training accuracy."),
     "valLoss": ("number", "Validation loss."),
-    "valAccuracy": ("number", "Validation accuracy."),
+    PROGRESS_VAL_ACCURACY: ("number", "Validation accuracy."),
+    PROGRESS_PERCENT: ("integer", "Percent of the run's training steps done (0-100)."),
+    PROGRESS_ETA: ("string", "Estimated time left, e.g. 4m10s, from rank 0's measured step time (empty when "
+                   "unknown)."),
+    PROGRESS_TOP1: ("number", "Top-1 accuracy of the final model on eval_config's data (train --evaluate)."),
+    PROGRESS_TOPK: ("number", "Top-k accuracy of the final model on eval_config's data (k = topK)."),
+    PROGRESS_TOP_K_VALUE: ("integer", "The k of topKAccuracy (eval_config.top_k)."),
     "message": ("string", "Trainer message."),
-    "run": ("string", "The MPIJob (run) that reported it."),
-    "updateTime": ("date-time", "When it was reported."),
+    PROGRESS_RUN: ("string", "The MPIJob (run) that reported it."),
+    PROGRESS_UPDATE_TIME: ("date-time", "When it was reported."),
 }
-PROGRESS_EPOCH, PROGRESS_MAX_EPOCH, PROGRESS_RUN = "epoch", "maxEpoch", "run"
-PROGRESS_VAL_ACCURACY = "valAccuracy"
 
 
 def progress_patch(epoch: int, max_epoch: int, loss: Optional[float], accuracy: Optional[float],
                    val_loss: Optional[float], val_accuracy: Optional[float], message: Optional[str],
-                   run: Optional[str], update_time: str) -> dict[str, Any]:
-    """The JSON merge patch of status.progress (numbers already JSON-safe: None for NaN/inf)."""
-    values = (int(epoch), int(max_epoch), loss, accuracy, val_loss, val_accuracy, message, run or None, update_time)
-    return {"status": {PROGRESS: dict(zip(PROGRESS_FIELDS, values))}}
+                   run: Optional[str], update_time: str, percent: Optional[int] = None,
+                   eta: Optional[str] = None) -> dict[str, Any]:
+    """The JSON merge patch of status.progress during training (numbers already JSON-safe: None for NaN/inf,
+    which clears the field). Percent and ETA are sent when given; the evaluation fields are not touched."""
+    values: dict[str, Any] = {
+        PROGRESS_EPOCH: int(epoch), PROGRESS_MAX_EPOCH: int(max_epoch), "loss": loss, "accuracy": accuracy,
+        "valLoss": val_loss, PROGRESS_VAL_ACCURACY: val_accuracy, "message": message, PROGRESS_RUN: run or None,
+        PROGRESS_UPDATE_TIME: update_time}
+    if percent is not None:
+        values[PROGRESS_PERCENT] = int(percent)
+    if eta is not None:
+        values[PROGRESS_ETA] = eta
+    return {"status": {PROGRESS: {name: values[name] for name in PROGRESS_FIELDS if name in values}}}
+
+
+def evaluation_patch(top1: Optional[float], topk: Optional[float], k: int, run: Optional[str],
+                     update_time: str) -> dict[str, Any]:
+    """The JSON merge patch of status.progress with the final model's evaluation (train --evaluate): only
+    these fields, so the last epoch's progress stays."""
+    return {"status": {PROGRESS: {PROGRESS_TOP1: top1, PROGRESS_TOPK: topk, PROGRESS_TOP_K_VALUE: int(k),
+                                  PROGRESS_RUN: run or None, PROGRESS_UPDATE_TIME: update_time}}}
+
+
+# -- run folders ------------------------------------------------------------------------------------------
+# The operator gives each run its own folder RESULTS_MOUNT/runs/<16 lowercase hex> and removes old ones with
+# `kestrel runs remove PATH...`, which refuses any other path.
+RUNS_DIR = "runs"
+RUN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 # -- errors -----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Keras callbacks of the training loop: per-epoch outputs, preemption, plain progress lines.
+"""Keras callbacks of the training loop: per-epoch outputs, cluster status, preemption, plain progress lines.
 
 Everything that writes runs on the chief rank only (the loop does not attach them elsewhere).
 Order inside an epoch end: checkpoint first (atomic), then the records that point at it, so a crash
@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import tensorflow as tf
 
 from kestrel_trainer.model_io.files import write_atomic, write_json_atomic  # noqa: F401 - loop.py imports it here
+from kestrel_trainer.report.progress import MID_EPOCH_REPORT_SECONDS, eta_text, percent_done, steps_done
 from kestrel_trainer.report.status import StatusLogger
 
 log = logging.getLogger("kestrel.train")
@@ -52,7 +53,7 @@ def write_csv_rows(path: str, rows: list[dict[str, Any]]) -> None:
 
 
 class EpochOutputs(tf.keras.callbacks.Callback):
-    """Checkpoint, training.csv, status.json, LR in the logs (for TensorBoard), curves, cluster status."""
+    """Checkpoint, training.csv, status.json, LR in the logs (for TensorBoard), curves."""
 
     def __init__(
         self,
@@ -60,7 +61,6 @@ class EpochOutputs(tf.keras.callbacks.Callback):
         max_epoch: int,
         save_checkpoint: Callable[[int], str],
         status: StatusLogger,
-        reporter: Optional[Any] = None,
         rows: Optional[list[dict[str, Any]]] = None,
     ) -> None:
         super().__init__()
@@ -68,7 +68,6 @@ class EpochOutputs(tf.keras.callbacks.Callback):
         self.max_epoch = max_epoch
         self.save_checkpoint = save_checkpoint
         self.status = status
-        self.reporter = reporter
         self.rows: list[dict[str, Any]] = list(rows or [])
         self.csv_path = os.path.join(results_dir, "training.csv")
         self._epoch_start = time.monotonic()
@@ -101,15 +100,75 @@ class EpochOutputs(tf.keras.callbacks.Callback):
             number, self.max_epoch, logs.get("loss", float("nan")), logs.get("acc", float("nan")), val, lr,
             seconds, os.path.basename(self.last_checkpoint),
         )
-        if self.reporter is not None:
-            self.reporter.report(
-                epoch=number,
-                max_epoch=self.max_epoch,
-                loss=float(logs.get("loss", 0.0)),
-                accuracy=float(logs.get("acc", 0.0)),
-                val_loss=logs.get("val_loss"),
-                val_accuracy=logs.get("val_acc"),
-            )
+
+
+REPORTED_METRICS = ("loss", "acc", "val_loss", "val_acc")  # Keras' names (training.csv's columns)
+
+
+def row_metrics(row: Optional[dict[str, Any]]) -> dict[str, Optional[float]]:
+    """An epoch's metrics from its Keras logs or training.csv row (strings there; "" or absent: None)."""
+    row = row or {}
+    return {name: None if row.get(name) in (None, "") else float(row[name]) for name in REPORTED_METRICS}
+
+
+class ClusterProgress(tf.keras.callbacks.Callback):
+    """status.progress of the run's resource (contract.PROGRESS_FIELDS), rank 0 only: after every epoch with
+    its metrics, and inside an epoch at most every `interval` seconds with the last finished epoch's metrics,
+    so `kubectl get` shows the run moving in long epochs. Percent and ETA count the steps of the whole run;
+    the time per step is this process's own (report/progress.py). Placed after EpochOutputs (an epoch is
+    reported once its checkpoint exists) and Preemption (a SIGTERM checkpoints before any report). The
+    reporter never raises; after a failed report, mid-epoch reports wait for an epoch's report to get
+    through, so an unreachable API server costs one timeout per epoch."""
+
+    def __init__(self, reporter: Any, max_epoch: int, steps_per_epoch: int, epochs_done: int = 0,
+                 steps_offset: int = 0, last_metrics: Optional[dict[str, Optional[float]]] = None,
+                 interval: float = MID_EPOCH_REPORT_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.reporter = reporter
+        self.max_epoch = max_epoch
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs_done = epochs_done  # finished epochs of the run
+        self.steps_offset = steps_offset  # batches of the current epoch done before this fit started
+        self.steps_into_epoch = steps_offset
+        self.metrics = dict(last_metrics or row_metrics(None))  # the last finished epoch's
+        self.interval = interval
+        self.clock = clock
+        self._started: Optional[float] = None  # this process's first step
+        self._steps_run = 0  # steps this process ran
+        self._last_report: Optional[float] = None
+        self._reporting = True  # the last report got through (or none was sent yet)
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        if self._started is None:  # the first of the fits (a partial epoch has its own)
+            self._started = self.clock()
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        self._steps_run += 1
+        self.steps_into_epoch = self.steps_offset + batch + 1
+        now = self.clock()
+        since = self._last_report if self._last_report is not None else self._started
+        if self._reporting and since is not None and now - since >= self.interval:
+            self._report(now)
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        self.epochs_done, self.steps_into_epoch, self.steps_offset = epoch + 1, 0, 0
+        self.metrics = row_metrics(logs)
+        self._report(self.clock())
+
+    def progress(self, now: float) -> tuple[int, str]:
+        """(percent of the run's steps done, time left) at clock time `now`."""
+        total = self.max_epoch * self.steps_per_epoch
+        done = steps_done(self.epochs_done, self.steps_into_epoch, self.steps_per_epoch)
+        elapsed = None if self._started is None else now - self._started
+        return percent_done(done, total), eta_text(elapsed, self._steps_run, total - done)
+
+    def _report(self, now: float) -> None:
+        percent, eta = self.progress(now)
+        m = self.metrics
+        self._reporting = bool(self.reporter.report(
+            epoch=self.epochs_done, max_epoch=self.max_epoch, loss=m["loss"], accuracy=m["acc"],
+            val_loss=m["val_loss"], val_accuracy=m["val_acc"], percent=percent, eta=eta))
+        self._last_report = self.clock()  # the next interval starts after this report's own time
 
 
 class SampleImages(tf.keras.callbacks.Callback):

@@ -70,6 +70,8 @@ def rank_arguments(args: argparse.Namespace) -> list[str]:
         out += ["--format", args.model_format]
     if getattr(args, "image_cache", "auto") != "auto":
         out += ["--image-cache", args.image_cache]
+    if getattr(args, "evaluate", False):
+        out.append("--evaluate")  # rank 0 evaluates after training
     return out
 
 

@@ -29,12 +29,14 @@ from kestrel_trainer.train import debug_ranks
 from kestrel_trainer.train import distributed as dist
 from kestrel_trainer.train import model_parallel as mp
 from kestrel_trainer.train.callbacks import (
+    ClusterProgress,
     EpochOutputs,
     PlainProgress,
     PreemptedSignal,
     Preemption,
     SampleImages,
     read_csv_rows,
+    row_metrics,
     write_json_atomic,
 )
 from kestrel_trainer.train.distributed import Ranks
@@ -126,7 +128,7 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     dist.broadcast_state(run.ranks, model)
     _announce(run, model, data, spe)
     outputs, preemption = _checkpointing(run, model, start)
-    callbacks = _callbacks(run, data, spe, outputs, preemption)
+    callbacks = _callbacks(run, data, spe, start, outputs, preemption)
     _fit(run, model, data, spe, start, callbacks, preemption)
     if preemption.saved_path is not None:
         _stop_preempted(run, preemption)
@@ -235,15 +237,15 @@ def _checkpointing(run: _Run, model: tf.keras.Model, start: Start) -> tuple[Epoc
 
     rows = [r for r in read_csv_rows(os.path.join(run.results, "training.csv"))
             if int(r["epoch"]) <= start.epochs_done]
-    outputs = EpochOutputs(run.results, run.n_epochs, save_epoch, run.status, _cluster_reporter(), rows)
+    outputs = EpochOutputs(run.results, run.n_epochs, save_epoch, run.status, rows)
     outputs.last_checkpoint = start.checkpoint.path if start.checkpoint is not None else None  # until a new one
     return outputs, Preemption(save_partial, steps_offset=start.steps_done)
 
 
-def _callbacks(run: _Run, data: TrainingData, spe: int, outputs: EpochOutputs,
+def _callbacks(run: _Run, data: TrainingData, spe: int, start: Start, outputs: EpochOutputs,
                preemption: Preemption) -> list[tf.keras.callbacks.Callback]:
-    """In order: the ranks' metric averaging, then (chief only) outputs, TensorBoard, preemption, progress
-    lines and sample images, then the caller's."""
+    """In order: the ranks' metric averaging, then (chief only) outputs, TensorBoard, preemption, the cluster
+    status (in a cluster), progress lines and sample images, then the caller's."""
     ranks, vis = run.ranks, run.spec.train.visualizer
     callbacks: list[tf.keras.callbacks.Callback] = []
     if ranks.distributed:  # first: the chief's outputs below see the job's metrics, not its own shard's
@@ -258,6 +260,10 @@ def _callbacks(run: _Run, data: TrainingData, spe: int, outputs: EpochOutputs,
                                            histogram_freq=1 if vis.weight_histograms else 0),
             preemption,
         ]
+        reporter = _cluster_reporter()
+        if reporter is not None:  # after outputs (an epoch's checkpoint exists) and preemption (SIGTERM first)
+            callbacks.append(ClusterProgress(reporter, run.n_epochs, spe, start.epochs_done, start.steps_done,
+                                             row_metrics(outputs.rows[-1] if outputs.rows else None)))
         if not run.verbose:
             callbacks.append(PlainProgress(spe, run.spec.train.batch_size_per_gpu * ranks.size, run.n_epochs))
     if ranks.is_chief and vis.enabled and vis.num_images > 0:
