@@ -14,8 +14,9 @@ import hashlib
 from typing import Optional
 
 from kestrel_operator.resources.types import ResourceMeta, VolumeSpec
+from kestrel_trainer.spec.contract import RUN_ID, RUNS_DIR
 
-RUNS_DIR = "runs"
+# The trainer's `kestrel runs remove` deletes only <...>/RUNS_DIR/<RUN_ID> folders (the contract).
 HASH_LENGTH = 16
 
 
@@ -23,7 +24,9 @@ def run_identity(meta: ResourceMeta, spec_text: Optional[str], input_run: str = 
     """16 hex characters naming the run (and its folder). `input_run`: the run hash of the upstream model
     (fromTrain/fromPrune), empty for a path reference or no model."""
     parts = (meta.kind, meta.namespace, meta.name, meta.spec_hash, spec_text or "", input_run)
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:HASH_LENGTH]
+    run_hash = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:HASH_LENGTH]
+    assert RUN_ID.fullmatch(run_hash)
+    return run_hash
 
 
 def run_relative_dir(run_hash: str) -> str:
