@@ -23,3 +23,11 @@ def capture(obj: dict, name: str) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     header = f"# captured from a real object of the e2e suite ({name}); do not edit by hand\n"
     (Path(folder) / f"{name}.yaml").write_text(header + yaml.safe_dump(obj, sort_keys=False, width=120))
+
+
+def capture_text(text: str, name: str) -> None:
+    """Command output worth keeping beside the objects (e.g. `kubectl get` while a run trains)."""
+    folder = os.environ.get(CAPTURE_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.txt").write_text(text)

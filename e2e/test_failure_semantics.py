@@ -17,6 +17,7 @@ import pytest
 
 from e2e import cluster as cl
 from e2e import kestrel_objects as ko
+from e2e.captures import capture
 from e2e.conftest import wait_until
 
 KIND = "ClassificationTrain"
@@ -180,6 +181,7 @@ def test_key_secret_missing_then_created(cluster: cl.ControlPlane, namespace: st
         "state": {"waiting": {"reason": "CreateContainerConfigError",
                               "message": 'secret "kestrel-key" not found'}}}]})
     st = _wait_reason(cluster, "no-key", namespace, "KeySecretMissing")
+    capture(ko.get_resource(cluster, KIND, "no-key", namespace), "train-degraded-key-secret-missing")
     assert "Create the Secret named in spec.keySecretRef (kestrel-key)" in st["message"], st
     _warning(cluster, namespace, "no-key", "KeySecretMissing")
 

@@ -21,7 +21,7 @@ from e2e import cluster as cl
 from e2e import kestrel_objects as ko
 from e2e import node as node_mod
 from e2e import real_runs
-from e2e.captures import capture
+from e2e.captures import capture, capture_text
 from e2e.conftest import wait_until
 from e2e.kstatus import kstatus
 from tests.operator.argocd_lua import argocd_health
@@ -143,6 +143,7 @@ def test_gitops_retraining_lifecycle(cluster: cl.ControlPlane, real_workspace: r
     assert "PROGRESS" in printed and "ETA" in printed, printed
     assert _health(running) == ("InProgress", "Progressing"), running["status"]
     capture(running, "train-progressing-running")
+    capture_text(printed, "kubectl-get-ctrain-running")
     a = _settled(cluster, ws, 1)
     st_a = a["status"]
     assert (st_a["phase"], st_a["reason"]) == ("Succeeded", "Promoted"), st_a
@@ -222,11 +223,11 @@ def test_gitops_retraining_lifecycle(cluster: cl.ControlPlane, real_workspace: r
     assert (st_c["phase"], st_c["reason"]) == ("Succeeded", "PromotionRejected"), st_c
     assert st_c["runHash"] not in (st_a["runHash"], st_b["runHash"])
     assert st_c["promoted"]["runHash"] == st_a["runHash"]
-    promoted = ko.condition(c, "Promoted")
+    promoted = _condition(c, "Promoted")
     assert promoted["status"] == "False" and "0.9900" in promoted["message"], promoted
     top1 = next(r for r in st_c["runs"] if r["runHash"] == st_c["runHash"])["evaluation"]["top1Accuracy"]
     assert f"{top1:.4f}" in promoted["message"]
-    assert ko.condition(c, "Ready")["status"] == "False" and ko.condition(c, "Stalled")["status"] == "True"
+    assert _condition(c, "Ready")["status"] == "False" and _condition(c, "Stalled")["status"] == "True"
     assert _health(c) == ("Failed", "Degraded")
     capture(c, "train-degraded-promotion-rejected")
 
@@ -235,6 +236,12 @@ def test_gitops_retraining_lifecycle(cluster: cl.ControlPlane, real_workspace: r
     again = _get(cluster, ws, "ClassificationExport", "gitops-export")
     assert again["status"]["runHash"] == st_e["runHash"] and again["status"]["phase"] == "Succeeded"
     assert _export_jobs(cluster, ws) == export_jobs
+
+
+def _condition(obj: dict, ctype: str) -> dict:
+    found = [c for c in obj["status"].get("conditions") or [] if c["type"] == ctype]
+    assert len(found) == 1, obj["status"].get("conditions")
+    return found[0]
 
 
 def _export_jobs(cluster: cl.ControlPlane, ws: real_runs.Workspace) -> list[str]:

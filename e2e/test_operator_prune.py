@@ -16,6 +16,7 @@ import pytest
 
 from e2e import cluster as cl
 from e2e import kestrel_objects as ko
+from e2e.captures import capture
 from e2e.conftest import wait_until
 
 TRAIN, PRUNE = "ClassificationTrain", "ClassificationPrune"
@@ -93,6 +94,7 @@ def test_prune_from_train_waits_for_the_train_then_runs(cluster: cl.ControlPlane
         _prune_waits_with_no_mpijob(cluster, namespace, prune_res)
         time.sleep(1.0)
     _prune_waits_with_no_mpijob(cluster, namespace, prune_res)
+    capture(ko.get_resource(cluster, PRUNE, "base-pruned", namespace), "prune-progressing-waiting-for-model")
 
     # Release it: the trainer exits 0, as the kubelet reports it.
     pod = _launcher_pod(cluster, namespace, "base")

@@ -11,6 +11,7 @@ import yaml
 
 from e2e import cluster as cl
 from e2e import kestrel_objects as ko
+from e2e.captures import capture
 from e2e.conftest import wait_until
 
 KIND = "ClassificationTrain"
@@ -115,6 +116,7 @@ def test_invalid_spec_text_fails_with_line_number_and_creates_nothing(cluster: c
     res["spec"].pop("experimentSpecRef", None)
     res = _apply_train(cluster, namespace, res)
     failed = ko.wait_phase(cluster, KIND, "bad-spec", namespace, "Failed", timeout=60)
+    capture(failed, "train-degraded-invalid-spec")
     cond = ko.condition(failed, "Failed") or {}
     status = failed["status"]
     text = f"{cond.get('reason')} {cond.get('message')} {status.get('reason')} {status.get('message')}"
