@@ -140,8 +140,12 @@ EXTRA = {
     ("kubeflow.org", "mpijobs", "patch"),
     # the spec ConfigMaps of earlier runs are deleted once their pods are gone;
     ("", "configmaps", "delete"),
-    # a pod stuck creating containers is explained from its Events (a missing key Secret, a volume).
+    # a pod stuck creating containers is explained from its Events (a missing key Secret, a volume);
     ("", "events", "list"),
+    # a dependent's new run in the same generation (its upstream promoted another model) rewrites its spec ConfigMap;
+    ("", "configmaps", "patch"),
+    # a failed MPIJob's workers that are still up are deleted (MPI Operator v0.8 leaves them, upstream issue 647).
+    ("", "pods", "delete"),
 }
 
 

@@ -47,8 +47,8 @@ CASES = {
 }
 
 
-def created_run(api, rec):
-    api.put(train_body())
+def created_run(api, rec, **spec):
+    api.put(train_body(**spec))
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     api.set_mpijob_conditions(JOB, cond([("Created", "True")]))
     rec.reconcile(api.body("ClassificationTrain", "resnet18"))
@@ -101,7 +101,8 @@ def test_pod_stuck_creating_without_events_is_looked_at_again(api, rec):
 
 def test_failed_launcher_quotes_the_trainers_last_line(api, rec):
     created_run(api, rec)
-    line = "kestrel: InvalidSpec: /etc/kestrel/spec/spec.txt:3: model_config.n_layers: 19 is not one of 10, 18"
+    # The trainer's one-line error (contract.error_line): bad input, never retried.
+    line = "kestrel: error: /etc/kestrel/spec/spec.txt:3: model_config.n_layers: 19 is not one of 10, 18"
     put_run_pod(api, JOB, "launcher-abcde", container="launcher", phase="Failed", containerStatuses=[{
         "name": "launcher", "state": {"terminated": {"exitCode": 2, "reason": "Error",
                                                      "message": f"Epoch 1/12\n{line}\n"}}}])
@@ -110,6 +111,7 @@ def test_failed_launcher_quotes_the_trainers_last_line(api, rec):
     st = api.body("ClassificationTrain", "resnet18")["status"]
     assert (st["phase"], st["reason"]) == ("Failed", r.TRAINER_FAILED)
     assert line in st["message"] and "code 2" in st["message"] and "Epoch 1/12" not in st["message"]
+    assert api.deletes == [] and st["attempt"] == 1  # one attempt: running it again cannot help
     assert api.events[-1][1:3] == ("Warning", r.TRAINER_FAILED)
     # The launcher pod goes later (cleanup): the explanation stays, and no second Event.
     api.delete("v1", "Pod", "default", f"{JOB}-launcher-abcde")
@@ -135,7 +137,7 @@ def test_pure_helpers_ignore_terminating_pods_and_succeeded_launchers():
 
 
 def test_evicted_worker_explains_the_failed_run(api, rec):
-    created_run(api, rec)
+    created_run(api, rec, retryLimit=0)
     put_run_pod(api, JOB, "worker-0", phase="Failed", reason="Evicted",
                 message="The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi.")
     # What the MPI Operator v0.8 does with an evicted worker (updateMPIJobStatus): the MPIJob fails.

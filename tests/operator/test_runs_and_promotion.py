@@ -258,7 +258,7 @@ def test_keep_runs_drops_the_oldest_runs_and_the_next_launcher_removes_their_fol
 def test_conditions_follow_kstatus(api, rec):
     """Reconciling while a run of this generation is pending or running, Stalled when it failed, every condition
     stamped with the generation it describes."""
-    apply(api, rec, train_body())
+    apply(api, rec, train_body(retryLimit=0))
     c = conditions(api)
     assert (c["Reconciling"]["status"], c["Stalled"]["status"], c["Ready"]["status"]) == ("True", "False", "False")
     api.set_mpijob_conditions("resnet18-train-g1", [{"type": "Running", "status": "True"}])
@@ -271,7 +271,7 @@ def test_conditions_follow_kstatus(api, rec):
     assert (c["Reconciling"]["status"], c["Stalled"]["status"], c["Ready"]["status"]) == ("False", "True", "False")
     assert {x["observedGeneration"] for x in status(api)["conditions"]} == {1}
 
-    apply(api, rec, train_body(experimentSpec='model_config { arch: "nope" }'))
+    apply(api, rec, train_body(retryLimit=0, experimentSpec='model_config { arch: "nope" }'))
     rec.reconcile(api.body(TRAIN, "resnet18"))  # once the old run's MPIJob is gone
     c = conditions(api)
     assert (c["Stalled"]["status"], c["Stalled"]["reason"]) == ("True", "InvalidSpec")

@@ -135,6 +135,19 @@ def _same_run(job: Mapping[str, Any], meta: ResourceMeta) -> bool:
     return labels.get(names.GENERATION_LABEL) == str(meta.generation)
 
 
+def _attempt_of(job: Mapping[str, Any]) -> int:
+    try:
+        return max(1, int(_labels(job).get(names.ATTEMPT_LABEL) or 1))
+    except ValueError:
+        return 1
+
+
+def _retried(reason: str, message: str) -> bool:
+    """Can another attempt succeed? Not after the trainer's own error, nor when spec.activeDeadlineSeconds ran
+    out (the MPI Operator's DeadlineExceeded)."""
+    return reason not in r.NOT_RETRIED and "DeadlineExceeded" not in f"{reason} {message}"
+
+
 def _gate(res: Resource) -> Optional[Promotion]:
     """spec.promotion (ClassificationTrain only; Prune and Export promote every successful run)."""
     return res.promotion if isinstance(res, TrainResource) else None
@@ -367,18 +380,25 @@ class Reconciler:
                    jobs: list[dict[str, Any]], text: Optional[str], upstream: Optional[OutputLocation], now: str,
                    out: Outcome) -> Outcome:
         meta = res.meta
-        job_name = names.mpijob_name(meta)
+        rec = runs.find(old, meta.run_hash) or {}
+        # An unfinished run goes on with its attempt (a retry, or its MPIJob deleted by hand); a new one starts at 1.
+        attempt = int(rec.get("attempt") or 1) if rec.get("phase") not in (None, SUCCEEDED, FAILED) else 1
+        retrying = old.get("reason") == r.RETRYING and old.get("runHash") == meta.run_hash
+        job_name = names.mpijob_name(meta, attempt=attempt)
         this_run = old.get("runHash") == meta.run_hash and old.get("mpiJobName")
         if this_run and old.get("phase") == FAILED and old.get("reason") != r.INVALID_SPEC \
                 and old.get("observedGeneration") == generation:
             return out  # its MPIJob was removed after it failed: the result stands, nothing re-runs
 
         again = bool(this_run) and old.get("mpiJobName") == job_name  # its MPIJob was deleted by hand
-        # A first generation that never had a run (no MPIJob, nothing in status) has no pods to wait for.
-        first = generation == 1 and not old.get("mpiJobName") and old.get("reason") != r.WAITING_FOR_OLD_RUN
+        # A first generation that never had a run (no MPIJob, no run in status) has no pods to wait for.
+        first = generation == 1 and not old.get("mpiJobName") and not old.get("runHash") \
+            and old.get("reason") != r.WAITING_FOR_OLD_RUN
         pods = [] if first else self.api.list("v1", "Pod", meta.namespace, _selector(names.owner_labels(meta)))
         if jobs or pods:
             out.requeue_after = OLD_RUN_POLL_SECONDS
+            if retrying:
+                return out  # status says which attempt ended and that the next starts once these are gone
             what = (f"MPIJob {job_name} was deleted before the run finished: waiting for its pods to terminate "
                     "before starting it again" if again and not jobs else
                     f"waiting for the previous run to stop before starting generation {generation}")
@@ -391,7 +411,7 @@ class Reconciler:
                                      (meta.run_hash, runs.promoted_hash(old)))
         remove = self._old_folders(body, res, dropped, out)
         try:
-            plan = plan_run(res, text, upstream, remove)
+            plan = plan_run(res, text, upstream, remove, attempt)
         except InvalidSpec as err:
             return self._finish(body, old, compute.invalid_status(old, generation, err.message, now), out)
 
@@ -409,7 +429,11 @@ class Reconciler:
         m = plan.mapping
         what = (f"{m.ranks} rank(s) x {m.gpus_per_rank} GPU(s), {max(m.workers, 1)} pod(s) with "
                 f"{m.gpus_per_pod} GPU(s) each")
-        if again:
+        if retrying:
+            self._event(body, out, "Normal", r.MPIJOB_CREATED,
+                        f"created MPIJob {job_name}: attempt {attempt} of run {meta.run_hash}, resuming from the "
+                        f"newest checkpoint in {run_dir(res.run.results, meta.run_hash)} ({what})")
+        elif again:
             self._event(body, out, "Warning", r.MPIJOB_RECREATED,
                         f"MPIJob {job_name} was deleted before the run finished: started it again ({what}). To "
                         "stop a run, set spec.suspend: true or delete the resource.")
@@ -450,11 +474,59 @@ class Reconciler:
         annotations = (job.get("metadata") or {}).get("annotations") or {}
         name = _name(job)
         cause = None if fresh else self._pod_cause(res, old, generation, job, out)
+        attempt = _attempt_of(job)
         ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate=_gate(res),
-                                 spec_hash=res.meta.spec_hash, history=history)
+                                 spec_hash=res.meta.spec_hash, history=history, attempt=attempt)
+        ph = phase_of(job)
+        if ph.phase == FAILED and not fresh:
+            reason, message = (cause.reason, cause.message) if cause else (ph.reason, ph.message)
+            if _retried(reason, message) and attempt <= res.run.retry_limit:
+                return self._retry(body, res, old, generation, job, ctx, reason, message, now, out)
+            self._remove_leftover_workers(body, res, job, out)
+            last = f"; no retry left: attempt {attempt} of {1 + res.run.retry_limit} (spec.retryLimit)"
+            if _retried(reason, message) and not message.endswith(last):
+                cause = Cause(reason, message + last)
         patch = compute.run_status(old, generation, job, name, decode_output(annotations.get(OUTPUT_ANNOTATION)),
                                    annotations.get(INPUT_MODEL_ANNOTATION), now, cause, ctx, fresh)
         return self._finish(body, old, patch, out)
+
+    def _retry(self, body: Mapping[str, Any], res: Resource, old: Mapping[str, Any], generation: int,
+               job: Mapping[str, Any], ctx: compute.RunContext, reason: str, message: str, now: str,
+               out: Outcome) -> Outcome:
+        """The attempt failed for a reason running it again can fix: delete it (the garbage collector takes all
+        its pods, the workers too), say why, and start the next attempt once they are gone."""
+        name, attempt = _name(job), ctx.attempt
+        if self.api.delete(MPIJOB_API_VERSION, "MPIJob", res.meta.namespace, name,
+                           (job.get("metadata") or {}).get("uid", "")):
+            out.deleted.append(f"MPIJob/{name}")
+        total = 1 + res.run.retry_limit
+        said = (f"attempt {attempt} of {total} of run {ctx.run_hash} ended ({reason}: {message}); attempt "
+                f"{attempt + 1} starts in the same folder, from its newest checkpoint, once the pods of {name} are "
+                "gone")
+        self._event(body, out, "Warning", r.RETRYING, said)
+        out.requeue_after = OLD_RUN_POLL_SECONDS
+        nxt = dataclasses.replace(ctx, attempt=attempt + 1)
+        failure = {"attempt": attempt, "reason": reason, "message": message}
+        return self._finish(body, old, compute.retry_status(old, generation, nxt, failure, said, now), out)
+
+    def _remove_leftover_workers(self, body: Mapping[str, Any], res: Resource, job: Mapping[str, Any],
+                                 out: Outcome) -> None:
+        """A failed MPIJob's workers that are still up (MPI Operator v0.8 leaves them when a worker was evicted:
+        its clean-up needs a completion time it never sets, upstream issue 647) would hold their GPUs: delete
+        them. The launcher pod stays for its logs."""
+        labels = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
+        prefix = f"{_name(job)}-worker-"
+        for pod in self.api.list("v1", "Pod", res.meta.namespace, _selector(labels)):
+            m = pod.get("metadata") or {}
+            phase = (pod.get("status") or {}).get("phase")
+            if not str(m.get("name", "")).startswith(prefix) or m.get("deletionTimestamp") \
+                    or phase in ("Succeeded", "Failed"):
+                continue
+            if self.api.delete("v1", "Pod", res.meta.namespace, m["name"], m.get("uid", "")):
+                out.deleted.append(f"Pod/{m['name']}")
+                self._event(body, out, "Normal", r.WORKERS_REMOVED,
+                            f"deleted worker pod {m['name']} ({phase}) of the failed MPIJob {_name(job)}: it would "
+                            "hold its node's resources (the MPI Operator leaves it)")
 
     def _pod_cause(self, res: Resource, old: Mapping[str, Any], generation: int, job: Mapping[str, Any],
                    out: Outcome) -> Optional[Cause]:
@@ -464,7 +536,7 @@ class Reconciler:
         name = _name(job)
         if ph.phase == FAILED and old.get("mpiJobName") == name and old.get("phase") == FAILED:
             # Already explained for this run: the launcher pod may be gone by now.
-            explained = old.get("reason") in (r.TRAINER_FAILED, r.WORKER_EVICTED)
+            explained = old.get("reason") in (r.TRAINER_FAILED, r.WORKER_EVICTED, r.RANK_LOST, r.RUN_STOPPED)
             return Cause(str(old["reason"]), str(old.get("message") or "")) if explained else None
         run = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
         pods = self.api.list("v1", "Pod", res.meta.namespace, _selector(run))

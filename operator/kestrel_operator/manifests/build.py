@@ -248,10 +248,11 @@ def in_place_patch(job: Mapping[str, Any], wanted: Mapping[str, Any]) -> Optiona
 
 
 def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputLocation] = None,
-             remove: Sequence[str] = ()) -> RunPlan:
+             remove: Sequence[str] = (), attempt: int = 1) -> RunPlan:
     """Everything one run of `res` creates. `spec_text` is the resource's text (inline or from its
     ConfigMap); `upstream` is the promoted output of a referenced Train/Prune (None for a path reference);
-    `remove`: old runs' folders (as the pods see them) its launcher deletes before the run starts."""
+    `remove`: old runs' folders (as the pods see them) its launcher deletes before the run starts; `attempt`:
+    which attempt of the run this is (its MPIJob's name and label; spec.retryLimit)."""
     res = identify(res, spec_text, upstream)
     experiment = validate_spec_text(res, spec_text)
     ref = model_ref_of(res)
@@ -272,9 +273,10 @@ def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputL
             "metadata": names.object_meta(res.meta, configmap, per_run=True),
             "data": {SPEC_FILE: spec_text},
         })
-    job_name = names.mpijob_name(res.meta)
+    job_name = names.mpijob_name(res.meta, attempt=attempt)
     output = output_location(res, experiment)
     job = _mpijob(res, mapping, job_name, configmap, model, service_account, output, remove)
+    job["metadata"]["labels"][names.ATTEMPT_LABEL] = str(attempt)
     job["metadata"]["annotations"][OUTPUT_ANNOTATION] = encode_output(output)
     if model is not None:
         job["metadata"]["annotations"][INPUT_MODEL_ANNOTATION] = model.path

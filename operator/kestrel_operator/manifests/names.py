@@ -24,6 +24,8 @@ RUN_HASH_LABEL = "kestrel.dev/run-hash"
 # The spec's part of it (resources.parse.run_hash): a run whose spec text or upstream cannot be read right now
 # (ConfigMap deleted, upstream gone) keeps going while its spec is unchanged.
 SPEC_HASH_LABEL = "kestrel.dev/spec-hash"
+# Which attempt of its run an MPIJob is (1, 2, ...; spec.retryLimit).
+ATTEMPT_LABEL = "kestrel.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 
@@ -52,10 +54,12 @@ def _task(meta: ResourceMeta) -> str:
     return TASKS[meta.kind]
 
 
-def mpijob_name(meta: ResourceMeta, generation: int | None = None) -> str:
-    """`<name>-<task>-g<generation>`: the run of one generation (default: the resource's current one)."""
+def mpijob_name(meta: ResourceMeta, generation: int | None = None, attempt: int = 1) -> str:
+    """`<name>-<task>-g<generation>`: the run of one generation (default: the resource's current one);
+    `-a<attempt>` from its second attempt on."""
     gen = meta.generation if generation is None else generation
-    return _fit(meta.name, f"-{_task(meta)}-g{gen}", MAX_MPIJOB_NAME)
+    retry = f"-a{attempt}" if attempt > 1 else ""
+    return _fit(meta.name, f"-{_task(meta)}-g{gen}{retry}", MAX_MPIJOB_NAME)
 
 
 def configmap_name(meta: ResourceMeta, generation: int | None = None) -> str:

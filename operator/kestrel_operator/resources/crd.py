@@ -177,6 +177,11 @@ def _common_spec(kind: str) -> dict[str, Schema]:
                                       "them; status, files and Events keep the result). Default: the operator's "
                                       "KESTREL_RUN_TTL_SECONDS (chart value runTTLSecondsAfterFinished).",
                                       minimum=0, fmt="int32"),
+        "retryLimit": _i("Attempts started again after one fails for a reason that is not the trainer's own error "
+                         "(a pod evicted, preempted or deleted, a node lost, a rank gone): each deletes the failed "
+                         "attempt's pods and resumes from the newest checkpoint in the run's folder. A trainer error "
+                         f"(bad spec, key or data) is never retried. 0: never. Default {d.DEFAULT_RETRY_LIMIT}.",
+                         default=d.DEFAULT_RETRY_LIMIT, minimum=0),
         "keepRuns": _i("Old runs whose folders (<results>/runs/<runHash>) are kept besides the current and the "
                        "promoted run; a new run's launcher removes older ones. A spec edited back to a kept run's "
                        f"spec takes its result back with no new run. Default {d.DEFAULT_KEEP_RUNS}.",
@@ -324,6 +329,7 @@ def _status_schema(kind: str) -> Schema:
         "inputModelPath": _s("The model this run read, as its pods see it."),
         "runHash": _s("The current run's identity (spec, spec text, input model); its folder is runPath."),
         "runPath": _s("The current run's folder, <results mountPath>/runs/<runHash>, as its pods see it."),
+        "attempt": _i("The current run's attempt (1 + the retries so far; spec.retryLimit)."),
         runs.PROMOTED: _o("The promoted run: the model dependents (fromTrain/fromPrune) read.", _record_schema()),
         runs.RUNS: {"type": "array", "description": "Run history, newest first: the current run, the promoted "
                     "one and up to spec.keepRuns others (their folders are kept).",
@@ -359,6 +365,11 @@ def _record_schema() -> dict[str, Schema]:
         "relativePath": _s("Path below the sub-path.")})
     out["evaluation"] = _o(runs.RECORD_FIELDS["evaluation"][1],
                            {k: v for k, v in _progress_schema().items() if k in EVALUATION_FIELDS})
+    out["attemptFailures"] = {"type": "array", "description": runs.RECORD_FIELDS["attemptFailures"][1],
+                               "items": _o("An attempt that ended.", {
+                                   "attempt": _i("Its number."), "reason": _s("Why (a status reason)."),
+                                   "message": _s("Detail."),
+                                   "time": {"type": "string", "format": "date-time", "description": "When."}})}
     out["gate"] = _o(runs.RECORD_FIELDS["gate"][1], {
         "metric": _s("top1 or topK."), "minimum": {"type": "number", "description": "spec.promotion.minimum."},
         "maxDrop": {"type": "number", "description": "spec.promotion.maxDrop."}})
@@ -401,6 +412,7 @@ def _columns(kind: str) -> list[dict[str, Any]]:
     cols += [
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
         {"name": "MPIJob", "type": "string", "jsonPath": ".status.mpiJobName", "priority": 1},
+        {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
     return cols

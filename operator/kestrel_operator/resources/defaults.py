@@ -44,7 +44,9 @@ IN_PLACE_FIELDS = ("suspend", "activeDeadlineSeconds", "tolerations", "ttlSecond
 # Spec fields about what happens around runs, not inside them: editing them never starts a run either (a new
 # gate applies to runs that finish after it; whether a run evaluates at all is part of its identity:
 # manifests/runs.py).
-RUN_HISTORY_FIELDS = ("keepRuns", "promotion")
+RUN_HISTORY_FIELDS = ("keepRuns", "promotion", "retryLimit")
+# Attempts the operator starts again after one fails for a reason other than the trainer's own error (spec.retryLimit).
+DEFAULT_RETRY_LIMIT = 3
 # Old runs whose folders are kept besides the promoted run's (spec.keepRuns).
 DEFAULT_KEEP_RUNS = 3
 # The gate's metrics: the status.progress field the trainer's end-of-run evaluation writes for each.

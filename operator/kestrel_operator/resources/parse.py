@@ -403,6 +403,7 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
         runtime_class_name=spec.name("runtimeClassName"),
         launcher_resources=_resources(spec, kind, "launcherResources"),
         keep_runs=spec.integer("keepRuns", d.DEFAULT_KEEP_RUNS, minimum=0),
+        retry_limit=spec.integer("retryLimit", d.DEFAULT_RETRY_LIMIT, minimum=0),
         ttl_seconds_after_finished=spec.integer("ttlSecondsAfterFinished", settings.run_ttl_seconds, minimum=0),
     )
     if len(errs) > before or ranks is None or key_secret is None or results is None:

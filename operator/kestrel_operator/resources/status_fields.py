@@ -22,6 +22,8 @@ RECORD_FIELDS: Mapping[str, tuple[str, str]] = {
     "completionTime": ("date-time", "When the run finished."),
     "outputPath": ("string", "The run's final artifact as its pods see it."),
     "evaluation": ("object", "The trainer's end-of-run evaluation: top1Accuracy, topKAccuracy, topK."),
+    "attempt": ("integer", "The run's current (or last) attempt, 1 + the retries so far."),
+    "attemptFailures": ("array", "Why each earlier attempt ended: attempt, reason, message, time."),
     "gate": ("object", "The spec.promotion the run was judged with (metric, minimum, maxDrop)."),
     "promotion": ("string", "Promoted or PromotionRejected/EvaluationMissing: the gate's verdict on this run."),
     "promotionMessage": ("string", "The gate's numbers."),

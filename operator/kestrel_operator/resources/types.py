@@ -142,6 +142,8 @@ class RunSpec:
     # Old runs' folders kept besides the promoted one (spec.keepRuns); seconds a finished run's MPIJob and pods
     # stay (spec.ttlSecondsAfterFinished; None: the operator's KESTREL_RUN_TTL_SECONDS).
     keep_runs: int = 3
+    # Attempts started again after a failure that is not the trainer's own error (spec.retryLimit).
+    retry_limit: int = 3
     ttl_seconds_after_finished: Optional[int] = None
 
 

@@ -31,6 +31,8 @@ STALLED = "Stalled"
 PROMOTED = "Promoted"  # ClassificationTrain with spec.promotion: the gate's verdict on the current run
 # Our own condition types, after the mirrored MPIJob ones.
 OWN = (PROMOTED, RECONCILING, STALLED, READY)
+# Earlier attempts' failures kept in a run record (the Events keep every one).
+MAX_ATTEMPT_FAILURES = 10
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class RunContext:
     spec_hash: str = ""
     # The history to record the run in (default: status.runs); a new run passes it already trimmed.
     history: Optional[list[dict[str, Any]]] = None
+    attempt: int = 1  # of the run (spec.retryLimit)
 # Kept for callers that import it from here; the one list is reasons.WARNING_REASONS.
 WARNING_REASONS = r.WARNING_REASONS
 
@@ -61,6 +64,7 @@ def _base(generation: int, phase: str, reason: str, message: str) -> dict[str, A
         "inputModelPath": None,
         "runHash": None,
         "runPath": None,
+        "attempt": None,
     }
 
 
@@ -131,7 +135,7 @@ def _record(old: Mapping[str, Any], generation: int, ctx: RunContext, phase: str
     """The run's history record, updated with what the MPIJob says now."""
     rec = runs.find(old, ctx.run_hash) or {}
     rec.update(runHash=ctx.run_hash, specHash=ctx.spec_hash or rec.get("specHash"), generation=generation,
-               phase=phase, mpiJobName=mpijob_name, runPath=ctx.run_path)
+               phase=phase, mpiJobName=mpijob_name, runPath=ctx.run_path, attempt=ctx.attempt)
     if completion:
         rec["completionTime"] = completion
     if phase == SUCCEEDED and output:
@@ -197,13 +201,28 @@ def run_status(old: Mapping[str, Any], generation: int, mpijob: Optional[Mapping
         patch["conditions"].append(_promoted_condition(rec, previous, now))
     patch.update(mpiJobName=mpijob_name, inputModelPath=model_path, startTime=job_status.get("startTime"),
                  completionTime=job_status.get("completionTime"), runHash=ctx.run_hash or None,
-                 runPath=ctx.run_path or None, outputPath=rec.get("outputPath"), output=rec.get("output"))
+                 runPath=ctx.run_path or None, outputPath=rec.get("outputPath"), output=rec.get("output"),
+                 attempt=ctx.attempt if ctx.run_hash else None)
     if ctx.run_hash:
         _history(old, ctx, rec, patch)
     if fresh and old.get(PROGRESS):
         patch[PROGRESS] = None
     else:
         _drop_stale_progress(old, mpijob_name, patch)
+    return _finish(old, generation, patch, now)
+
+
+def retry_status(old: Mapping[str, Any], generation: int, ctx: RunContext, failure: Mapping[str, Any], message: str,
+                 now: str) -> dict[str, Any]:
+    """An attempt ended for a reason other than the trainer's own error (`failure`: attempt, reason, message):
+    Pending/Retrying until its pods are gone and attempt ctx.attempt starts in the same folder."""
+    patch = _base(generation, PENDING, r.RETRYING, message)
+    patch.update(runHash=ctx.run_hash, runPath=ctx.run_path, attempt=ctx.attempt)
+    rec = runs.find(old, ctx.run_hash) or {"runHash": ctx.run_hash, "runPath": ctx.run_path}
+    failures = [*(rec.get("attemptFailures") or []), {**failure, "time": now}][-MAX_ATTEMPT_FAILURES:]
+    rec.update(phase=PENDING, attempt=ctx.attempt, attemptFailures=failures, mpiJobName=None, generation=generation)
+    _history(old, ctx, {k: v for k, v in rec.items() if v is not None}, patch)
+    patch["conditions"] = []
     return _finish(old, generation, patch, now)
 
 
@@ -234,7 +253,7 @@ def recorded_status(old: Mapping[str, Any], generation: int, rec: Mapping[str, A
             message += f"; {rec['promotionMessage']}"
     patch.update(_base(generation, SUCCEEDED, reason, message))
     patch.update(runHash=rec["runHash"], runPath=rec.get("runPath"), outputPath=rec.get("outputPath"),
-                 output=rec.get("output"), completionTime=rec.get("completionTime"),
+                 output=rec.get("output"), completionTime=rec.get("completionTime"), attempt=rec.get("attempt"),
                  mpiJobName=old.get("mpiJobName") if again else None,
                  startTime=old.get("startTime") if again else None,
                  inputModelPath=old.get("inputModelPath") if again else None)

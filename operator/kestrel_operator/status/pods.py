@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from kestrel_operator.status import reasons as r
 from kestrel_operator.status.trainer_error import error_line
+from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE
 
 IMAGE_PULL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 LAUNCHER_CONTAINER = "launcher"
@@ -95,9 +96,8 @@ def _evicted(pod: Mapping[str, Any]) -> Optional[Cause]:
     if status.get("phase") == "Failed" and status.get("reason") == "Evicted":
         return Cause(r.WORKER_EVICTED,
                      f"pod {_name(pod)} was evicted: {status.get('message') or 'no message'} The MPI Operator "
-                     "(v0.8) fails the run when a worker is evicted: give the pods more memory or ephemeral "
-                     "storage in spec.resources, or a higher priorityClassName, then edit the resource to start "
-                     "a new run.")
+                     "(v0.8) fails the attempt when a worker is evicted; if it keeps happening, give the pods more "
+                     "memory or ephemeral storage in spec.resources, or a higher priorityClassName.")
     return None
 
 
@@ -144,15 +144,22 @@ def pod_cause(pods: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, A
 
 
 def failure_cause(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
-    """Why a run failed, when its pods tell: the trainer's own error, or an evicted worker."""
-    found = trainer_failure(pods)
-    if found is None:
-        found = next((c for c in map(_evicted, pods) if c is not None), None)
+    """Why a run's attempt failed, when its pods tell: an evicted worker, the trainer's own error, or a launcher
+    that ended without one (a rank lost: pod deleted, node gone, or a graceful stop)."""
+    found = next((c for c in map(_evicted, pods) if c is not None), None) or trainer_failure(pods)
     return Cause(found.reason, _clip(found.message)) if found else None
 
 
+def _tail(lines: Sequence[str], n: int = 3) -> str:
+    """The last `n` lines that say something (mpirun frames its messages with lines of dashes), joined."""
+    kept = [ln.strip() for ln in lines if ln.strip().strip("-=*")]
+    return " | ".join(kept[-n:])
+
+
 def trainer_failure(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
-    """The failed launcher's termination message: the trainer's last log line (FallbackToLogsOnError)."""
+    """The failed launcher's termination message (the tail of its log, FallbackToLogsOnError): the trainer's
+    one-line error is TrainerFailed (bad input: running it again cannot help); a stop by signal (exit 143, the
+    trainer checkpointed) is RunStopped; no error line at all is RankLost (mpirun lost a rank)."""
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
@@ -160,8 +167,16 @@ def trainer_failure(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
                 continue
             message = str(term.get("message") or "")
             said = message.strip().splitlines()
-            line = error_line(message) or (said[-1] if said else f"no message ({term.get('reason') or 'Error'})")
+            code, logs = term["exitCode"], f"kubectl logs {_name(pod)}"
+            line = error_line(message)
+            if code == PREEMPTED_EXIT_CODE:
+                return Cause(r.RUN_STOPPED, _clip(f"the trainer was stopped by a signal (exit {code}) and "
+                                                  f"checkpointed: {line or (said[-1] if said else '')} ({logs})"))
+            if line is None:
+                last = _tail(said) or f"no message ({term.get('reason') or 'Error'})"
+                return Cause(r.RANK_LOST, _clip(f"the launcher exited with code {code} without the trainer's error "
+                                                f"line (a rank or its pod was lost): {last} ({logs})"))
             return Cause(r.TRAINER_FAILED,
-                         _clip(f"the trainer exited with code {term['exitCode']}: {line}. Fix the cause, then "
-                               f"edit the resource to start a new run (kubectl logs {_name(pod)})."))
+                         _clip(f"the trainer exited with code {code}: {line}. Fix the cause, then "
+                               f"edit the resource to start a new run ({logs})."))
     return None

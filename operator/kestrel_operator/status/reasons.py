@@ -35,6 +35,10 @@ WORKER_CRASH_LOOP = "WorkerCrashLoopBackOff"
 WORKER_EVICTED = "WorkerEvicted"
 # How a run ended, when the trainer said why (the launcher's termination message).
 TRAINER_FAILED = "TrainerFailed"
+# An attempt that ended without the trainer's own error: the operator starts the next one (spec.retryLimit).
+RANK_LOST = "RankLost"
+RUN_STOPPED = "RunStopped"
+RETRYING = "Retrying"
 # A finished run and the promotion gate (spec.promotion); a spec that maps to a run that already succeeded.
 PROMOTED = "Promoted"
 PROMOTION_REJECTED = "PromotionRejected"
@@ -50,18 +54,21 @@ RUN_UPDATED = "RunUpdated"
 MPIJOB_CREATED = "MPIJobCreated"
 MPIJOB_RECREATED = "MPIJobRecreated"
 OLD_RUNS_REMOVED = "OldRunsRemoved"
+WORKERS_REMOVED = "WorkersRemoved"
 
 WARNING_REASONS = frozenset({
     INVALID_SPEC, SPEC_NOT_FOUND, MODEL_SOURCE_FAILED, NAME_CONFLICT, API_ERROR, MPIJOB_CRD_MISSING,
     UNSCHEDULABLE, VOLUME_CLAIM_MISSING, IMAGE_PULL_BACKOFF, KEY_SECRET_MISSING, CREATE_CONTAINER_CONFIG_ERROR,
     VOLUME_MULTI_ATTACH, VOLUME_MOUNT_FAILED, WORKER_CRASH_LOOP, WORKER_EVICTED, TRAINER_FAILED, MPIJOB_RECREATED,
-    MPIJOB_FAILED, PROMOTION_REJECTED, EVALUATION_MISSING,
+    MPIJOB_FAILED, PROMOTION_REJECTED, EVALUATION_MISSING, RANK_LOST, RUN_STOPPED, RETRYING,
 })
+# Why an attempt failed, for which running it again cannot help: it is not retried.
+NOT_RETRIED = frozenset({TRAINER_FAILED, INVALID_SPEC})
 # Reasons that mean the run failed or cannot go on without someone's change: the Stalled condition (kstatus:
 # Failed; Argo CD: Degraded). Waiting for a ConfigMap, a claim, an upstream model, a node or a queue is
 # Reconciling instead: it goes on by itself once that appears.
 STALLED_REASONS = frozenset({
     INVALID_SPEC, MODEL_SOURCE_FAILED, NAME_CONFLICT, MPIJOB_CRD_MISSING, IMAGE_PULL_BACKOFF, KEY_SECRET_MISSING,
     CREATE_CONTAINER_CONFIG_ERROR, VOLUME_MOUNT_FAILED, WORKER_CRASH_LOOP, TRAINER_FAILED, MPIJOB_FAILED,
-    PROMOTION_REJECTED, EVALUATION_MISSING,
+    PROMOTION_REJECTED, EVALUATION_MISSING, RANK_LOST, RUN_STOPPED, WORKER_EVICTED,
 })

@@ -137,6 +137,9 @@ RUN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 # -- errors -----------------------------------------------------------------------------------------------
+# The trainer's exit code after a graceful stop (SIGTERM: it wrote a checkpoint first; 128 + SIGTERM, what
+# Kubernetes and shells expect). The operator starts such an attempt again; it never retries an ERROR_LINE.
+PREEMPTED_EXIT_CODE = 143
 # `kestrel: error: ...`, `classification_tf1: error: ...`, argparse's `kestrel train: error: ...`.
 ERROR_LINE = re.compile(r"^(?:kestrel|classification_tf1)(?: [a-z_]+)?: error: \S.*$")
 

@@ -23,6 +23,7 @@ from kestrel_trainer.data import folders
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.model_io.files import save_model
 from kestrel_trainer.report.status import StatusLogger
+from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE
 from kestrel_trainer.spec.types import ExperimentSpec
 from kestrel_trainer.train import checkpoints as ckpt
 from kestrel_trainer.train import debug_ranks
@@ -44,7 +45,6 @@ from kestrel_trainer.train.task import ClassificationTask, TrainingData, make_sc
 
 log = logging.getLogger("kestrel.train")
 
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what Kubernetes and shells expect
 
 
 class Preempted(KestrelError):
