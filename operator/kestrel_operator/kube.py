@@ -27,6 +27,7 @@ PLURALS: Mapping[str, str] = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "MPIJob": "mpijobs",
+    "PodDisruptionBudget": "poddisruptionbudgets",
     "ClassificationTrain": "classificationtrains",
     "ClassificationPrune": "classificationprunes",
     "ClassificationExport": "classificationexports",

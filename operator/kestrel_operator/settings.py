@@ -19,6 +19,12 @@ DEFAULT_WORKERS = 8
 # Seconds a finished run's MPIJob (and its pods) stay before the MPI Operator deletes them; status, files and
 # Events keep the result. spec.ttlSecondsAfterFinished overrides it per resource.
 DEFAULT_RUN_TTL_SECONDS = 3600
+# Requests of each pod that runs ranks when the resource names neither a request nor a limit for them: a pod
+# without requests is BestEffort, the first one a node under pressure evicts, and the scheduler packs it blindly.
+DEFAULT_RANK_REQUESTS = {"cpu": "2", "memory": "8Gi"}
+# /dev/shm (a memory-backed emptyDir: NCCL, tf.data) when the resource sets no spec.shmSize: bounded, since it counts
+# against the pod's memory.
+DEFAULT_SHM_SIZE = "2Gi"
 
 
 class SettingsError(ValueError):
@@ -57,6 +63,10 @@ class Settings:
     workers: int = DEFAULT_WORKERS
     # MPIJob runPolicy.ttlSecondsAfterFinished when the resource does not set one; None: never deleted.
     run_ttl_seconds: Optional[int] = DEFAULT_RUN_TTL_SECONDS
+    rank_requests: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_RANK_REQUESTS))
+    shm_size: Optional[str] = DEFAULT_SHM_SIZE
+    # A PodDisruptionBudget over a running run's pods, so a node drain waits for the run instead of breaking it.
+    disruption_budget: bool = True
     serving: Serving = field(default_factory=Serving)
 
 
@@ -112,7 +122,9 @@ def serving_from_env(env: Mapping[str, str]) -> Serving:
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """KESTREL_DEFAULT_IMAGE, KESTREL_GPUS_PER_NODE, KESTREL_WATCH_NAMESPACES (comma list, empty = all),
     KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS, KESTREL_RUN_TTL_SECONDS ("none": finished runs'
-    MPIJobs are never deleted), and what `serving_from_env` reads."""
+    MPIJobs are never deleted), KESTREL_RANK_CPU_REQUEST / KESTREL_RANK_MEMORY_REQUEST ("none": no default),
+    KESTREL_SHM_SIZE ("none": no limit), KESTREL_DISRUPTION_BUDGET (true/false), and what `serving_from_env`
+    reads."""
     env = os.environ if env is None else env
     level = env.get("KESTREL_LOG_LEVEL", "").strip().upper() or "INFO"
     if not isinstance(logging.getLevelName(level), int):
@@ -127,5 +139,33 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         workers=_int(env, "KESTREL_WORKERS", DEFAULT_WORKERS, 1),
         run_ttl_seconds=(None if env.get("KESTREL_RUN_TTL_SECONDS", "").strip().lower() == "none"
                          else _int(env, "KESTREL_RUN_TTL_SECONDS", DEFAULT_RUN_TTL_SECONDS, 0)),
+        rank_requests=_rank_requests(env),
+        shm_size=_optional(env, "KESTREL_SHM_SIZE", DEFAULT_SHM_SIZE),
+        disruption_budget=_bool(env, "KESTREL_DISRUPTION_BUDGET", True),
         serving=serving_from_env(env),
     )
+
+
+def _optional(env: Mapping[str, str], name: str, default: Optional[str]) -> Optional[str]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    return None if raw.lower() == "none" else raw
+
+
+def _rank_requests(env: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for resource, name in (("cpu", "KESTREL_RANK_CPU_REQUEST"), ("memory", "KESTREL_RANK_MEMORY_REQUEST")):
+        value = _optional(env, name, DEFAULT_RANK_REQUESTS[resource])
+        if value is not None:
+            out[resource] = value
+    return out
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise SettingsError(f"{name}={raw!r} must be true or false")
+    return raw == "true"

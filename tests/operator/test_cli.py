@@ -25,7 +25,8 @@ def test_render_train_example(capsys):
     code, out, err = run_cli(capsys, "render", "-f", str(EXAMPLES / "train.yaml"))
     assert code == 0, err
     docs = list(yaml.safe_load_all(out))
-    assert [d["kind"] for d in docs] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "MPIJob"]
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PodDisruptionBudget",
+                                         "MPIJob"]
     assert "&id" not in out and "*id" not in out  # plain YAML, no anchors, diffable
     assert docs[-1]["spec"]["slotsPerWorker"] == 8
 

@@ -15,7 +15,7 @@ from tests.operator.conftest import TRAIN_SPEC, prune_body, train_body
 
 RUN_KINDS = ["ServiceAccount/resnet18-train-kestrel", "Role/resnet18-train-kestrel-status",
              "RoleBinding/resnet18-train-kestrel-status", "ConfigMap/resnet18-train-g1-spec",
-             "MPIJob/resnet18-train-g1"]
+             "PodDisruptionBudget/resnet18-train-g1", "MPIJob/resnet18-train-g1"]
 
 
 def status(api, kind="ClassificationTrain", name="resnet18"):
@@ -168,7 +168,8 @@ def test_spec_change_restarts_the_run_once_the_old_pods_are_gone(api, rec):
     api.put(train_body(useAmp=True))  # GitOps edit: generation 2
     out = rec.reconcile(api.body("ClassificationTrain", "resnet18"))
     # The old run is stopped, and nothing new starts while its pod still writes to the results volume.
-    assert out.deleted == ["MPIJob/resnet18-train-g1"] and out.created == [] and api.of_kind("MPIJob") == []
+    assert out.deleted == ["MPIJob/resnet18-train-g1", "PodDisruptionBudget/resnet18-train-g1"]
+    assert out.created == [] and api.of_kind("MPIJob") == [] and api.of_kind("PodDisruptionBudget") == []
     assert ("resnet18", "Normal", "SpecChanged") in [e[:3] for e in api.events]
     st = status(api)
     assert (st["phase"], st["reason"], st["observedGeneration"]) == ("Pending", "WaitingForOldRun", 2)

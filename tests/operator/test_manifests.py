@@ -10,12 +10,13 @@ from kestrel_operator.manifests import plan_run
 from kestrel_operator.manifests.names import mpijob_name
 from kestrel_operator.manifests.outputs import OutputLocation
 from kestrel_operator.resources import parse_resource
+from kestrel_operator.settings import Settings
 from tests.operator.conftest import TRAIN_SPEC, UPSTREAM_MPIJOB_CRD, export_body, prune_body, train_body
 from tests.operator.k8s_schema import check_core, validate
 
 MPIJOB_SCHEMA = yaml.safe_load(UPSTREAM_MPIJOB_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 CORE_MODELS = {"ServiceAccount": "V1ServiceAccount", "ConfigMap": "V1ConfigMap", "Role": "V1Role",
-               "RoleBinding": "V1RoleBinding"}
+               "RoleBinding": "V1RoleBinding", "PodDisruptionBudget": "V1PodDisruptionBudget"}
 UPSTREAM = OutputLocation("results", "resnet18", "weights/resnet_012.tlt", "/results/weights/resnet_012.tlt")
 
 
@@ -70,7 +71,8 @@ def test_train_objects_and_ownership(settings):
     body = train_body()
     body["metadata"].update(uid="u-123", generation=3)
     plan = plan_for(body, settings)
-    assert [o["kind"] for o in plan.objects] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "MPIJob"]
+    assert [o["kind"] for o in plan.objects] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap",
+                                                 "PodDisruptionBudget", "MPIJob"]
     for obj in plan.objects:
         ref = obj["metadata"]["ownerReferences"][0]
         assert ref == {"apiVersion": "kestrel.dev/v1alpha1", "kind": "ClassificationTrain", "name": "resnet18",
@@ -167,7 +169,8 @@ def test_single_gpu_train_runs_trainer_directly(settings):
 
 def test_prune_shape(settings):
     plan = plan_for(BODIES["prune"](), settings)
-    assert [o["kind"] for o in plan.objects] == ["ServiceAccount", "Role", "RoleBinding", "MPIJob"]
+    assert [o["kind"] for o in plan.objects] == ["ServiceAccount", "Role", "RoleBinding", "PodDisruptionBudget",
+                                                 "MPIJob"]
     job = by_kind(plan, "MPIJob")[0]["spec"]
     assert job["runLauncherAsWorker"] is True and "Worker" not in job["mpiReplicaSpecs"]
     c = job["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
@@ -216,3 +219,32 @@ def test_names_fit_dns_labels(settings):
         assert all(len(v) <= 63 for v in obj["metadata"]["labels"].values())
     # Deterministic: the same resource always gets the same names.
     assert mpijob_name(parse_resource(body, settings).meta) == job_name
+
+
+def test_a_running_gang_is_guarded_from_drains_and_rank_pods_have_requests_and_a_bounded_shm(settings):
+    """What a cluster admin expects of every run: requests (not BestEffort), a bounded /dev/shm, and a
+    PodDisruptionBudget covering every pod of the gang (a drain's eviction of any one would cost the attempt)."""
+    plan = plan_for(train_body(gpus=16, numProcesses=16), settings)
+    pdb = by_kind(plan, "PodDisruptionBudget")[0]
+    job = by_kind(plan, "MPIJob")[0]
+    workers = job["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"]
+    assert pdb["metadata"]["name"] == job["metadata"]["name"] and pdb["spec"]["minAvailable"] == 1 + workers
+    for t in templates(job):  # the selector picks exactly the run's pods: launcher and workers
+        labels = t["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items())
+    worker = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert worker["containers"][0]["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}
+    shm = next(v for v in worker["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+
+    # The user's own numbers win, a limit alone included (it is the request too); the operator's settings can turn
+    # each default off.
+    own = plan_for(train_body(resources={"limits": {"cpu": "4"}}, shmSize="16Gi"), settings)
+    c = by_kind(own, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    assert c["resources"] == {"limits": {"cpu": "4", "nvidia.com/gpu": "1"}, "requests": {"memory": "8Gi"}}
+    bare = Settings(default_image="x", rank_requests={}, shm_size=None, disruption_budget=False)
+    plain = plan_for(train_body(), bare)
+    assert not by_kind(plain, "PodDisruptionBudget")
+    spec = by_kind(plain, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    assert "requests" not in spec["containers"][0]["resources"]
+    assert next(v for v in spec["volumes"] if v["name"] == "shm")["emptyDir"] == {"medium": "Memory"}

@@ -24,6 +24,11 @@ def test_settings_defaults_and_env():
     assert from_env({}).run_ttl_seconds == 3600
     assert from_env({"KESTREL_RUN_TTL_SECONDS": "0"}).run_ttl_seconds == 0
     assert from_env({"KESTREL_RUN_TTL_SECONDS": "none"}).run_ttl_seconds is None
+    s = from_env({})
+    assert (s.rank_requests, s.shm_size, s.disruption_budget) == ({"cpu": "2", "memory": "8Gi"}, "2Gi", True)
+    s = from_env({"KESTREL_RANK_CPU_REQUEST": "500m", "KESTREL_RANK_MEMORY_REQUEST": "none", "KESTREL_SHM_SIZE": "none",
+                  "KESTREL_DISRUPTION_BUDGET": "false"})
+    assert (s.rank_requests, s.shm_size, s.disruption_budget) == ({"cpu": "500m"}, None, False)
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -32,6 +37,7 @@ def test_settings_defaults_and_env():
     ({"KESTREL_LOG_LEVEL": "LOUD"}, "KESTREL_LOG_LEVEL"),
     ({"KESTREL_RESYNC_SECONDS": "0"}, "KESTREL_RESYNC_SECONDS"),
     ({"KESTREL_RUN_TTL_SECONDS": "-1"}, "KESTREL_RUN_TTL_SECONDS"),
+    ({"KESTREL_DISRUPTION_BUDGET": "yes"}, "KESTREL_DISRUPTION_BUDGET"),
 ])
 def test_bad_settings_name_the_variable(env, needle):
     with pytest.raises(SettingsError, match=needle):

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 # Come back this soon while an old run's pods terminate, or while pods wait on volumes (their Events
 # change without the pod changing).
 OLD_RUN_POLL_SECONDS = 2.0
+PDB_API_VERSION = "policy/v1"
 STUCK_POLL_SECONDS = 15.0
 
 
@@ -214,6 +215,7 @@ class Reconciler:
                 continue
             if self.api.delete(MPIJOB_API_VERSION, "MPIJob", meta.namespace, m["name"], m.get("uid", "")):
                 out.deleted.append(f"MPIJob/{m['name']}")
+                self._drop_budget(meta, m["name"], out)
                 self._event(body, out, "Normal", r.SPEC_CHANGED,
                             f"{why}: stopped run {m['name']} (generation {_labels(job).get(names.GENERATION_LABEL)})")
 
@@ -420,6 +422,10 @@ class Reconciler:
                 if _generation_of(cm) not in (0, generation) and self.api.delete(
                         "v1", "ConfigMap", meta.namespace, _name(cm), (cm.get("metadata") or {}).get("uid", "")):
                     out.deleted.append(f"ConfigMap/{_name(cm)}")
+        if res.run.disruption_budget:  # guards of earlier attempts (one left by an operator killed mid-pass)
+            for pdb in self._owned(PDB_API_VERSION, "PodDisruptionBudget", meta):
+                if _name(pdb) != plan.mpijob_name:
+                    self._drop_budget(meta, _name(pdb), out)
         try:
             for obj in plan.objects:
                 self._apply(body, obj, meta, out)
@@ -478,6 +484,9 @@ class Reconciler:
         ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate=_gate(res),
                                  spec_hash=res.meta.spec_hash, history=history, attempt=attempt)
         ph = phase_of(job)
+        if ph.finished and not fresh and (runs.find(old, res.meta.run_hash) or {}).get("phase") not in (
+                SUCCEEDED, FAILED):
+            self._drop_budget(res.meta, name, out)  # the attempt ended: nothing left to protect from a drain
         if ph.phase == FAILED and not fresh:
             reason, message = (cause.reason, cause.message) if cause else (ph.reason, ph.message)
             if _retried(reason, message) and attempt <= res.run.retry_limit:
@@ -499,6 +508,7 @@ class Reconciler:
         if self.api.delete(MPIJOB_API_VERSION, "MPIJob", res.meta.namespace, name,
                            (job.get("metadata") or {}).get("uid", "")):
             out.deleted.append(f"MPIJob/{name}")
+        self._drop_budget(res.meta, name, out)
         total = 1 + res.run.retry_limit
         said = (f"attempt {attempt} of {total} of run {ctx.run_hash} ended ({reason}: {message}); attempt "
                 f"{attempt + 1} starts in the same folder, from its newest checkpoint, once the pods of {name} are "
@@ -508,6 +518,11 @@ class Reconciler:
         nxt = dataclasses.replace(ctx, attempt=attempt + 1)
         failure = {"attempt": attempt, "reason": reason, "message": message}
         return self._finish(body, old, compute.retry_status(old, generation, nxt, failure, said, now), out)
+
+    def _drop_budget(self, meta: ResourceMeta, job_name: str, out: Outcome) -> None:
+        """The PodDisruptionBudget of an attempt that ended or was stopped (named like its MPIJob)."""
+        if self.api.delete(PDB_API_VERSION, "PodDisruptionBudget", meta.namespace, job_name):
+            out.deleted.append(f"PodDisruptionBudget/{job_name}")
 
     def _remove_leftover_workers(self, body: Mapping[str, Any], res: Resource, job: Mapping[str, Any],
                                  out: Outcome) -> None:

@@ -247,6 +247,18 @@ def in_place_patch(job: Mapping[str, Any], wanted: Mapping[str, Any]) -> Optiona
     return {"spec": spec}
 
 
+def disruption_budget(res: Resource, name: str, pods: int) -> dict[str, Any]:
+    """A PodDisruptionBudget keeping every pod of the run: an MPI gang loses the whole attempt with any one pod, so a
+    node drain (an eviction) waits for the run to end instead. Named like the run's MPIJob; the operator deletes it
+    when the attempt ends. Involuntary losses (a node failing) are what spec.retryLimit is for."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": names.object_meta(res.meta, name, per_run=True),
+        "spec": {"minAvailable": pods, "selector": {"matchLabels": names.run_labels(res.meta)}},
+    }
+
+
 def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputLocation] = None,
              remove: Sequence[str] = (), attempt: int = 1) -> RunPlan:
     """Everything one run of `res` creates. `spec_text` is the resource's text (inline or from its
@@ -280,7 +292,9 @@ def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputL
     job["metadata"]["annotations"][OUTPUT_ANNOTATION] = encode_output(output)
     if model is not None:
         job["metadata"]["annotations"][INPUT_MODEL_ANNOTATION] = model.path
-    objects.append(job)
+    if res.run.disruption_budget:
+        objects.append(disruption_budget(res, job_name, 1 + (0 if mapping.launcher_as_worker else mapping.workers)))
+    objects.append(job)  # last: the reconciler mirrors it
     return RunPlan(
         resource=res,
         mapping=mapping,

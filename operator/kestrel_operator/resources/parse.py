@@ -251,6 +251,17 @@ def _resources(parent: _Fields, kind: str, key: str = "resources") -> dict[str, 
     return out
 
 
+def _with_default_requests(resources: dict[str, dict[str, str]],
+                           defaults: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The operator's default request for each resource the user names neither in requests nor in limits (a limit
+    alone is the request too, in Kubernetes)."""
+    named = {*resources.get("requests", {}), *resources.get("limits", {})}
+    missing = {k: v for k, v in defaults.items() if k not in named}
+    if not missing:
+        return resources
+    return {**resources, "requests": {**missing, **resources.get("requests", {})}}
+
+
 def _tolerations(parent: _Fields) -> tuple[dict[str, Any], ...]:
     value = parent.data.get("tolerations") or []
     if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
@@ -373,7 +384,7 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
     if not isinstance(pull_secrets, list) or not all(isinstance(p, Mapping) and p.get("name") for p in pull_secrets):
         spec.bad("imagePullSecrets", "must be a list of {name: <secret>}", pull_secrets)
         pull_secrets = []
-    shm = spec.string("shmSize")
+    shm = spec.string("shmSize", settings.shm_size)
     if shm is not None and not _QUANTITY.match(shm):
         spec.bad("shmSize", "not a Kubernetes quantity", shm)
     results = _volume(volumes, "results", d.DEFAULT_RESULTS_MOUNT, required_=True, read_only=False)
@@ -385,7 +396,7 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
         image_pull_secrets=tuple(str(p["name"]) for p in pull_secrets),
         experiment_spec=spec.string("experimentSpec"),
         experiment_spec_ref=_key_ref(spec, "experimentSpecRef", d.DEFAULT_SPEC_CONFIGMAP_KEY),
-        resources=_resources(spec, kind),
+        resources=_with_default_requests(_resources(spec, kind), settings.rank_requests),
         node_selector=spec.string_map("nodeSelector"),
         tolerations=_tolerations(spec),
         priority_class_name=spec.name("priorityClassName"),
@@ -404,6 +415,7 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
         launcher_resources=_resources(spec, kind, "launcherResources"),
         keep_runs=spec.integer("keepRuns", d.DEFAULT_KEEP_RUNS, minimum=0),
         retry_limit=spec.integer("retryLimit", d.DEFAULT_RETRY_LIMIT, minimum=0),
+        disruption_budget=settings.disruption_budget,
         ttl_seconds_after_finished=spec.integer("ttlSecondsAfterFinished", settings.run_ttl_seconds, minimum=0),
     )
     if len(errs) > before or ranks is None or key_secret is None or results is None:

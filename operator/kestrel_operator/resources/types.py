@@ -144,6 +144,8 @@ class RunSpec:
     keep_runs: int = 3
     # Attempts started again after a failure that is not the trainer's own error (spec.retryLimit).
     retry_limit: int = 3
+    # A PodDisruptionBudget over the run's pods while it runs (the operator's KESTREL_DISRUPTION_BUDGET).
+    disruption_budget: bool = True
     ttl_seconds_after_finished: Optional[int] = None
 
 
