@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from kestrel_operator.manifests import plan_run
 from kestrel_operator.resources import InvalidSpec, parse_resource
 from tests.operator.conftest import train_body
 from tests.operator.test_manifests import assert_valid, by_kind, plan_for, templates
@@ -93,3 +94,18 @@ def test_run_hash_ignores_only_in_place_fields(settings):
     for other in (train_body(useAmp=True), train_body(env=[{"name": "NCCL_DEBUG", "value": "WARN"}]),
                   train_body(queueName="q")):
         assert parse_resource(other, settings).meta.run_hash != base
+
+
+def test_kueues_own_queue_label_on_the_resource_queues_it_like_spec_queue_name(settings):
+    """Kueue's convention for every job kind (and what GitOps repositories carry): metadata.labels
+    kueue.x-k8s.io/queue-name. The MPIJob gets the label and is created suspended, so nothing runs before Kueue
+    admits it."""
+    body = train_body()
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    job = plan_run(parse_resource(body, settings), body["spec"]["experimentSpec"]).objects[-1]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["runPolicy"]["suspend"] is True
+    both = train_body(queueName="team-b")
+    both["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    with pytest.raises(InvalidSpec, match=r"spec.queueName: .*differs from metadata.labels"):
+        parse_resource(both, settings)

@@ -158,7 +158,9 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
         run_policy["activeDeadlineSeconds"] = res.run.active_deadline_seconds
     if res.run.ttl_seconds_after_finished is not None:
         run_policy["ttlSecondsAfterFinished"] = res.run.ttl_seconds_after_finished
-    if res.run.suspend:
+    if res.run.suspend or res.run.queue_name:
+        # Queued: created suspended, so nothing runs before Kueue admits it (Kueue unsuspends it then; without
+        # Kueue's webhook the MPIJob would start before Kueue sees it).
         run_policy["suspend"] = True
     gang = _scheduling_policy(res)
     if gang:

@@ -349,8 +349,15 @@ def _affinity(spec: _Fields) -> Optional[dict[str, Any]]:
     return dict(value)
 
 
-def _queue_name(spec: _Fields) -> Optional[str]:
+def _queue_name(spec: _Fields, labels: Mapping[str, Any]) -> Optional[str]:
+    """spec.queueName, or Kueue's own convention for every job kind: the label kueue.x-k8s.io/queue-name on the
+    resource's metadata (what GitOps users put there)."""
     value = spec.string("queueName")
+    label = labels.get(d.KUEUE_QUEUE_LABEL) if isinstance(labels, Mapping) else None
+    if value is not None and label is not None and value != label:
+        spec.bad("queueName", f"differs from metadata.labels[{d.KUEUE_QUEUE_LABEL}] ({label!r}): set one", value)
+        return None
+    value = value if value is not None else (str(label) if label is not None else None)
     if value is not None and (len(value) > 63 or not _LABEL_VALUE.match(value) or not value):
         spec.bad("queueName", "not a valid LocalQueue name (a label value)", value)
         return None
@@ -370,7 +377,7 @@ def _parallelism(kind: str, spec: _Fields, settings: Settings) -> Optional[tuple
     return (gpus, result.ranks, per_node) if result.ok else None
 
 
-def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]:
+def _run_spec(kind: str, spec: _Fields, settings: Settings, labels: Mapping[str, Any]) -> Optional[RunSpec]:
     errs = spec.errs
     before = len(errs)
     spec.cross_field(cel.SPEC, kind)  # one spec source; int8 calibrated (export)
@@ -404,7 +411,7 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings) -> Optional[RunSpec]
         backoff_limit=spec.integer("backoffLimit", d.DEFAULT_BACKOFF_LIMIT, minimum=0),
         active_deadline_seconds=spec.integer("activeDeadlineSeconds", None, minimum=1),
         suspend=spec.boolean("suspend"),
-        queue_name=_queue_name(spec),
+        queue_name=_queue_name(spec, labels),
         scheduling_policy=_scheduling_policy(spec),
         scheduler_name=spec.name("schedulerName"),
         labels=_labels(spec, "labels", values_are_labels=True),
@@ -549,7 +556,7 @@ def parse_resource(body: Mapping[str, Any], settings: Settings) -> Resource:
     meta = _meta(body, errs)
     spec = _Fields(body.get("spec"), "spec", errs)
     kind = str(body.get("kind"))
-    run = _run_spec(kind, spec, settings)
+    run = _run_spec(kind, spec, settings, (body.get("metadata") or {}).get("labels") or {})
     results = run.results if run else None
     res: Optional[Resource]
     if kind == "ClassificationTrain":
