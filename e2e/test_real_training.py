@@ -71,3 +71,6 @@ def test_trainer_error_ends_failed_with_its_one_line_message(cluster: cl.Control
     assert f"kestrel: error: dataset folder not found: {real_runs.DATA_MOUNT}/train" in status["message"], status
     events = ko.events_for(cluster, real_workspace.namespace, "no-data")
     assert any(e["type"] == "Warning" and "dataset folder not found" in e["message"] for e in events), events
+    # A trainer error is bad input: exactly one attempt, however many retries spec.retryLimit allows.
+    assert status["attempt"] == 1 and not any(e["reason"] == "Retrying" for e in events), status
+    assert [j["metadata"]["name"] for j in ko.mpijobs_of(cluster, final)] == ["no-data-train-g1"]
