@@ -71,7 +71,7 @@ def test_a_worker_deleted_mid_run_costs_one_attempt_and_the_run_resumes_to_the_s
     events = ko.events_for(cluster, ws.namespace, "hit")
     assert any(e["reason"] == "Retrying" and first in e["message"] for e in events), events
     # No pod of the failed attempt is left; the second attempt ran in the same folder and resumed there.
-    assert _pods(cluster, ws, f"{first}-") == []
+    assert _pods(cluster, ws, f"{first}-launcher") == [] and _pods(cluster, ws, f"{first}-worker") == []
     second = st["mpiJobName"]
     assert second == f"{first}-a2"
     launcher = _pods(cluster, ws, f"{second}-launcher")
