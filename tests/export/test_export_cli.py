@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -145,11 +146,17 @@ def test_operator_rendered_export_command_parses():
                                     "batchSize": 8},
                        volumes={"data": {"claimName": "datasets"}, "results": {"claimName": "results"}})
     res = parse_resource(body, Settings(default_image="kestrel-trainer:test"))
-    cmd = trainer_command(res, GpuMapping(1, 0, 1, 0, 0), "/results/model.tlt", has_spec=True)
+    run = "0123456789abcdef"
+    res = dataclasses.replace(res, meta=dataclasses.replace(res.meta, run_hash=run))
+    cmd = trainer_command(res, GpuMapping(1, 0, 1, 0, 0), "/results/model.tlt", has_spec=True,
+                          output_path=f"/results/runs/{run}/export/exported.etlt")
     assert cmd[:2] == ["kestrel", "export"]
     args = build_parser().parse_args(cmd[1:])
-    assert (args.model_path, args.output_file, args.data_type) == ("/results/model.tlt", res.output_path, "int8")
+    assert (args.model_path, args.output_file, args.data_type) == (
+        "/results/model.tlt", f"/results/runs/{run}/export/exported.etlt", "int8")
+    # The calibration cache may be reused across runs (an input too): where the resource says. The engine is an
+    # output: in the run's folder, like every output.
     assert (args.cal_image_dir, args.cal_cache_file, args.batches, args.batch_size) == ("/data/cal",
                                                                                          "/results/cal.bin", 10, 8)
-    assert (args.max_batch_size, args.engine_file, args.gen_ds_config) == (16, "/results/m.engine", True)
+    assert (args.max_batch_size, args.engine_file, args.gen_ds_config) == (16, f"/results/runs/{run}/m.engine", True)
     assert args.func.__name__ == "run_export"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from kestrel_operator.manifests.gpu_mapping import GpuMapping
-from kestrel_operator.manifests.runs import run_dir
+from kestrel_operator.manifests.runs import in_run, run_dir
 from kestrel_operator.resources.types import ExportResource, PruneResource, Resource, TrainResource
 from kestrel_trainer.spec.contract import API_ENV, KEY_ENV, TRAINER_ENV
 
@@ -72,7 +72,7 @@ def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str
         ("--batches", cal.batches),
         ("--batch_size", cal.batch_size),
         ("--max_batch_size", res.max_batch_size),
-        ("--engine_file", res.engine_file),
+        ("--engine_file", in_run(res.run.results, res.meta.run_hash, res.engine_file) if res.engine_file else None),
     ):
         if value is not None:
             cmd += [flag, str(value)]

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from kestrel_operator.manifests.runs import run_relative_dir
+from kestrel_operator.manifests.runs import in_run as in_run_folder
+from kestrel_operator.manifests.runs import run_dir
 from kestrel_operator.resources.types import (
     ExportResource,
     ModelRef,
@@ -74,11 +75,12 @@ def output_location(res: Resource, experiment: Any = None) -> OutputLocation:
         if experiment is None:
             raise ValueError("a ClassificationTrain's output depends on its spec text")
         in_run = final_model_relative_path(experiment.model.arch, experiment.train.n_epochs)
+        path = f"{run_dir(results, res.meta.run_hash)}/{in_run}"
     else:
         assert isinstance(res, (PruneResource, ExportResource))
-        in_run = res.output_path[len(results.mount_path) + 1:]
-    rel = f"{run_relative_dir(res.meta.run_hash)}/{in_run}"
-    return OutputLocation(results.claim_name, results.sub_path, rel, f"{results.mount_path}/{rel}", res.meta.run_hash)
+        path = in_run_folder(results, res.meta.run_hash, res.output_path)
+    rel = path[len(results.mount_path) + 1:]
+    return OutputLocation(results.claim_name, results.sub_path, rel, path, res.meta.run_hash)
 
 
 def model_source(ref: ModelRef, upstream: Optional[OutputLocation]) -> ModelSource:

@@ -37,3 +37,12 @@ def run_relative_dir(run_hash: str) -> str:
 def run_dir(results: VolumeSpec, run_hash: str) -> str:
     """The run's folder as its pods see it: <results mountPath>/runs/<run hash>."""
     return f"{results.mount_path}/{run_relative_dir(run_hash)}"
+
+
+def in_run(results: VolumeSpec, run_hash: str, path: str) -> str:
+    """An output path the resource names on its results volume, re-rooted in the run's folder
+    (/results/export/m.onnx -> /results/runs/<hash>/export/m.onnx); a path elsewhere stays as it is."""
+    prefix = results.mount_path.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return path
+    return f"{run_dir(results, run_hash)}/{path[len(prefix):]}"
