@@ -17,9 +17,13 @@
 # outside gomod/cluster's key: it is built into the same bin folder as kstatus-<12 hex of its module's files>, so a
 # change to it rebuilds only it; bin/kstatus links the latest one built.
 #
+# cert-manager's CRDs (gomod/certmanager pins the cert-manager Go module; for test_webhook_certs.py's dry run) are the
+# files of that module's deploy/crds, copied to cert-manager-<12 hex of gomod/certmanager's files>-crds/.
+#
 # Usage: e2e/build.sh              build what is missing, print the bin folder on the last line
 #        e2e/build.sh --print      only print the bin folder (for the pytest fixture)
 #        e2e/build.sh --kstatus    only print the path of this checkout's kstatus binary (for e2e/kstatus.py)
+#        e2e/build.sh --cert-manager  only print the path prefix of this checkout's cert-manager CRDs (append -crds)
 #        e2e/build.sh --pinned MODULE  print MODULE's version in gomod/cluster/go.mod (the tests' expected versions)
 #        e2e/build.sh --mpijob-crd print the path of the MPIJob CRD in the MPI Operator's Go module (downloaded
 #                                  into the module cache if needed; the unit tests compare their copy with it)
@@ -49,6 +53,8 @@ KEY="k8s-${K8S_VERSION}_mod-$(cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/tools.go" "$
 BIN="$CACHE_ROOT/$KEY/bin"
 KSTATUS_MOD="$HERE/gomod/kstatus"
 KSTATUS="kstatus-$(cat "$KSTATUS_MOD/go.mod" "$KSTATUS_MOD/go.sum" "$KSTATUS_MOD/main.go" | sha256sum | cut -c1-12)"
+CM_MOD="$HERE/gomod/certmanager"
+CM="cert-manager-$(cat "$CM_MOD/go.mod" "$CM_MOD/go.sum" | sha256sum | cut -c1-12)"
 
 if [[ "${1:-}" == "--pinned" ]]; then
     pinned "${2:?--pinned needs a module path}"
@@ -60,6 +66,10 @@ if [[ "${1:-}" == "--print" ]]; then
 fi
 if [[ "${1:-}" == "--kstatus" ]]; then
     echo "$BIN/$KSTATUS"
+    exit 0
+fi
+if [[ "${1:-}" == "--cert-manager" ]]; then
+    echo "$BIN/$CM"
     exit 0
 fi
 
@@ -142,6 +152,13 @@ containerd_build() {  # containerd_build CMD: containerd, containerd-shim-runc-v
 }
 mpi_build() { go_build "-s -w" github.com/kubeflow/mpi-operator/cmd/mpi-operator; }
 kstatus_build() { go_build "-s -w" . "$KSTATUS_MOD"; }  # its own module and graph (cli-utils' k8s.io v0.30)
+cm_crds() {  # the CRDs of the cert-manager module gomod/certmanager builds from (go.sum verifies it)
+    local dir
+    dir=$(cd "$CM_MOD" && go mod download github.com/cert-manager/cert-manager \
+        && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)
+    mkdir -p "$out"
+    cp "$dir"/deploy/crds/*.yaml "$out/"
+}
 
 # Helm's Makefile stamps its version and the Kubernetes version it assumes for `helm template`/`lint`
 # (.Capabilities.KubeVersion); without these it reports v0.0.0 and assumes Kubernetes 1.20.
@@ -181,13 +198,15 @@ build "helm-${HELM_VERSION}" helm_build
 ln -sfn "helm-${HELM_VERSION}" "$BIN/helm"
 build "$KSTATUS" kstatus_build
 ln -sfn "$KSTATUS" "$BIN/kstatus"
+build "$CM-crds" cm_crds
 
 # Folders of other keys (earlier pins, ~0.5-1 GiB each) are removed once no build has used them for
 # KESTREL_E2E_KEEP_DAYS days, the way Go trims its build cache; one whose lock another build.sh holds is kept.
 KEEP_DAYS="${KESTREL_E2E_KEEP_DAYS:-14}"
-touch "$CACHE_ROOT/$KEY/.used" "$BIN/$KSTATUS"
-# kstatus builds of other versions of gomod/kstatus, by the same rule (this one's mtime is the touch above).
-find "$BIN" -maxdepth 1 -name 'kstatus-*' -mtime "+${KEEP_DAYS}" -delete
+touch "$CACHE_ROOT/$KEY/.used" "$BIN/$KSTATUS" "$BIN/$CM-crds"
+# kstatus builds and cert-manager CRD copies of other versions of their modules, by the same rule (this one's mtime is the
+# touch above).
+find "$BIN" -maxdepth 1 \( -name 'kstatus-*' -o -name 'cert-manager-*' \) -mtime "+${KEEP_DAYS}" -exec rm -rf {} +
 for old in "$CACHE_ROOT"/k8s-*/; do
     old="${old%/}"
     [[ "$old" != "$CACHE_ROOT/$KEY" ]] || continue

@@ -25,6 +25,9 @@ DEFAULT_RANK_REQUESTS = {"cpu": "2", "memory": "8Gi"}
 # /dev/shm (a memory-backed emptyDir: NCCL, tf.data) when the resource sets no spec.shmSize: bounded, since it counts
 # against the pod's memory.
 DEFAULT_SHM_SIZE = "2Gi"
+# The webhook's generated certificates: one year, renewed at 2/3 of it (serving/certs.py).
+DEFAULT_WEBHOOK_CERT_SECONDS = 365 * 24 * 3600
+WEBHOOK_CERT_MODES = ("operator", "external")
 
 
 class SettingsError(ValueError):
@@ -42,9 +45,13 @@ class Serving:
     lease_seconds: int = 15
     webhook_port: int = 0
     webhook_host: str = "0.0.0.0"  # listen address
-    webhook_secret: str = ""  # Secret keeping the generated CA and serving certificate
+    webhook_secret: str = ""  # Secret keeping the CA bundle and serving certificate (ca.crt, tls.crt, tls.key)
     webhook_config: str = ""  # ValidatingWebhookConfiguration whose caBundle the operator keeps current
     webhook_hosts: tuple[str, ...] = ()  # DNS names / IPs in the serving certificate
+    # operator: the operator generates, rotates and publishes the certificates; external: something else (e.g.
+    # cert-manager and its cainjector) writes the Secret and caBundle, the operator only serves what the Secret holds.
+    webhook_certs: str = "operator"
+    webhook_cert_seconds: int = DEFAULT_WEBHOOK_CERT_SECONDS  # lifetime of the certificates the operator makes
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"
 
@@ -96,7 +103,7 @@ def _port(env: Mapping[str, str], name: str) -> int:
 
 def serving_from_env(env: Mapping[str, str]) -> Serving:
     """KESTREL_POD_NAMESPACE, KESTREL_POD_NAME (else HOSTNAME), KESTREL_LEADER_LEASE, KESTREL_LEASE_SECONDS,
-    KESTREL_WEBHOOK_PORT/_HOST/_SECRET/_CONFIG/_HOSTS, KESTREL_METRICS_PORT/_HOST."""
+    KESTREL_WEBHOOK_PORT/_HOST/_SECRET/_CONFIG/_HOSTS/_CERTS/_CERT_SECONDS, KESTREL_METRICS_PORT/_HOST."""
     serving = Serving(
         namespace=env.get("KESTREL_POD_NAMESPACE", "").strip(),
         identity=env.get("KESTREL_POD_NAME", "").strip() or env.get("HOSTNAME", "").strip() or "kestrel-operator",
@@ -107,14 +114,22 @@ def serving_from_env(env: Mapping[str, str]) -> Serving:
         webhook_secret=env.get("KESTREL_WEBHOOK_SECRET", "").strip(),
         webhook_config=env.get("KESTREL_WEBHOOK_CONFIG", "").strip(),
         webhook_hosts=_list(env, "KESTREL_WEBHOOK_HOSTS"),
+        webhook_certs=env.get("KESTREL_WEBHOOK_CERTS", "").strip().lower() or "operator",
+        webhook_cert_seconds=_int(env, "KESTREL_WEBHOOK_CERT_SECONDS", DEFAULT_WEBHOOK_CERT_SECONDS, 60),
         metrics_port=_port(env, "KESTREL_METRICS_PORT"),
         metrics_host=env.get("KESTREL_METRICS_HOST", "").strip() or "0.0.0.0",
     )
     needs_namespace = serving.leader_lease or serving.webhook_secret
     if needs_namespace and not serving.namespace:
         raise SettingsError("KESTREL_POD_NAMESPACE is required with KESTREL_LEADER_LEASE or KESTREL_WEBHOOK_SECRET")
-    if serving.webhook_port and not serving.webhook_hosts:
+    if serving.webhook_certs not in WEBHOOK_CERT_MODES:
+        raise SettingsError(f"KESTREL_WEBHOOK_CERTS={serving.webhook_certs!r} is not one of "
+                            f"{', '.join(WEBHOOK_CERT_MODES)}")
+    if serving.webhook_port and serving.webhook_certs == "operator" and not serving.webhook_hosts:
         raise SettingsError("KESTREL_WEBHOOK_HOSTS (the names in the serving certificate) is required with "
+                            "KESTREL_WEBHOOK_PORT")
+    if serving.webhook_port and not serving.webhook_secret:
+        raise SettingsError("KESTREL_WEBHOOK_SECRET (where the serving certificate is kept) is required with "
                             "KESTREL_WEBHOOK_PORT")
     return serving
 

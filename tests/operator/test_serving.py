@@ -55,14 +55,15 @@ def test_serving_certificate_verifies_for_its_hosts_only(tmp_path):
     assert (tmp_path / "tls.key").stat().st_mode & 0o077 == 0
 
 
-def test_certificates_are_renewed_when_hosts_change_or_expiry_nears():
+def test_certificates_are_replaced_when_hosts_change_or_expiry_nears():
     hosts = ["a.ns.svc"]
     c = certs.generate(hosts)
-    assert certs.still_good(c, hosts)
-    assert not certs.still_good(c, ["b.ns.svc"])
-    assert not certs.still_good(c, hosts, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=300))
+    now = dt.datetime.now(dt.timezone.utc)
+    assert certs.servable(c.cert_pem, c.key_pem, now, hosts=hosts, bundle=certs.cas(c.ca_pem))
+    assert not certs.servable(c.cert_pem, c.key_pem, now, hosts=["b.ns.svc"])
+    assert now + dt.timedelta(days=240) < certs.renew_at(c.cert_pem) < now + dt.timedelta(days=245)
     other = certs.generate(hosts)
-    assert not certs.still_good(certs.WebhookCerts(other.ca_pem, c.cert_pem, c.key_pem), hosts)  # wrong CA
+    assert not certs.servable(c.cert_pem, c.key_pem, now, bundle=certs.cas(other.ca_pem))  # wrong CA
 
 
 def _vwc(api: FakeApi) -> None:
@@ -76,16 +77,18 @@ def test_replicas_share_one_certificate_and_publish_its_ca():
     _vwc(api)
     serving = Serving(namespace="ops", webhook_secret="tls", webhook_hosts=("svc.ops.svc",),
                       webhook_config="kestrel.kestrel.dev")
-    first = webhook.shared_certificate(api, serving)
-    second = webhook.shared_certificate(api, serving)  # the second replica takes the stored one
+    first = webhook.maintain(api, serving)
+    second = webhook.maintain(api, serving)  # the second replica takes the stored one
     assert first == second
-    assert webhook.publish_ca(api, "kestrel.kestrel.dev", first.ca_pem)
     bundle = api.body("ValidatingWebhookConfiguration", "kestrel.kestrel.dev", "")["webhooks"][0]["clientConfig"]
     assert base64.b64decode(bundle["caBundle"]) == first.ca_pem
-    # New host names (e.g. the release renamed): the next start writes a new certificate.
-    renewed = webhook.shared_certificate(api, Serving(namespace="ops", webhook_secret="tls",
-                                                      webhook_hosts=("new.ops.svc",)))
-    assert renewed != first and certs.still_good(renewed, ["new.ops.svc"])
+    # New host names (e.g. the release renamed): a new certificate at once; the old CA stays while it is valid.
+    renamed = Serving(namespace="ops", webhook_secret="tls", webhook_hosts=("new.ops.svc",))
+    renewed = webhook.maintain(api, renamed)
+    assert renewed.cert_pem != first.cert_pem
+    assert certs.servable(renewed.cert_pem, renewed.key_pem, dt.datetime.now(dt.timezone.utc),
+                          hosts=["new.ops.svc"], bundle=certs.cas(renewed.ca_pem))
+    assert certs.cas(renewed.ca_pem)[0] == certs.cas(first.ca_pem)[0]
 
 
 class Clock:
@@ -163,7 +166,7 @@ def test_metrics_are_served(monkeypatch):
 def test_serving_settings_from_env():
     s = from_env({"KESTREL_POD_NAMESPACE": "ops", "KESTREL_POD_NAME": "op-1", "KESTREL_LEADER_LEASE": "l",
                   "KESTREL_WEBHOOK_PORT": "9443", "KESTREL_WEBHOOK_HOSTS": "a.ops.svc, 127.0.0.1",
-                  "KESTREL_METRICS_PORT": "8081"}).serving
+                  "KESTREL_WEBHOOK_SECRET": "t", "KESTREL_METRICS_PORT": "8081"}).serving
     assert (s.identity, s.webhook_hosts, s.metrics_port) == ("op-1", ("a.ops.svc", "127.0.0.1"), 8081)
     with pytest.raises(SettingsError, match="KESTREL_POD_NAMESPACE"):
         from_env({"KESTREL_LEADER_LEASE": "l"})
@@ -171,3 +174,15 @@ def test_serving_settings_from_env():
         from_env({"KESTREL_WEBHOOK_PORT": "9443"})
     with pytest.raises(SettingsError, match="not a TCP port"):
         from_env({"KESTREL_METRICS_PORT": "70000"})
+    assert (s.webhook_certs, s.webhook_cert_seconds) == ("operator", 365 * 24 * 3600)
+    web = {"KESTREL_POD_NAMESPACE": "ops", "KESTREL_WEBHOOK_PORT": "9443", "KESTREL_WEBHOOK_SECRET": "tls"}
+    ext = from_env({**web, "KESTREL_WEBHOOK_CERTS": "external"}).serving  # cert-manager names the hosts
+    assert (ext.webhook_certs, ext.webhook_hosts) == ("external", ())
+    short = from_env({**web, "KESTREL_WEBHOOK_HOSTS": "h", "KESTREL_WEBHOOK_CERT_SECONDS": "60"}).serving
+    assert short.webhook_cert_seconds == 60
+    with pytest.raises(SettingsError, match="KESTREL_WEBHOOK_CERT_SECONDS=59 must be >= 60"):
+        from_env({**web, "KESTREL_WEBHOOK_HOSTS": "h", "KESTREL_WEBHOOK_CERT_SECONDS": "59"})
+    with pytest.raises(SettingsError, match="KESTREL_WEBHOOK_CERTS='cert-manager' is not one of operator, external"):
+        from_env({**web, "KESTREL_WEBHOOK_CERTS": "cert-manager"})
+    with pytest.raises(SettingsError, match="KESTREL_WEBHOOK_SECRET"):
+        from_env({"KESTREL_WEBHOOK_PORT": "9443", "KESTREL_WEBHOOK_HOSTS": "h"})

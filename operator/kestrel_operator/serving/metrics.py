@@ -8,6 +8,8 @@
 - kestrel_apply_to_mpijob_seconds{kind}: from the user's write of the generation that starts a run (the newest
   non-status managedFields time, else creationTimestamp; 1 s resolution) to the MPIJob's creation.
 - kestrel_is_leader: 1 on the replica holding the leader Lease (or the only replica).
+- kestrel_webhook_certificate_expiry_timestamp_seconds: notAfter of the certificate this replica's webhook serves
+  (unset until it serves one); alert when it comes near `time()`: the replica is not reloading.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ APPLY_TO_MPIJOB = Histogram(
     buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600),
 )
 IS_LEADER = Gauge("kestrel_is_leader", "1 when this replica reconciles (holds the leader Lease)")
+WEBHOOK_CERT_EXPIRY = Gauge("kestrel_webhook_certificate_expiry_timestamp_seconds",
+                            "notAfter (Unix time) of the certificate the admission webhook serves")
 
 
 def _time(value: Optional[str]) -> Optional[dt.datetime]:
