@@ -103,6 +103,7 @@ def test_failing_launcher_makes_the_train_failed_with_the_reason(cluster: cl.Con
         status = failed["status"]
         assert status["reason"] == "TrainerFailed", status
         assert "kwok: simulated trainer failure" in status["message"] and "code 1" in status["message"], status
+        assert status["attempt"] == 1, status  # the trainer's own error: never retried
         events = ko.events_for(cluster, namespace, res["metadata"]["name"])
         assert any(e["type"] == "Warning" and e["reason"] == "TrainerFailed" for e in events), events
     finally:
