@@ -17,12 +17,17 @@
 # outside gomod/cluster's key: it is built into the same bin folder as kstatus-<12 hex of its module's files>, so a
 # change to it rebuilds only it; bin/kstatus links the latest one built.
 #
+# Kueue's controller (gomod/kueue: sigs.k8s.io/kueue/cmd/kueue, its own graph at k8s.io v0.35) is built the same way,
+# as kueue-<12 hex of gomod/kueue's files>, with bin/kueue linking it. Its CRDs, RBAC and webhook manifests are not
+# copied: `--kueue-config` prints the module's config/components folder in the Go module cache (go.sum verifies it).
 # cert-manager's CRDs (gomod/certmanager pins the cert-manager Go module; for test_webhook_certs.py's dry run) are the
 # files of that module's deploy/crds, copied to cert-manager-<12 hex of gomod/certmanager's files>-crds/.
 #
 # Usage: e2e/build.sh              build what is missing, print the bin folder on the last line
 #        e2e/build.sh --print      only print the bin folder (for the pytest fixture)
 #        e2e/build.sh --kstatus    only print the path of this checkout's kstatus binary (for e2e/kstatus.py)
+#        e2e/build.sh --kueue      only print the path of this checkout's Kueue controller binary
+#        e2e/build.sh --kueue-config  print Kueue's config/components folder in the module cache (downloaded if needed)
 #        e2e/build.sh --cert-manager  only print the path prefix of this checkout's cert-manager CRDs (append -crds)
 #        e2e/build.sh --pinned MODULE  print MODULE's version in gomod/cluster/go.mod (the tests' expected versions)
 #        e2e/build.sh --mpijob-crd print the path of the MPIJob CRD in the MPI Operator's Go module (downloaded
@@ -30,6 +35,7 @@
 # Env:   KESTREL_E2E_CACHE       cache root (default $HOME/.cache/kestrel-e2e)
 #        KESTREL_E2E_JOBS        go build -p (default 2)
 #        KESTREL_E2E_SKIP_MPI=1  do not build the MPI Operator (the suite then uses its test double)
+#        KESTREL_E2E_SKIP_KUEUE=1  do not build Kueue (its tests then fail in strict mode, skip otherwise)
 #        KESTREL_E2E_KEEP_DAYS   a folder of another key (older pins) unused this many days is removed (default 14)
 set -euo pipefail
 
@@ -53,6 +59,8 @@ KEY="k8s-${K8S_VERSION}_mod-$(cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/tools.go" "$
 BIN="$CACHE_ROOT/$KEY/bin"
 KSTATUS_MOD="$HERE/gomod/kstatus"
 KSTATUS="kstatus-$(cat "$KSTATUS_MOD/go.mod" "$KSTATUS_MOD/go.sum" "$KSTATUS_MOD/main.go" | sha256sum | cut -c1-12)"
+KUEUE_MOD="$HERE/gomod/kueue"
+KUEUE="kueue-$(cat "$KUEUE_MOD/go.mod" "$KUEUE_MOD/go.sum" "$KUEUE_MOD/tools.go" | sha256sum | cut -c1-12)"
 CM_MOD="$HERE/gomod/certmanager"
 CM="cert-manager-$(cat "$CM_MOD/go.mod" "$CM_MOD/go.sum" | sha256sum | cut -c1-12)"
 
@@ -66,6 +74,10 @@ if [[ "${1:-}" == "--print" ]]; then
 fi
 if [[ "${1:-}" == "--kstatus" ]]; then
     echo "$BIN/$KSTATUS"
+    exit 0
+fi
+if [[ "${1:-}" == "--kueue" ]]; then
+    echo "$BIN/$KUEUE"
     exit 0
 fi
 if [[ "${1:-}" == "--cert-manager" ]]; then
@@ -91,6 +103,19 @@ mpijob_crd_source() {
 }
 if [[ "${1:-}" == "--mpijob-crd" ]]; then
     mpijob_crd_source
+    exit 0
+fi
+# kueue_config: config/components of the Kueue module that gomod/kueue/go.mod pins (CRDs, RBAC, webhook manifests).
+kueue_config() {
+    local mod=sigs.k8s.io/kueue dir
+    (cd "$KUEUE_MOD" && go mod download "$mod") >&2
+    dir=$(cd "$KUEUE_MOD" && go list -m -f '{{.Dir}}' "$mod")
+    [[ -d "$dir/config/components/crd/bases" ]] || {
+        echo "e2e/build.sh: no config/components/crd/bases in $dir" >&2; return 1; }
+    echo "$dir/config/components"
+}
+if [[ "${1:-}" == "--kueue-config" ]]; then
+    kueue_config
     exit 0
 fi
 
@@ -152,6 +177,11 @@ containerd_build() {  # containerd_build CMD: containerd, containerd-shim-runc-v
 }
 mpi_build() { go_build "-s -w" github.com/kubeflow/mpi-operator/cmd/mpi-operator; }
 kstatus_build() { go_build "-s -w" . "$KSTATUS_MOD"; }  # its own module and graph (cli-utils' k8s.io v0.30)
+kueue_build() {  # its own module and graph (k8s.io v0.35, controller-runtime v0.23); version stamped as its Makefile
+    local v
+    v=$(awk '$1 == "require" && $2 == "sigs.k8s.io/kueue" {print $3; exit}' "$KUEUE_MOD/go.mod")
+    go_build "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=${v}" sigs.k8s.io/kueue/cmd/kueue "$KUEUE_MOD"
+}
 cm_crds() {  # the CRDs of the cert-manager module gomod/certmanager builds from (go.sum verifies it)
     local dir
     dir=$(cd "$CM_MOD" && go mod download github.com/cert-manager/cert-manager \
@@ -198,15 +228,21 @@ build "helm-${HELM_VERSION}" helm_build
 ln -sfn "helm-${HELM_VERSION}" "$BIN/helm"
 build "$KSTATUS" kstatus_build
 ln -sfn "$KSTATUS" "$BIN/kstatus"
+if [[ "${KESTREL_E2E_SKIP_KUEUE:-}" != "1" ]]; then
+    build "$KUEUE" kueue_build
+    ln -sfn "$KUEUE" "$BIN/kueue"
+    touch "$BIN/$KUEUE"
+fi
 build "$CM-crds" cm_crds
 
 # Folders of other keys (earlier pins, ~0.5-1 GiB each) are removed once no build has used them for
 # KESTREL_E2E_KEEP_DAYS days, the way Go trims its build cache; one whose lock another build.sh holds is kept.
 KEEP_DAYS="${KESTREL_E2E_KEEP_DAYS:-14}"
 touch "$CACHE_ROOT/$KEY/.used" "$BIN/$KSTATUS" "$BIN/$CM-crds"
-# kstatus builds and cert-manager CRD copies of other versions of their modules, by the same rule (this one's mtime is the
-# touch above).
-find "$BIN" -maxdepth 1 \( -name 'kstatus-*' -o -name 'cert-manager-*' \) -mtime "+${KEEP_DAYS}" -exec rm -rf {} +
+# kstatus and Kueue builds and cert-manager CRD copies of other versions of their modules, by the same rule (this one's
+# mtime is the touch above; Kueue's, the touch after its build).
+find "$BIN" -maxdepth 1 \( -name 'kstatus-*' -o -name 'kueue-*' -o -name 'cert-manager-*' \) -mtime "+${KEEP_DAYS}" \
+    -exec rm -rf {} +
 for old in "$CACHE_ROOT"/k8s-*/; do
     old="${old%/}"
     [[ "$old" != "$CACHE_ROOT/$KEY" ]] || continue

@@ -70,6 +70,19 @@ def issue_client_cert(pki: dict[str, Path], stem: str, user: str, groups: Sequen
     return crt_path, key_path
 
 
+def issue_serving_cert(pki: dict[str, Path], stem: str, ips: Sequence[str]) -> tuple[Path, Path]:
+    """A serving certificate from our CA for `ips` (e.g. a webhook server on 127.0.0.1 that the API server calls by
+    URL, verifying it against our CA as the caBundle)."""
+    ca_cert = x509.load_pem_x509_certificate(pki["ca.crt"].read_bytes())
+    ca_key = serialization.load_pem_private_key(pki["ca.key"].read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    sans = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert, key = _issue(ca_key, ca_cert.subject, _name(stem), x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    crt_path, key_path = _write_pair(pki["ca.crt"].parent, stem, cert, key)
+    pki[f"{stem}.crt"], pki[f"{stem}.key"] = crt_path, key_path
+    return crt_path, key_path
+
+
 def make_pki(folder: Path, ips: Sequence[str] = ("127.0.0.1",)) -> dict[str, Path]:
     """A CA, an API-server serving cert for `ips` (its addresses, the `kubernetes` Service VIP among them) and the
     in-cluster names, and the service-account key pair.

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from e2e import cluster as cl
+from e2e import kueue as kueue_mod
 from e2e import node as node_mod
 from e2e.netns import NetNS
 from tests.strict_mode import STRICT_ENV, strict_mode
@@ -194,6 +195,25 @@ def operator(cluster: cl.ControlPlane, mpi_controller: str, kestrel_crds: list[s
     op.start()
     yield op
     op.stop()
+
+
+@pytest.fixture(scope="module")
+def kueue(cluster: cl.ControlPlane, mpi_controller: str) -> Iterator[kueue_mod.Kueue]:  # noqa: ARG001 - its CRD
+    """Kueue's controller (gomod/kueue, e2e/kueue.py) with the MPIJob integration, for one test module: its
+    webhooks are removed and the process stopped after it, so other modules' MPIJobs never pass through Kueue."""
+    if not os.access(kueue_mod.binary(), os.X_OK):
+        if not os.environ.get("KESTREL_E2E_BUILD"):
+            why = f"no Kueue binary at {kueue_mod.binary()}: run `bash e2e/build.sh` or set KESTREL_E2E_BUILD=1"
+            if strict_mode():
+                pytest.fail(f"{STRICT_ENV}=1: {why}", pytrace=False)
+            pytest.skip(why)
+        subprocess.run(["bash", str(cl.BUILD_SCRIPT)], check=True)
+    try:
+        running = kueue_mod.start(cluster)
+    except cl.ControlPlaneError as exc:
+        pytest.fail(f"Kueue did not come up: {exc}")
+    yield running
+    running.stop()
 
 
 # ------------------------------------------------------------------------------------------- real node

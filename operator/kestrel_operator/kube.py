@@ -28,6 +28,7 @@ PLURALS: Mapping[str, str] = {
     "RoleBinding": "rolebindings",
     "MPIJob": "mpijobs",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "Workload": "workloads",  # Kueue's, read while it holds a queued MPIJob
     "ClassificationTrain": "classificationtrains",
     "ClassificationPrune": "classificationprunes",
     "ClassificationExport": "classificationexports",

@@ -144,8 +144,10 @@ EXTRA = {
     ("", "events", "list"),
     # a dependent's new run in the same generation (its upstream promoted another model) rewrites its spec ConfigMap;
     ("", "configmaps", "patch"),
-    # a failed MPIJob's workers that are still up are deleted (MPI Operator v0.8 leaves them, upstream issue 647).
+    # a failed MPIJob's workers that are still up are deleted (MPI Operator v0.8 leaves them, upstream issue 647);
     ("", "pods", "delete"),
+    # a queued MPIJob that Kueue holds suspended: its Workload says why (test_scheduling.py).
+    ("kueue.x-k8s.io", "workloads", "list"),
 }
 
 

@@ -109,3 +109,70 @@ def test_kueues_own_queue_label_on_the_resource_queues_it_like_spec_queue_name(s
     both["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
     with pytest.raises(InvalidSpec, match=r"spec.queueName: .*differs from metadata.labels"):
         parse_resource(both, settings)
+
+
+def _held_by_kueue(api, rec, created="2030-01-01T00:00:00Z"):
+    """A queued train whose MPIJob exists and is suspended, as the MPI Operator reports a suspended MPIJob."""
+    body = train_body()
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    api.put(body)
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"), now=created)
+    api.objects[("MPIJob", "default", "resnet18-train-g1")]["metadata"]["creationTimestamp"] = created
+    api.set_mpijob_conditions("resnet18-train-g1", [
+        {"type": "Created", "status": "True", "reason": "MPIJobCreated"},
+        {"type": "Suspended", "status": "True", "reason": "MPIJobSuspended", "message": "MPIJob suspended"}])
+    return api.body("MPIJob", "resnet18-train-g1")
+
+
+def _workload(api, job, conditions):
+    """Kueue's Workload of `job`: named after it, labelled with its uid (Kueue v0.17 jobframework)."""
+    return api.put({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Workload",
+                    "metadata": {"name": f"mpijob-{job['metadata']['name']}-1a2b3",
+                                 "labels": {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]}},
+                    "status": {"conditions": conditions}})
+
+
+PENDING = {"type": "QuotaReserved", "status": "False", "reason": "Pending",
+           "message": "couldn't assign flavors to pod set launcher: insufficient unused quota for cpu in flavor "
+                      "default, 50m more needed"}
+PREEMPTED = {"type": "Evicted", "status": "True", "reason": "Preempted",
+             "message": "Preempted to accommodate a workload (UID: u1, JobUID: u2) due to prioritization in the "
+                        "ClusterQueue"}
+
+
+def test_a_run_kueue_holds_shows_kueues_own_reason(api, rec):
+    """Suspended/Queued, and the message says what Kueue says about the Workload: no quota now, and a preemption."""
+    job = _held_by_kueue(api, rec)
+    _workload(api, job, [PENDING])
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"), now="2030-01-01T00:00:05Z")
+    st = api.body("ClassificationTrain", "resnet18")["status"]
+    assert (st["phase"], st["reason"]) == ("Suspended", "Queued")
+    assert st["message"] == ("queued in Kueue LocalQueue team-a: couldn't assign flavors to pod set launcher: "
+                             "insufficient unused quota for cpu in flavor default, 50m more needed (Workload "
+                             "mpijob-resnet18-train-g1-1a2b3); the run starts when Kueue admits it")
+    _workload(api, job, [PREEMPTED, PENDING])
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"), now="2030-01-01T00:10:00Z")
+    message = api.body("ClassificationTrain", "resnet18")["status"]["message"]
+    assert "Preempted to accommodate a workload (UID: u1, JobUID: u2) due to prioritization in the ClusterQueue; " \
+           "couldn't assign flavors" in message
+
+
+def test_until_kueue_says_why_the_pass_comes_back_soon_then_the_resync_is_enough(api, rec):
+    job = _held_by_kueue(api, rec)
+    out = rec.reconcile(api.body("ClassificationTrain", "resnet18"), now="2030-01-01T00:00:02Z")
+    assert out.requeue_after == 3.0  # no Workload yet: Kueue creates it within seconds of the MPIJob
+    assert "kubectl get workloads" in api.body("ClassificationTrain", "resnet18")["status"]["message"]
+    late = rec.reconcile(api.body("ClassificationTrain", "resnet18"), now="2030-01-01T00:05:00Z")
+    assert late.requeue_after is None  # no Kueue at all, it seems: no polling forever
+    _workload(api, job, [PENDING])
+    said = rec.reconcile(api.body("ClassificationTrain", "resnet18"), now="2030-01-01T00:00:04Z")
+    assert said.requeue_after is None
+
+
+def test_a_chart_without_workload_access_still_shows_the_queue(api, rec):
+    """RBAC from an older chart (403 on Workloads): the status names the queue; the pass does not fail."""
+    _held_by_kueue(api, rec)
+    api.fail("list", "Workload", 403)
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"), now="2030-01-01T00:10:00Z")
+    st = api.body("ClassificationTrain", "resnet18")["status"]
+    assert (st["phase"], st["reason"]) == ("Suspended", "Queued") and "LocalQueue team-a" in st["message"]

@@ -51,7 +51,7 @@ from kestrel_operator.resources.types import Promotion, Resource, ResourceMeta, 
 from kestrel_operator.settings import Settings
 from kestrel_operator.status import compute, runs
 from kestrel_operator.status import reasons as r
-from kestrel_operator.status.phase import FAILED, SUCCEEDED, phase_of
+from kestrel_operator.status.phase import FAILED, SUCCEEDED, held_by_kueue, kueue_says, phase_of
 from kestrel_operator.status.pods import Cause, failure_cause, pod_cause, stuck_creating
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,12 @@ log = logging.getLogger(__name__)
 OLD_RUN_POLL_SECONDS = 2.0
 PDB_API_VERSION = "policy/v1"
 STUCK_POLL_SECONDS = 15.0
+# Kueue's Workload of a queued MPIJob (found by the MPIJob's uid label); Workloads are not watched, so while
+# Kueue has not yet said why it holds the MPIJob the pass comes back this soon (Kueue writes it within seconds).
+KUEUE_API_VERSION = "kueue.x-k8s.io/v1beta2"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+QUEUE_POLL_SECONDS = 3.0
+QUEUE_POLL_WINDOW_SECONDS = 120.0
 
 
 class Api(Protocol):
@@ -100,6 +106,15 @@ class NameConflict(Exception):
 
 def utcnow() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    """Seconds from one API timestamp (RFC 3339, UTC, whole seconds) to another; inf if either does not parse."""
+    try:
+        start, end = (dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ") for t in (earlier, later))
+    except ValueError:
+        return float("inf")
+    return (end - start).total_seconds()
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -483,7 +498,8 @@ class Reconciler:
         attempt = _attempt_of(job)
         ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate=_gate(res),
                                  spec_hash=res.meta.spec_hash, history=history, attempt=attempt)
-        ph = phase_of(job)
+        workload = None if fresh else self._workload(job, now, out)
+        ph = phase_of(job, workload)
         if ph.finished and not fresh and (runs.find(old, res.meta.run_hash) or {}).get("phase") not in (
                 SUCCEEDED, FAILED):
             self._drop_budget(res.meta, name, out)  # the attempt ended: nothing left to protect from a drain
@@ -496,8 +512,27 @@ class Reconciler:
             if _retried(reason, message) and not message.endswith(last):
                 cause = Cause(reason, message + last)
         patch = compute.run_status(old, generation, job, name, decode_output(annotations.get(OUTPUT_ANNOTATION)),
-                                   annotations.get(INPUT_MODEL_ANNOTATION), now, cause, ctx, fresh)
+                                   annotations.get(INPUT_MODEL_ANNOTATION), now, cause, ctx, fresh, workload)
         return self._finish(body, old, patch, out)
+
+    def _workload(self, job: Mapping[str, Any], now: str, out: Outcome) -> Optional[dict[str, Any]]:
+        """Kueue's Workload of an MPIJob that Kueue holds suspended: its conditions say why it waits (status quotes
+        them). None without Kueue, or without permission to read Workloads (the message then names the queue only).
+        While Kueue has said nothing, in the first QUEUE_POLL_WINDOW_SECONDS of the MPIJob, the pass comes back."""
+        meta = job.get("metadata") or {}
+        if not held_by_kueue(job) or not meta.get("uid"):
+            return None
+        try:
+            found = self.api.list(KUEUE_API_VERSION, "Workload", str(meta.get("namespace", "")),
+                                  f"{KUEUE_JOB_UID_LABEL}={meta['uid']}")
+        except KubeError as err:
+            log.debug("cannot read the Workload of MPIJob %s: %s", meta.get("name"), err)
+            return None
+        workload = found[0] if found else None
+        created = meta.get("creationTimestamp")
+        if not kueue_says(workload) and created and _seconds_between(str(created), now) < QUEUE_POLL_WINDOW_SECONDS:
+            out.requeue_after = min(out.requeue_after or QUEUE_POLL_SECONDS, QUEUE_POLL_SECONDS)
+        return workload
 
     def _retry(self, body: Mapping[str, Any], res: Resource, old: Mapping[str, Any], generation: int,
                job: Mapping[str, Any], ctx: compute.RunContext, reason: str, message: str, now: str,

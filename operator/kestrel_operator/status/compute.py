@@ -179,13 +179,14 @@ def _history(old: Mapping[str, Any], ctx: RunContext, rec: Mapping[str, Any], pa
 
 def run_status(old: Mapping[str, Any], generation: int, mpijob: Optional[Mapping[str, Any]], mpijob_name: str,
                output: Optional[Mapping[str, Any]], model_path: Optional[str], now: str,
-               cause: Optional[Cause] = None, ctx: Optional[RunContext] = None, fresh: bool = False) -> dict[str, Any]:
+               cause: Optional[Cause] = None, ctx: Optional[RunContext] = None, fresh: bool = False,
+               workload: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Mirror the run's MPIJob: phase, conditions, times; the output once it succeeded, and then the gate's
     verdict (ctx.gate; without one the run is promoted). `cause` (from the pods) replaces the MPIJob's reason
     while the run is Pending or Running, or explains a failure. `fresh`: the run was just created (the
-    previous run's progress goes)."""
+    previous run's progress goes). `workload`: Kueue's Workload while Kueue holds the MPIJob (why it waits)."""
     ctx = ctx or RunContext("", "")
-    ph: Phase = phase_of(mpijob)
+    ph: Phase = phase_of(mpijob, workload)
     reason, message = ph.reason, ph.message
     if cause is not None and ph.phase in (PENDING, RUNNING, FAILED):
         reason, message = cause.reason, cause.message
