@@ -42,7 +42,7 @@ start=$(date +%s)
 train_s=$(( $(date +%s) - start ))
 MODEL=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['final_model'])" "$RESULTS/summary.json")
 "$KESTREL" evaluate -e "$SPEC" -m "$MODEL" -r "$RESULTS/evaluate"
-"$KESTREL" inference -e "$SPEC" -m "$MODEL" -d "$DATA/test" -r "$RESULTS/inference"
+"$KESTREL" inference -e "$SPEC" -m "$MODEL" -d "$DATA/test" -r "$RESULTS/inference" -b 64  # -b: 1 by default, as the original
 .venv/bin/python - "$RESULTS" "$train_s" <<'PY'
 import json, sys
 results, seconds = sys.argv[1], int(sys.argv[2])

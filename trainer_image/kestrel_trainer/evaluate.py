@@ -120,6 +120,23 @@ def default_results_dir(model_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_path))), "evaluate")
 
 
+def writable_results_dir(model_path: str) -> Optional[str]:
+    """Where evaluate writes without -r: RUN/evaluate beside the model when that can be written, else
+    `evaluate/` in the working directory (a model on a read-only mount), else None: nothing is written and the
+    report is only printed, which is all the original does without -r."""
+    import tempfile
+
+    for folder in (default_results_dir(model_path), os.path.join(os.getcwd(), "evaluate")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+            return folder
+        except OSError as err:
+            log.info("cannot write evaluation results to %s (%s)", folder, err.strerror or err)
+    return None
+
+
 def run_evaluation(spec, model_path: str, key: Optional[str], results_dir: Optional[str],
                    classmap_path: Optional[str] = None, skip_bad_images: bool = False) -> dict[str, Any]:
     """Evaluate `model_path` on eval_config.eval_dataset_path; writes results.json and confusion_matrix.png."""

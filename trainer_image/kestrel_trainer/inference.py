@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -37,33 +38,51 @@ def write_result_csv(path: str, files: Sequence[str], rows: Sequence[Sequence[tu
     write_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
+@dataclass
+class InferenceResult:
+    """What inference classified: `-i` (one image) and/or `-d` (a folder, written to `csv_path`)."""
+
+    image: Optional[tuple[str, list[tuple[str, float]]]] = None
+    folder_files: list[str] = field(default_factory=list)
+    folder_rows: list[list[tuple[str, float]]] = field(default_factory=list)
+    csv_path: Optional[str] = None
+
+
 def run_inference(spec, model_path: str, key: Optional[str], classmap_path: Optional[str], *,
                   image: Optional[str] = None, folder: Optional[str] = None, batch_size: Optional[int] = None,
                   results_dir: Optional[str] = None, top_k: int = 1, skip_bad_images: bool = False
-                  ) -> tuple[list[str], list[list[tuple[str, float]]]]:
+                  ) -> InferenceResult:
+    """Classify `image` and/or every image under `folder` (both in one run, as the original), with one model
+    load; the folder's rows go to result.csv in `results_dir` (default: the folder)."""
     from kestrel_trainer.data.check import exclude_bad_images
     from kestrel_trainer.predict import default_classmap_path, load_for_prediction, predict_files
 
-    if image:
-        if not os.path.isfile(image):
-            raise DataError(f"image not found: {image}")
-        files = [image]
-    else:
-        files = images_under(folder)
-    files, _, skipped = exclude_bad_images(files, [0] * len(files), skip_bad_images=skip_bad_images,
-                                           n_workers=spec.eval.n_workers, log=log.warning)
+    if image and not os.path.isfile(image):
+        raise DataError(f"image not found: {image}")
+    folder_files = images_under(folder) if folder else []
+    # label 1 marks the -i image, 0 the folder's: the check keeps the labels of the files it keeps
+    checked, tags, skipped = exclude_bad_images(([image] if image else []) + folder_files,
+                                                [1] * bool(image) + [0] * len(folder_files),
+                                                skip_bad_images=skip_bad_images, n_workers=spec.eval.n_workers,
+                                                log=log.warning)
     classmap_path = classmap_path or default_classmap_path(model_path)
     if not classmap_path:
         raise DataError(f"no classmap: pass -cm CLASSMAP (none found beside {model_path})")
     model = load_for_prediction(model_path, key)
     names = class_names_from(classmap_path, int(model.output_shape[-1]))
-    scores = predict_files(model, files, spec, batch_size or spec.eval.batch_size, spec.eval.enable_center_crop,
-                           spec.eval.n_workers)
-    rows = top_k_rows(scores, names, top_k)
+    result = InferenceResult()
+    if 1 in tags:
+        scores = predict_files(model, [image], spec, 1, spec.eval.enable_center_crop, spec.eval.n_workers)
+        result.image = (image, top_k_rows(scores, names, top_k)[0])
     if folder:
+        result.folder_files = [f for f, tag in zip(checked, tags) if tag == 0]
+        scores = predict_files(model, result.folder_files, spec, batch_size or 1, spec.eval.enable_center_crop,
+                               spec.eval.n_workers)
+        result.folder_rows = top_k_rows(scores, names, top_k)
         out_dir = results_dir or folder
         os.makedirs(out_dir, exist_ok=True)
-        write_result_csv(os.path.join(out_dir, "result.csv"), files, rows)
+        result.csv_path = os.path.join(out_dir, "result.csv")
+        write_result_csv(result.csv_path, result.folder_files, result.folder_rows)
     if skipped:
         log.warning("%d undecodable image(s) skipped", skipped)
-    return files, rows
+    return result

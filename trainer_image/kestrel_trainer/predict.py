@@ -6,6 +6,7 @@ normalisation from the spec), so a model sees at inference what it saw when it w
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from typing import Optional, Sequence
@@ -15,6 +16,8 @@ import numpy as np
 from kestrel_trainer.data import folders
 from kestrel_trainer.errors import DataError
 from kestrel_trainer.spec.types import ExperimentSpec
+
+log = logging.getLogger("kestrel.predict")
 
 
 def load_for_prediction(path: str, key: Optional[str]):
@@ -30,7 +33,9 @@ def load_for_prediction(path: str, key: Optional[str]):
         return load_classifier(path, key)
     from kestrel_trainer.model_io.files import load_model
 
-    return load_model(path, key, compile=False)
+    model = load_model(path, key, compile=False)
+    model.source_path = path  # named in messages, as OnnxClassifier.path is
+    return model
 
 
 def default_classmap_path(model_path: str) -> Optional[str]:
@@ -43,6 +48,35 @@ def default_classmap_path(model_path: str) -> Optional[str]:
     return None
 
 
+def model_input_hwc(model) -> Optional[tuple[int, int, int]]:
+    """(H, W, C) the model takes: an exported model's NCHW input, a Keras model's input shape; None if dynamic."""
+    if hasattr(model, "input_chw"):
+        c, h, w = model.input_chw
+    else:
+        shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+        h, w, c = shape[1:4]
+    if not all(isinstance(d, int) and d > 0 for d in (h, w, c)):
+        return None
+    return int(h), int(w), int(c)
+
+
+def spec_for_model(spec: ExperimentSpec, model) -> ExperimentSpec:
+    """The spec with the input size the model file says, as the original's evaluate, inference and export take
+    it (from the model, not from input_image_size); a spec that says otherwise gets a warning."""
+    name = getattr(model, "path", None) or getattr(model, "source_path", None) or model.name
+    return spec_with_input_size(spec, model_input_hwc(model), name)
+
+
+def spec_with_input_size(spec: ExperimentSpec, hwc: Optional[tuple[int, int, int]], name: str) -> ExperimentSpec:
+    if hwc is None or hwc == spec.model.input_shape:
+        return spec
+    h, w, c = hwc
+    log.warning("%s takes %d,%d,%d images (C,H,W): using that, as the original does, not the spec's "
+                "input_image_size %d,%d,%d", name, c, h, w, spec.model.input_channels,
+                spec.model.input_height, spec.model.input_width)
+    return replace(spec, model=replace(spec.model, input_height=h, input_width=w, input_channels=c))
+
+
 def predict_files(
     model,
     files: Sequence[str],
@@ -51,12 +85,12 @@ def predict_files(
     center_crop: bool,
     n_workers: int,
 ) -> np.ndarray:
-    """Softmax scores [len(files), n_classes], in file order."""
+    """Softmax scores [len(files), n_classes], in file order. Images are resized to the model's own input
+    size (spec_for_model), as the original does; the rest of the preprocessing is the spec's."""
     from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
 
     n_classes = int(model.output_shape[-1])
-    if hasattr(model, "check_input"):  # an exported model has a fixed input: say so before decoding images
-        model.check_input(spec.model.input_height, spec.model.input_width, spec.model.input_channels)
+    spec = spec_for_model(spec, model)
     options = replace(PipelineOptions.for_evaluation(spec.model, spec.train, batch_size, center_crop),
                       n_workers=n_workers)
     ds = make_dataset(list(files), [0] * len(files), n_classes, options)

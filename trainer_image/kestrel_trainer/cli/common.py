@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 from kestrel_trainer.errors import KestrelError
@@ -21,6 +23,54 @@ def add_key_argument(parser: argparse.ArgumentParser) -> None:
         help=f"model encryption key; prefer the {KEY_ENV} environment variable, which stays out of process "
         "listings. Without either, models are written as plain .hdf5",
     )
+
+
+# Encrypted model file formats a command can write (model_io.files.FORMATS, without importing it for --help).
+MODEL_FORMATS = ("kestrel", "tao")
+
+
+def add_format_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--format", dest="model_format", choices=MODEL_FORMATS, default="kestrel",
+                        help=f"encrypted {what} format: kestrel (default; authenticated, a wrong key is a clear "
+                        "error) or tao (the original's .tlt: AES-CTR over a channels-first HDF5, no optimizer "
+                        "state, for downstream tools that need it)")
+
+
+def check_format_key(model_format: str, key: Optional[str]) -> None:
+    """--format tao writes the original's encrypted .tlt, which needs a key."""
+    if model_format == "tao" and not key:
+        raise KestrelError("--format tao writes the original's encrypted .tlt: give the key with -k or "
+                           f"{KEY_ENV}", exit_code=2)
+
+
+@contextmanager
+def task_status(results_dir: Optional[str], task: str, started: Optional[str] = None) -> Iterator[object]:
+    """RESULTS/status.json for a one-shot task, as the original writes it: only when -r is given; `started`
+    (if any) as STARTED, then FAILURE with the error's one line (or "<Task> was interrupted"). Yields the
+    StatusLogger (None without -r); the command writes its own RUNNING/SUCCESS lines."""
+    from kestrel_trainer.report.status import StatusLogger
+
+    status = StatusLogger(os.path.join(results_dir, "status.json")) if results_dir else None
+    if status:
+        try:  # a folder that cannot be written is the user's to fix: one line, before any work
+            os.makedirs(results_dir, exist_ok=True)
+            with open(status.path, "a", encoding="utf-8"):
+                pass
+        except OSError as err:
+            raise KestrelError(f"-r/--results_dir {results_dir}: cannot write {status.path} "
+                               f"({err.strerror or err})", exit_code=2) from None
+    if status and started:
+        status.write("STARTED", started)
+    try:
+        yield status
+    except KeyboardInterrupt:
+        if status:
+            status.write("FAILURE", f"{task.capitalize()} was interrupted")
+        raise
+    except Exception as err:  # KestrelError: its one line; anything else: str(err), as the original
+        if status:
+            status.write("FAILURE", getattr(err, "message", None) or str(err) or type(err).__name__)
+        raise
 
 
 def add_common_task_arguments(parser: argparse.ArgumentParser) -> None:

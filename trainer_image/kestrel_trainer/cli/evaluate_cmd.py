@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from kestrel_trainer.cli.common import (
@@ -12,8 +13,9 @@ from kestrel_trainer.cli.common import (
     require_key_for,
     resolve_key,
     setup_logging,
+    task_status,
 )
-from kestrel_trainer.errors import KestrelError, SpecError
+from kestrel_trainer.errors import SpecError
 from kestrel_trainer.spec import load_spec
 
 ORDER = 40
@@ -27,27 +29,29 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(f"{args.experiment_spec}: eval_config.model_path: is required for evaluate (or pass -m MODEL)")
     key = resolve_key(args)
     require_key_for(model_path, key)
-    from kestrel_trainer.evaluate import default_results_dir, format_original_report, format_report, run_evaluation
-    from kestrel_trainer.report.status import StatusLogger
+    ignored = [flag for flag, value in (("-i/--image_dir", args.image_dir), ("-l/--label_dir", args.label_dir),
+                                        ("-b/--batch_size", args.batch_size)) if value is not None]
+    if ignored:
+        logging.getLogger("kestrel.evaluate").warning(
+            "%s: accepted as the original accepts them (placeholders for its deploy tools) and ignored; the data "
+            "and batch size come from eval_config", ", ".join(ignored))
+    from kestrel_trainer.evaluate import format_original_report, format_report, run_evaluation, writable_results_dir
 
-    results = args.results_dir or default_results_dir(model_path)
     # As the original: status.json in the -r folder (only when -r is given).
-    status = StatusLogger(os.path.join(args.results_dir, "status.json")) if args.results_dir else None
-    if status:
-        status.write("STARTED", "Starting evaluation.")
-    try:
+    with task_status(args.results_dir, "evaluation", "Starting evaluation.") as status:
+        results = args.results_dir or writable_results_dir(model_path)
         apply_device_flags(args)
         metrics = run_evaluation(spec, model_path, key, results, args.classmap, args.skip_bad_images)
-    except (KestrelError, KeyboardInterrupt) as err:
+        print(format_original_report(metrics))
+        print(format_report(metrics))
+        if results:
+            print(f"\nresults: {os.path.join(results, 'results.json')}")
+        else:
+            print("\nresults: printed only (neither the model's folder nor the working directory can be written; "
+                  "pass -r DIR to keep results.json and confusion_matrix.png)")
         if status:
-            status.write("FAILURE", getattr(err, "message", None) or "Evaluation was interrupted")
-        raise
-    print(format_original_report(metrics))
-    print(format_report(metrics))
-    print(f"\nresults: {os.path.join(results, 'results.json')}")
-    if status:
-        status.kpi = {"top_k_accuracy": float(metrics[f"top_{metrics['top_k']}_accuracy"])}
-        status.write("SUCCESS", "Evaluation finished successfully.")
+            status.kpi = {"top_k_accuracy": float(metrics[f"top_{metrics['top_k']}_accuracy"])}
+            status.write("SUCCESS", "Evaluation finished successfully.")
     return 0
 
 
@@ -58,10 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model_path", "--model", dest="model_path", default=None,
                    help="model file (default: eval_config.model_path)")
     p.add_argument("-r", "--results_dir", default=None,
-                   help="where results.json and confusion_matrix.png go (default: RUN/evaluate beside weights/)")
+                   help="where status.json (only with -r, as the original), results.json and confusion_matrix.png "
+                   "go (default: RUN/evaluate beside weights/ when writable, else ./evaluate, else printed only)")
     add_key_argument(p)
-    p.add_argument("-c", "-cm", "--classmap_json", dest="classmap", default=None,
+    p.add_argument("-c", "-cm", "--classmap_json", "--classmap", dest="classmap", default=None,
                    help="classmap.json (default: the one of the training run the model comes from)")
     p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true")
+    # The original's evaluate parser also takes these (placeholders for its deploy tools) and ignores them.
+    p.add_argument("-i", "--image_dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-l", "--label_dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-b", "--batch_size", type=int, default=None, help=argparse.SUPPRESS)
     add_common_task_arguments(p)
     p.set_defaults(func=run)

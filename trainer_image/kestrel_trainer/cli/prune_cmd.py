@@ -9,10 +9,13 @@ import argparse
 
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
+    add_format_argument,
     add_key_argument,
+    check_format_key,
     require_key_for,
     resolve_key,
     setup_logging,
+    task_status,
 )
 
 ORDER = 60
@@ -23,6 +26,24 @@ DEFAULTS = {"normalizer": "max", "criterion": "union", "granularity": 8, "thresh
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_file, args.verbose)
+    with task_status(args.results_dir, "pruning") as status:
+        report = _prune(args)
+        if status:
+            from kestrel_trainer.prune.report import pruning_ratio_line
+
+            status.kpi = {"pruning_ratio": report["parameters"]["ratio"], "size": report["file_bytes"]["after"],
+                          "param_count": report["parameters"]["after"]}
+            status.write("RUNNING", pruning_ratio_line(report))
+            status.write("SUCCESS", "Pruning finished successfully.")
+    from kestrel_trainer.prune.report import format_report, pruning_ratio_line
+
+    print(format_report(report))
+    print(pruning_ratio_line(report))
+    print(f"\npruned model: {report['output']}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> dict:
     from kestrel_trainer.prune.rule import PruneOptions
     from kestrel_trainer.prune.run import check_options
 
@@ -34,14 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
         load_spec(args.experiment_spec, "prune")  # validated; the model file carries its own architecture
     key = resolve_key(args)
+    check_format_key(args.model_format, key)
     require_key_for(args.model_path, key)
-    from kestrel_trainer.prune.report import format_report
     from kestrel_trainer.prune.run import prune_file
 
-    report = prune_file(args.model_path, args.output, key, opts, args.excluded_layers, args.results_dir)
-    print(format_report(report))
-    print(f"\npruned model: {report['output']}")
-    return 0
+    return prune_file(args.model_path, args.output, key, opts, args.excluded_layers, args.results_dir,
+                      args.model_format)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    dest="experiment_spec", default=None, metavar="SPEC",
                    help="spec file (optional; validated, the model file holds its architecture)")
     p.add_argument("-r", "--results_dir", default=None,
-                   help="where prune_report.json goes (default: the output file's folder)")
+                   help="where prune_report.json goes (default: the output file's folder) and status.json (only "
+                   "with -r, as the original)")
+    add_format_argument(p, "pruned model")
     p.add_argument("-n", "--normalizer", default=DEFAULTS["normalizer"],
                    help="per-layer score normalisation: max, L2 or off (default max)")
     p.add_argument("-eq", "--equalization_criterion", dest="criterion", default=DEFAULTS["criterion"],

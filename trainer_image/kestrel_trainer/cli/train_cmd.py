@@ -14,7 +14,9 @@ from typing import Optional
 
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
+    add_format_argument,
     add_key_argument,
+    check_format_key,
     resolve_key,
     resolve_processes,
     setup_logging,
@@ -27,7 +29,6 @@ ORDER = 30
 log = logging.getLogger("kestrel.train")
 
 
-MODEL_FORMATS = ("kestrel", "tao")  # model_io.files.FORMATS, without importing it for --help
 IMAGE_CACHE_MODES = ("auto", "on", "off")  # data/decoded.CACHE_MODES, without importing NumPy for --help
 
 
@@ -56,10 +57,8 @@ def run(args: argparse.Namespace) -> int:
         folders.scan(eval_spec.eval.eval_dataset_path)  # a missing or empty eval folder fails now, not after training
     key = resolve_key(args)
     if not key:
+        check_format_key(args.model_format, key)
         log.warning("no key given (-k or KESTREL_KEY): checkpoints are written unencrypted as .hdf5")
-        if args.model_format == "tao":
-            raise KestrelError("--format tao writes the original's encrypted .tlt: give the key with -k or "
-                               "KESTREL_KEY", exit_code=2)
     from kestrel_trainer.train.distributed import Ranks, init_ranks, launched_world
 
     world = launched_world()
@@ -136,10 +135,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    default=os.environ.get("KESTREL_IMAGE_CACHE") or "auto",
                    help="keep the decoded training images in memory so epochs do not decode them again: auto "
                    "(when they fit in a quarter of the free memory), on, off (default: $KESTREL_IMAGE_CACHE or auto)")
-    p.add_argument("--format", dest="model_format", choices=MODEL_FORMATS, default="kestrel",
-                   help="encrypted checkpoint format: kestrel (default; authenticated, a wrong key is a clear error) "
-                   "or tao (the original's .tlt: AES-CTR over a channels-first HDF5, no optimizer state, for "
-                   "downstream tools that need it)")
+    add_format_argument(p, "checkpoint")
     p.add_argument("--evaluate", action="store_true",
                    help="after training, rank 0 evaluates the final model on eval_config.eval_dataset_path as "
                    "`kestrel evaluate` does (RESULTS/evaluate/results.json) and reports top-1/top-k to the "

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input_1"
 OUTPUT_NAME = "predictions"
 BATCH_DIM = "batch"
-MIN_OPSET = 13
+MIN_OPSET = 12
 MAX_OPSET = 18  # the newest opset tf2onnx 1.17 writes
 DEFAULT_OPSET = 17
 ONNX_SUFFIX = ".onnx"
@@ -155,11 +155,54 @@ def read_onnx_bytes(path: str, key: Optional[str]) -> bytes:
         if not key:
             raise ModelFileError(f"{path} is encrypted: give the key with -k or KESTREL_KEY")
         try:
-            _name, data = tao_crypto.unpack_etlt(data, key)
+            name, data = tao_crypto.unpack_etlt(data, key)
         except ValueError as err:
             raise ModelFileError(f"corrupt file: {path} ({err})") from None
+        # The original writes an input-node name only for UFF (0 for ONNX): known before the key is checked.
+        if name or looks_like_uff(data):
+            where = f" (input node {name!r})" if name else ""
+            raise ModelFileError(f"{path}: the original's UFF .etlt{where}; UFF models are not supported; re-export "
+                                 "with `kestrel export -m MODEL.tlt -o MODEL.etlt` from the trained .tlt (ONNX, "
+                                 "which DeepStream and TensorRT read)")
     parse_onnx(data, path)
     return data
+
+
+# uff.MetaGraph's fields: version=1, descriptor_core_version=2 (varints), descriptors=3, graphs=4,
+# referenced_data=5 (length-delimited): the wire type each field must have.
+_UFF_FIELDS = {1: 0, 2: 0, 3: 2, 4: 2, 5: 2}
+
+
+def looks_like_uff(data: bytes) -> bool:
+    """True when `data` parses, to its end, as a uff.MetaGraph protobuf with a version and a graph."""
+
+    def varint(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        while pos < len(data) and shift < 64:
+            byte = data[pos]
+            value |= (byte & 0x7F) << shift
+            pos += 1
+            if not byte & 0x80:
+                return value, pos
+            shift += 7
+        raise ValueError("truncated varint")
+
+    seen, pos = set(), 0
+    try:
+        while pos < len(data):
+            tag, pos = varint(pos)
+            number, wire = tag >> 3, tag & 7
+            if _UFF_FIELDS.get(number) != wire:
+                return False
+            value, pos = varint(pos)
+            if wire == 2:
+                pos += value
+                if pos > len(data):
+                    return False
+            seen.add(number)
+    except ValueError:
+        return False
+    return {1, 4} <= seen
 
 
 def encode(onnx_bytes: bytes, path: str, key: Optional[str]) -> bytes:

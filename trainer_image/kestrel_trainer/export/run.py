@@ -23,6 +23,7 @@ log = logging.getLogger("kestrel.export")
 DATA_TYPES = ("fp32", "fp16", "int8")
 TARGETS = ("tensorrt", "onnxruntime")
 PARITY_IMAGES = 16
+QDQ_MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear arrived in opset 13
 
 
 @dataclass
@@ -51,6 +52,12 @@ class ExportRequest:
     parity_tolerance: float = parity.DEFAULT_TOLERANCE
 
 
+def opt_batch(req) -> int:
+    """The engine profile's optimal batch: --opt_batch_size, by default the original's 1 (or --min_batch_size
+    when that is larger, so that the default never contradicts it)."""
+    return req.opt_batch_size if req.opt_batch_size is not None else max(1, req.min_batch_size)
+
+
 def default_output(model: str, key: Optional[str]) -> str:
     """The original's default: the model's name with .etlt (encrypted); .onnx when there is no key."""
     return os.path.splitext(model)[0] + (ETLT_SUFFIX if key else ".onnx")
@@ -64,6 +71,9 @@ def _check_request(req: ExportRequest) -> None:
     if req.target not in TARGETS:
         raise ExportError(f"--target {req.target}: must be one of {', '.join(TARGETS)}")
     check_opset(req.target_opset)
+    if req.target == "onnxruntime" and req.data_type == "int8" and req.target_opset < QDQ_MIN_OPSET:
+        raise ExportError(f"--target_opset {req.target_opset}: int8 QDQ models for onnxruntime need opset "
+                          f"{QDQ_MIN_OPSET} or newer (per-channel weight scales)")
     suffix = os.path.splitext(req.output)[1].lower()
     if suffix not in DEPLOY_SUFFIXES:
         raise ExportError(f"-o {req.output}: the output must end in .onnx (plain) or .etlt (encrypted)")
@@ -157,6 +167,10 @@ def _calibration_batches(req: ExportRequest, files: Optional[list[str]], chw: tu
     else:
         batches = calibration.read_tensorfile(req.cal_data_file)[:req.batches]
         log.info("calibrating on %d batches of %s", len(batches), req.cal_data_file)
+    return _check_batch_shapes(batches, chw)
+
+
+def _check_batch_shapes(batches: list[np.ndarray], chw: tuple[int, int, int]) -> list[np.ndarray]:
     for batch in batches:
         if tuple(batch.shape[1:]) != chw:
             raise DataError(f"calibration batch shape {tuple(batch.shape)} does not match the model's input "
@@ -195,6 +209,10 @@ def run_export(req: ExportRequest) -> dict:
     cal_files = _calibration_files(req)
 
     model = load_model(req.model, req.key, compile=False)
+    if req.spec is not None:  # the input size is the model's, as in evaluate (predict.spec_for_model)
+        from kestrel_trainer.predict import model_input_hwc, spec_with_input_size
+
+        req.spec = spec_with_input_size(req.spec, model_input_hwc(model), req.model)
     proto = onnx_model.keras_to_onnx(model, req.target_opset, req.static_batch_size)
     onnx_bytes = proto.SerializeToString()
     chw = onnx_model.input_chw(proto)
@@ -245,7 +263,7 @@ def run_export(req: ExportRequest) -> dict:
 
     if req.engine_file:
         profile = optimization_profile(onnx_model.INPUT_NAME, chw, req.min_batch_size,
-                                       req.opt_batch_size or req.max_batch_size, req.max_batch_size,
+                                       opt_batch(req), req.max_batch_size,
                                        onnx_model.static_batch_of(proto))
         files[req.engine_file] = build_engine(onnx_bytes, profile, req.data_type, req.max_workspace_size, cache)
 
@@ -267,6 +285,7 @@ class EngineRequest:
     data_type: str = "fp32"
     cal_cache_file: Optional[str] = None
     cal_image_dir: Optional[str] = None
+    cal_data_file: Optional[str] = None
     batches: int = calibration.DEFAULT_BATCHES
     batch_size: int = calibration.DEFAULT_BATCH_SIZE
     min_batch_size: int = 1
@@ -293,18 +312,25 @@ def prepare_engine(req: EngineRequest) -> tuple[bytes, object, Optional[bytes]]:
     proto = onnx_model.parse_onnx(onnx_bytes, req.model)
     chw = onnx_model.input_chw(proto)
     profile = optimization_profile(proto.graph.input[0].name, chw, req.min_batch_size,
-                                   req.opt_batch_size or req.max_batch_size, req.max_batch_size,
+                                   opt_batch(req), req.max_batch_size,
                                    onnx_model.static_batch_of(proto))
     cache = None
     if req.data_type == "int8":
         if req.cal_cache_file and os.path.isfile(req.cal_cache_file):
             cache = calibration.read_cache(req.cal_cache_file)
         elif req.cal_image_dir and req.spec is not None:
+            from kestrel_trainer.predict import spec_with_input_size
+
+            spec = spec_with_input_size(req.spec, (chw[1], chw[2], chw[0]), req.model)
             files = calibration.calibration_files(req.cal_image_dir, req.batches * req.batch_size)
-            batches = calibration.image_batches(files, req.spec, req.batch_size)
+            batches = calibration.image_batches(files, spec, req.batch_size)
+            cache = calibration.cache_text(calibration.entropy_ranges(onnx_bytes, batches)).encode()
+        elif req.cal_data_file:
+            batches = _check_batch_shapes(calibration.read_tensorfile(req.cal_data_file)[:req.batches], chw)
             cache = calibration.cache_text(calibration.entropy_ranges(onnx_bytes, batches)).encode()
         else:
-            raise ExportError("--data_type int8 needs an existing --cal_cache_file, or --cal_image_dir with -e SPEC")
+            raise ExportError("--data_type int8 needs an existing --cal_cache_file, --cal_data_file FILE, or "
+                              "--cal_image_dir with -e SPEC")
     return onnx_bytes, profile, cache
 
 

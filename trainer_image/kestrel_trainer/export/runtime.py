@@ -13,8 +13,6 @@ from typing import Optional
 
 import numpy as np
 
-from kestrel_trainer.errors import DataError
-
 
 def session(onnx_bytes: bytes, threads: Optional[int] = None, optimize: bool = True):
     """An onnxruntime.InferenceSession on the CPU."""
@@ -54,12 +52,6 @@ class OnnxClassifier:
         out_dims = proto.graph.output[0].type.tensor_type.shape.dim
         self.output_shape = (None, int(out_dims[-1].dim_value))
         self.session = session(onnx_bytes, threads)
-
-    def check_input(self, height: int, width: int, channels: int) -> None:
-        if (channels, height, width) != self.input_chw:
-            c, h, w = self.input_chw
-            raise DataError(f"{self.path} takes {c},{h},{w} images but the spec's input_image_size is "
-                            f"{channels},{height},{width}")
 
     def predict_batch(self, batch_nhwc: np.ndarray) -> np.ndarray:
         n = len(batch_nhwc)

@@ -15,7 +15,7 @@ from kestrel_trainer.errors import KestrelError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKSPACE = 1 << 30  # bytes, the original's default
+DEFAULT_WORKSPACE = 2 << 30  # bytes: 2 GiB, the original's default
 
 
 class TensorRTMissing(KestrelError):

@@ -36,6 +36,11 @@ def build_report(before: tf.keras.Model, after: tf.keras.Model, layers: list[dic
     }
 
 
+def pruning_ratio_line(report: dict[str, Any]) -> str:
+    """The original's line (and status.json message): parameters after / before, Keras' count_params."""
+    return f"Pruning ratio (pruned model / original model): {report['parameters']['ratio']}"
+
+
 def _mb(n: Optional[int]) -> str:
     return "?" if n is None else f"{n / 1e6:.2f} MB"
 

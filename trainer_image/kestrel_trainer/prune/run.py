@@ -87,8 +87,10 @@ def prune_model(model, opts: PruneOptions, excluded: Sequence[str] = ()):
 
 
 def prune_file(model_path: str, output: str, key: Optional[str], opts: PruneOptions,
-               excluded: Sequence[str] = (), results_dir: Optional[str] = None) -> dict[str, Any]:
-    """Prune the model file `model_path` into `output`; returns the report (also written as JSON)."""
+               excluded: Sequence[str] = (), results_dir: Optional[str] = None,
+               model_format: str = "kestrel") -> dict[str, Any]:
+    """Prune the model file `model_path` into `output` (with a key: our container, or with model_format "tao"
+    the original's .tlt); returns the report (also written as JSON)."""
     from kestrel_trainer.model_io.files import save_model, write_atomic
     from kestrel_trainer.predict import load_for_prediction
     from kestrel_trainer.prune.report import REPORT_FILENAME, build_report
@@ -106,7 +108,7 @@ def prune_file(model_path: str, output: str, key: Optional[str], opts: PruneOpti
         log.warning("nothing was pruned: every filter scores above the threshold %g (lowest normalised score %.3f, "
                     "after the minimum and granularity); see docs/prune.md, 'Choosing the threshold'",
                     opts.threshold, min(lowest))
-    written = save_model(pruned, target, key, include_optimizer=False)
+    written = save_model(pruned, target, key, include_optimizer=False, format=model_format)
     report = build_report(model, pruned, rows, options=asdict(opts), excluded=list(excluded),
                           model_path=model_path, output_path=str(written),
                           bytes_before=os.path.getsize(model_path), bytes_after=os.path.getsize(written))
