@@ -116,3 +116,22 @@ def tiny_run(tmp_path_factory, fashion) -> Path:
 def classmap_names(fashion: Path) -> list[str]:
     cm = json.loads((fashion / "classmap.json").read_text())
     return sorted(cm, key=cm.get)
+
+
+def real_test_batch(fashion: Path, spec_path: Path) -> np.ndarray:
+    """The test split's real images (4 per class), preprocessed by the spec as evaluate does (NHWC)."""
+    from kestrel_trainer.export import calibration
+    from kestrel_trainer.spec import load_spec
+
+    files = [str(f) for f in sorted((fashion / "test").rglob("*.png"))]
+    return np.concatenate(calibration.preprocessed(files, load_spec(spec_path), 16))
+
+
+@pytest.fixture(scope="session")
+def spread_run(tmp_path_factory, fashion) -> tuple[Path, Path]:
+    """(saved model, spec): a 10-class tiny model whose BN statistics and head come from the real test images,
+    so its top-1 spreads over several classes on them (a fresh tiny model may pick one class for every image)."""
+    folder = tmp_path_factory.mktemp("spread")
+    spec = write_spec(folder, fashion)
+    model = randomise(tiny_model(), inputs=real_test_batch(fashion, spec))
+    return save_run(model, folder / "run", fashion), spec

@@ -69,7 +69,7 @@ def test_cache_has_one_positive_scale_per_tensor_of_the_model(spec, fashion):
     ranges = calibration.entropy_ranges(proto.SerializeToString(), calibration.image_batches(files, spec, 8))
     text = calibration.cache_text(ranges)
     header, scales = calibration.parse_cache(text)
-    assert header == "TRT-8601-EntropyCalibration2"
+    assert header == "TRT-8601-EntropyCalibration2"  # no TensorRT here: 8.6.1's header
     tensors = {"input_1"} | {o for n in proto.graph.node for o in n.output}
     assert set(scales) <= tensors and {"input_1", "predictions"} <= set(scales)
     assert all(s > 0 for s in scales.values())
@@ -104,3 +104,76 @@ def test_missing_tensorrt_is_one_line_exit_2():
     assert err.value.exit_code == 2 and "\n" not in err.value.message
     assert "TensorRT is not installed" in err.value.message
 
+
+
+def reference_entropy_amax(x: np.ndarray, bins: int = 2048, first: int = 128, levels: int = 128) -> float:
+    """An independent NumPy transcription of TensorRT's entropy calibration as NVIDIA's GTC 2017 talk "8-bit
+    Inference with TensorRT" gives it (a plain loop, no shared code with calibration.py): histogram of |x| in
+    2048 bins; for i in 128..2047, P = bins[0:i] with the outliers added to bin i-1, Q = bins[0:i] quantized to
+    128 levels and expanded back over P's non-empty bins; threshold = (m + 0.5) * bin width at the smallest
+    KL(P || Q). Before KL each empty bin gets 1e-4 counts, taken evenly from the others (the smoothing of MXNet's
+    and ONNX Runtime's public implementations of the talk, which it does not specify)."""
+    a = np.abs(x.astype(np.float64)).ravel()
+    hist, edges = np.histogram(a, bins=bins, range=(0.0, a.max()))
+    width = edges[1] - edges[0]
+
+    divergences = {}
+    for i in range(first, bins):
+        p = hist[:i].astype(np.float64)
+        p[i - 1] += hist[i:].sum()
+        per_level = i // levels
+        q = np.zeros(i)
+        for level in range(levels):
+            lo = level * per_level
+            hi = i if level == levels - 1 else lo + per_level
+            chunk = hist[lo:hi]
+            used = np.count_nonzero(chunk)
+            if used:
+                q[lo:hi] = np.where(chunk != 0, chunk.sum() / used, 0.0)
+        for d in (p, q):
+            empty = d == 0
+            d += 1e-4 * empty - 1e-4 * empty.sum() / (~empty).sum() * ~empty
+        p, q = p / p.sum(), q / q.sum()
+        divergences[i] = sum(pb * np.log(pb / qb) for pb, qb in zip(p, q))
+    m = min(divergences, key=divergences.get)
+    return (m + 0.5) * width
+
+
+def identity_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_entropy_calibration_clips_outliers_as_tensorrt_does():
+    """N(0,1) data with 5 outliers at 40: TensorRT's entropy search (2048 bins, from 128) clips them, where ONNX
+    Runtime's default entropy settings (128 bins) have one candidate, the full range 40. Our amax is the
+    independent reference's to within a bin of the histogram."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal(100_000).astype(np.float32)
+    data[rng.choice(data.size, 5, replace=False)] = 40.0
+    batches = [data[i:i + 20_000].reshape(-1, 4) for i in range(0, data.size, 20_000)]
+    reference = reference_entropy_amax(data)
+    assert 4.0 < reference < 10.0  # the outliers are clipped: beyond the bulk (|x| <= 4.5), far below 40
+    ranges = calibration.entropy_ranges(identity_model(), batches)
+    assert set(ranges) == {"x", "y"}
+    for amax in ranges.values():
+        assert abs(amax - reference) <= 40.0 / 2048 + 1e-6
+
+
+def test_cache_header_names_the_running_tensorrt(monkeypatch):
+    """TensorRT's own version number (NV_TENSORRT_VERSION): 8.6.1 -> 8601, 10.3.0 -> 100300, as in caches it
+    wrote; without TensorRT, 8.6.1's."""
+    import sys
+    import types
+
+    assert calibration.cache_header() == "TRT-8601-EntropyCalibration2"
+    for version, header in (("10.3.0.26", "TRT-100300-EntropyCalibration2"),
+                            ("8.4.1.5", "TRT-8401-EntropyCalibration2"),
+                            ("10.14.1", "TRT-101401-EntropyCalibration2")):
+        monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+        assert calibration.cache_header() == header
+        assert calibration.cache_text({"t": 1.0}).splitlines()[0] == header

@@ -83,3 +83,52 @@ def test_config_names_the_model_file_precision_and_classes():
         batch_size=1))
     assert onnx_cfg["onnx-file"] == "m.onnx" and "tlt-model-key" not in onnx_cfg
     assert onnx_cfg["network-mode"] == "2" and "int8-calib-file" not in onnx_cfg
+
+
+def nvinfer_labels(text: str) -> list[list[str]]:
+    """The labels file as Gst-nvinfer parses it (NvDsInferContextImpl::parseLabelsFile): each non-empty line is
+    one output layer's label list, split at ';'. A classifier's class c of output layer l is named labels[l][c]."""
+    layers = []
+    for line in text.split("\n"):
+        if line:
+            layers.append(line.split(";"))
+    return layers
+
+
+def test_labels_file_names_every_class_as_nvinfer_reads_it():
+    names = [f"class {i}" for i in range(10)]
+    text = deepstream.labels_text(names)
+    layers = nvinfer_labels(text)
+    assert len(layers) == 1  # one output layer: `predictions`
+    assert [layers[0][c] for c in range(10)] == names  # every class index of that layer has its name
+
+
+def test_a_class_name_nvinfer_would_split_is_refused():
+    from kestrel_trainer.export.onnx_model import ExportError
+
+    with pytest.raises(ExportError, match="cannot go in DeepStream's labels file"):
+        deepstream.labels_text(["ok", "cats;dogs"])
+
+
+def test_strict_type_constraints_and_the_fp16_fallback_of_int8_engines():
+    """The builder flags as the original sets them, against TensorRT's documented BuilderFlag names (a stand-in
+    module: TensorRT cannot be installed here)."""
+    from types import SimpleNamespace
+
+    from kestrel_trainer.export.tensorrt_engine import precision_flags
+
+    flag = SimpleNamespace(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY_PRECISION_CONSTRAINTS",
+                           STRICT_TYPES="STRICT_TYPES")
+    trt10 = SimpleNamespace(BuilderFlag=SimpleNamespace(FP16="FP16", INT8="INT8",
+                                                        OBEY_PRECISION_CONSTRAINTS="OBEY_PRECISION_CONSTRAINTS"))
+    trt7 = SimpleNamespace(BuilderFlag=SimpleNamespace(FP16="FP16", INT8="INT8", STRICT_TYPES="STRICT_TYPES"))
+    fast, slow = SimpleNamespace(platform_has_fast_fp16=True), SimpleNamespace(platform_has_fast_fp16=False)
+    trt = SimpleNamespace(BuilderFlag=flag)
+    assert precision_flags(trt, fast, "fp32") == []
+    assert precision_flags(trt, fast, "fp16") == ["FP16"]
+    assert precision_flags(trt, fast, "int8") == ["INT8", "FP16"]  # the original's FP16 fallback
+    assert precision_flags(trt, slow, "int8") == ["INT8"]
+    assert precision_flags(trt10, fast, "int8", strict=True) == ["INT8", "OBEY_PRECISION_CONSTRAINTS"]
+    assert precision_flags(trt7, fast, "int8", strict=True) == ["INT8", "STRICT_TYPES"]
+    assert precision_flags(trt10, fast, "fp16", strict=True) == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    assert precision_flags(trt10, fast, "fp32", strict=True) == []

@@ -1,35 +1,23 @@
-"""The .etlt the original's deploy tools read: checked against an independent implementation of the facts
-file's recipe (PBKDF2-HMAC-SHA256 with the published salt, 100,000 iterations; 16-byte nonce; AES-256-CTR;
-int32 LE input-name length, 0 for ONNX) written here with `cryptography`."""
+"""The .etlt the original's deploy tools read, checked with NVIDIA's own codec (tests/nvidia_codec.py) as the
+oracle: what Kestrel writes decrypts with NVIDIA's `decrypt_stream` into a valid ONNX model that computes what
+the Keras model computes, and what NVIDIA's `encrypt_stream` writes, Kestrel reads."""
 
 from __future__ import annotations
 
 import struct
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from kestrel_trainer.cli.main import main
 from kestrel_trainer.errors import ModelFileError
 from kestrel_trainer.export import onnx_model
-from tests.export.conftest import tiny_model
+from tests.export.conftest import real_test_batch, tiny_model
+from tests.nvidia_codec import nvidia_decrypt, nvidia_encrypt
 
-PUBLISHED_SALT = "cb3cdc2e858689da908563056a00dbed09ac076c785543c4610f06d31b53a732"
-
-
-def independent_key(user_key: str) -> bytes:
-    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(PUBLISHED_SALT), iterations=100_000)
-    return kdf.derive(user_key.encode())
-
-
-def independent_decrypt_etlt(data: bytes, user_key: str) -> tuple[bytes, bytes]:
-    (name_len,) = struct.unpack("<i", data[:4])
-    name, rest = data[4:4 + name_len], data[4 + name_len:]
-    nonce, cipher_text = rest[:16], rest[16:]
-    dec = Cipher(algorithms.AES(independent_key(user_key)), modes.CTR(nonce)).decryptor()
-    return name, dec.update(cipher_text) + dec.finalize()
+KEY = "nvidia_tlt"
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +25,38 @@ def onnx_bytes() -> bytes:
     return onnx_model.keras_to_onnx(tiny_model()).SerializeToString()
 
 
-def test_written_etlt_decrypts_with_the_independent_recipe(tmp_path, onnx_bytes):
-    path = tmp_path / "m.etlt"
-    path.write_bytes(onnx_model.encode(onnx_bytes, str(path), "nvidia_tlt"))
-    data = path.read_bytes()
-    assert data[:4] == b"\x00\x00\x00\x00"  # ONNX: no input-node name
-    name, plain = independent_decrypt_etlt(data, "nvidia_tlt")
-    assert name == b"" and plain == onnx_bytes
-    assert onnx.load_model_from_string(plain).graph.output[0].name == "predictions"
-    assert onnx_model.read_onnx_bytes(str(path), "nvidia_tlt") == onnx_bytes  # and our reader round-trips it
+def test_exported_etlt_decrypts_with_nvidias_codec_into_the_model(capsys, tmp_path, spread_run, fashion):
+    """`kestrel export -o X.etlt`, then the original's layout read by hand and the stream by NVIDIA's codec: a
+    checker-clean ONNX that gives the Keras model's scores on real images (NCHW, as DeepStream feeds it)."""
+    import tensorflow as tf
+
+    run, spec_path = spread_run
+    out = tmp_path / "model.etlt"
+    assert main(["export", "-m", str(run), "-o", str(out), "-k", KEY, "-e", str(spec_path)]) == 0, \
+        capsys.readouterr().err
+    data = out.read_bytes()
+    (name_length,) = struct.unpack("<i", data[:4])
+    assert name_length == 0  # ONNX: no input-node name
+    plain = nvidia_decrypt(data[4:], KEY)
+    proto = onnx.load_model_from_string(plain)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["input_1"] and proto.graph.output[0].name == "predictions"
+
+    nhwc = real_test_batch(fashion, spec_path)
+    keras = tf.keras.models.load_model(run, compile=False).predict(nhwc, verbose=0)
+    session = ort.InferenceSession(plain, providers=["CPUExecutionProvider"])
+    deployed = session.run(["predictions"], {"input_1": np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))})[0]
+    assert np.abs(deployed - keras).max() <= 1e-4
+    assert keras.argmax(1).tolist() == deployed.argmax(1).tolist() and len(set(keras.argmax(1))) > 1
 
 
-def test_fixed_vector_matches_the_independent_encryption():
-    """A known key, nonce and plaintext give exactly the bytes the independent implementation gives."""
-    from kestrel_trainer.model_io.tao_crypto import pack_etlt
-
-    nonce = bytes(range(16))
-    plain = b"\x08\x07" + bytes(range(200))
-    enc = Cipher(algorithms.AES(independent_key("tlt_encode")), modes.CTR(nonce)).encryptor()
-    expected = struct.pack("<i", 0) + nonce + enc.update(plain) + enc.finalize()
-    assert pack_etlt(plain, "tlt_encode", nonce=nonce) == expected
+def test_an_etlt_made_with_nvidias_codec_is_read(tmp_path, onnx_bytes):
+    """The original's layout around NVIDIA's encrypt_stream: Kestrel's reader gives back the same ONNX bytes."""
+    path = tmp_path / "nvidia.etlt"
+    path.write_bytes(struct.pack("<i", 0) + nvidia_encrypt(onnx_bytes, KEY))
+    assert onnx_model.read_onnx_bytes(str(path), KEY) == onnx_bytes
+    with pytest.raises(ModelFileError, match="wrong key or corrupt file"):
+        onnx_model.read_onnx_bytes(str(path), "not-the-key")
 
 
 def test_wrong_key_is_one_clear_error(tmp_path, onnx_bytes):

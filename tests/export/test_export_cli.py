@@ -11,6 +11,7 @@ import pytest
 
 from kestrel_trainer.cli.main import build_parser, main
 from tests.export.conftest import classmap_names, save_run, tiny_model, write_spec
+from tests.export.test_deepstream import nvinfer_labels
 
 KEY = "s3cret-export-key"
 
@@ -48,7 +49,7 @@ def test_etlt_with_deepstream_config_and_int8_cache_then_evaluate_the_artifact(
     assert "top-1 agreement 1.0000" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["cal.bin", "cal.tensorfile", "labels.txt", "model.etlt",
                                                      "nvinfer_config.txt"]
-    assert (out / "labels.txt").read_text().splitlines() == classmap_names(fashion)
+    assert nvinfer_labels((out / "labels.txt").read_text()) == [classmap_names(fashion)]  # one output layer
     config = (out / "nvinfer_config.txt").read_text()
     for line in ("tlt-encoded-model=model.etlt", "int8-calib-file=cal.bin", "batch-size=4", "network-mode=1",
                  "infer-dims=1;32;32", "num-detected-classes=10", "model-color-format=2"):
@@ -69,7 +70,10 @@ def test_etlt_with_deepstream_config_and_int8_cache_then_evaluate_the_artifact(
     assert rc == 0 and "(" in stdout
 
 
-def test_int8_qdq_for_onnxruntime(capsys, tmp_path, tiny_run, spec_file, fashion):
+def test_int8_qdq_for_onnxruntime(capsys, tmp_path, spread_run, fashion):
+    """On a model whose top-1 spreads over the classes (a tiny model that gives one class to nearly every image
+    can make the agreement of two near-ties anything)."""
+    tiny_run, spec_file = spread_run
     out = tmp_path / "model_int8.onnx"
     rc, stdout, err = run(capsys, "export", "-m", tiny_run, "-o", out, "-e", spec_file, "--data_type", "int8",
                           "--target", "onnxruntime", "--cal_image_dir", fashion / "train", "--batches", 4)
@@ -95,6 +99,11 @@ def test_int8_qdq_for_onnxruntime(capsys, tmp_path, tiny_run, spec_file, fashion
     ("suffix", ["-o", "OUT/model.uff"], "must end in .onnx (plain) or .etlt (encrypted)"),
     ("etlt-no-key", ["-o", "OUT/model.etlt"], "an .etlt is encrypted: give the key"),
     ("engine", ["--engine_file", "OUT/model.engine"], "TensorRT is not installed"),
+    ("qdq-deepstream",
+     ["--data_type", "int8", "--target", "onnxruntime", "--cal_image_dir", "EMPTY", "--gen_ds_config"],
+     "--gen_ds_config with --target onnxruntime --data_type int8: DeepStream's TensorRT cannot build the uint8 QDQ"),
+    ("triton-static", ["--triton_repository", "OUT/triton", "--static_batch_size", "4"],
+     "--triton_repository needs a dynamic batch"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_run, spec_file, case, extra,
                                                          message, monkeypatch):
@@ -132,6 +141,9 @@ def test_gen_trt_engine_prepares_then_says_tensorrt_is_missing(capsys, tmp_path,
     rc, _, err = run(capsys, "gen_trt_engine", "-m", onnx_path, "--data_type", "int8", "--engine_file",
                      tmp_path / "m.engine")
     assert rc == 2 and "needs an existing --cal_cache_file" in error_line(err)
+    rc, _, err = run(capsys, "gen_trt_engine", "-m", onnx_path, "--data_type", "fp16", "--strict_type_constraints",
+                     "--engine_file", tmp_path / "m.engine")
+    assert rc == 2 and "TensorRT is not installed" in error_line(err)  # accepted: only TensorRT is missing
 
 
 def test_operator_rendered_export_command_parses():

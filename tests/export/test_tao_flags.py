@@ -17,13 +17,12 @@ from pathlib import Path
 
 import onnx
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from kestrel_trainer.cli.export_cmd import parse_workspace
 from kestrel_trainer.cli.main import build_parser, main
 from kestrel_trainer.errors import KestrelError
 from tests.export.conftest import write_spec
-from tests.export.test_etlt import independent_key
+from tests.nvidia_codec import nvidia_decrypt, nvidia_encrypt
 
 KEY = "tao-flags-key"
 GIB = 1024 ** 3
@@ -79,7 +78,8 @@ def test_the_originals_defaults():
 
 
 def test_the_originals_export_line_runs(capsys, tmp_path, tiny_run, spec_file):
-    """Every flag of the original's export at its default value, written out, plus -s and --cal_json_file."""
+    """Every flag of the original's export at its default value, written out, plus -s (no engine here: accepted
+    with a warning) and --cal_json_file."""
     out = tmp_path / "deploy" / "model.etlt"
     results = tmp_path / "logs"
     rc, stdout, err = run(capsys, "export", "-m", tiny_run, "-k", KEY, "-o", out, "-e", spec_file,
@@ -89,10 +89,10 @@ def test_the_originals_export_line_runs(capsys, tmp_path, tiny_run, spec_file):
                           "--cal_json_file", tmp_path / "qat.json", "--results_dir", results)
     assert rc == 0, err
     assert "keras2onnx" in err and "tf2onnx" in err  # the alias is said, not silent
+    assert "--strict_type_constraints applies when a TensorRT engine is built" in err  # accepted, not silent
     assert not (tmp_path / "qat.json").exists()  # the original writes it only for QAT models
     (length,), rest = struct.unpack("<i", out.read_bytes()[:4]), out.read_bytes()[4:]
-    dec = Cipher(algorithms.AES(independent_key(KEY)), modes.CTR(rest[:16])).decryptor()
-    proto = onnx.load_model_from_string(dec.update(rest[16:]) + dec.finalize())
+    proto = onnx.load_model_from_string(nvidia_decrypt(rest, KEY))  # NVIDIA's codec as the oracle
     assert length == 0 and [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [12]
     lines = status_lines(results)
     assert [(s["status"], s["message"]) for s in lines] == [
@@ -161,10 +161,10 @@ def uff_bytes() -> bytes:
 
 
 def old_uff_etlt(path: Path, key: str) -> Path:
-    """The original's UFF .etlt: int32 LE input-node-name length, the name, nonce + AES-256-CTR of the UFF bytes."""
-    name, nonce = b"input_1", os.urandom(16)
-    enc = Cipher(algorithms.AES(independent_key(key)), modes.CTR(nonce)).encryptor()
-    path.write_bytes(struct.pack("<i", len(name)) + name + nonce + enc.update(uff_bytes()) + enc.finalize())
+    """The original's UFF .etlt: int32 LE input-node-name length, the name, then NVIDIA's encrypt_stream of the UFF
+    bytes (nonce + AES-256-CTR)."""
+    name = b"input_1"
+    path.write_bytes(struct.pack("<i", len(name)) + name + nvidia_encrypt(uff_bytes(), key))
     return path
 
 

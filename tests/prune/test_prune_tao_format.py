@@ -1,10 +1,10 @@
 """`prune --format tao` writes the original's .tlt; `-r` gets the original's status.json and the original's
 "Pruning ratio" line (issue 30, item 5).
 
-Expectations are independent of Kestrel's code: the .tlt is decrypted with the facts file's recipe written here
-(PBKDF2-HMAC-SHA256 with the published salt, AES-256-CTR after a 16-byte nonce) and must be a channels-first
-Keras HDF5; the ratio is parameters after / before by the textbook formulas (tests/prune/conftest.expected_params),
-which is what the original's `pruned_model.count_params() / final_model.count_params()` counts.
+Expectations are independent of Kestrel's code: the .tlt is decrypted with NVIDIA's own codec (decrypt_stream of
+`nvidia-eff-tao-encryption`, tests/nvidia_codec.py) and must be a channels-first Keras HDF5; the ratio is
+parameters after / before by the textbook formulas (tests/prune/conftest.expected_params), which is what the
+original's `pruned_model.count_params() / final_model.count_params()` counts.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import json
 import h5py
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from kestrel_trainer.cli.main import main
 from kestrel_trainer.model_io.files import HDF5_SIGNATURE, save_model
 from kestrel_trainer.models.registry import create_model
-from tests.export.test_etlt import independent_key
 from tests.models.specs import make_spec
+from tests.nvidia_codec import nvidia_decrypt
 
 from .conftest import expected_params, spread_filters
 
@@ -37,11 +36,6 @@ def trained(tmp_path_factory):
     return save_model(model, tmp_path_factory.mktemp("model") / "resnet_010.tlt", KEY), model
 
 
-def independent_decrypt(data: bytes, key: str) -> bytes:
-    dec = Cipher(algorithms.AES(independent_key(key)), modes.CTR(data[:16])).decryptor()
-    return dec.update(data[16:]) + dec.finalize()
-
-
 def test_format_tao_writes_the_originals_tlt_with_its_ratio_line_and_status(trained, tmp_path, capsys, monkeypatch):
     model_path, model = trained
     monkeypatch.setenv("KESTREL_KEY", KEY)
@@ -50,7 +44,7 @@ def test_format_tao_writes_the_originals_tlt_with_its_ratio_line_and_status(trai
                  "--results_dir", str(results)]) == 0
     stdout = capsys.readouterr().out
 
-    plain = independent_decrypt(out.read_bytes(), KEY)
+    plain = nvidia_decrypt(out.read_bytes(), KEY)
     assert plain[:8] == HDF5_SIGNATURE
     with h5py.File(io.BytesIO(plain), "r") as f:
         config = json.loads(f.attrs["model_config"])

@@ -19,6 +19,8 @@ from kestrel_trainer.errors import KestrelError
 
 ORDER = 70
 DATA_TYPE_HELP = "engine precision: fp32, fp16 or int8 (default fp32)"
+STRICT_HELP = ("int8 engines: keep layers in int8 (no FP16 fallback), the original's strict type constraints; "
+               "refused without an int8 engine to build")
 GIB = 1 << 30
 MIB = 1 << 20
 # The original's defaults, per command: its export (tao_tensorflow1_backend, common/export/app.py) and
@@ -91,8 +93,7 @@ def _add_engine_arguments(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--max_workspace_size", default=str(2 * GIB),
                    help="TensorRT workspace: bytes (the original's export), gigabytes when 1..1024 (tao-deploy's "
                    "unit), or with a unit: 2G, 512M (default 2 GiB)")
-    p.add_argument("-s", "--strict_type_constraints", action="store_true",
-                   help="accepted for compatibility (TensorRT strict types in int8)")
+    p.add_argument("-s", "--strict_type_constraints", action="store_true", help=STRICT_HELP)
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
@@ -146,7 +147,8 @@ def _export(args: argparse.Namespace, status) -> dict:
         opt_batch_size=args.opt_batch_size, max_batch_size=args.max_batch_size,
         max_workspace_size=workspace, engine_file=args.engine_file, target_opset=args.target_opset,
         static_batch_size=args.static_batch_size if args.static_batch_size and args.static_batch_size > 0 else None,
-        force=args.force, parity_tolerance=args.parity_tolerance)
+        force=args.force, parity_tolerance=args.parity_tolerance, triton_repository=args.triton_repository,
+        strict_type_constraints=args.strict_type_constraints)
     if status:
         status.write("RUNNING", "Exporting the model.")
     summary = export(req)
@@ -172,7 +174,7 @@ def run_engine(args: argparse.Namespace) -> int:
             cal_cache_file=args.cal_cache_file, cal_image_dir=args.cal_image_dir, cal_data_file=args.cal_data_file,
             batches=args.batches, batch_size=args.batch_size, min_batch_size=args.min_batch_size,
             opt_batch_size=args.opt_batch_size, max_batch_size=args.max_batch_size, max_workspace_size=workspace,
-            force=args.force)
+            force=args.force, strict_type_constraints=args.strict_type_constraints)
         written = run_gen_trt_engine(req)
         if status:
             status.write("SUCCESS", "Gen_trt_engine finished successfully.")
@@ -206,6 +208,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cal_json_file", default=None,
                    help="the original's QAT tensor-scale file; Kestrel models are never QAT, so nothing is "
                    "written (accepted for compatibility)")
+    p.add_argument("--triton_repository", default=None, metavar="DIR",
+                   help="also write a Triton model repository: DIR/<output name>/config.pbtxt, 1/model.onnx, "
+                   "labels.txt (ONNX Runtime backend, dynamic batching up to --max_batch_size)")
     _add_engine_arguments(p, "export")
     add_common_task_arguments(p)
     p.set_defaults(func=run_export)

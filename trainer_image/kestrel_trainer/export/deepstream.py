@@ -19,6 +19,7 @@ NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
 TORCH_SHARED_STD = 0.224  # the original's single torch std
 KEY_PLACEHOLDER = "<your model key>"
 LABELS_FILE = "labels.txt"
+LABEL_SEPARATOR = ";"
 CONFIG_FILE = "nvinfer_config.txt"
 
 
@@ -46,7 +47,17 @@ def normalisation(mode: str, channels: int, image_mean: Optional[Mapping[str, fl
 
 
 def labels_text(class_names: Sequence[str]) -> str:
-    return "".join(f"{name}\n" for name in class_names)
+    """nvinfer's labels file for a classifier: one line per output layer, that layer's labels separated by `;`
+    (deepstream_tao_apps' classifier labels are written so). Our model has one output, so one line. The original
+    writes one label per line, which nvinfer reads as one output layer per line: only class 0 gets a name.
+    (Triton's one-label-per-line file is triton.labels_text.)"""
+    from kestrel_trainer.export.onnx_model import ExportError
+
+    for name in class_names:
+        if LABEL_SEPARATOR in name or "\n" in name or "\r" in name:
+            raise ExportError(f"class name {name!r} cannot go in DeepStream's labels file (nvinfer separates labels "
+                              f"with {LABEL_SEPARATOR!r} and output layers with new lines): rename its folder")
+    return LABEL_SEPARATOR.join(class_names) + "\n"
 
 
 def config_text(*, model_file: str, encrypted: bool, norm: Normalisation, chw: tuple[int, int, int],

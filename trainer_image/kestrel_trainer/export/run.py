@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from kestrel_trainer.errors import DataError
-from kestrel_trainer.export import calibration, deepstream, parity
+from kestrel_trainer.export import calibration, deepstream, parity, triton
 from kestrel_trainer.export.onnx_model import DEFAULT_OPSET, DEPLOY_SUFFIXES, ETLT_SUFFIX, ExportError
 from kestrel_trainer.export.tensorrt_engine import DEFAULT_WORKSPACE
 
@@ -50,6 +50,8 @@ class ExportRequest:
     static_batch_size: Optional[int] = None
     force: bool = False
     parity_tolerance: float = parity.DEFAULT_TOLERANCE
+    triton_repository: Optional[str] = None
+    strict_type_constraints: bool = False
 
 
 def opt_batch(req) -> int:
@@ -89,6 +91,22 @@ def _check_request(req: ExportRequest) -> None:
         raise ExportError("--batches and --batch_size must be >= 1")
     if req.data_type == "int8":
         _check_int8_sources(req)
+    if req.gen_ds_config and req.target == "onnxruntime" and req.data_type == "int8":
+        raise ExportError("--gen_ds_config with --target onnxruntime --data_type int8: DeepStream's TensorRT cannot "
+                          "build the uint8 QDQ model; for DeepStream export with --target tensorrt (int8 cache)")
+    if req.triton_repository and req.static_batch_size:
+        raise ExportError("--triton_repository needs a dynamic batch (Triton batches requests itself): drop "
+                          "--static_batch_size")
+    check_strict_type_constraints(req.strict_type_constraints, req.data_type, bool(req.engine_file))
+
+
+def check_strict_type_constraints(strict: bool, data_type: str, engine: bool) -> None:
+    """--strict_type_constraints is the original's switch for TensorRT engines (layers kept in the precision asked,
+    no FP16 fallback for int8: tensorrt_engine.precision_flags). Without an engine to build there is nothing to
+    constrain: accepted, as the original accepts it, with a line saying so rather than silently."""
+    if strict and not engine:
+        log.warning("--strict_type_constraints applies when a TensorRT engine is built (--engine_file or "
+                    "gen_trt_engine): the %s ONNX/.etlt written here is the same with or without it", data_type)
 
 
 def _check_int8_sources(req: ExportRequest) -> None:
@@ -121,6 +139,8 @@ def _outputs(req: ExportRequest) -> list[str]:
         out += [os.path.join(folder, deepstream.LABELS_FILE), os.path.join(folder, deepstream.CONFIG_FILE)]
     if req.engine_file:
         out.append(req.engine_file)
+    if req.triton_repository:
+        out += list(triton.paths(req.triton_repository, triton.model_name(req.output)).values())
     return out
 
 
@@ -184,7 +204,7 @@ def _class_names(req: ExportRequest, n_classes: int) -> list[str]:
 
     path = req.classmap or default_classmap_path(req.model)
     if not path:
-        raise ExportError(f"--gen_ds_config needs the class names: pass --classmap_json (none beside {req.model})")
+        raise ExportError(f"labels need the class names: pass --classmap_json (none beside {req.model})")
     return class_names_from(path, n_classes)
 
 
@@ -261,11 +281,21 @@ def run_export(req: ExportRequest) -> dict:
             cal_cache=_relative(req.cal_cache_file, folder) if req.cal_cache_file else None,
             engine_file=_relative(req.engine_file, folder) if req.engine_file else None).encode()
 
+    if req.triton_repository:
+        name = triton.model_name(req.output)
+        where = triton.paths(req.triton_repository, name)
+        files[where["model"]] = model_bytes  # plain ONNX (fp32, or the QDQ model for --target onnxruntime)
+        files[where["labels"]] = triton.labels_text(_class_names(req, n_classes)).encode()
+        files[where["config"]] = triton.config_text(
+            name=name, input_name=onnx_model.INPUT_NAME, output_name=onnx_model.OUTPUT_NAME, chw=chw,
+            n_classes=n_classes, max_batch_size=req.max_batch_size).encode()
+
     if req.engine_file:
         profile = optimization_profile(onnx_model.INPUT_NAME, chw, req.min_batch_size,
                                        opt_batch(req), req.max_batch_size,
                                        onnx_model.static_batch_of(proto))
-        files[req.engine_file] = build_engine(onnx_bytes, profile, req.data_type, req.max_workspace_size, cache)
+        files[req.engine_file] = build_engine(onnx_bytes, profile, req.data_type, req.max_workspace_size, cache,
+                                              strict=req.strict_type_constraints)
 
     if "tensorfile_batches" in summary:
         calibration.write_tensorfile(req.cal_data_file, summary.pop("tensorfile_batches"))
@@ -293,6 +323,7 @@ class EngineRequest:
     max_batch_size: int = 1
     max_workspace_size: int = DEFAULT_WORKSPACE
     force: bool = False
+    strict_type_constraints: bool = False
 
 
 def prepare_engine(req: EngineRequest) -> tuple[bytes, object, Optional[bytes]]:
@@ -302,6 +333,7 @@ def prepare_engine(req: EngineRequest) -> tuple[bytes, object, Optional[bytes]]:
 
     if req.data_type not in DATA_TYPES:
         raise ExportError(f"--data_type {req.data_type}: must be one of {', '.join(DATA_TYPES)}")
+    check_strict_type_constraints(req.strict_type_constraints, req.data_type, True)
     _refuse_existing([req.engine_file], req.force)
     if os.path.splitext(req.model)[1].lower() in DEPLOY_SUFFIXES:
         onnx_bytes = onnx_model.read_onnx_bytes(req.model, req.key)
@@ -339,6 +371,7 @@ def run_gen_trt_engine(req: EngineRequest) -> str:
     from kestrel_trainer.model_io.files import write_atomic
 
     onnx_bytes, profile, cache = prepare_engine(req)
-    engine = build_engine(onnx_bytes, profile, req.data_type, req.max_workspace_size, cache)
+    engine = build_engine(onnx_bytes, profile, req.data_type, req.max_workspace_size, cache,
+                          strict=req.strict_type_constraints)
     write_atomic(req.engine_file, engine)
     return req.engine_file

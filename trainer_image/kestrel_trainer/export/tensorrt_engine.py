@@ -56,9 +56,29 @@ def require_tensorrt():
     return tensorrt
 
 
+def precision_flags(trt, builder, data_type: str, strict: bool = False) -> list:
+    """The BuilderFlags for `data_type`, as the original sets them: fp16 -> FP16; int8 -> INT8 plus FP16 where the
+    GPU has fast FP16 (layers INT8 cannot run, or runs slower, fall back to FP16 rather than FP32), unless
+    strict: then INT8 and precision constraints obeyed (TensorRT 8.2+'s OBEY_PRECISION_CONSTRAINTS, which replaces
+    the STRICT_TYPES the original sets; STRICT_TYPES where that is all the TensorRT has); fp16 strict obeys the
+    layers' precisions too, as STRICT_TYPES did in the original."""
+    flags = []
+    if data_type == "fp16":
+        flags.append(trt.BuilderFlag.FP16)
+    elif data_type == "int8":
+        flags.append(trt.BuilderFlag.INT8)
+        if not strict and getattr(builder, "platform_has_fast_fp16", True):
+            flags.append(trt.BuilderFlag.FP16)
+    if strict and data_type != "fp32":
+        strict_flag = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
+        flags.append(strict_flag if strict_flag is not None else trt.BuilderFlag.STRICT_TYPES)
+    return flags
+
+
 def build_engine(onnx_bytes: bytes, profile: Profile, data_type: str, workspace: int = DEFAULT_WORKSPACE,
-                 cal_cache: Optional[bytes] = None) -> bytes:
-    """A serialized engine. int8 reads its scales from `cal_cache` (TensorRT's text format)."""
+                 cal_cache: Optional[bytes] = None, strict: bool = False) -> bytes:
+    """A serialized engine. int8 reads its scales from `cal_cache` (TensorRT's text format); `strict`
+    (--strict_type_constraints) keeps int8 layers in int8 (precision_flags)."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -72,12 +92,11 @@ def build_engine(onnx_bytes: bytes, profile: Profile, data_type: str, workspace:
     trt_profile = builder.create_optimization_profile()
     trt_profile.set_shape(profile.input_name, profile.min_shape, profile.opt_shape, profile.max_shape)
     config.add_optimization_profile(trt_profile)
-    if data_type == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif data_type == "int8":
-        if cal_cache is None:
-            raise KestrelError("int8 engines need a calibration cache", exit_code=2)
-        config.set_flag(trt.BuilderFlag.INT8)
+    if data_type == "int8" and cal_cache is None:
+        raise KestrelError("int8 engines need a calibration cache", exit_code=2)
+    for flag in precision_flags(trt, builder, data_type, strict):
+        config.set_flag(flag)
+    if data_type == "int8":
         config.int8_calibrator = _cache_calibrator(trt, cal_cache, profile.opt_shape[0])
         config.set_calibration_profile(trt_profile)
     engine = builder.build_serialized_network(network, config)
