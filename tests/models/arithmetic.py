@@ -67,7 +67,7 @@ def alexnet(n: Count, c: int, classes: int, size: int, retain_head: bool) -> Non
         n.dense(c, classes)
         return
     side = size
-    for stride in (4, 2, 2, 2):  # conv1 stride 4, then pool1, pool2, pool5 ('same': ceil)
+    for stride in (4, 2, 2):  # conv1 stride 4, then pool1 and pool2 ('same': ceil); the original has no pool5
         side = math.ceil(side / stride)
     n.dense(n.dense(n.dense(side * side * c, 4096), 4096), classes)  # fc6, fc7, predictions
 

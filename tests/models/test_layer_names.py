@@ -27,7 +27,7 @@ SNAPSHOT = {
     ("cspdarknet", 19): ["b1_conv1", "b2_conv1", "b2_part1", "b2_part2", "b4_conv5", "b5_partial_trans",
                          "b5_final_trans"],
     ("cspdarknet_tiny", None): ["conv2", "b4_conv4", "b5_conv1"],
-    ("alexnet", None): ["conv1", "conv5", "pool5"],
+    ("alexnet", None): ["conv1", "pool1", "pool2", "conv5"],
 }
 
 

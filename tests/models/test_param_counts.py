@@ -45,12 +45,15 @@ CANONICAL = [
 OURS = [("vgg", 16, {}, 138_361_768)]
 # googlenet, alexnet and the darknet family: per-layer arithmetic from the published layer tables (arithmetic.py;
 # test_param_arithmetic.py checks other sizes, heads and options). At 224 with 1000 classes: googlenet 7,005,832
-# (BN, true 5x5 branches, no aux heads; torchvision's uses 3x3 there: 6,624,904), alexnet 76,011,208 (7x7 final
-# map from 'same' pools; torchvision's 61,100,840 has 6x6 and no BN), darknet19/53 20,842,376 / 41,609,928
-# (YOLO9000 / YOLOv3: ~20.8M / ~41.6M), cspdarknet19/53 17,223,560 / 27,642,184 (the original's templates;
-# CSPNet's CSPDarknet53 classifier: 27.6M), cspdarknet_tiny 4,142,728.
-ARITHMETIC = [(arch, n, {}, expected_count(arch, n, channels=3, size=224, classes=1000, retain_head=True,
-                                           use_bias=False, use_batch_norm=True).trainable)
+# (BN, true 5x5 branches, no aux heads; torchvision's uses 3x3 there: 6,624,904), alexnet 230,150,504 (the
+# original's template: no pool after conv5, so fc6 reads 14x14x256; torchvision's 61,100,840 pools to 6x6),
+# darknet19/53 20,842,376 / 41,609,928 (YOLO9000 / YOLOv3: ~20.8M / ~41.6M), cspdarknet19/53 17,223,560 /
+# 27,642,184 (the original's templates; CSPNet's CSPDarknet53 classifier: 27.6M), cspdarknet_tiny 4,142,728.
+# alexnet as the original's template always builds it (no BN, conv bias; templates/alexnet.py): 230,150,504.
+_AS_BUILT = {"alexnet": {"use_bias": True, "use_batch_norm": False}}
+ARITHMETIC = [(arch, n, _AS_BUILT.get(arch, {}),
+               expected_count(arch, n, channels=3, size=224, classes=1000, retain_head=True,
+                              **_AS_BUILT.get(arch, {"use_bias": False, "use_batch_norm": True})).trainable)
               for arch, n in FAMILIES]
 
 

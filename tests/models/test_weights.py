@@ -87,3 +87,18 @@ def test_unpruned_pretrained_model_goes_through_by_name_loading(tmp_path):
     path = save_model(create_model(make_spec("resnet", 10, size=32), 6), tmp_path / "full.tlt", KEY)
     model, report = build_with_pretrained(make_spec("resnet", 10, size=32), 6, path, KEY)
     assert not report.rebuilt_from_file and not report.skipped and not report.missing
+
+
+def test_the_originals_alexnet_head_loads_by_name(tmp_path):
+    """The original's alexnet (templates/alexnet.py) names its softmax `head_fc8` and has no pool after conv5,
+    so its fc6 reads conv5's map: a file with those names and shapes loads whole into ours."""
+    spec = make_spec("alexnet", size=32, retain_head=True, use_batch_norm=False, use_bias=True)
+    source = create_model(spec, 5)
+    source.get_layer("predictions")._name = "head_fc8"
+    path = tmp_path / "theirs.h5"
+    source.save_weights(str(path), save_format="h5")
+    target = create_model(spec, 5)
+    report = load_pretrained_weights(target, path)
+    assert not report.skipped and not report.missing and not report.unused
+    assert _same(target.get_layer("predictions"), source.get_layer("head_fc8"))
+    assert _same(target.get_layer("fc6"), source.get_layer("fc6"))

@@ -11,7 +11,7 @@ BASE = """model_config {{ arch: "resnet" n_layers: 10 input_image_size: "3,32,32
 train_config {{
   train_dataset_path: "t" val_dataset_path: "v"
   optimizer {{ sgd {{ }} }}
-  lr_config {{ step {{ learning_rate: 0.1 }} }}
+  lr_config {{ step {{ learning_rate: 0.1 step_size: 10 gamma: 0.1 }} }}
   preprocess_mode: "torch"
   {extra}
 }}
@@ -32,3 +32,12 @@ def test_torch_std_is_the_originals_unless_per_channel_is_asked():
     with pytest.raises(SpecError, match=r'<string>:7: train_config.torch_std: "imagenet" is not allowed; allowed: '
                                         r"original, per_channel"):
         parse_spec_text(BASE.format(extra='torch_std: "ImageNet"'), task="train")
+
+
+def test_clearml_and_a_disabled_wandb_config_are_ignored_with_a_warning_naming_the_line():
+    extra = 'visualizer {\n    wandb_config { enabled: false project: "p" }\n    clearml_config { project: "c" }\n  }'
+    spec = parse_spec_text(BASE.format(extra=extra), source="s.txt", task="train")
+    assert "s.txt:8: train_config.visualizer.wandb_config: is ignored: Kestrel contacts no external service" \
+        in spec.warnings
+    assert "s.txt:9: train_config.visualizer.clearml_config: is ignored: Kestrel contacts no external service" \
+        in spec.warnings

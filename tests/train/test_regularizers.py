@@ -60,7 +60,7 @@ def test_absent_reg_config_means_no_regularization():
     spec = parse_spec_text(
         'model_config { arch: "resnet" n_layers: 10 input_image_size: "1,16,16" }\n'
         'train_config { train_dataset_path: "t" val_dataset_path: "v" optimizer { sgd { } } '
-        'lr_config { step { learning_rate: 0.1 } } }\n',
+        'lr_config { step { learning_rate: 0.1 step_size: 10 gamma: 0.1 } } }\n',
         task="train",
     )
     assert spec.train.reg.type == "None"

@@ -83,3 +83,19 @@ def test_step_decays_continuously_as_the_original():
     schedule = SpecSchedule.from_spec(spec, total_steps=TOTAL)
     assert float(schedule(99)) == pytest.approx(0.1 * 0.1 ** (99 / 100), rel=1e-5)
     assert lr_at(spec, 50, TOTAL) == pytest.approx(0.1 * 0.1**0.5)
+
+
+def test_the_originals_zeros_from_a_spec_train_the_originals_schedule():
+    """Issue 30: soft_anneal without soft_start/points keeps the base rate; cosine without min_lr_ratio ends at 0
+    (the original's protobuf zeros), in the TensorFlow schedule the trainer runs too."""
+    from kestrel_trainer.spec import parse_spec_text
+
+    text = ('train_config {{ train_dataset_path: "t" val_dataset_path: "v" optimizer {{ sgd {{ }} }} '
+            'lr_config {{ {lr} }} }}')
+    soft = parse_spec_text(text.format(lr="soft_anneal { learning_rate: 0.05 }"), task="train").train.lr
+    schedule = SpecSchedule.from_spec(soft, total_steps=TOTAL)
+    assert [float(schedule(step)) for step in POINTS] == pytest.approx([0.05] * len(POINTS), rel=1e-6)
+    cosine = parse_spec_text(text.format(lr="cosine { learning_rate: 0.05 }"), task="train").train.lr
+    schedule = SpecSchedule.from_spec(cosine, total_steps=TOTAL)
+    assert float(schedule(TOTAL)) == pytest.approx(0.0, abs=1e-9)
+    assert float(schedule(TOTAL // 2)) == pytest.approx(0.05 / 2, rel=1e-6)  # (1 + cos(pi/2)) / 2 = 1/2

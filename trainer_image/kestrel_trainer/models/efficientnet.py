@@ -6,8 +6,10 @@ so ImageNet weights saved from `tf.keras.applications` load by name. Freeze ids:
 
 Differences from Keras applications: no Rescaling/Normalization layers (preprocessing is the data
 pipeline's job), 'same' padding instead of explicit ZeroPadding (same parameters), and the activation
-comes from the spec (the original ignores it for b0; we do not). Squeeze-excite convs always keep their
-bias, the other convs follow use_bias; that is why the trainable counts equal Keras' (b0 5,288,548).
+comes from the spec (the original ignores it for b0; we do not). As in the original's template, every conv
+is followed by batch norm whatever use_batch_norm says (the loader resolves it, spec/families.py), the
+squeeze-excite convs always keep their bias, `project_conv` never has one, and the other convs follow
+use_bias; without conv biases the trainable counts equal Keras' (b0 5,288,548).
 """
 
 from __future__ import annotations
@@ -33,16 +35,16 @@ B0_BLOCKS = (
     (5, 4, 112, 192, 6, 2, 0.25),
     (3, 1, 192, 320, 6, 1, 0.25),
 )
-# variant -> (width, depth, head dropout), from the facts file
+# variant -> (width, depth), from the facts file; its head dropout is in spec/families.py (the loader sets it)
 SCALING = {
-    "efficientnet_b0": (1.0, 1.0, 0.2),
-    "efficientnet_b1": (1.0, 1.1, 0.2),
-    "efficientnet_b2": (1.1, 1.2, 0.3),
-    "efficientnet_b3": (1.2, 1.4, 0.3),
-    "efficientnet_b4": (1.4, 1.8, 0.4),
-    "efficientnet_b5": (1.6, 2.2, 0.4),
-    "efficientnet_b6": (1.8, 2.6, 0.5),
-    "efficientnet_b7": (2.0, 3.1, 0.5),
+    "efficientnet_b0": (1.0, 1.0),
+    "efficientnet_b1": (1.0, 1.1),
+    "efficientnet_b2": (1.1, 1.2),
+    "efficientnet_b3": (1.2, 1.4),
+    "efficientnet_b4": (1.4, 1.8),
+    "efficientnet_b5": (1.6, 2.2),
+    "efficientnet_b6": (1.8, 2.6),
+    "efficientnet_b7": (2.0, 3.1),
 }
 DROP_CONNECT_RATE = 0.2
 DIVISOR = 8
@@ -86,7 +88,7 @@ def _mb_conv(ctx: Ctx, x, name: str, k: int, f_in: int, f_out: int, expand: int,
         s = ctx.act(name + "se_activation")(s)
         s = L.Conv2D(filters, 1, padding="same", activation="sigmoid", name=name + "se_expand")(s)
         x = L.Multiply(name=name + "se_excite")([x, s])
-    x = ctx.conv_bn_act(x, f_out, 1, conv=name + "project_conv", bn=name + "project_bn", act=None)
+    x = ctx.conv_bn_act(x, f_out, 1, conv=name + "project_conv", bn=name + "project_bn", act=None, bias=False)
     if stride == 1 and f_in == f_out:
         if drop > 0:
             x = L.Dropout(drop, noise_shape=(None, 1, 1, 1), name=name + "drop")(x)  # stochastic depth
@@ -95,7 +97,7 @@ def _mb_conv(ctx: Ctx, x, name: str, k: int, f_in: int, f_out: int, expand: int,
 
 
 def _build(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
-    width, depth, head_dropout = SCALING[spec.arch]
+    width, depth = SCALING[spec.arch]
     ctx = Ctx.from_spec(spec)
     inputs = model_input(spec)
     x = ctx.conv_bn_act(inputs, round_filters(32, width), 3, 2, conv="stem_conv", bn="stem_bn",
@@ -110,7 +112,7 @@ def _build(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
             b += 1
     x = ctx.conv_bn_act(x, round_filters(1280, width), 1, conv="top_conv", bn="top_bn", act="top_activation")
     if spec.retain_head:
-        out = gap_dense_head(x, n_classes, spec.dropout or head_dropout, pool_name="avg_pool",
+        out = gap_dense_head(x, n_classes, spec.dropout, pool_name="avg_pool",
                              dropout_name="top_dropout")
     else:
         out = classifier_head(x, n_classes)

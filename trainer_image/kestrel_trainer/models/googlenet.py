@@ -3,7 +3,7 @@
 Names: stem `conv1`, `pool1`, `conv2_reduce`, `conv2`, `pool2`; inception blocks
 `inception_<id>_{1x1,3x3_reduce,3x3,5x5_reduce,5x5,pool,pool_proj}` (+ `_bn`, `_act`) concatenated in
 `inception_<id>_output`. Freeze ids: 0 stem, 1-9 = inception 3a, 3b, 4a-4e, 5a, 5b.
-retain_head: global average pool -> dropout 0.4 (or the spec's dropout) -> predictions.
+retain_head: global average pool -> dropout 0.4 (the loader's fixed rate, spec/families.py) -> predictions.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def build_googlenet(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
         else:
             x = _inception(ctx, x, *item)
     if spec.retain_head:
-        out = gap_dense_head(x, n_classes, spec.dropout or 0.4, dropout_name="head_dropout")
+        out = gap_dense_head(x, n_classes, spec.dropout, dropout_name="head_dropout")
     else:
         out = classifier_head(x, n_classes)
     return tf.keras.Model(inputs, out, name=spec.name)

@@ -63,9 +63,9 @@ class Ctx:
         )(x)
 
     def conv_bn_act(self, x, filters: int, kernel: int, strides: int = 1, *, conv: str, bn: str,
-                    act: Optional[str]):
-        """conv -> BN (if use_batch_norm) -> activation (skipped when act is None)."""
-        x = self.conv(x, filters, kernel, strides, name=conv)
+                    act: Optional[str], bias: Optional[bool] = None):
+        """conv -> BN (if use_batch_norm) -> activation (skipped when act is None); `bias` overrides use_bias."""
+        x = self.conv(x, filters, kernel, strides, name=conv, bias=bias)
         if self.use_batch_norm:
             x = self.bn(bn)(x)
         if act is not None:

@@ -1,13 +1,14 @@
 """MobileNet v1 (Howard et al. 2017) and v2 (Sandler et al. 2018), width multiplier 1.0.
 
 Layer names are Keras applications' (`conv_dw_3`, `block_5_project_bn`, `Conv_1`, ...) so ImageNet
-weights saved from `tf.keras.applications` load by name. The original's activation is ReLU or ReLU6;
-here any spec activation works (`relu6` gives the papers' networks).
+weights saved from `tf.keras.applications` load by name. The original's templates could build ReLU6, but
+its model builder never asks for it: they are ReLU whatever activation_type says, and so are ours (the loader
+resolves it, spec/families.py). use_batch_norm and use_bias come from the spec, as there.
 
 Freeze ids: v1: 0 = stem `conv1`, 1-13 = depthwise-separable blocks. v2: 0 = stem `Conv1`,
 1 = `expanded_conv`, 2-17 = `block_1`..`block_16`, 18 = top conv `Conv_1`.
-retain_head: global average pool -> dropout (spec) -> Dense `predictions` (Keras v1 uses a 1x1 conv
-there: same parameters).
+retain_head: global average pool -> Dense `predictions`, no dropout (the loader ignores the spec's; Keras
+v1 uses a 1x1 conv there: same parameters).
 all_projections (v2): identity shortcuts become 1x1 convs `<block>_projected_inputs` so every conv prunes.
 """
 

@@ -3,9 +3,10 @@
 Names: stem `conv1`, `pool1`; fire modules `fire<i>_squeeze_conv`, `fire<i>_expand_conv1x1`,
 `fire<i>_expand_conv3x3` (+ `_bn`, `_act`), concatenated in `fire<i>`; pools `pool3`, `pool5`.
 Freeze ids: 0 = stem, 1-8 = fire2..fire9.
-retain_head (the family's): dropout -> 1x1 conv `conv10` (n_classes) -> ReLU -> global average pool ->
-softmax `predictions`, as in the paper. The original ignores use_batch_norm and use_bias here; we apply
-them (with use_batch_norm=false, use_bias=true it is the paper's 1,248,424-parameter network).
+retain_head (the family's): dropout (the original's fixed 1e-3, set by the loader) -> 1x1 conv `conv10`
+(n_classes) -> ReLU -> global average pool -> softmax `predictions`, as in the paper. As in the original's
+template, every conv is ReLU with a bias and no batch norm whatever the spec says (the loader resolves them,
+spec/families.py): the paper's 1,248,424-parameter network.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def build_squeezenet(spec: ModelSpec, n_classes: int) -> tf.keras.Model:
             x = _fire(ctx, x, *item)
     if not spec.retain_head:
         return tf.keras.Model(inputs, classifier_head(x, n_classes), name=spec.name)
-    x = L.Dropout(spec.dropout or 0.5, name="drop9")(x)
+    x = L.Dropout(spec.dropout, name="drop9")(x)
     x = L.Conv2D(n_classes, 1, padding="same", kernel_initializer="he_normal", name="conv10")(x)
     x = L.ReLU(name="conv10_act")(x)
     x = L.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -62,9 +62,13 @@ def load_pretrained_weights(model: tf.keras.Model, path: PathLike, key: Optional
             continue
         arrays = source.get(layer.name)
         if arrays is None and layer.name == "predictions":
-            arrays = source.get("output_fc")  # the original's vgg names its softmax layer so
-            if arrays is not None:
-                seen.add("output_fc")
+            # the original's vgg and alexnet name their family head's softmax layer so (templates/vgg.py,
+            # templates/alexnet.py:174)
+            for theirs in ("output_fc", "head_fc8"):
+                arrays = source.get(theirs)
+                if arrays is not None:
+                    seen.add(theirs)
+                    break
         if arrays is None:
             report.missing.append(layer.name)
             continue

@@ -1,14 +1,22 @@
 """Documented defaults for every spec field, keyed by dotted field path.
 
-The original applies none (proto3 zeros, so an omitted `batch_norm_config` meant momentum 0), which
-is why its own sample specs misbehave. We fill these instead and record which ones were used, so
-`kestrel spec show` can mark them. Fields absent from this table have no default: they are either
-required for some task (dataset paths, optimizer, learning rate) or optional by nature.
+The original applies none: an omitted field is proto3's zero. Where the original's documentation gives a
+default (its "default" column, not its "typical value" column) we use it: batch_size_per_gpu 32, n_epochs
+120, n_workers 10, SGD momentum 0.9, batch-norm momentum 0.9 / epsilon 1e-5 (issue 30; the facts file's
+"seed's table"). We record which ones were used, so `kestrel spec show` can mark them. Fields absent from this
+table have no default: they are either required for some task (dataset paths, optimizer, learning rate) or
+optional by nature.
+
+Learning-rate schedule and optimizer fields the documentation gives no default for take the original's value,
+proto3's zero, where that trains (cosine `min_lr_ratio` 0: down to zero; soft_anneal `soft_start` 0 and no
+`annealing_points`: no warm-up, no annealing). Where the original's zero would not train (step `step_size`
+or `gamma`, soft_anneal `annealing_divider` with points, Adam's betas and epsilon, RMSprop's rho and
+epsilon) there is no default: training refuses the spec with a line saying what to write (loader.py,
+TRAIN_REQUIRED).
 Oneof members (optimizer, lr_config) get their sub-field defaults only when that member is chosen.
 
 Booleans default to false exactly as in the original (a spec that omits `use_pooling` builds the same
-network it built there); numbers whose proto3 zero is unusable (momentum 0, top_k 0, batch size 0)
-get a working value instead.
+network it built there).
 """
 
 from __future__ import annotations
@@ -16,6 +24,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+
+from kestrel_trainer.spec.families import default_activation
+
+__all__ = ["DEFAULTS", "DEFAULT_N_LAYERS", "DEFAULT_LEAKY_ALPHA", "default_activation"]
 
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
@@ -36,9 +48,9 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         # activation_type: per family, see DEFAULT_ACTIVATION
         # train_config
         "train_config.pretrained_model_path": "",
-        "train_config.batch_size_per_gpu": 64,
-        "train_config.n_epochs": 80,
-        "train_config.n_workers": 8,
+        "train_config.batch_size_per_gpu": 32,
+        "train_config.n_epochs": 120,
+        "train_config.n_workers": 10,
         "train_config.random_seed": 42,
         "train_config.enable_random_crop": False,
         "train_config.label_smoothing": 0.0,
@@ -52,23 +64,14 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "train_config.reg_config.weight_decay": 5e-5,
         "train_config.optimizer.sgd.lr": 0.01,
         "train_config.optimizer.sgd.decay": 0.0,
-        "train_config.optimizer.sgd.momentum": 0.9,
+        "train_config.optimizer.sgd.momentum": 0.9,  # the documentation's default (the original's code: 0)
         "train_config.optimizer.sgd.nesterov": False,
         "train_config.optimizer.adam.lr": 0.001,
-        "train_config.optimizer.adam.beta_1": 0.9,
-        "train_config.optimizer.adam.beta_2": 0.999,
-        "train_config.optimizer.adam.epsilon": 1e-7,
         "train_config.optimizer.adam.decay": 0.0,
         "train_config.optimizer.rmsprop.lr": 0.001,
-        "train_config.optimizer.rmsprop.rho": 0.9,
-        "train_config.optimizer.rmsprop.epsilon": 1e-7,
         "train_config.optimizer.rmsprop.decay": 0.0,
-        "train_config.lr_config.step.step_size": 10,
-        "train_config.lr_config.step.gamma": 0.1,
-        "train_config.lr_config.soft_anneal.soft_start": 0.056,
-        "train_config.lr_config.soft_anneal.annealing_divider": 10.0,
-        "train_config.lr_config.soft_anneal.annealing_points": (0.3, 0.6, 0.8),
-        "train_config.lr_config.cosine.min_lr_ratio": 0.01,
+        "train_config.lr_config.soft_anneal.soft_start": 0.0,
+        "train_config.lr_config.cosine.min_lr_ratio": 0.0,
         "train_config.lr_config.cosine.soft_start": 0.0,
         "train_config.class_weighting": "none",
         "train_config.torch_std": "original",
@@ -86,17 +89,6 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
 DEFAULT_N_LAYERS: Mapping[str, int] = MappingProxyType(
     {"resnet": 18, "vgg": 16, "darknet": 19, "cspdarknet": 19}
 )
-
-
-def default_activation(arch: str) -> str:
-    """The family's own activation when the spec names none (what its published definition uses)."""
-    if arch.startswith("efficientnet"):
-        return "swish"
-    if arch in ("mobilenet_v1", "mobilenet_v2"):
-        return "relu6"
-    if arch in ("darknet", "cspdarknet", "cspdarknet_tiny"):
-        return "leaky_relu"
-    return "relu"
 
 
 DEFAULT_LEAKY_ALPHA = 0.1

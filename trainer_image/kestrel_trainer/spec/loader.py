@@ -16,24 +16,48 @@ from typing import Any, NoReturn, Optional, Union
 
 from kestrel_trainer.errors import SpecError
 from kestrel_trainer.spec import types as t
-from kestrel_trainer.spec.defaults import DEFAULT_LEAKY_ALPHA, DEFAULT_N_LAYERS, default_activation
+from kestrel_trainer.spec.defaults import DEFAULT_LEAKY_ALPHA, DEFAULT_N_LAYERS
+from kestrel_trainer.spec.families import FAMILY_OPTIONS, built_batch_norm, built_bias, head_dropout
 from kestrel_trainer.spec.locate import find_line
-from kestrel_trainer.spec.parse import parse_text
+from kestrel_trainer.spec.parse import merge_warnings, parse_text
 from kestrel_trainer.spec.resolve import flatten, present_paths, resolve_message
 
 TASKS: tuple[str, ...] = ("train", "evaluate", "inference", "export", "prune")
 _ACTIVATION_ALIASES = {"leaky": "leaky_relu", "leakyrelu": "leaky_relu", "silu": "swish"}
 _ACTIVATION_PARAMS = {"leaky_relu": ("alpha",)}
+_REG_TYPES = {"l1": "L1", "l2": "L2", "none": "None", "no_reg": "None"}  # NO_REG: the original's docs, retraining
 Number = Union[int, float]
+
+# Fields with no default whose proto3 zero would not train: training refuses a spec without them and says what
+# to write; `spec check` without a task warns; other tasks do not read them. Path -> what to write and why.
+TRAIN_REQUIRED = MappingProxyType({
+    "train_config.lr_config.step.step_size": "the percent of the run between decays (1-100), for example "
+    "step_size: 10; the original fails on its first step without it",
+    "train_config.lr_config.step.gamma": "the decay factor in (0, 1], for example gamma: 0.1; without it the "
+    "original multiplies the rate by 0 and stops learning after the first step",
+    "train_config.lr_config.soft_anneal.annealing_divider": "the divisor applied at each of the annealing_points, "
+    "for example annealing_divider: 10; without it the original divides by 0 at the first point",
+    "train_config.optimizer.adam.beta_1": "write beta_1: 0.9 (Keras' default), or beta_1: 0 for what the "
+    "original does without it (protobuf's zero)",
+    "train_config.optimizer.adam.beta_2": "write beta_2: 0.999 (Keras' default), or beta_2: 0 for what the "
+    "original does without it (protobuf's zero)",
+    "train_config.optimizer.adam.epsilon": "write epsilon: 1e-7 (Keras' default); the original uses 0 without "
+    "it, which divides by zero on a weight whose gradient is 0",
+    "train_config.optimizer.rmsprop.rho": "write rho: 0.9 (Keras' default), or rho: 0 for what the original does "
+    "without it (protobuf's zero)",
+    "train_config.optimizer.rmsprop.epsilon": "write epsilon: 1e-7 (Keras' default); the original uses 0 without "
+    "it, which divides by zero on a weight whose gradient is 0",
+})
 
 
 class _Checker:
     """Carries the text and source so every check can point at a line."""
 
-    def __init__(self, text: str, source: str, present: set[str]) -> None:
+    def __init__(self, text: str, source: str, present: set[str], task: Optional[str] = None) -> None:
         self.text = text
         self.source = source
         self.present = present
+        self.task = task
         self.warnings: list[str] = []
 
     def where(self, path: str) -> str:
@@ -55,6 +79,16 @@ class _Checker:
         if value is None or value == "":
             self.fail(path, f"is required for {task}")
         return value
+
+    def for_training(self, value: Optional[Number], path: str) -> Number:
+        """A TRAIN_REQUIRED value: refused for training when unset, else what the original reads (0)."""
+        if value is not None:
+            return value
+        if self.task == "train":
+            self.fail(path, f"is not set and has no default: {TRAIN_REQUIRED[path]}")
+        if self.task is None:
+            self.warn(path, f"is not set; training will refuse this spec: {TRAIN_REQUIRED[path]}")
+        return 0
 
     def in_range(
         self,
@@ -95,12 +129,73 @@ def _parse_image_size(c: _Checker, raw: str) -> tuple[int, int, int]:
     return ch, h, w
 
 
+def _resolve_activation(c: _Checker, arch: str, act: dict[str, Any], defaults_used: set[str]) -> t.ActivationSpec:
+    """The activation the family builds: the spec's where the family takes one (families.py), else its own."""
+    path = "model_config.activation.activation_type"
+    options = FAMILY_OPTIONS[arch]
+    written = act["activation_type"]
+    act_type = _ACTIVATION_ALIASES.get(written.lower(), written.lower()) if written else options.activation
+    if not written:
+        defaults_used.add(path)
+    c.one_of(act_type, path, t.ACTIVATIONS)
+    params = dict(act["activation_parameters"])
+    for key in params:
+        allowed_keys = _ACTIVATION_PARAMS.get(act_type, ())
+        if key not in allowed_keys:
+            c.fail(
+                "model_config.activation.activation_parameters",
+                f'"{key}" is not a parameter of {act_type}; allowed: {", ".join(allowed_keys) or "none"}',
+            )
+    if act_type == "leaky_relu":
+        params.setdefault("alpha", DEFAULT_LEAKY_ALPHA)
+        c.in_range(params["alpha"], "model_config.activation.activation_parameters", 0.0, 1.0)
+    if act_type in options.activations:
+        return t.ActivationSpec(activation_type=act_type, parameters=MappingProxyType(params))
+    built = options.activation
+    built_params = {"alpha": DEFAULT_LEAKY_ALPHA} if built == "leaky_relu" else {}
+    if (written and act_type != built) or (act["activation_parameters"] and params != built_params):
+        takes = (f"takes only {' or '.join(options.activations)} from the spec" if options.activations
+                 else "takes no activation_type from the spec (as in the original)")
+        shown = f"{built} (alpha {DEFAULT_LEAKY_ALPHA})" if built == "leaky_relu" else built
+        c.warn(path if written else "model_config.activation.activation_parameters",
+               f"ignored: {arch} {takes}; it is built with {shown}")
+    return t.ActivationSpec(activation_type=built, parameters=MappingProxyType(built_params))
+
+
+def _resolve_dropout(c: _Checker, arch: str, retain_head: bool, dropout: float) -> float:
+    """The head's dropout as the family builds it (families.py); a written value it does not use is a warning."""
+    c.in_range(dropout, "model_config.dropout", 0.0, 1.0, hi_open=True)
+    built = head_dropout(arch, retain_head, dropout)
+    if "model_config.dropout" in c.present and dropout != built:
+        if not retain_head:
+            why = "the default head (retain_head: false) has no dropout"
+        else:
+            rate = f"dropout {built:g}" if built else "no dropout"
+            why = f"{arch}'s head is built with {rate} (as in the original)"
+        c.warn("model_config.dropout", f"{dropout:g} is ignored: {why}")
+    return built
+
+
+_BUILT_AS = {"use_batch_norm": ("with batch norm after every conv", "without batch norm"),
+             "use_bias": ("with a bias on every conv", "without conv biases")}
+
+
+def _resolve_fixed(c: _Checker, arch: str, field: str, value: bool) -> bool:
+    """use_batch_norm / use_bias as the family builds them (families.py); a written value it ignores warns."""
+    path = f"model_config.{field}"
+    built = (built_batch_norm if field == "use_batch_norm" else built_bias)(arch, value)
+    if path in c.present and value != built:
+        shown = _BUILT_AS[field][0 if built else 1]
+        c.warn(path, f"{str(value).lower()} is ignored: {arch} is always built {shown} (as in the original)")
+    return built
+
+
 def _build_model(c: _Checker, m: dict[str, Any], defaults_used: set[str]) -> t.ModelSpec:
     arch = c.one_of(m["arch"], "model_config.arch", t.ALL_ARCHS)
     n_layers: Optional[int] = m["n_layers"]
     if arch in t.ARCHS_WITH_DEPTH:
         allowed = t.ARCHS_WITH_DEPTH[arch]
-        if n_layers is None:
+        if not n_layers:  # unset or 0: the original's `n_layers if n_layers else <default depth>`
             n_layers = DEFAULT_N_LAYERS[arch]
             defaults_used.add("model_config.n_layers")
         elif n_layers not in allowed:
@@ -120,28 +215,11 @@ def _build_model(c: _Checker, m: dict[str, Any], defaults_used: set[str]) -> t.M
                 f"model_config.freeze_blocks[{i}]",
                 f"block {block} does not exist in {arch}; allowed: {valid_blocks.start}..{valid_blocks.stop - 1}",
             )
-    c.in_range(m["dropout"], "model_config.dropout", 0.0, 1.0, hi_open=True)
+    dropout = _resolve_dropout(c, arch, m["retain_head"], m["dropout"])
     bn = m["batch_norm_config"]
     c.in_range(bn["momentum"], "model_config.batch_norm_config.momentum", 0.0, 1.0, lo_open=True, hi_open=True)
     c.in_range(bn["epsilon"], "model_config.batch_norm_config.epsilon", 0.0, lo_open=True)
-    act = m["activation"]
-    act_type = act["activation_type"]
-    if not act_type:
-        act_type = default_activation(arch)
-        defaults_used.add("model_config.activation.activation_type")
-    act_type = _ACTIVATION_ALIASES.get(act_type.lower(), act_type.lower())
-    c.one_of(act_type, "model_config.activation.activation_type", t.ACTIVATIONS)
-    params = dict(act["activation_parameters"])
-    for key in params:
-        allowed_keys = _ACTIVATION_PARAMS.get(act_type, ())
-        if key not in allowed_keys:
-            c.fail(
-                "model_config.activation.activation_parameters",
-                f'"{key}" is not a parameter of {act_type}; allowed: {", ".join(allowed_keys) or "none"}',
-            )
-    if act_type == "leaky_relu":
-        params.setdefault("alpha", DEFAULT_LEAKY_ALPHA)
-        c.in_range(params["alpha"], "model_config.activation.activation_parameters", 0.0, 1.0)
+    activation = _resolve_activation(c, arch, m["activation"], defaults_used)
     if m["byom_model"]:
         c.fail("model_config.byom_model", "is not supported: Kestrel builds models from its own zoo (arch)")
     return t.ModelSpec(
@@ -151,16 +229,16 @@ def _build_model(c: _Checker, m: dict[str, Any], defaults_used: set[str]) -> t.M
         input_height=h,
         input_width=w,
         retain_head=m["retain_head"],
-        use_batch_norm=m["use_batch_norm"],
-        use_bias=m["use_bias"],
+        use_batch_norm=_resolve_fixed(c, arch, "use_batch_norm", m["use_batch_norm"]),
+        use_bias=_resolve_fixed(c, arch, "use_bias", m["use_bias"]),
         use_pooling=m["use_pooling"],
         all_projections=m["all_projections"],
         freeze_bn=m["freeze_bn"],
         freeze_blocks=tuple(m["freeze_blocks"]),
-        dropout=m["dropout"],
+        dropout=dropout,
         resize_interpolation_method=m["resize_interpolation_method"].lower(),
         batch_norm=t.BatchNormSpec(momentum=bn["momentum"], epsilon=bn["epsilon"]),
-        activation=t.ActivationSpec(activation_type=act_type, parameters=MappingProxyType(params)),
+        activation=activation,
     )
 
 
@@ -177,13 +255,18 @@ def _build_optimizer(c: _Checker, o: dict[str, Any], task: Optional[str]) -> Opt
     if name == "sgd":
         c.in_range(v["momentum"], f"{p}.momentum", 0.0, 1.0, hi_open=True)
         return t.SgdSpec(lr=v["lr"], decay=v["decay"], momentum=v["momentum"], nesterov=v["nesterov"])
-    c.in_range(v["epsilon"], f"{p}.epsilon", 0.0, lo_open=True)
+    # Adam's betas, RMSprop's rho, then epsilon: in range when written, TRAIN_REQUIRED when not
+    values = {}
+    for key in (("beta_1", "beta_2") if name == "adam" else ("rho",)) + ("epsilon",):
+        if v[key] is not None:
+            if key == "epsilon":
+                c.in_range(v[key], f"{p}.{key}", 0.0, lo_open=True)
+            else:
+                c.in_range(v[key], f"{p}.{key}", 0.0, 1.0, hi_open=True)
+        values[key] = c.for_training(v[key], f"{p}.{key}")
     if name == "adam":
-        c.in_range(v["beta_1"], f"{p}.beta_1", 0.0, 1.0, hi_open=True)
-        c.in_range(v["beta_2"], f"{p}.beta_2", 0.0, 1.0, hi_open=True)
-        return t.AdamSpec(lr=v["lr"], beta_1=v["beta_1"], beta_2=v["beta_2"], epsilon=v["epsilon"], decay=v["decay"])
-    c.in_range(v["rho"], f"{p}.rho", 0.0, 1.0, hi_open=True)
-    return t.RmspropSpec(lr=v["lr"], rho=v["rho"], epsilon=v["epsilon"], decay=v["decay"])
+        return t.AdamSpec(lr=v["lr"], decay=v["decay"], **values)
+    return t.RmspropSpec(lr=v["lr"], decay=v["decay"], **values)
 
 
 def _build_lr(c: _Checker, lr: dict[str, Any], task: Optional[str]) -> Optional[t.LRSpec]:
@@ -198,17 +281,24 @@ def _build_lr(c: _Checker, lr: dict[str, Any], task: Optional[str]) -> Optional[
         c.fail(f"{p}.learning_rate", "is required (the base learning rate, > 0)")
     c.in_range(v["learning_rate"], f"{p}.learning_rate", 0.0, lo_open=True)
     if name == "step":
-        c.in_range(v["step_size"], f"{p}.step_size", 1, 100)
-        c.in_range(v["gamma"], f"{p}.gamma", 0.0, 1.0, lo_open=True)
-        return t.StepLRSpec(learning_rate=v["learning_rate"], step_size=v["step_size"], gamma=v["gamma"])
+        if v["step_size"] is not None:
+            c.in_range(v["step_size"], f"{p}.step_size", 1, 100)
+        if v["gamma"] is not None:
+            c.in_range(v["gamma"], f"{p}.gamma", 0.0, 1.0, lo_open=True)
+        return t.StepLRSpec(learning_rate=v["learning_rate"], step_size=int(c.for_training(v["step_size"],
+                            f"{p}.step_size")), gamma=c.for_training(v["gamma"], f"{p}.gamma"))
     c.in_range(v["soft_start"], f"{p}.soft_start", 0.0, 1.0, hi_open=True)
     if name == "cosine":
         c.in_range(v["min_lr_ratio"], f"{p}.min_lr_ratio", 0.0, 1.0, hi_open=True)
         return t.CosineLRSpec(
             learning_rate=v["learning_rate"], min_lr_ratio=v["min_lr_ratio"], soft_start=v["soft_start"]
         )
-    c.in_range(v["annealing_divider"], f"{p}.annealing_divider", 0.0, lo_open=True)
     points = v["annealing_points"]
+    divider = v["annealing_divider"]
+    if divider is not None:
+        c.in_range(divider, f"{p}.annealing_divider", 0.0, lo_open=True)
+    elif points:  # without points the rate never divides: the original's zero divider is never used
+        divider = c.for_training(divider, f"{p}.annealing_divider")
     previous = v["soft_start"]
     for i, point in enumerate(points):
         if not previous < point < 1.0:
@@ -221,15 +311,14 @@ def _build_lr(c: _Checker, lr: dict[str, Any], task: Optional[str]) -> Optional[
     return t.SoftAnnealLRSpec(
         learning_rate=v["learning_rate"],
         soft_start=v["soft_start"],
-        annealing_divider=v["annealing_divider"],
+        annealing_divider=1.0 if divider is None else divider,
         annealing_points=tuple(points),
     )
 
 
 def _build_reg(c: _Checker, r: dict[str, Any]) -> t.RegSpec:
     p = "train_config.reg_config"
-    canonical = {"l1": "L1", "l2": "L2", "none": "None"}
-    reg_type = canonical.get(str(r["type"]).lower(), r["type"])
+    reg_type = _REG_TYPES.get(str(r["type"]).lower(), r["type"])
     c.one_of(reg_type, f"{p}.type", ("L1", "L2", "None"))
     scope = tuple(s.strip() for s in r["scope"].split(",") if s.strip())
     for s in scope:
@@ -271,8 +360,9 @@ def _build_train(
     class_weighting = c.one_of(str(tc["class_weighting"]).lower(), f"{p}.class_weighting", ("none", "balanced"))
     torch_std = c.one_of(str(tc["torch_std"]).lower(), f"{p}.torch_std", ("original", "per_channel"))
     vis = tc["visualizer"]
-    if vis["wandb_config"]["enabled"]:
-        c.warn(f"{p}.visualizer.wandb_config", "is ignored: Kestrel contacts no external service")
+    for service in ("wandb_config", "clearml_config"):
+        if f"{p}.visualizer.{service}" in c.present:
+            c.warn(f"{p}.visualizer.{service}", "is ignored: Kestrel contacts no external service")
     return t.TrainSpec(
         train_dataset_path=tc["train_dataset_path"] or "",
         val_dataset_path=tc["val_dataset_path"] or "",
@@ -324,11 +414,13 @@ def parse_spec_text(text: str, source: str = "<string>", task: Optional[str] = N
     message = parse_text(text, source)
     defaults_used: set[str] = set()
     tree = resolve_message(message, "", defaults_used)
-    checker = _Checker(text, source, present_paths(message))
+    checker = _Checker(text, source, present_paths(message), task)
+    checker.warnings.extend(merge_warnings(text, source))
     model = _build_model(checker, tree["model_config"], defaults_used)
     train = _build_train(checker, tree["train_config"], model, task)
     evaluation = _build_eval(checker, tree["eval_config"], task)
     tree["model_config"]["n_layers"] = model.n_layers
+    tree["model_config"]["dropout"] = model.dropout
     tree["model_config"]["activation"]["activation_type"] = model.activation.activation_type
     tree["model_config"]["activation"]["activation_parameters"] = dict(model.activation.parameters)
     return t.ExperimentSpec(

@@ -1,7 +1,12 @@
 """Text format -> protobuf `Experiment`, with errors a user can act on.
 
+Read with `text_format.Merge`, as the original reads its specs: a scalar written twice keeps the last value
+and a second member of a oneof (`adam` after `sgd`) replaces the first; both are accepted with a warning
+naming the lines (`scan.py`).
+
 protobuf's own messages say `3:2 : Message type "kestrel.spec.ModelConfig" has no field named "archh".`;
-we turn that into `spec.txt:3:2: model_config has no field "archh" (did you mean "arch"?)`.
+we turn that into `spec.txt:3:2: model_config has no field "archh" (did you mean "arch"?)`, and a value of the
+wrong type or enum into `spec.txt:5:32: model_config.resize_interpolation_method: NEAREST is not one of ...`.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ from google.protobuf import descriptor, text_format
 
 from kestrel_trainer.errors import SpecError
 from kestrel_trainer.spec.proto import experiment_pb2
+from kestrel_trainer.spec.scan import field_at, scan
 
 _UNKNOWN_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
 _ENUM_VALUE = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
+# protobuf's value errors, which follow the field's name on the same line: "'<the line>': <what is wrong>"
+_VALUE_ERROR = re.compile(r"^'(?P<quoted>.*)': (?P<what>(?:Couldn't parse|Expected \"true\"|Enum type|Expected string"
+                          r"|Expected integer|Expected identifier|Integer out of range|Invalid ).*)$", re.S)
 
 
 def _message_paths() -> dict[str, str]:
@@ -58,11 +67,23 @@ def _explain(raw: str) -> str:
     return re.sub(r'"kestrel\.spec\.(\w+)"', r"\1", raw)
 
 
+def _value_error(text: str, body: str, line: int, col: int) -> str:
+    """`'<line>': Couldn't parse integer: "x"` -> `train_config.n_epochs: Couldn't parse integer: "x" (in '<line>')`."""
+    m = _VALUE_ERROR.match(body)
+    path = field_at(text, line, col) if m else None
+    if not m or path is None:
+        return _explain(body)
+    return f"{path}: {_explain(m.group('what'))} (in '{m.group('quoted').strip()}')"
+
+
 def parse_text(text: str, source: str) -> experiment_pb2.Experiment:
-    """Parse spec text; a syntax error becomes SpecError('FILE:LINE:COL: what is wrong')."""
+    """Parse spec text as the original does (text_format.Merge); `merge_warnings` says what Merge overrode.
+
+    A syntax error becomes SpecError('FILE:LINE:COL: [dotted.field: ]what is wrong').
+    """
     message = experiment_pb2.Experiment()
     try:
-        text_format.Parse(text, message)
+        text_format.Merge(text, message)
     except text_format.ParseError as err:
         raw = str(err)
         line, col = err.GetLine(), err.GetColumn()
@@ -71,6 +92,13 @@ def parse_text(text: str, source: str) -> experiment_pb2.Experiment:
             m = re.match(r"^(\d+):(\d+)", raw)
             if m:
                 line, col = int(m.group(1)), int(m.group(2))
-        where = f"{source}:{line}:{col}" if line is not None else source
-        raise SpecError(f"{where}: {_explain(body)}") from None
+        if line is None:
+            raise SpecError(f"{source}: {_explain(body)}") from None
+        raise SpecError(f"{source}:{line}:{col}: {_value_error(text, body, line, col)}") from None
     return message
+
+
+def merge_warnings(text: str, source: str) -> list[str]:
+    """'FILE:LINE: path: what' for each scalar written twice and each oneof member another one replaced."""
+    _, overridden = scan(text)
+    return [f"{source}:{warning}" for warning in overridden]
