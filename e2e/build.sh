@@ -23,12 +23,19 @@
 # cert-manager's CRDs (gomod/certmanager pins the cert-manager Go module; for test_webhook_certs.py's dry run) are the
 # files of that module's deploy/crds, copied to cert-manager-<12 hex of gomod/certmanager's files>-crds/.
 #
+# versitygw (gomod/versitygw: github.com/versity/versitygw/cmd/versitygw, an S3 gateway over a POSIX folder) is the
+# S3-compatible server of the trainer's storage tests (tests/conftest.py). The unit suite needs it but not the cluster,
+# so `--versitygw` builds only it, into CACHE_ROOT/s3/versitygw-<12 hex of gomod/versitygw's files> (scripts/test.sh
+# calls it; reused when there), and prints that path; `--versitygw-path` only prints it.
+#
 # Usage: e2e/build.sh              build what is missing, print the bin folder on the last line
 #        e2e/build.sh --print      only print the bin folder (for the pytest fixture)
 #        e2e/build.sh --kstatus    only print the path of this checkout's kstatus binary (for e2e/kstatus.py)
 #        e2e/build.sh --kueue      only print the path of this checkout's Kueue controller binary
 #        e2e/build.sh --kueue-config  print Kueue's config/components folder in the module cache (downloaded if needed)
 #        e2e/build.sh --cert-manager  only print the path prefix of this checkout's cert-manager CRDs (append -crds)
+#        e2e/build.sh --versitygw  build only the versitygw S3 server if missing; print its path on the last line
+#        e2e/build.sh --versitygw-path  only print that path (for the tests' fixture)
 #        e2e/build.sh --pinned MODULE  print MODULE's version in gomod/cluster/go.mod (the tests' expected versions)
 #        e2e/build.sh --mpijob-crd print the path of the MPIJob CRD in the MPI Operator's Go module (downloaded
 #                                  into the module cache if needed; the unit tests compare their copy with it)
@@ -63,6 +70,9 @@ KUEUE_MOD="$HERE/gomod/kueue"
 KUEUE="kueue-$(cat "$KUEUE_MOD/go.mod" "$KUEUE_MOD/go.sum" "$KUEUE_MOD/tools.go" | sha256sum | cut -c1-12)"
 CM_MOD="$HERE/gomod/certmanager"
 CM="cert-manager-$(cat "$CM_MOD/go.mod" "$CM_MOD/go.sum" | sha256sum | cut -c1-12)"
+VGW_MOD="$HERE/gomod/versitygw"
+VGW_DIR="$CACHE_ROOT/s3"
+VGW="versitygw-$(cat "$VGW_MOD/go.mod" "$VGW_MOD/go.sum" "$VGW_MOD/tools.go" | sha256sum | cut -c1-12)"
 
 if [[ "${1:-}" == "--pinned" ]]; then
     pinned "${2:?--pinned needs a module path}"
@@ -78,6 +88,10 @@ if [[ "${1:-}" == "--kstatus" ]]; then
 fi
 if [[ "${1:-}" == "--kueue" ]]; then
     echo "$BIN/$KUEUE"
+    exit 0
+fi
+if [[ "${1:-}" == "--versitygw-path" ]]; then
+    echo "$VGW_DIR/$VGW"
     exit 0
 fi
 if [[ "${1:-}" == "--cert-manager" ]]; then
@@ -119,13 +133,22 @@ if [[ "${1:-}" == "--kueue-config" ]]; then
     exit 0
 fi
 
-mkdir -p "$BIN"
-exec 9>"$CACHE_ROOT/$KEY/.lock"
+VGW_ONLY=""
+if [[ "${1:-}" == "--versitygw" ]]; then
+    VGW_ONLY=1
+    BIN="$VGW_DIR"  # build() below writes into $BIN; this mode touches nothing of the cluster's key
+    mkdir -p "$BIN"
+    exec 9>"$VGW_DIR/.lock"
+    TIMES="$VGW_DIR/build-times.tsv"
+else
+    mkdir -p "$BIN"
+    exec 9>"$CACHE_ROOT/$KEY/.lock"
+    TIMES="$CACHE_ROOT/$KEY/build-times.tsv"
+fi
 flock 9  # another build.sh on the same key: wait for it, then reuse what it built
 # The machine is shared: every compile runs at the lowest CPU priority (children inherit it), which counts among
 # the processes of its session (with autogroup scheduling sessions share the CPU equally: e2e/README.md "CI time").
 renice -n 19 $$ >/dev/null
-TIMES="$CACHE_ROOT/$KEY/build-times.tsv"
 JOBS="${KESTREL_E2E_JOBS:-2}"
 export CGO_ENABLED=0
 export GOFLAGS="-p=${JOBS} -buildvcs=false"
@@ -182,6 +205,11 @@ kueue_build() {  # its own module and graph (k8s.io v0.35, controller-runtime v0
     v=$(awk '$1 == "require" && $2 == "sigs.k8s.io/kueue" {print $3; exit}' "$KUEUE_MOD/go.mod")
     go_build "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=${v}" sigs.k8s.io/kueue/cmd/kueue "$KUEUE_MOD"
 }
+versitygw_build() {  # its own module and graph; version stamped as its Makefile (`versitygw --version`)
+    local v
+    v=$(awk '$1 == "require" && $2 == "github.com/versity/versitygw" {print $3; exit}' "$VGW_MOD/go.mod")
+    go_build "-s -w -X main.Version=${v}" github.com/versity/versitygw/cmd/versitygw "$VGW_MOD"
+}
 cm_crds() {  # the CRDs of the cert-manager module gomod/certmanager builds from (go.sum verifies it)
     local dir
     dir=$(cd "$CM_MOD" && go mod download github.com/cert-manager/cert-manager \
@@ -200,6 +228,15 @@ helm_build() {
     done
     go_build "$ld" helm.sh/helm/v3/cmd/helm
 }
+
+if [[ -n "$VGW_ONLY" ]]; then
+    build "$VGW" versitygw_build
+    touch "$BIN/$VGW"
+    # builds of other versions of the module, unused for KESTREL_E2E_KEEP_DAYS days (as the cluster's folders below)
+    find "$BIN" -maxdepth 1 -name 'versitygw-*' -mtime "+${KESTREL_E2E_KEEP_DAYS:-14}" -exec rm -f {} +
+    echo "$BIN/$VGW"
+    exit 0
+fi
 
 build etcd etcd_build
 build kube-apiserver k8s_build kube-apiserver

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command (README and CI): set up if needed, lint, then the fast test suite.
-# Strict by default (tests/strict_mode.py): setup.sh installed everything, so a skipped test fails;
-# KESTREL_STRICT=0 allows skips.
+# Strict by default (tests/strict_mode.py): setup.sh installed everything (and the S3 server is built below), so a
+# skipped test fails; KESTREL_STRICT=0 allows skips.
 # Tests run in KESTREL_TEST_WORKERS pytest-xdist processes (default 2, one per core: most tests spend their time
 # in one Python thread; KESTREL_TEST_WORKERS=0 runs them in this process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The S3-compatible server of the storage tests (tests/conftest.py `s3_server`): versitygw built from its Go module
+# into ~/.cache/kestrel-e2e/s3 (cached by the module's hash: a few minutes cold, instant after).
+bash e2e/build.sh --versitygw >/dev/null
 VENV=${KESTREL_VENV:-$(pwd)/.venv}
 export KESTREL_STRICT=${KESTREL_STRICT:-1}
 "$VENV/bin/ruff" check .

@@ -12,6 +12,7 @@ from typing import Optional
 
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.spec.contract import KEY_ENV
+from kestrel_trainer.storage import UrlLogFilter
 
 # How many ranks --gpus/--num_processes ask for: the train launcher needs it too, so it lives there.
 from kestrel_trainer.train.launcher import resolve_processes  # noqa: F401 - part of this module's API
@@ -69,7 +70,9 @@ def task_status(results_dir: Optional[str], task: str, started: Optional[str] = 
         raise
     except Exception as err:  # KestrelError: its one line; anything else: str(err), as the original
         if status:
-            status.write("FAILURE", getattr(err, "message", None) or str(err) or type(err).__name__)
+            from kestrel_trainer.storage import describe  # local copies of s3:// paths named by their URLs
+
+            status.write("FAILURE", describe(getattr(err, "message", None) or str(err) or type(err).__name__))
         raise
 
 
@@ -131,12 +134,47 @@ def setup_logging(log_file: Optional[str] = None, verbose: bool = False) -> None
         root.removeHandler(handler)
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(fmt)
+    stream.addFilter(UrlLogFilter())  # local copies of s3:// paths are named by their URLs
     root.addHandler(stream)
     if log_file:
         folder = os.path.dirname(os.path.abspath(log_file))
         os.makedirs(folder, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(fmt)
+        handler.addFilter(UrlLogFilter())
         root.addHandler(handler)
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def stage_spec_inputs(spec, *, train: bool = False, evaluate: bool = False):
+    """The spec with its s3:// dataset and model paths replaced by their local copies (staged into the cache:
+    listed once, downloaded only when not there yet; docs/storage.md). Local paths stay as they are."""
+    from dataclasses import replace
+
+    from kestrel_trainer.storage import input_path
+
+    if train:
+        tr = spec.train
+        spec = replace(spec, train=replace(
+            tr, train_dataset_path=input_path(tr.train_dataset_path), val_dataset_path=input_path(tr.val_dataset_path),
+            pretrained_model_path=input_path(tr.pretrained_model_path or "") or tr.pretrained_model_path))
+    if evaluate:
+        ev = spec.eval
+        spec = replace(spec, eval=replace(ev, eval_dataset_path=input_path(ev.eval_dataset_path)))
+    return spec
+
+
+def stage_model(path: Optional[str]) -> Optional[str]:
+    """-m MODEL: an s3:// model staged locally together with its run's classmap.json (beside it or one folder up,
+    where evaluate/inference/export look for it, as in a local run folder). Local paths stay as they are."""
+    from kestrel_trainer import storage
+
+    if not storage.is_url(path):
+        return path
+    local = storage.input_path(path)
+    folder = path.rsplit("/", 1)[0]
+    for candidate in (folder, folder.rsplit("/", 1)[0]):
+        if candidate.count("/") >= 2 and storage.input_if_exists(f"{candidate}/classmap.json"):
+            break
+    return local

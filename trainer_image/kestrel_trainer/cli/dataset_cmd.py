@@ -32,29 +32,39 @@ def register(subparsers) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from kestrel_trainer import storage
     from kestrel_trainer.data.datasets import fashion_mnist
+    from kestrel_trainer.errors import DataError
 
+    out = storage.output_dir(args.out)  # s3://: written locally, uploaded as it is written (docs/storage.md)
+    for split in fashion_mnist.SPLITS:
+        if storage.remote_exists(f"{out}/{split}"):
+            raise DataError(f"{args.out.rstrip('/')}/{split} already exists: choose another --out or remove it first")
     result = fashion_mnist.import_fashion_mnist(
-        args.out, per_class=args.per_class, seed=args.seed, source=args.source or fashion_mnist.DEFAULT_SOURCE)
+        out, per_class=args.per_class, seed=args.seed, source=args.source or fashion_mnist.DEFAULT_SOURCE)
     counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
-    print(f"wrote {sum(result.counts.values())} images to {result.out} ({counts}) in {result.seconds:.1f} s")
+    print(f"wrote {sum(result.counts.values())} images to {args.out if storage.is_url(args.out) else result.out} "
+          f"({counts}) in {result.seconds:.1f} s")
     return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from kestrel_trainer import storage
     from kestrel_trainer.data.check import find_bad_images
     from kestrel_trainer.data.folders import scan
 
-    folder = scan(args.root)
+    folder = scan(storage.input_path(args.root))
     bad = find_bad_images(folder.files, args.workers)
     for b in bad:
-        print(f"{b.path}: {b.reason}")
-    print(f"{folder.root}: {len(folder.files)} images in {folder.n_classes} classes, {len(bad)} cannot be decoded")
+        print(storage.describe(f"{b.path}: {b.reason}"))  # s3://: the objects' URLs, not their local copies
+    print(storage.describe(f"{folder.root}: {len(folder.files)} images in {folder.n_classes} classes, {len(bad)} "
+                           "cannot be decoded"))
     return 1 if bad else 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from kestrel_trainer import storage
     from kestrel_trainer.data.stats import dataset_stats, format_stats
 
-    print(format_stats(dataset_stats(args.root)))
+    print(format_stats(dataset_stats(storage.input_path(args.root))))
     return 0

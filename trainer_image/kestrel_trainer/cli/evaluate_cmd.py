@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 
+from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
     add_key_argument,
@@ -13,6 +14,8 @@ from kestrel_trainer.cli.common import (
     require_key_for,
     resolve_key,
     setup_logging,
+    stage_model,
+    stage_spec_inputs,
     task_status,
 )
 from kestrel_trainer.errors import SpecError
@@ -35,17 +38,22 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kestrel.evaluate").warning(
             "%s: accepted as the original accepts them (placeholders for its deploy tools) and ignored; the data "
             "and batch size come from eval_config", ", ".join(ignored))
-    from kestrel_trainer.evaluate import format_original_report, format_report, run_evaluation, writable_results_dir
+    from kestrel_trainer.evaluate import format_original_report, format_report, run_evaluation
 
+    # s3:// (docs/storage.md): -r is a local folder uploaded as it is written, so status.json goes to the bucket
+    args.results_dir = storage.output_dir(args.results_dir)
     # As the original: status.json in the -r folder (only when -r is given).
     with task_status(args.results_dir, "evaluation", "Starting evaluation.") as status:
-        results = args.results_dir or writable_results_dir(model_path)
+        # s3://: local copies of the model (with its run's classmap.json), the data and -c
+        spec, model_path = stage_spec_inputs(spec, evaluate=True), stage_model(model_path)
+        args.classmap = storage.input_path(args.classmap)
+        results = args.results_dir or _default_results_dir(model_path)
         apply_device_flags(args)
         metrics = run_evaluation(spec, model_path, key, results, args.classmap, args.skip_bad_images)
         print(format_original_report(metrics))
         print(format_report(metrics))
         if results:
-            print(f"\nresults: {os.path.join(results, 'results.json')}")
+            print(storage.describe(f"\nresults: {os.path.join(results, 'results.json')}"))
         else:
             print("\nresults: printed only (neither the model's folder nor the working directory can be written; "
                   "pass -r DIR to keep results.json and confusion_matrix.png)")
@@ -53,6 +61,18 @@ def run(args: argparse.Namespace) -> int:
             status.kpi = {"top_k_accuracy": float(metrics[f"top_{metrics['top_k']}_accuracy"])}
             status.write("SUCCESS", "Evaluation finished successfully.")
     return 0
+
+
+def _default_results_dir(model_path: str):
+    """Without -r: RUN/evaluate beside the model. A model staged from a bucket (its local copy is a mirror path):
+    RUN/evaluate in the bucket, uploaded as it is written (the bucket's write check, not the local cache's, decides
+    whether it can be written; a refused write is a one-line error naming the URL: pass -r). A local model: the
+    first writable of RUN/evaluate and ./evaluate, else None (printed only), as evaluate.writable_results_dir says."""
+    from kestrel_trainer.evaluate import default_results_dir, writable_results_dir
+
+    if storage.url_of(model_path):
+        return storage.output_dir(default_results_dir(model_path))
+    return writable_results_dir(model_path)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

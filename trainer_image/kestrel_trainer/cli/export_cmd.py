@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 
+from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
     add_key_argument,
     require_key_for,
     resolve_key,
     setup_logging,
+    stage_model,
+    stage_spec_inputs,
     task_status,
 )
 from kestrel_trainer.errors import KestrelError
@@ -113,6 +116,8 @@ def _note_compatibility_flags(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     setup_logging(args.log_file, args.verbose)
+    # s3:// (docs/storage.md): -r is a local folder uploaded as it is written, so status.json goes to the bucket
+    args.results_dir = storage.output_dir(args.results_dir)
     with task_status(args.results_dir, "export") as status:
         if status:
             status.write("RUNNING", "Building exporter object.")
@@ -124,7 +129,7 @@ def run_export(args: argparse.Namespace) -> int:
     if "int8_parity" in summary:
         print(f"int8 (QDQ): {summary['int8_parity'].line()}")
     for path in summary["written"]:
-        print(f"wrote {path}")
+        print(storage.describe(f"wrote {path}"))
     return 0
 
 
@@ -139,6 +144,10 @@ def _export(args: argparse.Namespace, status) -> dict:
     require_key_for(args.model_path, key)
     workspace = parse_workspace(args.max_workspace_size)
     _note_compatibility_flags(args)
+    _stage_paths(args, key)
+    args.triton_repository = storage.output_dir(args.triton_repository)
+    if spec is not None:
+        spec = stage_spec_inputs(spec, evaluate=True)  # parity images from eval_config's data
     req = ExportRequest(
         model=args.model_path, output=args.output_file, key=key, spec=spec, classmap=args.classmap,
         gen_ds_config=args.gen_ds_config, data_type=args.data_type, target=args.target,
@@ -156,10 +165,27 @@ def _export(args: argparse.Namespace, status) -> dict:
     return summary
 
 
+def _stage_paths(args: argparse.Namespace, key) -> None:
+    """s3:// (docs/storage.md): local copies of the inputs; outputs written into folders uploaded as they are
+    written (an existing --cal_cache_file / --cal_data_file object is brought in, to be reused as locally)."""
+    from kestrel_trainer.export.run import default_output
+
+    if hasattr(args, "output_file") and args.output_file is None and storage.is_url(args.model_path):
+        args.output_file = default_output(args.model_path, key)  # beside the model, in the bucket
+    args.model_path = stage_model(args.model_path)
+    args.classmap = storage.input_path(getattr(args, "classmap", None))
+    args.cal_image_dir = storage.input_path(args.cal_image_dir)
+    for name in ("output_file", "cal_cache_file", "cal_data_file", "engine_file"):
+        if hasattr(args, name):
+            setattr(args, name, storage.output_file(getattr(args, name)))
+
+
 def run_engine(args: argparse.Namespace) -> int:
     from kestrel_trainer.export.run import EngineRequest, run_gen_trt_engine
 
     setup_logging(args.log_file, args.verbose)
+    # s3:// (docs/storage.md): -r is a local folder uploaded as it is written, so status.json goes to the bucket
+    args.results_dir = storage.output_dir(args.results_dir)
     with task_status(args.results_dir, "gen_trt_engine", "Starting classification_tf1 gen_trt_engine.") as status:
         spec = _spec(args.experiment_spec)
         key = resolve_key(args)
@@ -169,6 +195,7 @@ def run_engine(args: argparse.Namespace) -> int:
             from kestrel_trainer.export.onnx_model import ExportError
 
             raise ExportError("gen_trt_engine needs --engine_file FILE")
+        _stage_paths(args, key)
         req = EngineRequest(
             model=args.model_path, engine_file=args.engine_file, key=key, spec=spec, data_type=args.data_type,
             cal_cache_file=args.cal_cache_file, cal_image_dir=args.cal_image_dir, cal_data_file=args.cal_data_file,
@@ -178,7 +205,7 @@ def run_engine(args: argparse.Namespace) -> int:
         written = run_gen_trt_engine(req)
         if status:
             status.write("SUCCESS", "Gen_trt_engine finished successfully.")
-    print(f"wrote {written}")
+    print(storage.describe(f"wrote {written}"))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
     add_key_argument,
@@ -11,6 +12,7 @@ from kestrel_trainer.cli.common import (
     require_key_for,
     resolve_key,
     setup_logging,
+    stage_model,
     task_status,
 )
 from kestrel_trainer.errors import KestrelError
@@ -28,11 +30,19 @@ def run(args: argparse.Namespace) -> int:
     require_key_for(args.model_path, key)
     from kestrel_trainer.inference import run_inference
 
+    # s3:// (docs/storage.md): -r is a local folder uploaded as it is written, so status.json goes to the bucket
+    args.results_dir = storage.output_dir(args.results_dir)
     # As the original: status.json in the -r folder (only when -r is given).
     with task_status(args.results_dir, "inference", "Starting inference.") as status:
+        # s3://: local copies of the model, -c and the images; without -r, result.csv goes to an s3:// -d's
+        # prefix (uploaded), as it goes into a local -d folder
+        image_dir_url = args.image_dir if storage.is_url(args.image_dir) else None
+        args.model_path, args.classmap = stage_model(args.model_path), storage.input_path(args.classmap)
+        args.image, args.image_dir = storage.input_path(args.image), storage.input_path(args.image_dir)
+        results_dir = args.results_dir or storage.output_dir(image_dir_url)
         apply_device_flags(args)
         result = run_inference(spec, args.model_path, key, args.classmap, image=args.image, folder=args.image_dir,
-                               batch_size=args.batch_size, results_dir=args.results_dir, top_k=args.top_k,
+                               batch_size=args.batch_size, results_dir=results_dir, top_k=args.top_k,
                                skip_bad_images=args.skip_bad_images)
         if result.image:
             path, predictions = result.image
@@ -42,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             for name, confidence in predictions:
                 print(f"{path}: {name} ({confidence:.4f})")
         if result.csv_path:
-            print(f"classified {len(result.folder_files)} images -> {result.csv_path}")
+            print(storage.describe(f"classified {len(result.folder_files)} images -> {result.csv_path}"))
         if status:
             status.write("SUCCESS", "Inference finished successfully.")
     return 0

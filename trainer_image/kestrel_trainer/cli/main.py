@@ -16,6 +16,7 @@ from typing import Optional
 
 import kestrel_trainer
 from kestrel_trainer import cli as cli_pkg
+from kestrel_trainer import storage
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.spec.contract import error_line
 
@@ -55,9 +56,11 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> i
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], Optional[int]] = args.func
     try:
-        return int(func(args) or 0)
+        with storage.session():  # s3:// outputs: everything written is uploaded before the command returns
+            return int(func(args) or 0)
     except KestrelError as err:
-        print(error_line(parser.prog, err.message), file=sys.stderr)  # the operator reads this line
+        # the operator reads this line; local copies of s3:// paths are named by their URLs
+        print(error_line(parser.prog, storage.describe(err.message)), file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)

@@ -32,7 +32,10 @@ def run_info(args: argparse.Namespace) -> int:
     if args.model_path:
         key = resolve_key(args)
         require_key_for(args.model_path, key)
+        from kestrel_trainer.cli.common import stage_model
         from kestrel_trainer.predict import load_for_prediction
+
+        args.model_path = stage_model(args.model_path)  # s3:// -> a local copy (docs/storage.md)
 
         model = load_for_prediction(args.model_path, key)
         print(f"model: {args.model_path} ({model.name}), {int(model.output_shape[-1])} classes")

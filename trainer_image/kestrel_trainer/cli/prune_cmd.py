@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
     add_format_argument,
@@ -15,6 +16,7 @@ from kestrel_trainer.cli.common import (
     require_key_for,
     resolve_key,
     setup_logging,
+    stage_model,
     task_status,
 )
 
@@ -26,6 +28,8 @@ DEFAULTS = {"normalizer": "max", "criterion": "union", "granularity": 8, "thresh
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_file, args.verbose)
+    # s3:// (docs/storage.md): -r is a local folder uploaded as it is written, so status.json goes to the bucket
+    args.results_dir = storage.output_dir(args.results_dir)
     with task_status(args.results_dir, "pruning") as status:
         report = _prune(args)
         if status:
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(format_report(report))
     print(pruning_ratio_line(report))
-    print(f"\npruned model: {report['output']}")
+    print(storage.describe(f"\npruned model: {report['output']}"))
     return 0
 
 
@@ -57,6 +61,8 @@ def _prune(args: argparse.Namespace) -> dict:
     key = resolve_key(args)
     check_format_key(args.model_format, key)
     require_key_for(args.model_path, key)
+    # s3://: a local copy of the model; the output's folder (prune_report.json's default) uploaded as it is written
+    args.model_path, args.output = stage_model(args.model_path), storage.output_file(args.output)
     from kestrel_trainer.prune.run import prune_file
 
     return prune_file(args.model_path, args.output, key, opts, args.excluded_layers, args.results_dir,

@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Optional
 
+from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
     add_common_task_arguments,
     add_format_argument,
@@ -20,6 +21,7 @@ from kestrel_trainer.cli.common import (
     resolve_key,
     resolve_processes,
     setup_logging,
+    stage_spec_inputs,
 )
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.spec import load_spec
@@ -45,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from kestrel_trainer.train.dry_run import describe_run
 
-        for line in describe_run(spec, args.results_dir, args.init_epoch, processes, args.classmap):
-            print(line)
+        spec = stage_spec_inputs(spec, train=True)
+
+        results = storage.output_dir(args.results_dir, upload=False)  # s3://: the bucket's checkpoints, none fetched
+        for line in describe_run(spec, results, args.init_epoch, processes, storage.input_path(args.classmap)):
+            print(storage.describe(line))
         if eval_spec is not None:
             print(f"evaluate: then the final model on {eval_spec.eval.eval_dataset_path}, into "
                   f"{os.path.join(args.results_dir, 'evaluate', 'results.json')} (--evaluate)")
@@ -54,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if eval_spec is not None:
         from kestrel_trainer.data import folders
 
+        eval_spec = stage_spec_inputs(eval_spec, evaluate=True)
         folders.scan(eval_spec.eval.eval_dataset_path)  # a missing or empty eval folder fails now, not after training
     key = resolve_key(args)
     if not key:
@@ -66,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         # Not under mpirun/horovodrun: start the ranks ourselves (each one comes back here and joins).
         from kestrel_trainer.train.launcher import launch, rank_arguments
 
-        return launch(processes, rank_arguments(args), key, args.results_dir, spec.model.arch)
+        return launch(processes, rank_arguments(args), key,
+                      storage.output_dir(args.results_dir, upload=False, reconcile=False), spec.model.arch)
     ranks = Ranks()
     if world is not None and world.size > 1:
         if args.num_processes not in (None, -1) and processes != world.size:
@@ -77,13 +84,15 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger().setLevel(logging.WARNING)
     from kestrel_trainer.train.loop import TrainOptions, run_training
 
+    spec = stage_spec_inputs(spec, train=True)  # s3:// data and models: local copies (docs/storage.md)
     summary = run_training(
         spec,
         TrainOptions(
-            results_dir=args.results_dir,
+            # s3://: a local mirror folder, uploaded as it is written (rank 0; the others only read from it)
+            results_dir=storage.output_dir(args.results_dir, upload=ranks.is_chief, reconcile=ranks.is_chief),
             key=key,
             init_epoch=args.init_epoch,
-            classmap_path=args.classmap,
+            classmap_path=storage.input_path(args.classmap),
             skip_bad_images=args.skip_bad_images,
             use_amp=args.use_amp,
             ranks=ranks,

@@ -51,18 +51,37 @@ def partial_path(weights_dir: str, arch: str, epoch: int, step: int, key: Option
     return os.path.join(weights_dir, f"{arch}_{epoch:03d}_step{step:06d}{suffix(key)}")
 
 
-def find_checkpoints(weights_dir: str, arch: str) -> list[Checkpoint]:
-    """Checkpoints of `arch` in the folder, oldest progress first (temp files are ignored)."""
-    if not os.path.isdir(weights_dir):
-        return []
+def find_checkpoints(weights_dir: str, arch: str, names: Optional[list[str]] = None) -> list[Checkpoint]:
+    """Checkpoints of `arch` in the folder (or among `names` in it), oldest progress first (temp files are
+    ignored). A folder of an s3:// results folder also lists the bucket's (docs/storage.md)."""
+    if names is None:
+        from kestrel_trainer import storage
+
+        names = os.listdir(weights_dir) if os.path.isdir(weights_dir) else []
+        names = sorted(set(names) | set(storage.remote_names(weights_dir) or ()))
     found = []
-    for name in os.listdir(weights_dir):
+    for name in names:
         m = _NAME.match(name)
         if m and m.group("arch") == arch:
             step = m.group("step")
             found.append(Checkpoint(os.path.join(weights_dir, name), int(m.group("epoch")),
                                     int(step) if step else None))
     return sorted(found, key=lambda c: c.order)
+
+
+def fetch_from_storage(weights_dir: str, arch: str, init_epoch: Optional[int]) -> None:
+    """A results folder in object storage (docs/storage.md): bring in the one checkpoint a resume would start
+    from, as the bucket lists them (the newest, or --init_epoch's); nothing for a local folder."""
+    from kestrel_trainer import storage
+
+    names = storage.remote_names(weights_dir)
+    if not names:
+        return
+    found = find_checkpoints(weights_dir, arch, names)
+    if init_epoch is not None:
+        found = [c for c in found if c.step is None and c.epoch == init_epoch - 1]
+    if found:
+        storage.fetch(found[-1].path)
 
 
 def choose_resume(weights_dir: str, arch: str, init_epoch: Optional[int],

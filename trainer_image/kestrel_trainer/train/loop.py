@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from kestrel_trainer import storage
 from kestrel_trainer.data import folders
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.model_io.files import save_model
@@ -158,12 +159,14 @@ def _open_run(spec: ExperimentSpec, opts: TrainOptions) -> _Run:
 def _choose_start(run: _Run) -> Start:
     """The checkpoint rank 0 resumes from (every rank resumes from the same one) and the progress it holds."""
     ranks, opts = run.ranks, run.opts
+    if ranks.is_chief:  # a results folder in object storage: the bucket's checkpoint (docs/storage.md)
+        ckpt.fetch_from_storage(run.weights_dir, run.spec.model.arch, opts.init_epoch)
     resume = (ckpt.choose_resume(run.weights_dir, run.spec.model.arch, opts.init_epoch,
                                  run.spec.train.pretrained_model_path or "")
               if ranks.is_chief else None)
     if ranks.distributed:
         resume = dist.broadcast_object(ranks, resume)
-        if resume is not None and not os.path.exists(resume.path):
+        if resume is not None and not storage.fetch(resume.path):  # s3://: brought in from the bucket
             raise KestrelError(f"rank {ranks.rank} cannot read {resume.path}, which rank 0 resumes from: the "
                                "results folder must be shared by all ranks", exit_code=2)
     if resume is None:
@@ -332,7 +335,9 @@ def _finish(run: _Run, model: tf.keras.Model, data: TrainingData, outputs: Epoch
         debug_ranks.save_final_weights(model, record_dir, run.ranks.rank)
     summary = _summary(run, data, outputs.rows, outputs.last_checkpoint, started)
     if run.ranks.is_chief:
-        write_json_atomic(os.path.join(run.results, "summary.json"), summary)
+        # final_model as the user named the folder (s3://... for a results folder in object storage)
+        write_json_atomic(os.path.join(run.results, "summary.json"),
+                          {**summary, "final_model": storage.display(summary["final_model"])})
         # The original evaluates the final model on the validation set once more; the last epoch's validation
         # pass already did exactly that (same weights, same images), so its numbers are recorded.
         run.status.final_evaluation(summary["last_val_loss"], summary["last_val_acc"])
