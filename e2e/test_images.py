@@ -196,6 +196,28 @@ def test_trainer_image_ships_this_checkout_with_tensorflow_and_horovod(images, p
     assert operator.returncode == 0 and "kestrel-operator" in operator.stdout, operator.stderr
 
 
+def test_the_entrypoint_is_in_the_image_and_stops_its_command_on_sigterm(images, podman_env, containers):
+    """`kestrel-worker`, PID 1 of the rank pods (WORKER_COMMAND), is installed as the checkout has it; as a
+    container's PID 1 it passes `podman stop`'s SIGTERM on to its command (no rank runs here) and exits with it."""
+    image = images["kestrel-trainer"]
+    inside = run(podman_env, image, "kestrel-worker", "--help")
+    here = subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.worker", "--help"], capture_output=True,
+                          text=True, env=dict(podman_env, PYTHONPATH=f"{REPO / 'trainer_image'}:{REPO / 'operator'}"))
+    assert inside.returncode == 0 and inside.stdout == here.stdout, inside.stderr
+    assert WORKER_COMMAND[0] == "kestrel-worker"
+    name = containers.start(f"kestrel-entry-{uuid.uuid4().hex[:8]}", image, "kestrel-worker", "--", "sleep", "600",
+                            opts=("--network", "none"))
+    time.sleep(2)
+    started = time.monotonic()
+    stop = podman(podman_env, "stop", "-t", "30", name)
+    took = time.monotonic() - started
+    assert stop.returncode == 0, stop.stderr
+    code = podman(podman_env, "inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+    logs = containers.logs(name)
+    assert code == "143" and took < 10, (code, took, logs)  # sleep's SIGTERM, long before podman's SIGKILL
+    assert "stop requested: no trainer rank runs in this container" in logs, logs
+
+
 def test_trains_on_mounted_data_into_a_uid_1000_results_folder(images, podman_env, subset, tmp_path):
     """Read-only root file system (podman gives /tmp a tmpfs, as an emptyDir would), key in the env only."""
     from kestrel_trainer.model_io.files import load_model
@@ -267,7 +289,8 @@ def test_two_ranks_train_over_ssh_like_an_mpijob(images, podman_env, network, co
     assert (mapping.ranks, mapping.workers, mapping.slots_per_worker) == (2, 2, 1)
     trainer = ["kestrel", "train", "-e", str(spec), "-r", "/results", "--gpus", "2", "--num_processes", "2"]
     cmd = launcher_command(trainer, mapping)
-    cmd[1:1] = ["-x", "KESTREL_DEBUG_RANKS_DIR"]  # test-only: every rank's records, to compare them
+    at = cmd.index("mpirun") + 1  # under the image's entrypoint (kestrel-worker ... -- mpirun ...)
+    cmd[at:at] = ["-x", "KESTREL_DEBUG_RANKS_DIR"]  # test-only: every rank's records, to compare them
     launcher_env = {
         KEY_ENV: KEY, "KESTREL_DEBUG_RANKS_DIR": str(debug), "K_MPI_JOB_ROLE": "launcher",
         "OMPI_MCA_orte_keep_fqdn_hostnames": "true", "OMPI_MCA_orte_default_hostfile": "/etc/mpi/hostfile",

@@ -25,6 +25,11 @@ DEFAULT_RANK_REQUESTS = {"cpu": "2", "memory": "8Gi"}
 # /dev/shm (a memory-backed emptyDir: NCCL, tf.data) when the resource sets no spec.shmSize: bounded, since it counts
 # against the pod's memory.
 DEFAULT_SHM_SIZE = "2Gi"
+# Seconds Kubernetes waits between a trainer pod's SIGTERM and its SIGKILL (terminationGracePeriodSeconds): the ranks
+# finish their step, agree to stop (about a second of training) and rank 0 writes a checkpoint. Kubernetes' own
+# default of 30 s is short for a large model's checkpoint on slow storage, or a stop that comes during validation
+# (the ranks stop after it).
+DEFAULT_TERMINATION_GRACE_SECONDS = 120
 # The webhook's generated certificates: one year, renewed at 2/3 of it (serving/certs.py).
 DEFAULT_WEBHOOK_CERT_SECONDS = 365 * 24 * 3600
 WEBHOOK_CERT_MODES = ("operator", "external")
@@ -74,6 +79,8 @@ class Settings:
     shm_size: Optional[str] = DEFAULT_SHM_SIZE
     # A PodDisruptionBudget over a running run's pods, so a node drain waits for the run instead of breaking it.
     disruption_budget: bool = True
+    # terminationGracePeriodSeconds of every trainer pod: time for the graceful stop's checkpoint.
+    termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS
     serving: Serving = field(default_factory=Serving)
 
 
@@ -138,8 +145,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """KESTREL_DEFAULT_IMAGE, KESTREL_GPUS_PER_NODE, KESTREL_WATCH_NAMESPACES (comma list, empty = all),
     KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS, KESTREL_RUN_TTL_SECONDS ("none": finished runs'
     MPIJobs are never deleted), KESTREL_RANK_CPU_REQUEST / KESTREL_RANK_MEMORY_REQUEST ("none": no default),
-    KESTREL_SHM_SIZE ("none": no limit), KESTREL_DISRUPTION_BUDGET (true/false), and what `serving_from_env`
-    reads."""
+    KESTREL_SHM_SIZE ("none": no limit), KESTREL_DISRUPTION_BUDGET (true/false), KESTREL_TERMINATION_GRACE_SECONDS,
+    and what `serving_from_env` reads."""
     env = os.environ if env is None else env
     level = env.get("KESTREL_LOG_LEVEL", "").strip().upper() or "INFO"
     if not isinstance(logging.getLevelName(level), int):
@@ -157,6 +164,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         rank_requests=_rank_requests(env),
         shm_size=_optional(env, "KESTREL_SHM_SIZE", DEFAULT_SHM_SIZE),
         disruption_budget=_bool(env, "KESTREL_DISRUPTION_BUDGET", True),
+        termination_grace_seconds=_int(env, "KESTREL_TERMINATION_GRACE_SECONDS", DEFAULT_TERMINATION_GRACE_SECONDS, 1),
         serving=serving_from_env(env),
     )
 

@@ -46,8 +46,10 @@ def test_mapping_reaches_the_mpijob(settings, label, gpus, procs, per_node, mp, 
         worker = replicas["Worker"]["template"]["spec"]["containers"][0]
         assert worker["resources"]["limits"]["nvidia.com/gpu"] == str(per_pod)
         assert "nvidia.com/gpu" not in str(launcher["resources"])
-        assert launcher["command"] == ["mpirun"]
-        assert launcher["args"][:2] == ["-np", str(procs)]
+        # mpirun under the image's entrypoint, which turns the pod's SIGTERM into SIGUSR1 (forwarded to every rank)
+        assert launcher["command"] == ["kestrel-worker"]
+        assert launcher["args"][:5] == ["--child-signal", "SIGUSR1", "--", "mpirun", "-np"]
+        assert launcher["args"][5] == str(procs)
         trainer = launcher["args"][launcher["args"].index("kestrel"):]
         assert trainer[trainer.index("--gpus") + 1] == str(gpus)
         assert trainer[trainer.index("--num_processes") + 1] == str(procs)
@@ -107,6 +109,10 @@ def test_cpu_ranks_one_per_worker_pod(settings):
     for role in ("Launcher", "Worker"):
         assert "nvidia.com/gpu" not in str(replicas[role]["template"]["spec"]["containers"][0]["resources"])
     launcher = replicas["Launcher"]["template"]["spec"]["containers"][0]
-    assert launcher["command"] == ["mpirun"] and launcher["args"][:2] == ["-np", "2"]
+    assert launcher["command"] == ["kestrel-worker"]
+    assert launcher["args"][:6] == ["--child-signal", "SIGUSR1", "--", "mpirun", "-np", "2"]
+    worker = replicas["Worker"]["template"]["spec"]["containers"][0]
+    assert [*worker["command"], *worker["args"]] == ["kestrel-worker", "--", "/usr/sbin/sshd", "-De", "-f",
+                                                      "/home/kestrel/.sshd_config"]
     trainer = launcher["args"][launcher["args"].index("kestrel"):]
     assert trainer[trainer.index("--num_processes") + 1] == "2"

@@ -150,6 +150,23 @@ def test_pods_are_non_root_with_shm_data_results(settings):
         assert spec["priorityClassName"] == "training"
 
 
+def test_every_trainer_pod_has_the_grace_period_for_a_checkpoint_and_ranks_run_under_the_entrypoint(settings):
+    """A pod's SIGTERM reaches its ranks through the image's entrypoint (PID 1 of the workers and of a multi-rank
+    launcher), and Kubernetes waits the chart's terminationGracePeriodSeconds (default 120 s, not its own 30 s) for
+    the checkpoint before SIGKILL."""
+    for body, roles in ((train_body(gpus=16), {"Launcher", "Worker"}), (train_body(gpus=1), {"Launcher"})):
+        for grace, run_settings in ((120, settings), (600, Settings(termination_grace_seconds=600))):
+            job = by_kind(plan_for(body, run_settings), "MPIJob")[0]
+            replicas = job["spec"]["mpiReplicaSpecs"]
+            assert set(replicas) == roles
+            for role, replica in replicas.items():
+                spec = replica["template"]["spec"]
+                assert spec["terminationGracePeriodSeconds"] == grace, role
+                command = spec["containers"][0]["command"]
+                # one rank: the trainer itself is the launcher's PID 1 and checkpoints on SIGTERM
+                assert command == (["kestrel"] if roles == {"Launcher"} else ["kestrel-worker"]), role
+
+
 def test_train_command(settings):
     plan = plan_for(BODIES["train-16gpu"](), settings)
     args = by_kind(plan, "MPIJob")[0]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0][

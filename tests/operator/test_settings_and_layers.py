@@ -29,6 +29,8 @@ def test_settings_defaults_and_env():
     s = from_env({"KESTREL_RANK_CPU_REQUEST": "500m", "KESTREL_RANK_MEMORY_REQUEST": "none", "KESTREL_SHM_SIZE": "none",
                   "KESTREL_DISRUPTION_BUDGET": "false"})
     assert (s.rank_requests, s.shm_size, s.disruption_budget) == ({"cpu": "500m"}, None, False)
+    assert from_env({}).termination_grace_seconds == 120
+    assert from_env({"KESTREL_TERMINATION_GRACE_SECONDS": "300"}).termination_grace_seconds == 300
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -38,6 +40,7 @@ def test_settings_defaults_and_env():
     ({"KESTREL_RESYNC_SECONDS": "0"}, "KESTREL_RESYNC_SECONDS"),
     ({"KESTREL_RUN_TTL_SECONDS": "-1"}, "KESTREL_RUN_TTL_SECONDS"),
     ({"KESTREL_DISRUPTION_BUDGET": "yes"}, "KESTREL_DISRUPTION_BUDGET"),
+    ({"KESTREL_TERMINATION_GRACE_SECONDS": "0"}, "KESTREL_TERMINATION_GRACE_SECONDS"),
 ])
 def test_bad_settings_name_the_variable(env, needle):
     with pytest.raises(SettingsError, match=needle):

@@ -27,16 +27,18 @@ from kestrel_operator.resources.defaults import KUEUE_QUEUE_LABEL
 from kestrel_operator.resources.errors import InvalidSpec
 from kestrel_operator.resources.spec_text import check_spec_text, with_pretrained_model
 from kestrel_operator.resources.types import ModelRef, Resource, TrainResource
-from kestrel_trainer.spec.contract import STATUS_VERBS
+from kestrel_trainer.spec.contract import STATUS_VERBS, entrypoint_command
 
 MPIJOB_API_VERSION = "kubeflow.org/v2beta1"
 # Recorded on the MPIJob so status can name the run's artifact without re-reading the spec text.
 OUTPUT_ANNOTATION = "kestrel.dev/output"  # "claimName|subPath|relativePath|path"
 INPUT_MODEL_ANNOTATION = "kestrel.dev/input-model"
 # The trainer image's contract for multi-pod runs: user 1000 with this home, sshd configured to run
-# unprivileged from ~/.sshd_config (as in the MPI Operator's non-root examples).
+# unprivileged from ~/.sshd_config (as in the MPI Operator's non-root examples), under the image's entrypoint
+# (PID 1: on SIGTERM the ranks that orted started in the pod checkpoint and stop before sshd does).
 SSH_AUTH_MOUNT_PATH = "/home/kestrel/.ssh"
-WORKER_COMMAND = ["/usr/sbin/sshd", "-De", "-f", "/home/kestrel/.sshd_config"]
+SSHD_COMMAND = ["/usr/sbin/sshd", "-De", "-f", "/home/kestrel/.sshd_config"]
+WORKER_COMMAND = entrypoint_command(SSHD_COMMAND)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Optional
 from kestrel_operator.manifests.gpu_mapping import GpuMapping
 from kestrel_operator.manifests.runs import in_run, run_dir
 from kestrel_operator.resources.types import ExportResource, PruneResource, Resource, TrainResource
-from kestrel_trainer.spec.contract import API_ENV, KEY_ENV, TRAINER_ENV
+from kestrel_trainer.spec.contract import API_ENV, KEY_ENV, MPIRUN_STOP_SIGNAL, TRAINER_ENV, entrypoint_command
 
 SPEC_DIR = "/etc/kestrel/spec"
 SPEC_FILE = "spec.txt"
@@ -80,8 +80,10 @@ def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str
 
 
 def launcher_command(trainer: list[str], mapping: GpuMapping, user_env: Sequence[str] = ()) -> list[str]:
-    """One rank: run the trainer in the launcher pod itself. More: mpirun over the worker pods, forwarding
-    our environment and the names in spec.env (a user's NCCL_DEBUG replaces our NCCL_DEBUG=INFO)."""
+    """One rank: run the trainer in the launcher pod itself (it is PID 1 and checkpoints on SIGTERM). More: mpirun
+    over the worker pods, forwarding our environment and the names in spec.env (a user's NCCL_DEBUG replaces our
+    NCCL_DEBUG=INFO), under the trainer image's entrypoint, which turns the pod's SIGTERM into the signal mpirun
+    forwards to every rank (contract.MPIRUN_STOP_SIGNAL)."""
     if mapping.ranks == 1:
         return trainer
     cmd = ["mpirun", "-np", str(mapping.ranks), *MPIRUN_FLAGS]
@@ -90,4 +92,4 @@ def launcher_command(trainer: list[str], mapping: GpuMapping, user_env: Sequence
             cmd += ["-x", name]
     for name in user_env:
         cmd += ["-x", name]
-    return [*cmd, *MPIRUN_MCA, *trainer]
+    return entrypoint_command([*cmd, *MPIRUN_MCA, *trainer], MPIRUN_STOP_SIGNAL)

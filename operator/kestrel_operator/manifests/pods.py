@@ -167,6 +167,8 @@ def pod_template(
         },
         "containers": [c],
         "volumes": volumes,
+        # SIGTERM -> SIGKILL: the ranks' graceful stop (agree on a step, rank 0 checkpoints) must fit in it
+        "terminationGracePeriodSeconds": run.termination_grace_seconds,
     }
     if run.node_selector:
         spec["nodeSelector"] = dict(run.node_selector)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from kestrel_operator import API_VERSION
+from kestrel_operator.settings import DEFAULT_TERMINATION_GRACE_SECONDS
 
 KINDS: Mapping[str, str] = {
     "ClassificationTrain": "classificationtrains",
@@ -146,6 +147,9 @@ class RunSpec:
     retry_limit: int = 3
     # A PodDisruptionBudget over the run's pods while it runs (the operator's KESTREL_DISRUPTION_BUDGET).
     disruption_budget: bool = True
+    # terminationGracePeriodSeconds of its pods (the operator's KESTREL_TERMINATION_GRACE_SECONDS): a graceful stop's
+    # checkpoint must fit in it.
+    termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS
     ttl_seconds_after_finished: Optional[int] = None
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -147,6 +147,26 @@ ERROR_LINE = re.compile(r"^(?:kestrel|classification_tf1)(?: [a-z_]+)?: error: \
 def error_line(prog: str, message: str) -> str:
     """How the trainer reports bad input: one line on stderr, then a non-zero exit."""
     return f"{prog}: error: {message}"
+
+
+# -- graceful stops ---------------------------------------------------------------------------------------
+# Trainer pods that run ranks over ssh run `kestrel-worker [--child-signal SIG] -- COMMAND` (the trainer image's
+# console script, kestrel_trainer/cli/worker.py) as PID 1: on SIGTERM (a pod deleted, evicted, preempted) it asks
+# the ranks running in its pod to stop, which checkpoint as rank 0 does on its own SIGTERM, and stops COMMAND (sshd)
+# once they are gone. A multi-rank launcher's COMMAND is mpirun. Measured with Open MPI 4.1.4: mpirun answers its
+# own SIGTERM by sending the ranks SIGCONT, SIGTERM one second later and SIGKILL a second after that (no time for a
+# checkpoint) and exits 1, while it forwards SIGUSR1 to every rank at once and exits with their 143; so the
+# launcher's entrypoint sends mpirun MPIRUN_STOP_SIGNAL instead. The trainer stops on any of STOP_SIGNALS.
+WORKER_ENTRYPOINT = "kestrel-worker"
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+MPIRUN_STOP_SIGNAL = "SIGUSR1"
+
+
+def entrypoint_command(command: Sequence[str], child_signal: Optional[str] = None) -> list[str]:
+    """COMMAND under the trainer image's PID 1; `child_signal`: what a SIGTERM becomes for COMMAND, at once (else
+    COMMAND gets SIGTERM after the pod's ranks have stopped)."""
+    flags = ["--child-signal", child_signal] if child_signal else []
+    return [WORKER_ENTRYPOINT, *flags, "--", *command]
 
 
 # -- the Kubernetes client --------------------------------------------------------------------------------

@@ -21,9 +21,13 @@ import tensorflow as tf
 from kestrel_trainer.model_io.files import write_atomic, write_json_atomic  # noqa: F401 - loop.py imports it here
 from kestrel_trainer.report.progress import MID_EPOCH_REPORT_SECONDS, eta_text, percent_done, steps_done
 from kestrel_trainer.report.status import StatusLogger
+from kestrel_trainer.spec.contract import STOP_SIGNALS
+from kestrel_trainer.train import rank_registry
+from kestrel_trainer.train.distributed import Ranks, StopDecision, StopVote, broadcast_object
 
 log = logging.getLogger("kestrel.train")
 
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in STOP_SIGNALS)
 CSV_FIELDS = ("epoch", "acc", "loss", "lr", "val_acc", "val_loss")  # the original's order (Keras' CSVLogger: sorted)
 
 
@@ -197,54 +201,110 @@ class PreemptedSignal(Exception):
 
 
 class Preemption(tf.keras.callbacks.Callback):
-    """SIGTERM (Kubernetes preemption, `kill`): finish the current step, checkpoint, stop.
+    """A stop request (contract.STOP_SIGNALS: SIGTERM from Kubernetes, `kill` or the pod's entrypoint, SIGUSR1 that
+    mpirun forwards from the launcher's): finish the current step, checkpoint, stop; every rank after the same step.
 
-    The signal handler only sets a flag; the checkpoint is written between steps, where the model
-    and optimizer are consistent.
+    The signal handler only sets a flag; the checkpoint is written between steps, where the model and optimizer
+    are consistent. One rank checks its flag after every step. Several ranks agree at the next vote (StopVote,
+    about once a second of training) and leave fit() after that same step: rank 0 writes the checkpoint and
+    records the stop (`on_saved`: status.json), and no rank leaves before it has (mpirun stops the other ranks
+    as soon as one exits). While installed, a rank of several is registered for its pod's entrypoint (rank_registry).
     """
 
-    def __init__(self, save_partial: Callable[[int, int], str], steps_offset: int = 0) -> None:
+    def __init__(self, save_partial: Optional[Callable[[int, int], str]], steps_offset: int = 0,
+                 ranks: Optional[Ranks] = None, on_saved: Optional[Callable[[str, str], None]] = None,
+                 vote: Optional[StopVote] = None) -> None:
         super().__init__()
-        self.save_partial = save_partial
-        self.requested: Optional[int] = None
-        self.saved_path: Optional[str] = None
+        self._supports_tf_logs = True  # it reads no logs: Keras need not copy them to Python after every step
+        self.save_partial = save_partial  # rank 0 saves; None on the other ranks
+        self.on_saved = on_saved  # rank 0: (reason, checkpoint) recorded before any rank leaves
+        self.ranks = ranks = ranks or Ranks()
+        self.vote = vote if vote is not None or not ranks.distributed else StopVote(ranks)
+        self.requested: Optional[int] = None  # the signal this process got
+        self.decision: Optional[StopDecision] = None  # the stop the ranks agreed on
+        self.saved_path: Optional[str] = None  # set on every rank once the job has stopped and rank 0 saved
         self.steps_offset = steps_offset  # batches of the first epoch done before this fit started
         self._epoch = 0
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
+        self._registration: Optional[str] = None
+
+    @property
+    def reason(self) -> str:
+        """What stopped the run, as messages say it: "signal 15" (on rank 1, with several ranks)."""
+        d = self.decision or StopDecision(self.requested or 0, self.ranks.rank)
+        return f"signal {d.signum}" + (f" on rank {d.rank}" if self.ranks.distributed else "")
 
     def install(self) -> None:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
+        if self.ranks.distributed:  # a rank in a worker pod: its pod's entrypoint must find it
+            self._registration = rank_registry.register(self.ranks.rank)
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        rank_registry.unregister(self._registration)
+        self._registration = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = signum
-        log.warning("received signal %d: finishing the current step, then checkpointing", signum)
+        if self.requested is None:
+            self.requested = signum
+        if self.ranks.distributed:
+            log.warning("rank %d received signal %d: every rank finishes its current step and stops at the next vote "
+                        "(within about %.0f s of training), then rank 0 checkpoints", self.ranks.rank, signum,
+                        self.vote.every_seconds if self.vote else 0)
+        else:
+            log.warning("received signal %d: finishing the current step, then checkpointing", signum)
 
     def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        if self.requested is None or self.saved_path is not None:
+        if self.saved_path is not None:
             return
+        if self.vote is None:
+            if self.requested is None:
+                return
+            decision = StopDecision(self.requested, self.ranks.rank)
+        else:
+            if not self.vote.due():
+                return
+            decision = self.vote.vote(self.requested or 0)
+            if not decision.signum:
+                return
+        self.decision = decision
+        self._stop(batch)
+
+    def _stop(self, batch: int) -> None:
+        if self.ranks.distributed:  # the same step on every rank (tests and e2e compare these lines)
+            log.warning("rank %d stops after step %d of epoch %d (%s)", self.ranks.rank,
+                        batch + 1 + self.steps_offset, self._epoch + 1, self.reason)
         if batch + 1 == (self.params or {}).get("steps"):
             # The epoch's last step: all its steps are done, only its validation is not. Named as step 0 of the
             # next epoch, so a rerun starts that epoch (a partial epoch with no step left cannot be resumed).
-            log.warning("the signal came in the last step of epoch %d: checkpointing as the start of epoch %d "
-                        "(epoch %d's validation and training.csv row are skipped)", self._epoch + 1,
-                        self._epoch + 2, self._epoch + 1)
-            self.saved_path = self.save_partial(self._epoch + 2, 0)
+            if self.ranks.is_chief:
+                log.warning("the stop came in the last step of epoch %d: checkpointing as the start of epoch %d "
+                            "(epoch %d's validation and training.csv row are skipped)", self._epoch + 1,
+                            self._epoch + 2, self._epoch + 1)
+            number, steps = self._epoch + 2, 0
         else:
-            self.saved_path = self.save_partial(self._epoch + 1, batch + 1 + self.steps_offset)
+            number, steps = self._epoch + 1, batch + 1 + self.steps_offset
+        path = None
+        if self.save_partial is not None:
+            path = self.save_partial(number, steps)
+            if self.on_saved is not None:
+                self.on_saved(self.reason, path)
+        if self.ranks.distributed:
+            path = broadcast_object(self.ranks, path)  # the barrier: no rank leaves before rank 0 has saved
+        self.saved_path = path
         # Leave fit() now: no validation pass and no end-of-epoch outputs for an epoch that did not finish
         # (Kubernetes only waits terminationGracePeriodSeconds before SIGKILL).
-        raise PreemptedSignal(self.saved_path)
+        raise PreemptedSignal(path)
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         self.steps_offset = 0
+        if self.vote is not None:
+            self.vote.epoch_break()
 
 
 class PlainProgress(tf.keras.callbacks.Callback):

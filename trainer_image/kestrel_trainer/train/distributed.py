@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -203,3 +204,80 @@ def metric_average_callback(ranks: Ranks, n_train: int, n_val: int) -> Any:
                 logs[k] = s / (total_val if k.startswith("val_") else total_train)
 
     return AverageMetrics()
+
+
+# About how often, in seconds of training, the ranks agree on whether to stop (StopVote).
+STOP_VOTE_SECONDS = 1.0
+MAX_STOP_VOTE_INTERVAL = 10_000  # steps
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """What the ranks agreed at a vote: `signum` 0 means go on; else the signal and the highest rank that got one."""
+
+    signum: int = 0
+    rank: int = 0
+
+
+class StopVote:
+    """How the ranks of a data-parallel job agree on a stop, so that all of them stop after the same step.
+
+    A rank that gets a stop request (its pod's SIGTERM) cannot just leave: the others would wait for it in the next
+    gradient allreduce. Every `interval` steps each rank calls `vote` (a collective, at the same step on every rank:
+    `due` counts steps, and the interval changes only from the vote's result, which every rank receives alike):
+    one Max-allreduce of (the signal this rank got or 0, its rank + 1 or 0, its mean seconds per step since the
+    previous vote). The interval then becomes about STOP_VOTE_SECONDS of the slowest rank's steps, so a stop waits
+    at most about a second and the vote costs one small allreduce per second (bench/stop_vote.py measures it).
+    Steps are timed between consecutive batch ends of one epoch (`epoch_break` leaves validation out).
+    """
+
+    def __init__(self, ranks: Ranks, every_seconds: float = STOP_VOTE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ranks = ranks
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self.interval = 1  # steps between votes; the first vote is after the first step
+        self.votes = 0
+        self._until_vote = 1
+        self._last_end: Optional[float] = None
+        self._busy = 0.0  # seconds of timed steps since the last vote
+        self._timed = 0  # timed steps since the last vote
+
+    def due(self) -> bool:
+        """Called after every training step on every rank: True when this step ends with a vote."""
+        now = self.clock()
+        if self._last_end is not None:
+            self._busy += now - self._last_end
+            self._timed += 1
+        self._last_end = now
+        self._until_vote -= 1
+        return self._until_vote <= 0
+
+    def epoch_break(self) -> None:
+        """Between epochs (validation, checkpoints): the next step's time is not a step's."""
+        self._last_end = None
+
+    def vote(self, signum: int) -> StopDecision:
+        """The collective: every rank's request in, the job's decision out (the same on every rank)."""
+        mean = self._busy / self._timed if self._timed else 0.0
+        signal_max, rank_max, slowest = max_allreduce(
+            [float(signum), float(self.ranks.rank + 1 if signum else 0), mean], name="kestrel_stop_vote")
+        self.votes += 1
+        if slowest > 0:
+            self.interval = max(1, min(MAX_STOP_VOTE_INTERVAL, int(self.every_seconds / slowest)))
+        self._until_vote, self._busy, self._timed = self.interval, 0.0, 0
+        if not signal_max:
+            return StopDecision()
+        return StopDecision(int(signal_max), int(rank_max) - 1)
+
+
+def max_allreduce(values: list[float], name: str) -> list[float]:
+    """Each value's maximum over all ranks (a collective: every rank calls it with the same length and name)."""
+    import numpy as np
+    import tensorflow as tf
+
+    _hvd()
+    import horovod.tensorflow as hvd
+
+    total = hvd.allreduce(tf.constant(np.asarray(values, dtype=np.float64)), op=hvd.Max, name=name)
+    return [float(v) for v in total.numpy()]

@@ -228,7 +228,8 @@ def _announce(run: _Run, model: tf.keras.Model, data: TrainingData, spe: int) ->
 
 def _checkpointing(run: _Run, model: tf.keras.Model, start: Start) -> tuple[EpochOutputs, Preemption]:
     """The callbacks that write checkpoints: one per completed epoch (with the records that point at it)
-    and one when SIGTERM stops the run mid-epoch."""
+    and one when a stop request (SIGTERM) stops the run mid-epoch, on every rank (the ranks agree on the step;
+    rank 0 saves)."""
     key, arch, weights_dir = run.opts.key, run.spec.model.arch, run.weights_dir
 
     def save_epoch(number: int) -> str:
@@ -238,17 +239,22 @@ def _checkpointing(run: _Run, model: tf.keras.Model, start: Start) -> tuple[Epoc
     def save_partial(number: int, steps: int) -> str:
         return str(save_model(model, ckpt.partial_path(weights_dir, arch, number, steps, key), key))
 
+    def record_stop(reason: str, path: str) -> None:  # before any rank leaves (mpirun then stops the others)
+        run.status.write("FAILURE", f"Preempted by {reason}; checkpoint {path}")
+
     rows = [r for r in read_csv_rows(os.path.join(run.results, "training.csv"))
             if int(r["epoch"]) <= start.epochs_done]
     outputs = EpochOutputs(run.results, run.n_epochs, save_epoch, run.status, rows)
     outputs.last_checkpoint = start.checkpoint.path if start.checkpoint is not None else None  # until a new one
-    return outputs, Preemption(save_partial, steps_offset=start.steps_done)
+    chief = run.ranks.is_chief
+    return outputs, Preemption(save_partial if chief else None, steps_offset=start.steps_done, ranks=run.ranks,
+                               on_saved=record_stop if chief else None)
 
 
 def _callbacks(run: _Run, data: TrainingData, spe: int, start: Start, outputs: EpochOutputs,
                preemption: Preemption) -> list[tf.keras.callbacks.Callback]:
-    """In order: the ranks' metric averaging, then (chief only) outputs, TensorBoard, preemption, the cluster
-    status (in a cluster), progress lines and sample images, then the caller's."""
+    """In order: the ranks' metric averaging, then (chief only) outputs and TensorBoard, preemption (every rank),
+    then (chief only) the cluster status (in a cluster), progress lines and sample images, then the caller's."""
     ranks, vis = run.ranks, run.spec.train.visualizer
     callbacks: list[tf.keras.callbacks.Callback] = []
     if ranks.distributed:  # first: the chief's outputs below see the job's metrics, not its own shard's
@@ -261,8 +267,9 @@ def _callbacks(run: _Run, data: TrainingData, spe: int, start: Start, outputs: E
             tf.keras.callbacks.TensorBoard(os.path.join(run.results, "events"), update_freq="epoch",
                                            profile_batch=0, write_graph=False,
                                            histogram_freq=1 if vis.weight_histograms else 0),
-            preemption,
         ]
+    callbacks.append(preemption)  # every rank: the ranks agree on a stop; rank 0 saves
+    if ranks.is_chief:
         reporter = _cluster_reporter()
         if reporter is not None:  # after outputs (an epoch's checkpoint exists) and preemption (SIGTERM first)
             callbacks.append(ClusterProgress(reporter, run.n_epochs, spe, start.epochs_done, start.steps_done,
@@ -319,10 +326,9 @@ def _fit_epochs(model: tf.keras.Model, train_data: Callable[..., tf.data.Dataset
 
 
 def _stop_preempted(run: _Run, preemption: Preemption) -> None:
-    if run.ranks.is_chief:
-        run.status.write("FAILURE", f"Preempted by signal {preemption.requested}; checkpoint {preemption.saved_path}")
+    """Exit 143 (status.json has the stop already: rank 0 wrote it before any rank left fit)."""
     raise Preempted(
-        f"stopped by signal {preemption.requested}: checkpoint written to {preemption.saved_path}; "
+        f"stopped by {preemption.reason}: checkpoint written to {preemption.saved_path}; "
         "run the same command again to resume from it"
     )
 
