@@ -94,7 +94,7 @@ def main() -> int:
         op = cl.Operator(cp=cp, argv=[str(Path(sys.executable).with_name("kestrel-operator")), "run"],
                          env=cp.env(KESTREL_RESYNC_SECONDS="5", PYTHONUNBUFFERED="1"))
         op.start()
-        node = node_mod.start_real_node(cp, ns.node_ip, images["pause"])
+        node = node_mod.start_real_node(cp, ns, images["pause"])
         import_s = node.load(images["trainer"])
         namespace = "overhead"
         cp.kubectl("create", "namespace", namespace)
@@ -144,7 +144,7 @@ def main() -> int:
         }
     finally:
         if node is not None:
-            node_mod.stop_real_node(node)
+            node_mod.stop_real_node(node, ns)
         cp.stop_all()
         ns.leave()
     print(f"data: {args.per_class} images/class/split, {args.epochs} epochs, 2 ranks (CPU)")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from e2e.certs import issue_client_cert, make_pki
 from e2e.kubectl import KubeAccess, write_kubeconfig
+from e2e.netns import in_netns
 from e2e.processes import ControlPlaneError, Process, die_with_parent, free_port, port_in_use, wait_for
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -71,6 +72,12 @@ class ControlPlane(KubeAccess):
 
     processes: dict[str, Process] = field(default_factory=dict)
     etcd_port: int = 0
+    # False (e2e): every process dies with the one that started it. True (the dev cluster): they outlive it and are
+    # stopped by PID from its state file (devcluster.py).
+    detached: bool = False
+    # Where the API server listens when not only on `address`: the dev cluster's "0.0.0.0" (its namespace's
+    # addresses, including the link from the machine).
+    bind_address: str = ""
 
     @property
     def logs(self) -> Path:
@@ -78,16 +85,21 @@ class ControlPlane(KubeAccess):
 
     # -- processes
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> Process:
+              cwd: Path | None = None, netns: str | None = None) -> Process:
+        """Start `argv` as process `name` (log logs/<name>.log), in the network namespace `netns` (a real node's)
+        or else in this process's own."""
         self.logs.mkdir(parents=True, exist_ok=True)
+        argv = [str(a) for a in argv]
+        if netns is not None:
+            argv = in_netns(netns, argv)
         log = self.logs / f"{name}.log"
         handle = open(log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         handle.write(f"\n==== start {time.strftime('%H:%M:%S')}: {' '.join(map(str, argv))}\n".encode())
         handle.flush()
         popen = subprocess.Popen(
-            [str(a) for a in argv], stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env if env is not None else self.env(), cwd=cwd, start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=None if self.detached else die_with_parent,
         )
         handle.close()
         proc = Process(name, popen, log)
@@ -134,7 +146,7 @@ def start_apiserver(cp: ControlPlane) -> None:
     proc = cp.start("kube-apiserver", [
         cp.bin / "kube-apiserver",
         f"--etcd-servers=http://127.0.0.1:{cp.etcd_port}",
-        f"--bind-address={cp.address}", f"--advertise-address={cp.address}",
+        f"--bind-address={cp.bind_address or cp.address}", f"--advertise-address={cp.address}",
         f"--secure-port={cp.apiserver_port}",
         f"--tls-cert-file={cp.pki['apiserver.crt']}", f"--tls-private-key-file={cp.pki['apiserver.key']}",
         f"--cert-dir={cp.workdir / 'apiserver-certs'}",
@@ -145,6 +157,10 @@ def start_apiserver(cp: ControlPlane) -> None:
         f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
         # The node's name resolves nowhere (the namespace has no resolver for it): dial its address.
         "--kubelet-preferred-address-types=InternalIP",
+        # Webhooks and aggregated APIs behind a Service are called at an endpoint's pod IP (routed to every node's
+        # pod network, netns.py), not at the ClusterIP: the control plane's namespace runs no kube-proxy, as on a
+        # control-plane host without one (Kubernetes documents this flag for that case).
+        "--enable-aggregator-routing=true",
         "--authorization-mode=Node,RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={cp.pki['sa.pub']}",
@@ -252,19 +268,22 @@ DEFAULT_GPU_NODES = ("gpu-node-0", "gpu-node-1", "gpu-node-2", "gpu-node-3")
 
 
 def start_control_plane(bin: Path, workdir: Path, gpu_nodes: Sequence[str] = DEFAULT_GPU_NODES,
-                        address: str = "127.0.0.1") -> ControlPlane:
+                        address: str = "127.0.0.1", *, detached: bool = False, bind_address: str = "",
+                        extra_ips: Sequence[str] = ()) -> ControlPlane:
     """etcd -> kube-apiserver (on `address`) -> controller-manager -> scheduler -> kwok with fake GPU nodes.
+    `detached`, `bind_address`: see ControlPlane; `extra_ips`: more addresses in the API server's certificate.
 
     On any failure everything started so far is stopped before the error propagates.
     """
-    cp = ControlPlane(bin=bin, workdir=workdir, address=address)
-    cp.pki = make_pki(workdir / "pki", ips=["127.0.0.1", address, SERVICE_VIP])
+    cp = ControlPlane(bin=bin, workdir=workdir, address=address, detached=detached, bind_address=bind_address)
+    cp.pki = make_pki(workdir / "pki", ips=["127.0.0.1", address, SERVICE_VIP, *extra_ips])
     try:
         start_etcd(cp)
         start_apiserver(cp)
         start_controller_manager(cp)
         start_scheduler(cp)
-        start_kwok(cp, gpu_nodes)
+        if gpu_nodes:
+            start_kwok(cp, gpu_nodes)
     except BaseException:
         cp.stop_all()
         raise

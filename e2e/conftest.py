@@ -79,7 +79,8 @@ def e2e_workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def session_netns() -> Iterator[NetNS]:
-    """The session's own network namespace (netns.py), entered by this process for the whole session."""
+    """The session's own control-plane network namespace (netns.py), entered by this process for the whole session;
+    the real nodes' namespaces hang off it."""
     ns = NetNS.enter_new(f"kestrel-e2e-{os.getpid()}")
     try:
         yield ns
@@ -221,23 +222,22 @@ def kueue(cluster: cl.ControlPlane, mpi_controller: str) -> Iterator[kueue_mod.K
 def _image(name: str) -> node_mod.Image:
     """localhost/kestrel-NAME from scripts/build_images.sh (cached by its inputs) as an OCI archive.
     KESTREL_BUILD_IMAGES points at another copy of the script (e.g. a worktree where it is being written)."""
-    script = Path(os.environ.get("KESTREL_BUILD_IMAGES") or node_mod.BUILD_IMAGES)
-    cache = Path(os.environ.get("KESTREL_IMAGE_ARCHIVES") or Path.home() / ".cache" / "kestrel-images" / "archives")
     try:
-        return node_mod.build_images([name], cache, script)[name]
+        return node_mod.images([name])[name]
     except node_mod.NodeError as exc:
         pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def real_node(cluster: cl.ControlPlane, session_netns: NetNS) -> Iterator[node_mod.RealNode]:
-    """One real node (containerd, kubelet, kube-proxy, CoreDNS) running the sandbox image."""
+    """The first real node (its own namespace: containerd, kubelet, kube-proxy; the cluster's CoreDNS) running the
+    sandbox image."""
     try:
-        node = node_mod.start_real_node(cluster, session_netns.node_ip, _image("pause"))
+        node = node_mod.start_real_node(cluster, session_netns, _image("pause"))
     except (node_mod.NodeError, cl.ControlPlaneError) as exc:
         pytest.fail(f"real node did not come up: {exc}")
     yield node
-    forced = node_mod.stop_real_node(node)
+    forced = node_mod.stop_real_node(node, session_netns)
     if forced:
         sys.stderr.write(f"\n[e2e] real node teardown had to force: {forced}\n")
 
@@ -248,6 +248,23 @@ def trainer_image(real_node: node_mod.RealNode) -> str:
     image = _image("trainer")
     real_node.load(image)
     return image.ref
+
+
+@pytest.fixture(scope="module")
+def second_real_node(cluster: cl.ControlPlane, session_netns: NetNS, real_node: node_mod.RealNode,
+                     trainer_image: str) -> Iterator[node_mod.RealNode]:  # noqa: ARG001 - on the first node too
+    """A second real node (real-node-1: labelled and tainted like the first, its own namespace and pod network
+    routed to the first's) with the sandbox and trainer images, for one test module; removed for good after it (its
+    pods deleted, its processes stopped, its Node object deleted), so later modules see one real node again."""
+    try:
+        (node,) = node_mod.start_real_nodes(cluster, session_netns, _image("pause"), count=1, first=1,
+                                            images=(_image("trainer"),))
+    except (node_mod.NodeError, cl.ControlPlaneError) as exc:
+        pytest.fail(f"second real node did not come up: {exc}")
+    yield node
+    forced = node_mod.stop_real_node(node, session_netns, forget=True)
+    if forced:
+        sys.stderr.write(f"\n[e2e] second real node teardown had to force: {forced}\n")
 
 
 @pytest.fixture(scope="session")

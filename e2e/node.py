@@ -1,26 +1,31 @@
-"""One real Kubernetes node for the e2e suite: containerd + runc + CNI bridge, kubelet, kube-proxy, CoreDNS.
+"""Real Kubernetes nodes for the e2e suite and the dev cluster: containerd + runc + CNI bridge, kubelet, kube-proxy,
+each node in its own network namespace (netns.py), plus the cluster's CoreDNS.
 
-Everything runs as plain processes inside the session's network namespace (netns.py), next to the control
-plane of cluster.py:
+Everything runs as plain processes next to the control plane of cluster.py:
+- node i lives in the namespace `<control plane namespace>-node-<i>` with address 10.250.0.<10+i> on the control
+  plane's bridge and its own pod network 10.88.<i>.0/24, routed to every other node's (netns.py); its containerd,
+  kubelet and kube-proxy run there (`nsenter`, same PID), with their own root, state, socket and log folders under
+  the node's folder.
 - containerd v2 (daemon, runc shim and ctr built by build.sh from the Go module: the runtime Kubernetes 1.36
-  supports) with Debian's runc and CNI bridge + host-local plugins: pods get addresses on a bridge inside
-  the namespace.
+  supports) with Debian's runc and CNI bridge + host-local plugins: pods get addresses on the node's bridge.
 - kubelet v1.36.3 (built by build.sh), authenticated to the API server with a client certificate from the
   e2e CA (system:node:<name>, Node authorizer), serving its own API with x509 client auth + Webhook
   authorization (the API server presents its kubelet-client certificate).
-- kube-proxy v1.36.3 (iptables mode, inside the namespace): the `kubernetes` Service VIP reaches the API
-  server from pods, as on a real cluster.
-- CoreDNS (built by build.sh with the kubernetes plugin) on the node address: kubelet's clusterDNS, so the
-  MPI Operator's hostfile names (<job>-worker-N.<job>.<ns>.svc) resolve to pod IPs.
-Images are imported into containerd (`ctr images import`), never pulled. The node is tainted and labelled
-so that only pods that ask for it land there, and kwok's fake pods never do.
+- kube-proxy v1.36.3 per node (iptables mode, in the node's namespace): the `kubernetes` Service VIP reaches the
+  API server from pods, as on a real cluster.
+- CoreDNS (built by build.sh with the kubernetes plugin), one for the cluster, on the control plane's address: every
+  kubelet's clusterDNS, so the MPI Operator's hostfile names (<job>-worker-N.<job>.<ns>.svc) resolve to pod IPs.
+Images are imported into each node's containerd (`ctr images import`), never pulled. Every real node is tainted and
+labelled alike, so only pods that ask for real nodes land there (on any of them), and kwok's fake pods never do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -30,19 +35,22 @@ import yaml
 
 from e2e import cluster as cl
 from e2e import netns
+from e2e.netns import NetNS, NodeLink
 
-NODE_NAME = "real-node-0"
+NODE_NAME_PREFIX = "real-node-"
+NODE_NAME = f"{NODE_NAME_PREFIX}0"  # the first real node
 NODE_LABEL = "kestrel.dev/node"
 NODE_LABEL_VALUE = "real"
 NODE_TAINT_KEY = "kestrel.dev/real-node"
 # What a pod adds to run on the real node (and only there).
 NODE_SELECTOR = {NODE_LABEL: NODE_LABEL_VALUE}
 NODE_TOLERATIONS = [{"key": NODE_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
-POD_CIDR = "10.88.0.0/16"
+POD_CIDR = netns.POD_CIDR  # all real nodes' pods; node i's bridge has its /24 of it
 CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CONTAINERD_NAMESPACE = "k8s.io"
 NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "containerd", "containerd-shim-runc-v2", "ctr")
+NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy")  # the processes of one node, in start order
 # Debian packages the node needs (installed by e2e/run.sh; checked here so a missing one is named).
 DEBIAN_TOOLS = {"runc": "runc", "iptables": "iptables", "nsenter": "util-linux"}
 
@@ -58,20 +66,46 @@ def missing_tools() -> list[str]:
     return missing
 
 
+def node_name(index: int) -> str:
+    return f"{NODE_NAME_PREFIX}{index}"
+
+
 @dataclass
 class RealNode:
     cp: cl.ControlPlane
     name: str
-    ip: str
+    link: NodeLink
     dir: Path
     containerd_sock: Path = field(init=False)
     sandbox_image: str = ""
+    # e2e: registered with the taint NODE_TAINT_KEY, so only pods that ask for a real node land there (the kwok nodes
+    # take the rest). The dev cluster has no kwok nodes and leaves its nodes untainted.
+    tainted: bool = True
 
     def __post_init__(self) -> None:
         self.containerd_sock = self.dir / "containerd" / "containerd.sock"
 
+    @property
+    def ip(self) -> str:
+        return self.link.ip
+
+    @property
+    def netns(self) -> str:
+        return self.link.netns
+
+    def process_name(self, component: str) -> str:
+        """Its components' names among the cluster's processes (and their logs: logs/<name>.log)."""
+        return f"{component}-{self.name}"
+
+    def process(self, component: str) -> cl.Process | None:
+        return self.cp.processes.get(self.process_name(component))
+
+    def start(self, component: str, argv: list, **kwargs) -> cl.Process:
+        return self.cp.start(self.process_name(component), argv, netns=self.netns, **kwargs)
+
     # -- containerd
     def ctr(self, *args: str, timeout: float = 600) -> str:
+        # A unix socket is a file: ctr reaches it from any namespace.
         out = subprocess.run(
             [str(self.cp.bin / "ctr"), "--address", str(self.containerd_sock), "-n", CONTAINERD_NAMESPACE, *args],
             capture_output=True, text=True, timeout=timeout,
@@ -94,18 +128,20 @@ class RealNode:
         return time.monotonic() - start
 
     def logs(self) -> dict[str, Path]:
-        return {n: p.log for n, p in self.cp.processes.items() if n in ("containerd", "kubelet", "kube-proxy",
-                                                                       "coredns")}
+        return {c: p.log for c in NODE_COMPONENTS if (p := self.process(c)) is not None}
 
 
-def _cni_conflist(folder: Path) -> None:
+def _cni_conflist(node: RealNode, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    ipam = {"type": "host-local", "ranges": [[{"subnet": node.link.pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}],
+            # Its own record of handed-out addresses (default: /var/lib/cni/networks, shared by every node).
+            "dataDir": str(node.dir / "cni-ipam")}
     conf = {
         "cniVersion": "1.0.0",
         "name": "kestrel-e2e",
         "plugins": [
             {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+             "ipam": ipam},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
@@ -116,7 +152,7 @@ def _containerd_config(node: RealNode) -> Path:
     """containerd 2.x configuration (version 3: the CRI plugin is split into cri.v1.images/runtime)."""
     base = node.dir / "containerd"
     cni_conf = base / "cni"
-    _cni_conflist(cni_conf)
+    _cni_conflist(node, cni_conf)
     images, runtime = 'plugins."io.containerd.cri.v1.images"', 'plugins."io.containerd.cri.v1.runtime"'
     text = f"""version = 3
 root = "{base / 'root'}"
@@ -151,7 +187,7 @@ def start_containerd(node: RealNode) -> None:
     config = _containerd_config(node)
     # containerd finds its shim (containerd-shim-runc-v2, built with it) on PATH: ours first.
     env = node.cp.env(PATH=f"{node.cp.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-    proc = node.cp.start("containerd", [node.cp.bin / "containerd", "--config", config], env=env)
+    proc = node.start("containerd", [node.cp.bin / "containerd", "--config", config], env=env)
     cl.wait_for("containerd socket", lambda: bool(node.ctr("version", timeout=5)), timeout=60, proc=proc)
 
 
@@ -199,13 +235,13 @@ def start_kubelet(node: RealNode) -> None:
         "evictionHard": {},
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "clusterDNS": [node.ip],
+        "clusterDNS": [cp.address],  # CoreDNS, on the control plane's address
         "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": str(resolv),
         # Not the shared /var/log/pods: a kubelet deletes log folders of pods it does not know, which would
         # be another session's (another suite or bench run on the same machine).
         "podLogsDir": str(kdir / "pod-logs"),
-        "registerWithTaints": [{"key": NODE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
+        "registerWithTaints": [{"key": NODE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}] * node.tainted,
         "serializeImagePulls": False,
         "syncFrequency": "5s",
         "fileCheckFrequency": "5s",
@@ -219,7 +255,7 @@ def start_kubelet(node: RealNode) -> None:
     # and whether they may; delegating like that is what system:auth-delegator grants.
     cp.kubectl("create", "clusterrolebinding", "kestrel-e2e-nodes-auth-delegator",
                "--clusterrole=system:auth-delegator", "--group=system:nodes", check=False)
-    proc = cp.start("kubelet", [
+    proc = node.start("kubelet", [
         cp.bin / "kubelet", f"--config={config_path}", f"--kubeconfig={kubeconfig}",
         f"--root-dir={kdir / 'root'}", f"--cert-dir={kdir / 'pki'}", f"--hostname-override={node.name}",
         f"--node-ip={node.ip}", f"--node-labels={NODE_LABEL}={NODE_LABEL_VALUE}", "--v=1",
@@ -243,7 +279,7 @@ def start_kube_proxy(node: RealNode) -> None:
         "mode": "iptables",
         "clusterCIDR": POD_CIDR,
         "hostnameOverride": node.name,
-        "bindAddress": "127.0.0.1",
+        "bindAddress": node.ip,
         "healthzBindAddress": f"127.0.0.1:{cl.free_port()}",
         "metricsBindAddress": f"127.0.0.1:{cl.free_port()}",
         "conntrack": {"maxPerCore": 0},  # leave the kernel's conntrack sysctls alone
@@ -251,23 +287,24 @@ def start_kube_proxy(node: RealNode) -> None:
     }
     config_path = pdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    proc = cp.start("kube-proxy", [cp.bin / "kube-proxy", f"--config={config_path}", "--v=1"])
+    proc = node.start("kube-proxy", [cp.bin / "kube-proxy", f"--config={config_path}", "--v=1"])
 
     def vip_programmed() -> bool:
-        out = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+        out = subprocess.run(netns.in_netns(node.netns, ["iptables-save", "-t", "nat"]), capture_output=True,
+                             text=True).stdout
         return cl.SERVICE_VIP in out
 
     cl.wait_for("kube-proxy: the kubernetes Service VIP in iptables", vip_programmed, timeout=60, interval=1,
                 proc=proc)
 
 
-def _corefile(node: RealNode, health: int, ready: int) -> str:
+def _corefile(cp: cl.ControlPlane, health: int, ready: int) -> str:
     return f""".:53 {{
     errors
     health 127.0.0.1:{health}
     ready 127.0.0.1:{ready}
     kubernetes {CLUSTER_DOMAIN} {{
-        kubeconfig {node.cp.kubeconfig}
+        kubeconfig {cp.kubeconfig}
         pods insecure
         ttl 5
     }}
@@ -275,13 +312,16 @@ def _corefile(node: RealNode, health: int, ready: int) -> str:
 """
 
 
-def start_coredns(node: RealNode) -> None:
-    cp = node.cp
-    ddir = node.dir / "coredns"
+def start_cluster_dns(cp: cl.ControlPlane) -> None:
+    """The cluster's CoreDNS in the control plane's namespace, answering on its address (every kubelet's clusterDNS).
+    Started once; a second call does nothing."""
+    if "coredns" in cp.processes and cp.processes["coredns"].alive():
+        return
+    ddir = cp.workdir / "coredns"
     ddir.mkdir(parents=True, exist_ok=True)
     health, ready_port = cl.free_port(), cl.free_port()
     corefile = ddir / "Corefile"
-    corefile.write_text(_corefile(node, health, ready_port))
+    corefile.write_text(_corefile(cp, health, ready_port))
     proc = cp.start("coredns", [cp.bin / "coredns", "-conf", corefile, "-dns.port", "53"], cwd=ddir)
 
     def ready() -> bool:
@@ -293,19 +333,44 @@ def start_coredns(node: RealNode) -> None:
     cl.wait_for("CoreDNS /ready (kubernetes plugin synced)", ready, timeout=60, proc=proc)
 
 
-def start_real_node(cp: cl.ControlPlane, node_ip: str, sandbox: Image, name: str = NODE_NAME) -> RealNode:
-    """containerd (+ the sandbox image) -> CoreDNS -> kubelet (Ready) -> kube-proxy."""
+def start_real_node(cp: cl.ControlPlane, ns: NetNS, sandbox: Image, index: int = 0,
+                    images: tuple[Image, ...] = (), tainted: bool = True) -> RealNode:
+    """Real node `index` (name real-node-<index>): its namespace linked to the control plane's, containerd (+ the
+    sandbox image and `images`) -> kubelet (Ready) -> kube-proxy. The cluster's CoreDNS is started first if it does
+    not run yet. On a failure the node's processes are stopped and its namespace removed."""
     missing = missing_tools() + [b for b in NODE_BINARIES if not (cp.bin / b).exists()]
     if missing:
         raise NodeError(f"the real node needs: {', '.join(missing)} (e2e/run.sh installs and builds them)")
-    node = RealNode(cp=cp, name=name, ip=node_ip, dir=cp.workdir / "node", sandbox_image=sandbox.ref)
+    start_cluster_dns(cp)
+    link = ns.add_node(index)
+    name = node_name(index)
+    node = RealNode(cp=cp, name=name, link=link, dir=cp.workdir / "nodes" / name, sandbox_image=sandbox.ref,
+                    tainted=tainted)
     node.dir.mkdir(parents=True, exist_ok=True)
-    start_containerd(node)
-    node.load(sandbox)
-    start_coredns(node)
-    start_kubelet(node)
-    start_kube_proxy(node)
+    try:
+        start_containerd(node)
+        for image in (sandbox, *images):
+            node.load(image)
+        start_kubelet(node)
+        start_kube_proxy(node)
+    except BaseException:
+        stop_real_node(node, ns)
+        raise
     return node
+
+
+def start_real_nodes(cp: cl.ControlPlane, ns: NetNS, sandbox: Image, count: int, first: int = 0,
+                     images: tuple[Image, ...] = (), tainted: bool = True) -> list[RealNode]:
+    """Real nodes first .. first+count-1, one after the other (each Ready before the next starts)."""
+    nodes: list[RealNode] = []
+    try:
+        for index in range(first, first + count):
+            nodes.append(start_real_node(cp, ns, sandbox, index, images, tainted))
+    except BaseException:
+        for node in reversed(nodes):
+            stop_real_node(node, ns)
+        raise
+    return nodes
 
 
 # ------------------------------------------------------------------------------------------------- images
@@ -317,6 +382,17 @@ BUILD_IMAGES = cl.REPO_ROOT / "scripts" / "build_images.sh"
 class Image:
     ref: str  # localhost/kestrel-NAME:VERSION
     archive: Path  # OCI archive for `ctr images import`
+
+
+def image_archives() -> Path:
+    """Where the images' OCI archives go: KESTREL_IMAGE_ARCHIVES, else ~/.cache/kestrel-images/archives."""
+    return Path(os.environ.get("KESTREL_IMAGE_ARCHIVES") or Path.home() / ".cache" / "kestrel-images" / "archives")
+
+
+def images(names: list[str]) -> dict[str, Image]:
+    """build_images with the script KESTREL_BUILD_IMAGES names (e.g. a worktree's copy being written), else ours,
+    saving into image_archives(): what the e2e fixtures and the dev cluster use."""
+    return build_images(names, image_archives(), Path(os.environ.get("KESTREL_BUILD_IMAGES") or BUILD_IMAGES))
 
 
 def build_images(names: list[str], save_dir: Path, script: Path = BUILD_IMAGES) -> dict[str, Image]:
@@ -355,35 +431,95 @@ def _mounts_under(folder: Path) -> list[str]:
     return mounts
 
 
-def stop_real_node(node: RealNode, timeout: float = 60) -> list[str]:
+def _kill_tasks(node: RealNode) -> list[str]:
+    """SIGKILL every container containerd runs for this node; returns their ids."""
+    tasks = node.ctr("tasks", "list", "-q", timeout=30).split()
+    for task in tasks:
+        subprocess.run([str(node.cp.bin / "ctr"), "--address", str(node.containerd_sock), "-n", CONTAINERD_NAMESPACE,
+                        "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
+    return tasks
+
+
+def _shims(node: RealNode) -> list[int]:
+    """PIDs of the runc shims this node's containerd started (each names its containerd's socket in -address)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"containerd-shim-runc-v2") and str(node.containerd_sock).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def lose_real_node(node: RealNode, ns: NetNS) -> list[str]:
+    """The node dies, as a machine that loses power: first its link goes down (nothing it sends arrives any more, so
+    its peers see no connection close), then every container's processes, kube-proxy, the kubelet, containerd and
+    the runc shims are SIGKILLed; nothing tells the API server. The pods' objects stay bound to the node until the
+    control plane gives up on it (NotReady, then eviction). Returns the containers killed. (A kubelet stopped alone
+    would leave its containers running and reachable: that is a control-plane partition, not a lost node.)"""
+    ns.cut_node(node.link.index)
+    containerd = node.process("containerd")
+    tasks = _kill_tasks(node) if containerd is not None and containerd.alive() else []
+    for component in ("kube-proxy", "kubelet", "containerd"):
+        proc = node.process(component)
+        if proc is not None:
+            proc.kill()
+    for pid in _shims(node):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return tasks
+
+
+def stop_real_node(node: RealNode, ns: NetNS | None = None, timeout: float = 60, forget: bool = False) -> list[str]:
     """Leave nothing behind: the node's pods deleted through the API (kubelet stops their sandboxes and
-    unmounts their volumes), then kube-proxy, kubelet, CoreDNS, any task containerd still runs, containerd,
-    and last any mount left under the node's folder (so removing the temp dir can never reach through a
-    volume mount into a hostPath). Returns what had to be forced, for the log."""
+    unmounts their volumes; forced when its kubelet no longer runs), then kube-proxy, kubelet, any task containerd
+    still runs, containerd, any mount left under the node's folder (so removing the temp dir can never reach through
+    a volume mount into a hostPath), and, given `ns`, the node's network namespace; `forget` deletes its Node object
+    too (a node removed for good). Returns what had to be forced, for the log."""
     cp, forced = node.cp, []
     selector = f"spec.nodeName={node.name}"
-    cp.kubectl("delete", "pods", "-A", f"--field-selector={selector}", "--wait=false", "--grace-period=1",
-               check=False)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = cp.kubectl("get", "pods", "-A", f"--field-selector={selector}", "-o", "name", check=False)
-        if out.returncode == 0 and not out.stdout.strip():
-            break
-        time.sleep(1)
+    kubelet = node.process("kubelet")
+    if kubelet is not None and kubelet.alive():
+        cp.kubectl("delete", "pods", "-A", f"--field-selector={selector}", "--wait=false", "--grace-period=1",
+                   check=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = cp.kubectl("get", "pods", "-A", f"--field-selector={selector}", "-o", "name", check=False)
+            if out.returncode == 0 and not out.stdout.strip():
+                break
+            time.sleep(1)
+        else:
+            forced.append("pods still on the node after the grace period")
     else:
-        forced.append("pods still on the node after the grace period")
-    for name in ("kube-proxy", "kubelet", "coredns"):
-        if name in cp.processes:
-            cp.processes[name].stop()
-    if "containerd" in cp.processes and cp.processes["containerd"].alive():
-        for task in node.ctr("tasks", "list", "-q").split():
-            forced.append(f"task {task}")
-            subprocess.run([str(cp.bin / "ctr"), "--address", str(node.containerd_sock), "-n", CONTAINERD_NAMESPACE,
-                            "tasks", "kill", "-s", "SIGKILL", task], capture_output=True)
-        cp.processes["containerd"].stop()
+        out = cp.kubectl("delete", "pods", "-A", f"--field-selector={selector}", "--force", "--grace-period=0",
+                         check=False)
+        if out.stdout.strip():
+            forced.append(f"pods of a node without kubelet: {out.stdout.strip()}")
+    for component in ("kube-proxy", "kubelet"):
+        proc = node.process(component)
+        if proc is not None:
+            proc.stop()
+    containerd = node.process("containerd")
+    if containerd is not None and containerd.alive():
+        forced += [f"task {t}" for t in _kill_tasks(node)]
+        containerd.stop()
+    for pid in _shims(node):  # a containerd killed earlier (a lost node) left its shims
+        forced.append(f"shim {pid}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     # The kubelet bind-mounts its root dir onto itself; anything else left here is a pod's volume.
     for point in sorted(_mounts_under(node.dir), key=len, reverse=True):
         if "/pods/" in point:
             forced.append(f"umount {point}")
         subprocess.run(["umount", "-l", point], capture_output=True)
+    for component in NODE_COMPONENTS:
+        cp.processes.pop(node.process_name(component), None)
+    if forget:
+        cp.kubectl("delete", "node", node.name, "--wait=false", check=False)
+    if ns is not None:
+        ns.remove_node(node.link.index)
     return forced

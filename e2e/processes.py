@@ -40,16 +40,28 @@ def port_in_use(port: int) -> bool:
 
 @dataclass
 class Process:
+    """A process we started: with its Popen handle, or adopted by PID from a state file by another process (the dev
+    cluster's `down`), in which case `argv0` guards against a PID the kernel has since given to someone else."""
+
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None
     log: Path
+    adopted_pid: int = 0
+    argv0: str = ""
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.popen.pid if self.popen is not None else self.adopted_pid
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            fields = Path(f"/proc/{self.adopted_pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{self.adopted_pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return fields[0] != "Z" and (not self.argv0 or cmdline[0].decode(errors="replace") == self.argv0)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -58,16 +70,26 @@ class Process:
             return ""
         return "\n".join(text[-lines:])
 
+    def _wait(self, timeout: float) -> None:
+        if self.popen is not None:
+            self.popen.wait(timeout=timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.name, timeout)
+            time.sleep(0.2)
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM to this PID, then SIGKILL if it has not gone within timeout."""
         if not self.alive():
             return
         try:
             os.kill(self.pid, signal.SIGTERM)
-            self.popen.wait(timeout=timeout)
+            self._wait(timeout)
         except subprocess.TimeoutExpired:
             os.kill(self.pid, signal.SIGKILL)
-            self.popen.wait(timeout=timeout)
+            self._wait(timeout)
         except ProcessLookupError:
             pass
 
@@ -75,7 +97,7 @@ class Process:
         """SIGKILL with no grace: used to crash a component on purpose."""
         if self.alive():
             os.kill(self.pid, signal.SIGKILL)
-            self.popen.wait(timeout=15)
+            self._wait(15)
 
 
 def listening_addresses(pid: int) -> set[str]:
@@ -125,7 +147,7 @@ def wait_for(
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
             raise ControlPlaneError(
-                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}; "
+                f"{proc.name} exited with {proc.popen.returncode if proc.popen else '?'} while waiting for {what}; "
                 f"log {proc.log}:\n{proc.log_tail()}"
             )
         try:

@@ -58,8 +58,9 @@ class Workspace:
         return folder
 
 
-def make_workspace(cp: cl.ControlPlane, namespace: str, root: Path, image: str) -> Workspace:
-    data = import_fashion_subset(root / "data", per_class=PER_CLASS)
+def make_workspace(cp: cl.ControlPlane, namespace: str, root: Path, image: str,
+                   per_class: int = PER_CLASS) -> Workspace:
+    data = import_fashion_subset(root / "data", per_class=per_class)
     results = root / "results"
     results.mkdir(parents=True, exist_ok=True)
     os.chown(results, POD_UID, POD_UID)

@@ -11,6 +11,7 @@ import pytest
 
 from e2e import cluster as cl
 from e2e import kestrel_objects as ko
+from e2e import node as node_mod
 from e2e import real_runs
 from e2e.captures import capture
 from kestrel_trainer.model_io.files import read_model_bytes
@@ -42,7 +43,7 @@ def test_two_rank_train_succeeds_with_progress_from_the_worker_rank(cluster: cl.
     pods = cluster.get("pods", namespace=real_workspace.namespace)["items"]
     workers = [p for p in pods if p["metadata"]["labels"].get("training.kubeflow.org/job-role") == "worker"]
     launchers = [p for p in pods if p["metadata"]["labels"].get("training.kubeflow.org/job-role") == "launcher"]
-    assert launchers and all(p["spec"]["nodeName"] == "real-node-0" for p in workers + launchers)
+    assert launchers and all(p["spec"]["nodeName"] == node_mod.NODE_NAME for p in workers + launchers)
     assert launchers[-1]["status"]["phase"] == "Succeeded"
 
 

@@ -30,6 +30,10 @@ DEFAULT_SHM_SIZE = "2Gi"
 # default of 30 s is short for a large model's checkpoint on slow storage, or a stop that comes during validation
 # (the ranks stop after it).
 DEFAULT_TERMINATION_GRACE_SECONDS = 120
+# Seconds a run's pods stay bound to a node that stopped answering (NotReady or unreachable) before the control plane
+# evicts them (their tolerations of node.kubernetes.io/unreachable and not-ready); then the operator ends the attempt
+# (NodeLost) and starts the next on the nodes left. Kubernetes' own default, 300 s, leaves a gang waiting 5 minutes.
+DEFAULT_NODE_LOST_SECONDS = 60
 # The webhook's generated certificates: one year, renewed at 2/3 of it (serving/certs.py).
 DEFAULT_WEBHOOK_CERT_SECONDS = 365 * 24 * 3600
 WEBHOOK_CERT_MODES = ("operator", "external")
@@ -81,6 +85,8 @@ class Settings:
     disruption_budget: bool = True
     # terminationGracePeriodSeconds of every trainer pod: time for the graceful stop's checkpoint.
     termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS
+    # Tolerations of a lost node on every pod of a run; None: none added (the cluster's default, 300 s, applies).
+    node_lost_seconds: Optional[int] = DEFAULT_NODE_LOST_SECONDS
     serving: Serving = field(default_factory=Serving)
 
 
@@ -146,7 +152,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS, KESTREL_RUN_TTL_SECONDS ("none": finished runs'
     MPIJobs are never deleted), KESTREL_RANK_CPU_REQUEST / KESTREL_RANK_MEMORY_REQUEST ("none": no default),
     KESTREL_SHM_SIZE ("none": no limit), KESTREL_DISRUPTION_BUDGET (true/false), KESTREL_TERMINATION_GRACE_SECONDS,
-    and what `serving_from_env` reads."""
+    KESTREL_NODE_LOST_SECONDS ("none": the cluster's default toleration), and what `serving_from_env` reads."""
     env = os.environ if env is None else env
     level = env.get("KESTREL_LOG_LEVEL", "").strip().upper() or "INFO"
     if not isinstance(logging.getLevelName(level), int):
@@ -165,6 +171,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         shm_size=_optional(env, "KESTREL_SHM_SIZE", DEFAULT_SHM_SIZE),
         disruption_budget=_bool(env, "KESTREL_DISRUPTION_BUDGET", True),
         termination_grace_seconds=_int(env, "KESTREL_TERMINATION_GRACE_SECONDS", DEFAULT_TERMINATION_GRACE_SECONDS, 1),
+        node_lost_seconds=(None if env.get("KESTREL_NODE_LOST_SECONDS", "").strip().lower() == "none"
+                           else _int(env, "KESTREL_NODE_LOST_SECONDS", DEFAULT_NODE_LOST_SECONDS, 0)),
         serving=serving_from_env(env),
     )
 

@@ -162,7 +162,10 @@ def test_tolerations_and_deadline_edits_update_the_run_in_place(api, rec):
         "resnet18-train-g1"]
     job = api.body("MPIJob", "resnet18-train-g1")
     assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 3600
-    assert job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["tolerations"] == tol
+    launcher_tolerations = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["tolerations"]
+    assert launcher_tolerations[:1] == tol  # the user's, then the operator's bounded ones of a lost node
+    assert [t["key"] for t in launcher_tolerations[1:]] == ["node.kubernetes.io/unreachable",
+                                                           "node.kubernetes.io/not-ready"]
     st = status(api)
     assert (st["phase"], st["observedGeneration"], st["mpiJobName"]) == ("Running", 2, "resnet18-train-g1")
     assert ("Normal", "RunUpdated") in reasons(api)

@@ -115,3 +115,64 @@ def test_a_deadline_is_not_retried(api, rec):
     rec.reconcile(api.body(TRAIN, "resnet18"))
     assert (status(api)["phase"], status(api)["reason"]) == ("Failed", "DeadlineExceeded")
     assert api.of_kind("MPIJob") and "MPIJob/" + JOB not in api.deletes
+
+
+def lose_pod_with_its_node(api, job, suffix, node="node-2"):
+    """What Kubernetes does to a pod whose node stopped answering, once its toleration ran out: the taint-eviction
+    controller marks it (DisruptionTarget) and deletes it; with no kubelet to confirm, it stays Terminating, Running."""
+    pod = put_run_pod(api, job, suffix, phase="Running", conditions=[
+        {"type": "Ready", "status": "False"},
+        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+         "message": "Taint manager: deleting due to NoExecute taint"}])
+    stored = api.objects[("Pod", "default", pod["metadata"]["name"])]
+    stored["metadata"]["deletionTimestamp"] = "2026-12-07T14:00:00Z"
+    stored["spec"]["nodeName"] = node
+    return stored
+
+
+def test_a_rank_lost_with_its_node_ends_the_still_running_attempt_and_the_next_one_does_not_wait_for_it(api, rec):
+    """The MPI Operator keeps such an MPIJob Running (the rank left waits for the lost one forever; a worker being
+    deleted is not a failure to it): the operator ends the attempt itself (NodeLost), and starts the next one once the
+    other pods are gone, without waiting for the lost node's pod, whose object only its node can remove."""
+    start(api, rec, retryLimit=1, gpus=0, numProcesses=2)
+    api.set_mpijob_conditions(JOB, [{"type": "Running", "status": "True", "reason": "MPIJobRunning",
+                                     "message": "running"}])
+    put_run_pod(api, JOB, "launcher-x1", container="launcher")
+    put_run_pod(api, JOB, "worker-0")
+    lose_pod_with_its_node(api, JOB, "worker-1")
+    rec.reconcile(api.body(TRAIN, "resnet18"))
+    st = status(api)
+    assert (st["phase"], st["reason"], st["attempt"]) == ("Pending", r.RETRYING, 2)
+    assert "MPIJob/" + JOB in api.deletes
+    failure = st["runs"][0]["attemptFailures"]
+    assert [(f["attempt"], f["reason"]) for f in failure] == [(1, r.NODE_LOST)]
+    assert f"pod {JOB}-worker-1 was evicted from node node-2" in failure[0]["message"]
+    # The garbage collector removes the pods on live nodes; the lost one stays Terminating.
+    api.delete("v1", "Pod", "default", f"{JOB}-launcher-x1")
+    api.delete("v1", "Pod", "default", f"{JOB}-worker-0")
+    rec.reconcile(api.body(TRAIN, "resnet18"))
+    assert f"MPIJob/{JOB}-a2" in api.creates
+    assert status(api)["mpiJobName"] == f"{JOB}-a2"
+    # Attempt 2 runs on the node left while attempt 1's lost pod is still Terminating: that pod is not attempt 2's.
+    second = f"{JOB}-a2"
+    api.set_mpijob_conditions(second, [{"type": "Running", "status": "True", "reason": "MPIJobRunning",
+                                        "message": "running"}])
+    put_run_pod(api, second, "launcher-y2", container="launcher")
+    put_run_pod(api, second, "worker-0")
+    put_run_pod(api, second, "worker-1")
+    rec.reconcile(api.body(TRAIN, "resnet18"))
+    st = status(api)
+    assert (st["phase"], st["attempt"], st["mpiJobName"]) == ("Running", 2, second), st
+    assert f"MPIJob/{second}" not in api.deletes
+
+
+def test_a_failed_mpijob_with_a_pod_lost_with_its_node_says_node_lost(api, rec):
+    """The launcher's Job fails when its pod is evicted from a lost node: the cause is the node, not the trainer."""
+    start(api, rec, retryLimit=0, gpus=0, numProcesses=2)
+    lose_pod_with_its_node(api, JOB, "launcher-x1")
+    api.set_mpijob_conditions(JOB, [{"type": "Failed", "status": "True", "reason": "MPIJobFailed",
+                                     "message": f"MPIJob default/{JOB} has failed"}])
+    rec.reconcile(api.body(TRAIN, "resnet18"))
+    st = status(api)
+    assert (st["phase"], st["reason"]) == ("Failed", r.NODE_LOST), st
+    assert st["message"].endswith("no retry left: attempt 1 of 1 (spec.retryLimit)")

@@ -4,6 +4,8 @@ PodSpec fields; plus the operator's refusals, and schema validity of the result.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kestrel_operator.manifests import plan_run
@@ -35,9 +37,13 @@ def test_queueing_and_scheduling_fields_reach_the_mpijob_and_every_pod(settings)
     assert job["metadata"]["labels"]["team"] == "vision"
     assert job["metadata"]["annotations"]["example.com/cost-center"] == "42"
     assert "kestrel.dev/output" in job["metadata"]["annotations"]
-    for template in templates(job):
+    for role, replica in job["spec"]["mpiReplicaSpecs"].items():
+        template = replica["template"]
         spec = template["spec"]
-        assert (spec["schedulerName"], spec["runtimeClassName"], spec["affinity"]) == ("volcano", "nvidia", AFFINITY)
+        assert (spec["schedulerName"], spec["runtimeClassName"]) == ("volcano", "nvidia")
+        # The user's node affinity on every pod; the workers add their spread over nodes (no podAntiAffinity given).
+        assert spec["affinity"]["nodeAffinity"] == AFFINITY["nodeAffinity"]
+        assert ("podAntiAffinity" in spec["affinity"]) == (role == "Worker"), role
         assert template["metadata"]["labels"]["team"] == "vision"
         assert template["metadata"]["annotations"] == {"example.com/cost-center": "42"}
         env = {e["name"]: e for e in spec["containers"][0]["env"]}
@@ -176,3 +182,60 @@ def test_a_chart_without_workload_access_still_shows_the_queue(api, rec):
     rec.reconcile(api.body("ClassificationTrain", "resnet18"), now="2030-01-01T00:10:00Z")
     st = api.body("ClassificationTrain", "resnet18")["status"]
     assert (st["phase"], st["reason"]) == ("Suspended", "Queued") and "LocalQueue team-a" in st["message"]
+
+
+def _spread_terms(template):
+    anti = template["spec"].get("affinity", {}).get("podAntiAffinity", {})
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in anti  # a preference: one node still runs it
+    return anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+
+
+def test_workers_of_a_run_prefer_different_nodes(settings):
+    """Two CPU ranks (one per worker pod): each worker prefers a node without another worker of the same run, by
+    the node's hostname; the term selects exactly the run's worker pods (not the launcher, not another run's)."""
+    plan = plan_for(train_body(gpus=0, numProcesses=2), settings)
+    assert_valid(plan)
+    job = by_kind(plan, "MPIJob")[0]
+    worker = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]
+    launcher = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]
+    (term,) = _spread_terms(worker)
+    assert term["weight"] == 100
+    affinity_term = term["podAffinityTerm"]
+    assert affinity_term["topologyKey"] == "kubernetes.io/hostname"
+    selector = affinity_term["labelSelector"]["matchLabels"]
+    assert selector.items() <= worker["metadata"]["labels"].items()  # the workers match it ...
+    assert not selector.items() <= launcher["metadata"]["labels"].items()  # ... the launcher does not
+    assert selector["kestrel.dev/run-hash"] == job["metadata"]["labels"]["kestrel.dev/run-hash"]
+    assert _spread_terms(launcher) == []
+    other = by_kind(plan_for(train_body("other", gpus=0, numProcesses=2), settings), "MPIJob")[0]
+    other_worker = other["spec"]["mpiReplicaSpecs"]["Worker"]["template"]
+    assert not selector.items() <= other_worker["metadata"]["labels"].items()
+
+
+def test_one_rank_runs_have_no_spread_and_the_users_pod_anti_affinity_wins(settings):
+    one = by_kind(plan_for(train_body(gpus=0), settings), "MPIJob")[0]
+    assert "Worker" not in one["spec"]["mpiReplicaSpecs"]
+    assert "affinity" not in one["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    own = {"podAntiAffinity": {}}  # the user turns the spread off
+    job = by_kind(plan_for(train_body(gpus=0, numProcesses=2, affinity=own), settings), "MPIJob")[0]
+    assert job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["affinity"] == own
+
+
+def test_every_pod_tolerates_a_lost_node_for_the_operators_seconds_only(settings):
+    """Bounded tolerations of the node lifecycle controller's taints (Kubernetes would add 300 s): a run whose node
+    stops answering is evicted after the operator's setting and started again; the user's own toleration of a taint
+    wins, and `None` adds nothing."""
+    job = by_kind(plan_for(train_body(gpus=0, numProcesses=2), settings), "MPIJob")[0]
+    for replica in job["spec"]["mpiReplicaSpecs"].values():
+        got = {t["key"]: t for t in replica["template"]["spec"]["tolerations"]}
+        for key in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"):
+            assert got[key] == {"key": key, "operator": "Exists", "effect": "NoExecute",
+                                "tolerationSeconds": settings.node_lost_seconds}
+    own = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+           "tolerationSeconds": 600}
+    job = by_kind(plan_for(train_body(tolerations=[own]), settings), "MPIJob")[0]
+    tols = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["tolerations"]
+    assert [t for t in tols if t["key"] == own["key"]] == [own]
+    none = dataclasses.replace(settings, node_lost_seconds=None)
+    job = by_kind(plan_for(train_body(), none), "MPIJob")[0]
+    assert "tolerations" not in job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]

@@ -52,7 +52,7 @@ from kestrel_operator.settings import Settings
 from kestrel_operator.status import compute, runs
 from kestrel_operator.status import reasons as r
 from kestrel_operator.status.phase import FAILED, SUCCEEDED, held_by_kueue, kueue_says, phase_of
-from kestrel_operator.status.pods import Cause, failure_cause, pod_cause, stuck_creating
+from kestrel_operator.status.pods import Cause, failure_cause, lost_to_node, node_lost, pod_cause, stuck_creating
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +412,8 @@ class Reconciler:
         first = generation == 1 and not old.get("mpiJobName") and not old.get("runHash") \
             and old.get("reason") != r.WAITING_FOR_OLD_RUN
         pods = [] if first else self.api.list("v1", "Pod", meta.namespace, _selector(names.owner_labels(meta)))
+        # Pods evicted from a lost node stay Terminating until it returns: the next attempt does not wait for them.
+        pods = [p for p in pods if not lost_to_node(p)]
         if jobs or pods:
             out.requeue_after = OLD_RUN_POLL_SECONDS
             if retrying:
@@ -503,6 +505,10 @@ class Reconciler:
         if ph.finished and not fresh and (runs.find(old, res.meta.run_hash) or {}).get("phase") not in (
                 SUCCEEDED, FAILED):
             self._drop_budget(res.meta, name, out)  # the attempt ended: nothing left to protect from a drain
+        if cause is not None and cause.reason == r.NODE_LOST and not ph.finished and not fresh \
+                and attempt <= res.run.retry_limit:
+            # Still "Running" to the MPI Operator (the ranks left wait for the lost one forever): end it here.
+            return self._retry(body, res, old, generation, job, ctx, cause.reason, cause.message, now, out)
         if ph.phase == FAILED and not fresh:
             reason, message = (cause.reason, cause.message) if cause else (ph.reason, ph.message)
             if _retried(reason, message) and attempt <= res.run.retry_limit:
@@ -586,12 +592,19 @@ class Reconciler:
         name = _name(job)
         if ph.phase == FAILED and old.get("mpiJobName") == name and old.get("phase") == FAILED:
             # Already explained for this run: the launcher pod may be gone by now.
-            explained = old.get("reason") in (r.TRAINER_FAILED, r.WORKER_EVICTED, r.RANK_LOST, r.RUN_STOPPED)
+            explained = old.get("reason") in (r.TRAINER_FAILED, r.WORKER_EVICTED, r.RANK_LOST, r.RUN_STOPPED,
+                                              r.NODE_LOST)
             return Cause(str(old["reason"]), str(old.get("message") or "")) if explained else None
         run = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
         pods = self.api.list("v1", "Pod", res.meta.namespace, _selector(run))
+        # This attempt's pods only: an earlier attempt's pod lost with its node stays Terminating meanwhile.
+        mine = [p for p in pods if str((p.get("metadata") or {}).get("name", "")).startswith(
+            (f"{name}-launcher-", f"{name}-worker-"))]
         if ph.phase == FAILED:
-            return failure_cause(pods)
+            return failure_cause(mine)
+        lost = node_lost(mine)
+        if lost is not None:
+            return lost
         events: list[dict[str, Any]] = []
         for pod in stuck_creating(pods)[:3]:
             events += self.api.list("v1", "Event", res.meta.namespace,

@@ -18,6 +18,7 @@ from kestrel_operator.manifests.outputs import ModelSource, OutputLocation, mode
 from kestrel_operator.manifests.pods import (
     cleanup_container,
     pod_template,
+    tolerations,
     trainer_env,
     user_env,
     volumes_and_mounts,
@@ -178,14 +179,14 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
     if not mapping.launcher_as_worker:
         # Start mpirun only once every worker's sshd is up, instead of failing on the first try.
         spec["launcherCreationPolicy"] = "WaitForWorkersReady"
-        spec["mpiReplicaSpecs"]["Worker"] = {
-            "replicas": mapping.workers,
-            "restartPolicy": "OnFailure",
-            "template": pod_template(
-                res, container="worker", command=WORKER_COMMAND[:1], args=WORKER_COMMAND[1:], env=user_env(res),
-                gpus=mapping.gpus_per_pod, runs_ranks=True, **common(),
-            ),
-        }
+        worker_labels = {**labels, names.ROLE_LABEL: names.WORKER_ROLE}
+        worker = pod_template(
+            res, container="worker", command=WORKER_COMMAND[:1], args=WORKER_COMMAND[1:], env=user_env(res),
+            gpus=mapping.gpus_per_pod, runs_ranks=True, spread=worker_labels, **common(),
+        )
+        worker["metadata"]["labels"][names.ROLE_LABEL] = names.WORKER_ROLE
+        spec["mpiReplicaSpecs"]["Worker"] = {"replicas": mapping.workers, "restartPolicy": "OnFailure",
+                                             "template": worker}
     metadata = names.object_meta(meta, name, per_run=True)
     metadata["labels"] = {**res.run.labels, **metadata["labels"]}  # type: ignore[dict-item]
     if res.run.queue_name:
@@ -214,7 +215,7 @@ def in_place_fields(res: Resource) -> dict[str, Any]:
     out: dict[str, Any] = {
         "activeDeadlineSeconds": res.run.active_deadline_seconds,
         "ttlSecondsAfterFinished": res.run.ttl_seconds_after_finished,
-        "tolerations": [dict(t) for t in res.run.tolerations] or None,
+        "tolerations": tolerations(res.run) or None,
     }
     if not res.run.queue_name:
         out["suspend"] = res.run.suspend

@@ -26,6 +26,9 @@ RUN_HASH_LABEL = "kestrel.dev/run-hash"
 SPEC_HASH_LABEL = "kestrel.dev/spec-hash"
 # Which attempt of its run an MPIJob is (1, 2, ...; spec.retryLimit).
 ATTEMPT_LABEL = "kestrel.dev/attempt"
+# On the pods of a run that hold ranks in worker pods (`worker`): what the workers' spread (manifests/pods.py) selects.
+ROLE_LABEL = "kestrel.dev/role"
+WORKER_ROLE = "worker"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from kestrel_operator.manifests.commands import SPEC_DIR, SPEC_FILE
 from kestrel_operator.resources.defaults import GPU_RESOURCE
-from kestrel_operator.resources.types import Resource, VolumeSpec
+from kestrel_operator.resources.types import Resource, RunSpec, VolumeSpec
 from kestrel_trainer.spec.contract import KEY_ENV, RunIdentity
 
 RUN_AS_USER = 1000
@@ -24,6 +24,15 @@ MPIRUN_LAUNCHER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "li
 # The init container that removes old runs' folders (spec.keepRuns): a file-tree walk.
 CLEANUP_CONTAINER = "remove-old-runs"
 CLEANUP_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
+# Worker pods of one run prefer different nodes (a preferred podAntiAffinity term on the node's hostname label): ranks
+# do not compete for one node's CPUs, memory bandwidth and network, and a run with more workers than nodes, or on one
+# node, still schedules. The weight is the largest the API allows, so the preference outweighs the scheduler's
+# other scores (a node with fewer pods, an image already present).
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+# The taints the node lifecycle controller puts on a node that stopped answering; a pod is evicted once its toleration
+# of them runs out (RunSpec.node_lost_seconds), and the operator then starts the attempt again (status/pods.py).
+NODE_LOST_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
+SPREAD_WEIGHT = 100
 
 
 def _claim_volumes(mounts: list[tuple[str, VolumeSpec]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -111,6 +120,32 @@ def cleanup_container(res: Resource, folders: Sequence[str], mounts: list[dict[s
     return c
 
 
+def tolerations(run: RunSpec) -> list[dict[str, Any]]:
+    """spec.tolerations, plus a bounded toleration of each lost-node taint the user does not tolerate already."""
+    out = [dict(t) for t in run.tolerations]
+    if run.node_lost_seconds is not None:
+        have = {t.get("key") for t in out}
+        out += [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": run.node_lost_seconds}
+                for key in NODE_LOST_TAINTS if key not in have]
+    return out
+
+
+def spread_affinity(selector: dict[str, str]) -> dict[str, Any]:
+    """`affinity` asking the scheduler to put pods matching `selector` on different nodes when it can."""
+    term = {"labelSelector": {"matchLabels": dict(selector)}, "topologyKey": HOSTNAME_TOPOLOGY}
+    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": SPREAD_WEIGHT, "podAffinityTerm": term}]}}
+
+
+def _affinity(res: Resource, spread: Optional[dict[str, str]]) -> dict[str, Any]:
+    """spec.affinity as given, plus the workers' spread unless the user's affinity has a podAntiAffinity of its
+    own (which then decides, `podAntiAffinity: {}` turning the spread off)."""
+    affinity = copy.deepcopy(dict(res.run.affinity)) if res.run.affinity else {}
+    if spread is not None and "podAntiAffinity" not in affinity:
+        affinity.update(spread_affinity(spread))
+    return affinity
+
+
 def _resources(res: Resource, gpus: int, runs_ranks: bool) -> dict[str, Any]:
     if not runs_ranks:
         out = {k: dict(v) for k, v in MPIRUN_LAUNCHER_RESOURCES.items()}
@@ -136,7 +171,9 @@ def pod_template(
     volumes: list[dict[str, Any]],
     mounts: list[dict[str, Any]],
     service_account: str,
+    spread: Optional[dict[str, str]] = None,
 ) -> dict[str, Any]:
+    """One pod template; `spread`: labels of the pods this one should avoid sharing a node with (workers)."""
     run = res.run
     c: dict[str, Any] = {"name": container, "image": run.image}
     if run.image_pull_policy:
@@ -172,16 +209,18 @@ def pod_template(
     }
     if run.node_selector:
         spec["nodeSelector"] = dict(run.node_selector)
-    if run.tolerations:
-        spec["tolerations"] = [dict(t) for t in run.tolerations]
+    pod_tolerations = tolerations(run)
+    if pod_tolerations:
+        spec["tolerations"] = pod_tolerations
     if run.priority_class_name:
         spec["priorityClassName"] = run.priority_class_name
     if run.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in run.image_pull_secrets]
     if run.scheduler_name:
         spec["schedulerName"] = run.scheduler_name
-    if run.affinity:
-        spec["affinity"] = copy.deepcopy(dict(run.affinity))
+    affinity = _affinity(res, spread)
+    if affinity:
+        spec["affinity"] = affinity
     if run.runtime_class_name:
         spec["runtimeClassName"] = run.runtime_class_name
     metadata: dict[str, Any] = {"labels": {**run.labels, **labels}}

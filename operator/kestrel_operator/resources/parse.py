@@ -424,6 +424,7 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings, labels: Mapping[str,
         retry_limit=spec.integer("retryLimit", d.DEFAULT_RETRY_LIMIT, minimum=0),
         disruption_budget=settings.disruption_budget,
         termination_grace_seconds=settings.termination_grace_seconds,
+        node_lost_seconds=settings.node_lost_seconds,
         ttl_seconds_after_finished=spec.integer("ttlSecondsAfterFinished", settings.run_ttl_seconds, minimum=0),
     )
     if len(errs) > before or ranks is None or key_secret is None or results is None:

@@ -151,6 +151,8 @@ class RunSpec:
     # checkpoint must fit in it.
     termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS
     ttl_seconds_after_finished: Optional[int] = None
+    # Seconds the run's pods tolerate a lost node (the operator's KESTREL_NODE_LOST_SECONDS); None: no toleration.
+    node_lost_seconds: Optional[int] = None
 
 
 @dataclass(frozen=True)

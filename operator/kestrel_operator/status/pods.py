@@ -22,6 +22,9 @@ LAUNCHER_CONTAINER = "launcher"
 WORKER_CONTAINER = "worker"
 _CLAIM_NOT_FOUND = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
 MAX_MESSAGE = 900
+# The DisruptionTarget reason of a pod the taint-eviction controller deletes: its node has a NoExecute taint the pod no
+# longer tolerates, normally node.kubernetes.io/unreachable or not-ready once the pod's toleration ran out.
+TAINT_EVICTION = "DeletionByTaintManager"
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,26 @@ def _evicted(pod: Mapping[str, Any]) -> Optional[Cause]:
     return None
 
 
+def lost_to_node(pod: Mapping[str, Any]) -> bool:
+    """Evicted from its node by the taint-eviction controller. On a node that stopped answering, the pod's object
+    then stays Terminating (no kubelet confirms the stop) until the node returns or its Node object is deleted."""
+    cond = _condition(pod, "DisruptionTarget")
+    return bool(cond and cond.get("status") == "True" and cond.get("reason") == TAINT_EVICTION)
+
+
+def node_lost(pods: Iterable[Mapping[str, Any]]) -> Optional[Cause]:
+    """A pod of the attempt lost with its node: the ranks on the other nodes wait for it forever (its peers see no
+    connection close when a node dies), so the attempt cannot finish and is ended and started again."""
+    lost = next((p for p in pods if lost_to_node(p)), None)
+    if lost is None:
+        return None
+    node = (lost.get("spec") or {}).get("nodeName") or "?"
+    said = str((_condition(lost, "DisruptionTarget") or {}).get("message") or "")
+    return Cause(r.NODE_LOST, _clip(f"pod {_name(lost)} was evicted from node {node}, which stopped answering or was "
+                                    f"tainted NoExecute ({said or TAINT_EVICTION}); the attempt cannot finish without "
+                                    "it."))
+
+
 def stuck_creating(pods: Iterable[Mapping[str, Any]]) -> list[str]:
     """Scheduled pods whose containers are still being created: their Events say why (volumes)."""
     out = []
@@ -144,9 +167,9 @@ def pod_cause(pods: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, A
 
 
 def failure_cause(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
-    """Why a run's attempt failed, when its pods tell: an evicted worker, the trainer's own error, or a launcher
-    that ended without one (a rank lost: pod deleted, node gone, or a graceful stop)."""
-    found = next((c for c in map(_evicted, pods) if c is not None), None) or trainer_failure(pods)
+    """Why a run's attempt failed, when its pods tell: an evicted worker, a pod lost with its node, the trainer's own
+    error, or a launcher that ended without one (a rank lost: pod deleted, or a graceful stop)."""
+    found = next((c for c in map(_evicted, pods) if c is not None), None) or node_lost(pods) or trainer_failure(pods)
     return Cause(found.reason, _clip(found.message)) if found else None
 
 
