@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A local Kestrel cluster in one command, as root, after scripts/setup.sh and `bash e2e/build.sh`:
+# A local Kestrel cluster in one command, as root, after scripts/setup.sh (`up` first runs `e2e/run.sh --prepare`:
+# the node's Debian packages, the images and the cluster binaries, each cached; tens of minutes only when cold):
 #   bash scripts/dev-cluster.sh up [--nodes N] [--kueue]   control plane, N real nodes, MPI Operator, Kestrel (Helm),
 #                                                          sample data; prints the KUBECONFIG to use
 #   bash scripts/dev-cluster.sh status                     what runs
@@ -9,4 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${KESTREL_VENV:-$(pwd)/.venv}
+if [[ "${1:-}" == "up" ]]; then
+    bash e2e/run.sh --prepare >&2
+fi
 exec "$VENV/bin/python" -m e2e.devcluster "$@"
