@@ -90,7 +90,9 @@ def tiny_model(channels: int = 1, size: int = 32, n_classes: int = 10):
     import tensorflow as tf
 
     x = inp = tf.keras.Input((size, size, channels), name="input_1")
-    x = tf.keras.layers.Conv2D(8, 3, strides=2, use_bias=False)(x)
+    # Seeded like randomise(): the same weights every run, so a test on near-tied scores cannot pass or fail by draw.
+    x = tf.keras.layers.Conv2D(8, 3, strides=2, use_bias=False,
+                               kernel_initializer=tf.keras.initializers.GlorotUniform(seed=0))(x)
     x = tf.keras.layers.BatchNormalization()(x)
     x = tf.keras.layers.ReLU()(x)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
