@@ -15,15 +15,18 @@ e2e/test_real_faults.py):
 
 For each it prints:
 - work lost: training steps redone = the steps attempt 1 had done (its rank 0's progress lines "epoch E/M step S/T",
-  its stop line "rank 0 stops after step S of epoch E", its epoch lines, in the launcher's log, read with
+  its stop line "rank 0 stops after step S of epoch E", its epoch lines; for a node lost, which leaves no stop line,
+  an estimate from the time into epoch 2 and attempt 2's seconds per step), in the launcher's log, read with
   `kubectl logs -f --timestamps` while it runs) minus the steps attempt 2 says were done ("resuming from ...: N epochs
   and M steps done"), counted in steps of ceil(train images / (batch x ranks)) per epoch (the data folder's own
   count); the checkpoint interval (one epoch: the trainer checkpoints every epoch; the run folder's checkpoint names
   are listed) for comparison. Goal: lost work <= the checkpoint interval.
-- recovery: from the fault to training again (the first step line of attempt 2, by the container runtime's
-  timestamp), split into fault -> pod gone (b: the pod object deleted; c: the node's pods evicted), -> attempt
-  ended (status records attempt 1's failure), -> attempt 2's MPIJob, -> its pods running, -> resumed (checkpoint
-  loaded), -> training again (first step). Goal: training again < 60 s after the pod is gone. Pod and status
+- recovery: from the fault to training again (attempt 2's Keras "Epoch E/M" line after its "resuming from" line,
+  by the container runtime's timestamp: the ranks' stdout is Open MPI's pty, so the trainer shows Keras' progress
+  bar, whose steps reach the log only when an epoch ends; the first progress report, status.progress.updateTime of
+  attempt 2, is printed too), split into fault -> pod gone (b: the pod object deleted; c: the node's pods
+  evicted), -> attempt ended (status records attempt 1's failure), -> attempt 2's MPIJob, -> its pods running,
+  -> resumed (checkpoint loaded), -> training again. Goal: training again < 60 s after the pod is gone. Pod and status
   marks come from polling the API (one `kubectl get` per round, about a second apart on a loaded machine).
 
 Run by hand as root after `bash e2e/build.sh`, with the images' archives built (scripts/build_images.sh --save;
