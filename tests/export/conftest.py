@@ -85,14 +85,14 @@ def arch_model(arch: str, n_layers, channels: int = 1, size: int = 32, n_classes
     return randomise(create_model(make_spec(arch, n_layers, channels=channels, size=size), n_classes), inputs=inputs)
 
 
-def tiny_model(channels: int = 1, size: int = 32, n_classes: int = 10):
-    """Conv-BN-ReLU, pooled, softmax `predictions`: converts in ~1 s, for flag and error tests."""
+def tiny_model(channels: int = 1, size: int = 32, n_classes: int = 10, seed=None):
+    """Conv-BN-ReLU, pooled, softmax `predictions`: converts in ~1 s, for flag and error tests. `seed`: the conv's
+    initial weights (the rest are seeded by randomise)."""
     import tensorflow as tf
 
     x = inp = tf.keras.Input((size, size, channels), name="input_1")
-    # Seeded like randomise(): the same weights every run, so a test on near-tied scores cannot pass or fail by draw.
     x = tf.keras.layers.Conv2D(8, 3, strides=2, use_bias=False,
-                               kernel_initializer=tf.keras.initializers.GlorotUniform(seed=0))(x)
+                               kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed))(x)
     x = tf.keras.layers.BatchNormalization()(x)
     x = tf.keras.layers.ReLU()(x)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
@@ -135,5 +135,11 @@ def spread_run(tmp_path_factory, fashion) -> tuple[Path, Path]:
     so its top-1 spreads over several classes on them (a fresh tiny model may pick one class for every image)."""
     folder = tmp_path_factory.mktemp("spread")
     spec = write_spec(folder, fashion)
-    model = randomise(tiny_model(), inputs=real_test_batch(fashion, spec))
-    return save_run(model, folder / "run", fashion), spec
+    images = real_test_batch(fashion, spec)
+    # The same model every run (a fresh draw made tests on it pass or fail by chance): the first seeded draw whose
+    # top-1 on the real test images spreads over at least half of the classes.
+    for seed in range(20):
+        model = randomise(tiny_model(seed=seed), seed=seed, inputs=images)
+        if len(set(model.predict(images, verbose=0).argmax(1))) >= 5:
+            return save_run(model, folder / "run", fashion), spec
+    raise AssertionError("no seeded tiny model spreads its top-1 over 5 classes of the real test images")
