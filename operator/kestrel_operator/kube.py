@@ -143,11 +143,15 @@ class KubeApi:
         self._ok(status, payload, f"create {obj['kind']} {meta['namespace']}/{meta['name']}", obj["kind"])
         return _version(payload)
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool:
-        """Background deletion (the garbage collector removes what the object owns). False if gone."""
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "",
+               grace_seconds: Optional[int] = None) -> bool:
+        """Background deletion (the garbage collector removes what the object owns). False if gone.
+        `grace_seconds`: the pod's grace period for this deletion instead of its own."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if uid:
             body["preconditions"] = {"uid": uid}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
         status, payload = self._request("DELETE", f"{collection_path(api_version, kind, namespace)}/{name}", body=body)
         if status in (404, 409):
             return False

@@ -43,6 +43,7 @@ class FakeApi:
         self.status_patches: list[dict[str, Any]] = []
         self.creates: list[str] = []
         self.deletes: list[str] = []
+        self.graceful_deletes: list[tuple[str, int]] = []  # (Kind/name, gracePeriodSeconds) when one is given
         self.patches: list[tuple[str, dict[str, Any]]] = []  # ("Kind/name", merge patch)
         self.calls: list[tuple[str, str]] = []  # (verb, kind) of every call, for counting
         self._failures: list[list[Any]] = []  # [verb, kind, status, times left]
@@ -119,8 +120,11 @@ class FakeApi:
         self.creates.append(f"{obj['kind']}/{obj['metadata']['name']}")
         return self.put(obj)["metadata"]["resourceVersion"]
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool:
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "",
+               grace_seconds: Optional[int] = None) -> bool:
         self._call("delete", kind, name)
+        if grace_seconds is not None:
+            self.graceful_deletes.append((f"{kind}/{name}", grace_seconds))
         obj = self.objects.get((kind, namespace, name))
         if obj is None or (uid and obj["metadata"]["uid"] != uid):
             return False

@@ -51,9 +51,9 @@ class RecordingApi(FakeApi):
         self._use(obj["apiVersion"], obj["kind"], "create")
         return super().create(obj)
 
-    def delete(self, api_version, kind, namespace, name, uid=""):
+    def delete(self, api_version, kind, namespace, name, uid="", grace_seconds=None):
         self._use(api_version, kind, "delete")
-        return super().delete(api_version, kind, namespace, name, uid)
+        return super().delete(api_version, kind, namespace, name, uid, grace_seconds)
 
     def patch(self, api_version, kind, namespace, name, patch):
         self._use(api_version, kind, "patch")

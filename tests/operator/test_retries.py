@@ -147,9 +147,9 @@ def test_a_rank_lost_with_its_node_ends_the_still_running_attempt_and_the_next_o
     failure = st["runs"][0]["attemptFailures"]
     assert [(f["attempt"], f["reason"]) for f in failure] == [(1, r.NODE_LOST)]
     assert f"pod {JOB}-worker-1 was evicted from node node-2" in failure[0]["message"]
-    # The garbage collector removes the pods on live nodes; the lost one stays Terminating.
-    api.delete("v1", "Pod", "default", f"{JOB}-launcher-x1")
-    api.delete("v1", "Pod", "default", f"{JOB}-worker-0")
+    # The ranks left on live nodes wait for the lost one and can save nothing: their pods are deleted at once
+    # (grace 1 s) rather than after the pods' grace period; the lost one is left to its eviction (Terminating).
+    assert sorted(api.graceful_deletes) == [(f"Pod/{JOB}-launcher-x1", 1), (f"Pod/{JOB}-worker-0", 1)]
     rec.reconcile(api.body(TRAIN, "resnet18"))
     assert f"MPIJob/{JOB}-a2" in api.creates
     assert status(api)["mpiJobName"] == f"{JOB}-a2"

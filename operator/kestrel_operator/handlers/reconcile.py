@@ -75,7 +75,8 @@ class Api(Protocol):
              field_selector: str = "") -> list[dict]: ...
     def create(self, obj: Mapping[str, Any]) -> str | bool: ...
     def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool: ...
-    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "") -> bool: ...
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str = "",
+               grace_seconds: Optional[int] = None) -> bool: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, uid: str,
                      status_patch: Mapping[str, Any]) -> str | bool: ...
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None: ...
@@ -550,6 +551,8 @@ class Reconciler:
                            (job.get("metadata") or {}).get("uid", "")):
             out.deleted.append(f"MPIJob/{name}")
         self._drop_budget(res.meta, name, out)
+        if reason == r.NODE_LOST:
+            self._stop_stranded_pods(res, job, out)
         total = 1 + res.run.retry_limit
         said = (f"attempt {attempt} of {total} of run {ctx.run_hash} ended ({reason}: {message}); attempt "
                 f"{attempt + 1} starts in the same folder, from its newest checkpoint, once the pods of {name} are "
@@ -559,6 +562,20 @@ class Reconciler:
         nxt = dataclasses.replace(ctx, attempt=attempt + 1)
         failure = {"attempt": attempt, "reason": reason, "message": message}
         return self._finish(body, old, compute.retry_status(old, generation, nxt, failure, said, now), out)
+
+    def _stop_stranded_pods(self, res: Resource, job: Mapping[str, Any], out: Outcome) -> None:
+        """After a node loss the ranks left wait in a collective for the lost one: their graceful stop can save
+        nothing and would hold the next attempt for the whole grace period. Delete the attempt's pods on the live
+        nodes at once (grace 1 s: their kubelet kills them and removes the objects); the lost node's pods are already
+        being deleted by the eviction."""
+        labels = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
+        prefixes = (f"{_name(job)}-launcher-", f"{_name(job)}-worker-")
+        for pod in self.api.list("v1", "Pod", res.meta.namespace, _selector(labels)):
+            m = pod.get("metadata") or {}
+            if not str(m.get("name", "")).startswith(prefixes) or m.get("deletionTimestamp"):
+                continue
+            if self.api.delete("v1", "Pod", res.meta.namespace, m["name"], m.get("uid", ""), grace_seconds=1):
+                out.deleted.append(f"Pod/{m['name']}")
 
     def _drop_budget(self, meta: ResourceMeta, job_name: str, out: Outcome) -> None:
         """The PodDisruptionBudget of an attempt that ended or was stopped (named like its MPIJob)."""
