@@ -97,10 +97,7 @@ def main() -> int:
         node = node_mod.start_real_node(cp, ns, images["pause"])
         import_s = node.load(images["trainer"])
         namespace = "overhead"
-        cp.kubectl("create", "namespace", namespace)
-        deadline = time.monotonic() + 60
-        while not cp.exists("serviceaccount", "default", namespace) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        real_runs.create_namespace(cp, namespace)
         ws = real_runs.make_workspace(cp, namespace, workdir / "ws", images["trainer"].ref)
 
         host_s = host_run(ws, workdir, args.epochs)

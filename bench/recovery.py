@@ -411,10 +411,7 @@ def main() -> int:
         op.start()
         nodes = node_mod.start_real_nodes(cp, ns, images["pause"], count=2, images=(images["trainer"],))
         namespace = "recovery"
-        cp.kubectl("create", "namespace", namespace)
-        deadline = time.monotonic() + 60
-        while not cp.exists("serviceaccount", "default", namespace) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        real_runs.create_namespace(cp, namespace)
         ws = real_runs.make_workspace(cp, namespace, workdir / "ws", images["trainer"].ref)
         say(f"cluster with {len(nodes)} real nodes up in {time.monotonic() - started:.0f} s; load {load()}")
         for fault in faults:

@@ -58,6 +58,15 @@ class Workspace:
         return folder
 
 
+def create_namespace(cp: cl.ControlPlane, name: str, timeout: float = 60) -> None:
+    """A namespace for the bench scripts' runs, returned once its default ServiceAccount exists (pods need one) or
+    after `timeout` seconds."""
+    cp.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + timeout
+    while not cp.exists("serviceaccount", "default", name) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def make_workspace(cp: cl.ControlPlane, namespace: str, root: Path, image: str,
                    per_class: int = PER_CLASS) -> Workspace:
     data = import_fashion_subset(root / "data", per_class=per_class)
