@@ -79,7 +79,8 @@ def test_a_worker_deleted_mid_run_costs_one_attempt_and_the_run_resumes_to_the_s
 
     done = _finished(cluster, ws, "hit", timeout=900)
     st = done["status"]
-    assert (st["phase"], st["attempt"]) == ("Succeeded", 2), st
+    assert (st["phase"], st["attempt"]) == ("Succeeded", 2), (st.get("message"), st.get("runs"),
+                                                              real_runs.pod_logs(cluster, ws.namespace)[-6000:])
     failures = next(r for r in st["runs"] if r["runHash"] == st["runHash"])["attemptFailures"]
     assert [f["attempt"] for f in failures] == [1], failures
     # A graceful stop, not a lost rank: the deleted pod's SIGTERM reached rank 1 (kestrel-worker, PID 1 of the worker

@@ -40,7 +40,9 @@ def test_two_rank_train_succeeds_with_progress_from_the_worker_rank(cluster: cl.
     job = jobs[0]["spec"]
     assert (job["slotsPerWorker"], job["mpiReplicaSpecs"]["Worker"]["replicas"]) == (1, 2)
     # Both workers really ran on the real node (their pods stay until the MPIJob is cleaned up).
-    pods = cluster.get("pods", namespace=real_workspace.namespace)["items"]
+    # This run's own pods: other tests share the namespace (a failed launcher of theirs is not this run's).
+    pods = [p for p in cluster.get("pods", namespace=real_workspace.namespace)["items"]
+            if p["metadata"]["labels"].get("training.kubeflow.org/job-name") == status["mpiJobName"]]
     workers = [p for p in pods if p["metadata"]["labels"].get("training.kubeflow.org/job-role") == "worker"]
     launchers = [p for p in pods if p["metadata"]["labels"].get("training.kubeflow.org/job-role") == "launcher"]
     assert launchers and all(p["spec"]["nodeName"] == node_mod.NODE_NAME for p in workers + launchers)

@@ -41,7 +41,8 @@ sys.exit(143)
 COMMAND = """
 import os, signal, subprocess, sys, time
 events = open(sys.argv[1], "a", buffering=1)
-ranks = [subprocess.Popen([sys.executable, "-c", os.environ["RANK_CODE"], r, sys.argv[1]]) for r in sys.argv[2:]]
+code = os.environ.get("ORTED_CODE") or os.environ["RANK_CODE"]  # ranks, or orteds that start them
+ranks = [subprocess.Popen([sys.executable, "-c", code, r, sys.argv[1]]) for r in sys.argv[2:]]
 subprocess.Popen(["sh", "-c", "sleep 1.5 &"])  # sh exits at once: the sleep is an orphan, PID 1's to reap
 got = []
 for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -56,6 +57,18 @@ if got[0] == signal.SIGUSR1:  # like mpirun: waits for its ranks, then exits wit
     sys.exit(7)
 events.write(f"{time.time():.3f} command exits\\n")
 sys.exit(0)
+"""
+
+
+# orted's stand-in: starts its rank, and after the rank's exit stays ORTED_SECONDS (reporting the exit status to
+# mpirun, in the real one), then exits.
+ORTED = """
+import os, subprocess, sys, time
+open(sys.argv[2], "a", buffering=1).write(f"{time.time():.3f} orted{sys.argv[1]} pid {os.getpid()}\\n")
+rank = subprocess.Popen([sys.executable, "-c", os.environ["RANK_CODE"], *sys.argv[1:]])
+rank.wait()
+time.sleep(float(os.environ["ORTED_SECONDS"]))
+open(sys.argv[2], "a", buffering=1).write(f"{time.time():.3f} orted{sys.argv[1]} exits\\n")
 """
 
 
@@ -96,11 +109,12 @@ def _children(pid: int) -> list[tuple[str, str]]:
     return out
 
 
-def _start(tmp_path: Path, *flags: str, ranks: tuple[str, ...] = ("1",)) -> tuple[subprocess.Popen, Path]:
+def _start(tmp_path: Path, *flags: str, ranks: tuple[str, ...] = ("1",),
+           env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
     events = tmp_path / "events.txt"
     events.touch()
     proc = subprocess.Popen([*ENTRYPOINT, *flags, "--", sys.executable, "-c", COMMAND, str(events), *ranks],
-                            stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+                            stderr=subprocess.PIPE, text=True, env={**_env(tmp_path), **(env or {})})
     _wait_for(lambda: sum("registered" in what for _, what in _events(events)) == len(ranks))
     return proc, events
 
@@ -126,6 +140,36 @@ def test_sigterm_reaches_the_pods_ranks_and_the_command_stops_only_after_they_ha
     assert "sent SIGTERM to rank 1 (pid" in err and "rank 3 (pid" in err, err
     assert "the ranks of this container have exited" in err and "Traceback" not in err, err
     assert rank_registry.registered(str(tmp_path / "ranks")) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_the_command_stops_only_after_its_sessions_have_reported_the_ranks_exit(tmp_path):
+    """sshd -> orted -> rank: orted still has to tell mpirun how its rank ended after the rank is gone; sshd (and with
+    it the container) stops only once orted has left, else mpirun sees a lost daemon instead of the ranks' 143."""
+    proc, events = _start(tmp_path, env={"ORTED_CODE": ORTED, "ORTED_SECONDS": "2"})
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    seen = dict((w, t) for t, w in _events(tmp_path / "events.txt"))
+    assert seen["rank1 exits"] + 1.5 < seen["orted1 exits"] <= seen["command got SIGTERM"], seen
+    assert "python's sessions have ended" in err, err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_a_session_that_never_ends_holds_the_command_only_for_linger_seconds(tmp_path):
+    proc, events = _start(tmp_path, "--linger", "1", env={"ORTED_CODE": ORTED, "ORTED_SECONDS": "3600"})
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _wait_for(lambda: "command exits" in [w for _, w in _events(events)], timeout=30)
+    finally:  # orted is left behind (in a pod, the container's end takes it), holding stderr open: ended here
+        orted = next(int(w.rsplit(" ", 1)[1]) for _, w in _events(events) if w.startswith("orted1 pid"))
+        os.kill(orted, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    seen = dict((w, t) for t, w in _events(events))
+    assert "orted1 exits" not in seen, seen
+    assert 0.9 < seen["command got SIGTERM"] - seen["rank1 exits"] < 10, seen
+    assert "still open 1 s after the ranks exited (--linger)" in err, err
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")

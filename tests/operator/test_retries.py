@@ -95,6 +95,22 @@ def test_a_graceful_stop_is_retried_and_a_trainer_error_is_not(api, rec):
     assert f"MPIJob/{second}" not in api.deletes and "no retry left" not in st["message"]
 
 
+def test_a_graceful_stop_is_retried_when_mpirun_exits_with_another_code(api, rec):
+    """The ranks stopped and checkpointed (143), but mpirun lost the stopped worker pod's daemon first and exited 1
+    with its own banner after the trainer's stop line: still a stop, retried, not a trainer error."""
+    start(api, rec)
+    fail_launcher(api, JOB, code=1, message=(
+        "kestrel train: error: stopped by signal 15 on rank 1: checkpoint written to "
+        "/results/runs/x/weights/resnet_002_step000007.tlt; run the same command again to resume from it\n"
+        "--------------------------------------------------------------------------\n"
+        "ORTE has lost communication with a remote daemon.\n"
+        "--------------------------------------------------------------------------\n"))
+    rec.reconcile(api.body(TRAIN, "resnet18"))
+    failure = status(api)["runs"][0]["attemptFailures"][0]
+    assert (status(api)["reason"], failure["reason"]) == (r.RETRYING, r.RUN_STOPPED), failure
+    assert "stopped by signal 15 on rank 1" in failure["message"]
+
+
 def test_an_evicted_worker_is_retried_and_leftover_workers_of_a_failed_run_are_removed(api, rec):
     start(api, rec, retryLimit=0, gpus=16, numProcesses=16)
     put_run_pod(api, JOB, "worker-0", phase="Failed", reason="Evicted", message="The node was low on memory.")

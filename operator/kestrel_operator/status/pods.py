@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from kestrel_operator.status import reasons as r
 from kestrel_operator.status.trainer_error import error_line
-from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE
+from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE, STOPPED_MESSAGE
 
 IMAGE_PULL_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 LAUNCHER_CONTAINER = "launcher"
@@ -182,7 +182,8 @@ def _tail(lines: Sequence[str], n: int = 3) -> str:
 def trainer_failure(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
     """The failed launcher's termination message (the tail of its log, FallbackToLogsOnError): the trainer's
     one-line error is TrainerFailed (bad input: running it again cannot help); a stop by signal (exit 143, the
-    trainer checkpointed) is RunStopped; no error line at all is RankLost (mpirun lost a rank)."""
+    trainer checkpointed) is RunStopped, and so is the stop's own line whatever mpirun's code (it may lose a stopped
+    worker pod's daemon before the ranks' 143 reach it); no error line at all is RankLost (mpirun lost a rank)."""
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
@@ -192,7 +193,7 @@ def trainer_failure(pods: Sequence[Mapping[str, Any]]) -> Optional[Cause]:
             said = message.strip().splitlines()
             code, logs = term["exitCode"], f"kubectl logs {_name(pod)}"
             line = error_line(message)
-            if code == PREEMPTED_EXIT_CODE:
+            if code == PREEMPTED_EXIT_CODE or (line is not None and STOPPED_MESSAGE.search(line)):
                 return Cause(r.RUN_STOPPED, _clip(f"the trainer was stopped by a signal (exit {code}) and "
                                                   f"checkpointed: {line or (said[-1] if said else '')} ({logs})"))
             if line is None:

@@ -10,8 +10,11 @@ The operator starts worker containers as `kestrel-worker -- /usr/sbin/sshd -De .
   running in this container (train/rank_registry.py), which then stop with every other rank at one step and
   checkpoint (train/callbacks.py `Preemption`); with --child-signal it sends COMMAND that signal at once, else it
   sends COMMAND SIGTERM once those ranks have exited (sshd must keep their sessions up until then). A second
-  SIGTERM or SIGINT sends COMMAND SIGTERM at once. Kubernetes' SIGKILL at the end of the pod's
-  terminationGracePeriodSeconds still ends everything: the operator sets it long enough for a checkpoint.
+  SIGTERM or SIGINT sends COMMAND SIGTERM at once. Once the ranks have exited, COMMAND's own processes (sshd's
+  session and orted, which still has to report its rank's exit status to mpirun) are given up to --linger seconds
+  to leave first: killed sooner, mpirun sees a lost daemon instead of the ranks' exit 143. Kubernetes' SIGKILL at
+  the end of the pod's terminationGracePeriodSeconds still ends everything: the operator sets it long enough for a
+  checkpoint.
 
 Standard library only (and the trainer's stdlib-only registry and contract): it stays small for the pod's life.
 """
@@ -34,6 +37,7 @@ from kestrel_trainer.train import rank_registry
 PROG = "kestrel-worker"  # contract.WORKER_ENTRYPOINT (not imported first: it loads protobuf; see main)
 STOP_REQUESTS = (signal.SIGTERM, signal.SIGINT)
 POLL_SECONDS = 0.2
+LINGER_SECONDS = 15.0  # default --linger: how long COMMAND's children may outlive the stopped ranks
 _requests = [0]  # stop requests received, counted from the first moment of main()
 
 
@@ -62,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send COMMAND this signal as soon as a stop is requested (e.g. SIGUSR1 for mpirun, "
                              "which forwards it to every rank); default: SIGTERM once this container's ranks "
                              "have exited")
+    parser.add_argument("--linger", type=float, default=LINGER_SECONDS, metavar="SECONDS",
+                        help="after this container's ranks have stopped, wait up to SECONDS for COMMAND's own "
+                             f"children (sshd's session, orted) to exit before COMMAND gets SIGTERM (default "
+                             f"{LINGER_SECONDS:.0f})")
     parser.add_argument("--ranks-dir", default=None,
                         help=f"where the ranks register (default: ${rank_registry.RANKS_DIR_ENV} or "
                              f"{rank_registry.DEFAULT_RANKS_DIR})")
@@ -81,6 +89,30 @@ def _become_subreaper() -> None:
         pass
 
 
+def live_descendants(pid: int) -> list[int]:
+    """The processes below `pid` that have not exited (zombies left out), from /proc; [] where there is none."""
+    parents: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        state, ppid = stat[stat.rfind(")") + 2:].split()[:2]
+        if state not in ("Z", "X"):
+            parents.setdefault(int(ppid), []).append(int(entry))
+    found, todo = [], list(parents.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(parents.get(child, ()))
+    return found
+
+
 def _exit_status(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
@@ -90,7 +122,8 @@ def _exit_status(status: int) -> int:
 class Supervisor:
     """COMMAND's life and the stop sequence; `run` returns the exit status."""
 
-    def __init__(self, command: Sequence[str], child_signal: Optional[int], ranks_dir: str) -> None:
+    def __init__(self, command: Sequence[str], child_signal: Optional[int], ranks_dir: str,
+                 linger: float = LINGER_SECONDS) -> None:
         self.command = list(command)
         self.name = os.path.basename(self.command[0])
         self.child_signal = child_signal
@@ -102,6 +135,8 @@ class Supervisor:
         self.asked_ranks = 0
         self.stop_started = 0.0
         self.child_terminated = False  # COMMAND was sent SIGTERM
+        self.linger = linger
+        self.ranks_gone: Optional[float] = None  # when this container's ranks were seen gone
 
     def run(self) -> int:
         wake_r, wake_w = os.pipe()
@@ -157,10 +192,21 @@ class Supervisor:
                 self._terminate_child()
         if self.handled and self.child_signal is None and not self.child_terminated:
             self.stopping = [r for r in self.stopping if rank_registry.running(r)]
-            if not self.stopping:
+            if self.stopping:
+                return
+            now = time.monotonic()
+            if self.ranks_gone is None:
+                self.ranks_gone = now
                 if self.asked_ranks:
-                    say(f"the ranks of this container have exited, {time.monotonic() - self.stop_started:.1f} s "
-                        "after the stop request")
+                    say(f"the ranks of this container have exited, {now - self.stop_started:.1f} s after the stop "
+                        "request")
+            if not self.asked_ranks:
+                self._terminate_child()
+            elif not live_descendants(self.child):
+                say(f"{self.name}'s sessions have ended, {now - self.ranks_gone:.1f} s after the ranks")
+                self._terminate_child()
+            elif now - self.ranks_gone >= self.linger:
+                say(f"{self.name}'s sessions are still open {self.linger:.0f} s after the ranks exited (--linger)")
                 self._terminate_child()
 
     def _ask_ranks(self) -> None:
@@ -200,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(error_line(PROG, "give the command to run after --, e.g. kestrel-worker -- /usr/sbin/sshd -De"),
               file=sys.stderr)
         return 2
-    return Supervisor(command, args.child_signal, args.ranks_dir or rank_registry.ranks_dir()).run()
+    return Supervisor(command, args.child_signal, args.ranks_dir or rank_registry.ranks_dir(), args.linger).run()
 
 
 if __name__ == "__main__":

@@ -149,6 +149,16 @@ def error_line(prog: str, message: str) -> str:
     return f"{prog}: error: {message}"
 
 
+# The line of a graceful stop (exit PREEMPTED_EXIT_CODE): an ERROR_LINE, but not bad input. The operator reads it as
+# a stop even when mpirun's own exit code is another (it may lose a worker's daemon before the ranks' 143 reach it).
+STOPPED_MESSAGE = re.compile(r"stopped by signal \d+(?: on rank \d+)?: checkpoint written to \S+")
+
+
+def stopped_message(reason: str, checkpoint: str) -> str:
+    """The graceful stop's message; `reason` is "signal N" or "signal N on rank R"."""
+    return f"stopped by {reason}: checkpoint written to {checkpoint}; run the same command again to resume from it"
+
+
 # -- graceful stops ---------------------------------------------------------------------------------------
 # Trainer pods that run ranks over ssh run `kestrel-worker [--child-signal SIG] -- COMMAND` (the trainer image's
 # console script, kestrel_trainer/cli/worker.py) as PID 1: on SIGTERM (a pod deleted, evicted, preempted) it asks

@@ -24,7 +24,7 @@ from kestrel_trainer.data import folders
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.model_io.files import save_model
 from kestrel_trainer.report.status import StatusLogger
-from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE
+from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE, stopped_message
 from kestrel_trainer.spec.types import ExperimentSpec
 from kestrel_trainer.train import checkpoints as ckpt
 from kestrel_trainer.train import debug_ranks
@@ -327,10 +327,7 @@ def _fit_epochs(model: tf.keras.Model, train_data: Callable[..., tf.data.Dataset
 
 def _stop_preempted(run: _Run, preemption: Preemption) -> None:
     """Exit 143 (status.json has the stop already: rank 0 wrote it before any rank left fit)."""
-    raise Preempted(
-        f"stopped by {preemption.reason}: checkpoint written to {preemption.saved_path}; "
-        "run the same command again to resume from it"
-    )
+    raise Preempted(stopped_message(preemption.reason, str(preemption.saved_path)))
 
 
 def _finish(run: _Run, model: tf.keras.Model, data: TrainingData, outputs: EpochOutputs,
