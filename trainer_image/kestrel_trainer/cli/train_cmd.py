@@ -14,6 +14,7 @@ from typing import Optional
 
 from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
+    SPEC_HELP,
     add_common_task_arguments,
     add_format_argument,
     add_key_argument,
@@ -131,8 +132,10 @@ def evaluate_final_model(spec: ExperimentSpec, model_path: Optional[str], key: O
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a classifier from a spec file")
     p.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="experiment_spec", required=True,
-                   metavar="SPEC")
-    p.add_argument("-r", "--results_dir", required=True, metavar="RESULTS")
+                   metavar="SPEC", help=SPEC_HELP)
+    p.add_argument("-r", "--results_dir", required=True, metavar="RESULTS",
+                   help="run folder: checkpoints (weights/), training.csv, status.json, events/; an existing run "
+                   "there is resumed from its newest checkpoint (a local path or s3://bucket/prefix)")
     add_key_argument(p)
     p.add_argument("--init_epoch", type=int, default=None,
                    help="resume at epoch N from the epoch N-1 checkpoint (default: the newest checkpoint, if any)")
