@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
@@ -26,6 +26,7 @@ from kestrel_trainer.cli.common import (
 )
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.spec import load_spec
+from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE
 from kestrel_trainer.spec.types import ExperimentSpec
 
 ORDER = 30
@@ -86,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from kestrel_trainer.train.loop import TrainOptions, run_training
 
     spec = stage_spec_inputs(spec, train=True)  # s3:// data and models: local copies (docs/storage.md)
-    summary = run_training(
-        spec,
-        TrainOptions(
-            # s3://: a local mirror folder, uploaded as it is written (rank 0; the others only read from it)
-            results_dir=storage.output_dir(args.results_dir, upload=ranks.is_chief, reconcile=ranks.is_chief),
+    # s3://: a local mirror folder, uploaded as it is written (rank 0; the others only read from it)
+    results_dir = storage.output_dir(args.results_dir, upload=ranks.is_chief, reconcile=ranks.is_chief)
+    tracker = open_run_tracker(args.results_dir, results_dir) if ranks.is_chief else None
+    try:
+        summary = run_training(spec, TrainOptions(
+            results_dir=results_dir,
             key=key,
             init_epoch=args.init_epoch,
             classmap_path=storage.input_path(args.classmap),
@@ -101,15 +103,33 @@ def run(args: argparse.Namespace) -> int:
             gpu_index=tuple(args.gpu_index) if args.gpu_index else None,
             image_cache=args.image_cache,
             model_format=args.model_format,
-        ),
-    )
-    if eval_spec is not None and ranks.is_chief:  # the other ranks are done: they exit now
-        evaluate_final_model(eval_spec, summary.get("final_model"), key, args.skip_bad_images)
+            tracker=tracker,
+            spec_file=args.experiment_spec,
+        ))
+        if eval_spec is not None and ranks.is_chief:  # the other ranks are done: they exit now
+            evaluate_final_model(eval_spec, summary.get("final_model"), key, args.skip_bad_images, tracker)
+    except BaseException as err:
+        if tracker is not None:  # a stop (SIGTERM, exit 143) is resumed later: KILLED, RUNNING again on resume
+            tracker.finish("KILLED" if getattr(err, "exit_code", None) == PREEMPTED_EXIT_CODE
+                           or isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish("FINISHED")
     return 0
 
 
+def open_run_tracker(results_arg: str, results_dir: str):
+    """The experiment tracker's run for this results folder (MLFLOW_TRACKING_URI set), named after the folder
+    (in a cluster, the run's resource), or None."""
+    from kestrel_trainer.report.tracking import open_tracker
+
+    name = results_arg.rstrip("/").rsplit("/", 1)[-1] or "kestrel"
+    os.makedirs(results_dir, exist_ok=True)
+    return open_tracker(results_dir, name, tags={"kestrel.results_dir": results_arg})
+
+
 def evaluate_final_model(spec: ExperimentSpec, model_path: Optional[str], key: Optional[str],
-                         skip_bad_images: bool) -> None:
+                         skip_bad_images: bool, tracker: Any = None) -> None:
     """--evaluate: `kestrel evaluate -e SPEC -m MODEL` (results.json in RUN/evaluate), one log line, and
     top-1/top-k into the cluster status (in a cluster), sent before this returns."""
     if not model_path:
@@ -127,6 +147,10 @@ def evaluate_final_model(spec: ExperimentSpec, model_path: Optional[str], key: O
     reporter = ClusterStatusReporter.from_env()
     if reporter is not None:
         reporter.report_evaluation(top1, topk, k)
+    if tracker is not None:
+        from kestrel_trainer.report.tracking import log_evaluation
+
+        log_evaluation(tracker, metrics, results)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
