@@ -125,7 +125,14 @@ def open_run_tracker(results_arg: str, results_dir: str):
 
     name = results_arg.rstrip("/").rsplit("/", 1)[-1] or "kestrel"
     os.makedirs(results_dir, exist_ok=True)
-    return open_tracker(results_dir, name, tags={"kestrel.results_dir": results_arg})
+    tracker = open_tracker(results_dir, name, tags={"kestrel.results_dir": results_arg})
+    if tracker is not None:
+        from kestrel_trainer.report.cluster_status import ClusterStatusReporter
+
+        reporter = ClusterStatusReporter.from_env()  # in a cluster: status.progress.trackerRun links the run
+        if reporter is not None:
+            reporter.report_tracker(tracker.url)
+    return tracker
 
 
 def evaluate_final_model(spec: ExperimentSpec, model_path: Optional[str], key: Optional[str],
