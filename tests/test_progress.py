@@ -38,6 +38,16 @@ def test_plain_lines_are_rate_limited(caplog):
     assert [r.getMessage()[:15] for r in caplog.records] == ["fast: 1000/1000"]  # only the final line
 
 
+def test_quiet_where_info_is_not_logged(caplog):
+    """The other ranks of a training run log warnings only: no bar (even on a terminal) and no lines."""
+    stream = FakeTty()
+    with caplog.at_level(logging.WARNING, logger="kestrel.progress"), \
+            Progress(total=3, desc="rank 1", stream=stream, interval=0.0) as bar:
+        assert not bar.is_bar
+        bar.update(3)
+    assert stream.getvalue() == "" and caplog.records == []
+
+
 def test_bar_on_a_terminal_and_no_plain_lines(caplog):
     stream = FakeTty()
     with caplog.at_level(logging.INFO, logger="kestrel.progress"), \

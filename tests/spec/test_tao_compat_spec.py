@@ -37,7 +37,7 @@ def test_torch_std_is_the_originals_unless_per_channel_is_asked():
 def test_clearml_and_a_disabled_wandb_config_are_ignored_with_a_warning_naming_the_line():
     extra = 'visualizer {\n    wandb_config { enabled: false project: "p" }\n    clearml_config { project: "c" }\n  }'
     spec = parse_spec_text(BASE.format(extra=extra), source="s.txt", task="train")
-    assert "s.txt:8: train_config.visualizer.wandb_config: is ignored: Kestrel contacts no external service" \
-        in spec.warnings
-    assert "s.txt:9: train_config.visualizer.clearml_config: is ignored: Kestrel contacts no external service" \
-        in spec.warnings
+    assert ("s.txt:8: train_config.visualizer.wandb_config: is ignored: Kestrel logs to MLflow only "
+            "(set MLFLOW_TRACKING_URI, docs/tracking.md)") in spec.warnings
+    assert ("s.txt:9: train_config.visualizer.clearml_config: is ignored: Kestrel logs to MLflow only "
+            "(set MLFLOW_TRACKING_URI, docs/tracking.md)") in spec.warnings

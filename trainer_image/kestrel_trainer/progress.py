@@ -2,8 +2,8 @@
 
 One helper for every command: on a terminal, a tqdm bar with rate and ETA on stderr; anywhere else (pod logs,
 files, pipes), a plain log line at most every `KESTREL_PROGRESS_SECONDS` seconds (default 10) and one at the
-end, never both. Pure Python, no TensorFlow; it sits below every other layer so that data, commands and
-reports can all use it.
+end, never both; nothing where INFO is not logged (the ranks other than 0 of a training run). Pure Python, no
+TensorFlow; it sits below every other layer so that data, commands and reports can all use it.
 
     for batch in progress(batches, total=n, desc="evaluate", unit="batch"):
         ...
@@ -77,7 +77,10 @@ class Progress:
         self._last_line = self._start
         self._closed = False
         self._bar = None
-        if _is_terminal(self.stream):
+        # Quiet where INFO is not logged (the other ranks of a training run, library use without logging set up):
+        # neither a bar nor lines, so only rank 0 draws one.
+        self._quiet = not log.isEnabledFor(logging.INFO)
+        if not self._quiet and _is_terminal(self.stream):
             from tqdm import tqdm  # a terminal: the bar (rate, ETA), redrawn in place
 
             # a terminal that reports no size (a fresh pseudo-terminal: 0 x 0) gets 100 x 24, else tqdm hides the bar
@@ -95,6 +98,8 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
             return
+        if self._quiet:
+            return
         now = time.monotonic()
         if now - self._last_line >= self.interval and (self.total is None or self.done < self.total):
             self._last_line = now
@@ -106,7 +111,7 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.done:  # the final line: how many and how long
+        elif self.done and not self._quiet:  # the final line: how many and how long
             log.info("%s", plain_line(self.desc, self.done, self.total, self.unit, time.monotonic() - self._start))
 
     def __enter__(self) -> Progress:

@@ -362,7 +362,8 @@ def _build_train(
     vis = tc["visualizer"]
     for service in ("wandb_config", "clearml_config"):
         if f"{p}.visualizer.{service}" in c.present:
-            c.warn(f"{p}.visualizer.{service}", "is ignored: Kestrel contacts no external service")
+            c.warn(f"{p}.visualizer.{service}", "is ignored: Kestrel logs to MLflow only (set MLFLOW_TRACKING_URI, "
+                   "docs/tracking.md)")
     return t.TrainSpec(
         train_dataset_path=tc["train_dataset_path"] or "",
         val_dataset_path=tc["val_dataset_path"] or "",
