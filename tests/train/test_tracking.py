@@ -72,8 +72,43 @@ def mlflow_server(tmp_path_factory):
         log_file.close()
 
 
+WANDB_VISUALIZER = """  visualizer {
+    enabled: true
+    num_images: 1
+    wandb_config { enabled: true project: "kestrel-tests" tags: "tiny" }
+  }
+"""
+
+
+def _with_wandb(spec: Path) -> Path:
+    """The tiny spec with the original's visualizer.wandb_config enabled (W&B runs offline in these tests)."""
+    text = spec.read_text().replace("train_config {\n", "train_config {\n" + WANDB_VISUALIZER, 1)
+    spec.write_text(text)
+    return spec
+
+
+def _wandb_history(results: Path) -> tuple[list[str], list[dict]]:
+    """The offline W&B runs under RESULTS/wandb (their ids) and the history rows of their transaction logs, read
+    with wandb's own datastore reader."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    runs = sorted(results.glob("wandb/offline-run-*/run-*.wandb"))
+    rows = []
+    for path in runs:
+        store = datastore.DataStore()
+        store.open_for_scan(str(path))
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({(i.key or ".".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+    return [p.stem.removeprefix("run-") for p in runs], rows
+
+
 def _train(spec: Path, results: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=url, MLFLOW_EXPERIMENT_NAME=EXPERIMENT)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=url, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WANDB_MODE="offline",
+               WANDB_SILENT="true")
     env.pop("KESTREL_KEY", None)
     return subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r",
                            str(results), *extra], capture_output=True, text=True, env=env)
@@ -98,7 +133,7 @@ def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> se
 @pytest.mark.slow
 def test_training_logs_one_mlflow_run_and_a_resume_continues_it(tmp_path, fashion_subset, mlflow_server):
     results = tmp_path / "tiny-run"
-    spec = write_spec(tmp_path, fashion_subset, epochs=2)
+    spec = _with_wandb(write_spec(tmp_path, fashion_subset, epochs=2))
     first = _train(spec, results, mlflow_server, "--evaluate")
     assert first.returncode == 0, first.stderr[-3000:]
     client = MlflowClient(mlflow_server)
@@ -130,8 +165,14 @@ def test_training_logs_one_mlflow_run_and_a_resume_continues_it(tmp_path, fashio
     local = client.download_artifacts(run.info.run_id, model_artifact, str(tmp_path / "dl"))
     assert Path(local).read_bytes() == (results / "weights" / Path(model_artifact).name).read_bytes()
 
-    # resume: one more epoch in the same folder continues the same MLflow run
-    spec3 = write_spec(tmp_path, fashion_subset, epochs=3)
+    # W&B (the spec's visualizer.wandb_config), offline: the same per-epoch values in its run's history
+    wandb_runs, history = _wandb_history(results)
+    assert len(wandb_runs) == 1
+    for key in ("loss", "acc", "val_loss", "val_acc", "lr"):
+        assert [(h["_step"], h[key]) for h in history if key in h] == [(int(r["epoch"]), float(r[key])) for r in rows]
+
+    # resume: one more epoch in the same folder continues the same MLflow run (and the same W&B run id)
+    spec3 = _with_wandb(write_spec(tmp_path, fashion_subset, epochs=3))
     second = _train(spec3, results, mlflow_server)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"continuing run {run.info.run_id}" in second.stderr
@@ -142,6 +183,10 @@ def test_training_logs_one_mlflow_run_and_a_resume_continues_it(tmp_path, fashio
     for key in ("loss", "acc", "val_loss", "val_acc", "lr"):
         assert _history(client, run.info.run_id, key) == [(int(r["epoch"]), float(r[key])) for r in rows], key
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    resumed_runs, history = _wandb_history(results)
+    assert set(resumed_runs) == set(wandb_runs)  # offline, a resume writes another log of the same run id
+    last = {h["_step"]: h["loss"] for h in history if "loss" in h}
+    assert last == {int(r["epoch"]): float(r["loss"]) for r in rows}
 
 
 def test_no_tracking_uri_no_tracker(tmp_path):
@@ -166,6 +211,28 @@ def test_missing_mlflow_names_the_extra(tmp_path, caplog, monkeypatch):
     assert [r.getMessage() for r in caplog.records] == [
         "MLFLOW_TRACKING_URI is set but the mlflow package is not installed: install kestrel[tracking] (pip install "
         "'kestrel[tracking]') to log this run to MLflow; training goes on untracked"]
+
+
+def test_wandb_settings_from_the_spec():
+    w = tracking.WANDB
+    fields = {"train_config.visualizer.enabled": True, f"{w}.enabled": True, f"{w}.project": "p",
+              f"{w}.tags": ("a", "b"), f"{w}.mode": "OFFLINE"}
+    assert tracking.wandb_settings(fields, "run1", "/r", environ={}) == {
+        "project": "p", "entity": None, "name": "run1", "tags": ["a", "b"], "notes": None, "dir": "/r",
+        "mode": "offline"}
+    assert "mode" not in tracking.wandb_settings(fields, "run1", "/r", environ={"WANDB_MODE": "disabled"})
+    assert tracking.wandb_settings({**fields, "train_config.visualizer.enabled": False}, "r", "/r", environ={}) is None
+    assert tracking.wandb_settings({**fields, f"{tracking.WANDB}.enabled": False}, "r", "/r", environ={}) is None
+
+
+def test_missing_wandb_names_what_to_install(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    fields = {"train_config.visualizer.enabled": True, f"{tracking.WANDB}.enabled": True}
+    with caplog.at_level(logging.WARNING, logger="kestrel.tracking"):
+        assert tracking.open_wandb(fields, str(tmp_path), "x") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "train_config.visualizer.wandb_config.enabled is set but the wandb package is not installed: pip install "
+        "'wandb==0.28.0' to log this run to W&B; training goes on without it"]
 
 
 def test_spec_params_and_run_url():

@@ -165,8 +165,8 @@ def open_tracker(results_dir: str, run_name: str, tags: Optional[Mapping[str, st
     tracker = MlflowTracker(client, uri, experiment_id, run.info.run_id)
     from kestrel_trainer.model_io.files import write_json_atomic
 
-    write_json_atomic(path, {"mlflow": {"tracking_uri": uri, "experiment_id": experiment_id,
-                                        "run_id": run.info.run_id, "url": tracker.url}})
+    write_json_atomic(path, {**_read_json(path), "mlflow": {"tracking_uri": uri, "experiment_id": experiment_id,
+                                                            "run_id": run.info.run_id, "url": tracker.url}})
     log.info("MLflow: run %s (%s)", run.info.run_id, tracker.url)
     return tracker
 
@@ -200,3 +200,129 @@ def _read_saved(path: str, uri: str) -> Optional[dict[str, str]]:
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:300]
+
+
+# --- W&B: the original's visualizer.wandb_config ----------------------------------------------------------------
+WANDB = "train_config.visualizer.wandb_config"
+WANDB_EXTRA = "wandb==0.28.0"
+_WANDB_MODES = {"ONLINE": "online", "OFFLINE": "offline", "DISABLED": "disabled"}
+
+
+def wandb_settings(fields: Mapping[str, Any], run_name: str, results_dir: str,
+                   environ: Optional[Mapping[str, str]] = None) -> Optional[dict[str, Any]]:
+    """wandb.init's arguments from the spec (visualizer.enabled and wandb_config.enabled), else None. The spec's
+    mode applies unless WANDB_MODE is set; `key` is never used (W&B reads WANDB_API_KEY, from a Secret)."""
+    env = os.environ if environ is None else environ
+    if not (fields.get("train_config.visualizer.enabled") and fields.get(f"{WANDB}.enabled")):
+        return None
+    settings: dict[str, Any] = {
+        "project": fields.get(f"{WANDB}.project") or "kestrel",
+        "entity": fields.get(f"{WANDB}.entity") or None,
+        "name": fields.get(f"{WANDB}.name") or run_name,
+        "tags": list(fields.get(f"{WANDB}.tags") or ()) or None,
+        "notes": fields.get(f"{WANDB}.notes") or None,
+        "dir": fields.get(f"{WANDB}.wandb_dir") or results_dir,
+    }
+    mode = fields.get(f"{WANDB}.mode")
+    if mode and not env.get("WANDB_MODE"):
+        settings["mode"] = _WANDB_MODES.get(str(mode).upper(), str(mode).lower())
+    return settings
+
+
+class WandbTracker:
+    """One W&B run with the MlflowTracker's methods (the loop and train command call both alike)."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self._failed = False
+
+    @property
+    def url(self) -> str:
+        return getattr(self.run, "url", None) or self.run.id
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        self._call(lambda: self.run.config.update(dict(params), allow_val_change=True))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if metrics:
+            self._call(lambda: self.run.log({**metrics, "epoch": int(step)}, step=int(step)))
+
+    def log_artifacts(self, paths: Iterable[Optional[str]], artifact_path: Optional[str] = None) -> None:
+        del artifact_path
+        for path in paths:
+            if path and os.path.isfile(path):
+                self._call(lambda p=path: self.run.save(p, base_path=os.path.dirname(p), policy="now"))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        del tags
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._call(lambda: self.run.finish(exit_code=0 if status == "FINISHED" else 1))
+
+    def _call(self, fn):
+        try:
+            return fn()
+        except Exception as err:  # never stop training
+            if not self._failed:
+                log.warning("W&B: %s (training is not affected)", _one_line(err))
+            self._failed = True
+            return None
+
+
+def open_wandb(fields: Mapping[str, Any], results_dir: str, run_name: str) -> Optional[WandbTracker]:
+    """The W&B run the spec asks for (resumed from RESULTS/tracking.json), or None; a missing `wandb` package
+    is one warning naming what to install."""
+    settings = wandb_settings(fields, run_name, results_dir)
+    if settings is None:
+        return None
+    if fields.get(f"{WANDB}.key"):
+        log.warning("%s.key is not used: a key does not belong in a spec; give W&B WANDB_API_KEY (from a Secret)",
+                    WANDB)
+    try:
+        import wandb
+    except ImportError:
+        log.warning("%s.enabled is set but the wandb package is not installed: pip install '%s' to log this run "
+                    "to W&B; training goes on without it", WANDB, WANDB_EXTRA)
+        return None
+    path = os.path.join(results_dir, TRACKING_FILE)
+    saved = _read_json(path)
+    run_id = (saved.get("wandb") or {}).get("run_id")
+    try:
+        os.makedirs(settings["dir"], exist_ok=True)
+        run = wandb.init(**settings, id=run_id, resume="allow" if run_id else None, reinit="create_new")
+    except Exception as err:
+        log.warning("W&B: %s; training goes on without it", _one_line(err))
+        return None
+    from kestrel_trainer.model_io.files import write_json_atomic
+
+    write_json_atomic(path, {**_read_json(path), "wandb": {"run_id": run.id, "project": settings["project"],
+                                                          "dir": settings["dir"]}})
+    log.info("W&B: %s run %s (%s)", "continuing" if run_id else "started", run.id, settings.get("mode") or
+             os.environ.get("WANDB_MODE", "online"))
+    return WandbTracker(run)
+
+
+class Trackers:
+    """Every tracker a run logs to (MLflow, W&B), called as one."""
+
+    def __init__(self, trackers: Iterable[Any]) -> None:
+        self.trackers = [t for t in trackers if t is not None]
+
+    @property
+    def url(self) -> str:
+        return self.trackers[0].url  # MLflow's first: the one status.progress.trackerRun links
+
+    def __getattr__(self, name: str):
+        def call(*args: Any, **kwargs: Any) -> None:
+            for tracker in self.trackers:
+                getattr(tracker, name)(*args, **kwargs)
+        return call
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
