@@ -65,6 +65,7 @@ def test_a_value_outside_the_set_is_one_usage_error(argv, bad):
     proc = subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", *argv], capture_output=True, text=True)
     assert proc.returncode == 2
     assert f"argument {bad}: invalid choice" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("kestrel: error: ")
     assert "Traceback" not in proc.stderr
 
 
