@@ -168,6 +168,7 @@ def test_training_logs_one_mlflow_run_and_a_resume_continues_it(tmp_path, fashio
     # W&B (the spec's visualizer.wandb_config), offline: the same per-epoch values in its run's history
     wandb_runs, history = _wandb_history(results)
     assert len(wandb_runs) == 1
+    assert [h["eval_top_1_accuracy"] for h in history if "eval_top_1_accuracy" in h] == [evaluation["top_1_accuracy"]]
     for key in ("loss", "acc", "val_loss", "val_acc", "lr"):
         assert [(h["_step"], h[key]) for h in history if key in h] == [(int(r["epoch"]), float(r[key])) for r in rows]
 

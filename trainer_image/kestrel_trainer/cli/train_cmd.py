@@ -129,12 +129,11 @@ def open_run_tracker(results_arg: str, results_dir: str, spec_fields):
                         open_wandb(spec_fields, results_dir, name)])
     if not tracker.trackers:
         return None
-    if tracker is not None:
-        from kestrel_trainer.report.cluster_status import ClusterStatusReporter
+    from kestrel_trainer.report.cluster_status import ClusterStatusReporter
 
-        reporter = ClusterStatusReporter.from_env()  # in a cluster: status.progress.trackerRun links the run
-        if reporter is not None:
-            reporter.report_tracker(tracker.url)
+    reporter = ClusterStatusReporter.from_env()  # in a cluster: status.progress.trackerRun links the run
+    if reporter is not None:
+        reporter.report_tracker(tracker.url)
     return tracker
 
 

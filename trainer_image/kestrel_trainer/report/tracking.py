@@ -86,11 +86,12 @@ class MlflowTracker:
         for i in range(0, len(items), _PARAMS_PER_CALL):
             self._call(lambda chunk=items[i:i + _PARAMS_PER_CALL]: self.client.log_batch(self.run_id, params=chunk))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int]) -> None:
+        """step None: a one-off value (the evaluation), at step 0."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(name, float(value), now, int(step)) for name, value in metrics.items()]
+        batch = [Metric(name, float(value), now, int(step or 0)) for name, value in metrics.items()]
         if batch:
             self._call(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
@@ -125,7 +126,7 @@ def log_evaluation(tracker: MlflowTracker, metrics: Mapping[str, Any], results_d
     k = int(metrics["top_k"])
     numbers = {"eval_top_1_accuracy": metrics.get("top_1_accuracy"), f"eval_top_{k}_accuracy":
                metrics.get(f"top_{k}_accuracy"), "eval_n_images": metrics.get("n_images")}
-    tracker.log_metrics({name: float(v) for name, v in numbers.items() if v is not None}, step=0)
+    tracker.log_metrics({name: float(v) for name, v in numbers.items() if v is not None}, step=None)
     if results_dir:
         tracker.log_artifacts([os.path.join(results_dir, name)
                                for name in ("results.json", "results.txt", "confusion_matrix.png")], "evaluate")
@@ -243,8 +244,13 @@ class WandbTracker:
     def log_params(self, params: Mapping[str, str]) -> None:
         self._call(lambda: self.run.config.update(dict(params), allow_val_change=True))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if metrics:
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int]) -> None:
+        """step None (the evaluation): at W&B's current step, which never goes back."""
+        if not metrics:
+            return
+        if step is None:
+            self._call(lambda: self.run.log(dict(metrics)))
+        else:
             self._call(lambda: self.run.log({**metrics, "epoch": int(step)}, step=int(step)))
 
     def log_artifacts(self, paths: Iterable[Optional[str]], artifact_path: Optional[str] = None) -> None:

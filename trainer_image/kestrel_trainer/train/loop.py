@@ -363,10 +363,8 @@ def _track_outputs(run: _Run, summary: dict[str, Any]) -> None:
     tracker = run.opts.tracker
     if tracker is None:
         return
-    numbers = {f"best_{k}" if k == "val_acc" else k: summary[name] for k, name in
-               (("val_acc", "best_val_acc"), ("best_epoch", "best_epoch"), ("wall_seconds", "wall_seconds"))
-               if summary.get(name) is not None}
-    tracker.log_metrics(numbers, step=run.n_epochs)
+    numbers = {name: summary.get(name) for name in ("best_val_acc", "best_epoch", "wall_seconds")}
+    tracker.log_metrics({name: value for name, value in numbers.items() if value is not None}, step=run.n_epochs)
     tracker.log_artifacts([summary.get("final_model")], "model")
     tracker.log_artifacts([os.path.join(run.results, "training_curves.png"), os.path.join(run.results, "summary.json"),
                            os.path.join(run.results, "training.csv"), run.opts.spec_file])
