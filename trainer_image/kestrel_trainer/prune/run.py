@@ -101,10 +101,10 @@ def prune_file(model_path: str, output: str, key: Optional[str], opts: PruneOpti
     results = results_dir or str(target.parent)
     if os.path.isfile(results):
         raise PruneError(f"-r/--results_dir {results} is a file")
-    bar = Progress(total=3, desc="prune (load, prune, save)", unit="stage")
     model = load_for_prediction(model_path, key)
-    bar.update(1)
     check_excluded(model, excluded)
+    # after every input check, so that bad input stays one line on stderr
+    bar = Progress(total=2, desc="prune (prune, save)", unit="stage")
     pruned, rows = prune_model(model, opts, excluded)
     bar.update(1)
     lowest = [r["score_min"] for r in rows if r["score_min"] is not None]
