@@ -80,9 +80,8 @@ class Progress:
         # Quiet where INFO is not logged (the other ranks of a training run, library use without logging set up):
         # neither a bar nor lines, so only rank 0 draws one.
         self._quiet = not log.isEnabledFor(logging.INFO)
-        if not self._quiet and _is_terminal(self.stream):
-            from tqdm import tqdm  # a terminal: the bar (rate, ETA), redrawn in place
-
+        tqdm = _tqdm() if not self._quiet and _is_terminal(self.stream) else None
+        if tqdm is not None:  # a terminal: the bar (rate, ETA), redrawn in place
             # a terminal that reports no size (a fresh pseudo-terminal: 0 x 0) gets 100 x 24, else tqdm hides the bar
             columns, lines = _size(self.stream)
             self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, leave=True,
@@ -146,3 +145,12 @@ def _size(stream: IO[str]) -> tuple[int, int]:
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return 0, 0
     return size.columns, size.lines
+
+
+def _tqdm():
+    """tqdm's bar class (the trainer extra installs it); without it, plain lines on a terminal too."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
