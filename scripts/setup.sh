@@ -28,7 +28,7 @@ stamp="$VENV/.kestrel-installed"
 want=$(cat constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing the pinned Python stack (TensorFlow 2.15.1 CPU etc.; a few minutes the first time)"
-  "$VENV/bin/pip" install -q -c constraints.txt -e ".[trainer,operator,dev]"
+  "$VENV/bin/pip" install -q -c constraints.txt -e ".[trainer,operator,tracking,dev]"
   echo "$want" > "$stamp"
 fi
 bash scripts/build_horovod.sh "$VENV"  # Horovod 0.28.1 wheel: built once into a cache, then installed

@@ -110,16 +110,21 @@ def test_progress_the_trainer_writes_is_what_the_crd_declares_and_the_operator_k
     schema = crd("ClassificationTrain")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     declared = schema["properties"]["status"]["properties"]["progress"]["properties"]
     assert list(declared) == list(contract.PROGRESS_FIELDS)
-    # Training reports every field but the evaluation's; `train --evaluate` then adds those (with run and time).
+    tracker = contract.tracker_patch("http://mlflow:5000/#/experiments/1/runs/abc", reporter.run,
+                                     "2030-01-02T03:04:05Z")["status"]["progress"]
+    # Training reports every field but the evaluation's and the tracker's; `train --evaluate` then adds the
+    # evaluation's, and a run with MLFLOW_TRACKING_URI its tracker run once at the start (each with run and time).
     shared = {contract.PROGRESS_RUN, contract.PROGRESS_UPDATE_TIME}
-    assert list(progress) == [f for f in declared if f not in set(evaluation) - shared]
+    assert list(progress) == [f for f in declared if f not in (set(evaluation) | set(tracker)) - shared]
     assert list(evaluation) == [contract.PROGRESS_TOP1, contract.PROGRESS_TOPK, contract.PROGRESS_TOP_K_VALUE,
                                 contract.PROGRESS_RUN, contract.PROGRESS_UPDATE_TIME]
-    assert set(progress) | set(evaluation) == set(declared)
+    assert list(tracker) == [contract.PROGRESS_TRACKER_RUN, contract.PROGRESS_RUN, contract.PROGRESS_UPDATE_TIME]
+    assert set(progress) | set(evaluation) | set(tracker) == set(declared)
+    assert progress_for_run(tracker, "r18-g2") == tracker
     assert (contract.PROGRESS_PERCENT, contract.PROGRESS_ETA) == ("percent", "eta")
     assert (contract.PROGRESS_TOP1, contract.PROGRESS_TOPK, contract.PROGRESS_TOP_K_VALUE) == (
         "top1Accuracy", "topKAccuracy", "topK")
-    for fields in (progress, evaluation):  # each value has its declared type
+    for fields in (progress, evaluation, tracker):  # each value has its declared type
         for name, value in fields.items():
             kind = {"integer": int, "number": float, "string": str}[declared[name]["type"]]
             assert value is None or isinstance(value, kind), name

@@ -18,6 +18,28 @@ import kestrel_operator
 from kestrel_operator.resources import InvalidSpec
 from kestrel_operator.settings import Settings, SettingsError, from_env
 
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")  # what kubectl reads from a directory
+
+
+def expand_filenames(values: Sequence[str], recursive: bool = False) -> list[str]:
+    """-f as kubectl takes it: each value a file, a directory (its .yaml/.yml/.json files in name order;
+    with -R its subdirectories too) or - for stdin; a value may list several, comma-separated."""
+    paths: list[str] = []
+    for value in values:
+        for item in (part for part in value.split(",") if part):
+            path = Path(item)
+            if item == "-" or not path.is_dir():
+                paths.append(item)  # a missing file is reported when it is read
+                continue
+            found = sorted(path.rglob("*") if recursive else path.iterdir())
+            files = [str(f) for f in found if f.is_file() and f.suffix in MANIFEST_SUFFIXES]
+            if not files:
+                raise InvalidSpec(f"-f {item}: no {', '.join(MANIFEST_SUFFIXES)} files in this directory")
+            paths.extend(files)
+    if paths.count("-") > 1:
+        raise InvalidSpec("-f -: standard input can be read only once")
+    return paths
+
 
 def _load_documents(paths: Sequence[str]) -> list[dict]:
     import yaml
@@ -43,7 +65,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         settings = replace(settings, gpus_per_node=args.gpus_per_node)
     if args.image:
         settings = replace(settings, default_image=args.image)
-    docs = _load_documents(args.filename)
+    docs = _load_documents(expand_filenames(args.filename, args.recursive))
     objects = Renderer(docs, settings, namespace=args.namespace).render_all()
     if not objects:
         raise InvalidSpec("no ClassificationTrain, ClassificationPrune or ClassificationExport in the input")
@@ -131,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="print the objects the operator would create, without a cluster")
     render.add_argument("-f", "--filename", action="append", required=True,
-                        help="YAML file with resources (and referenced ConfigMaps/resources); repeatable; - for stdin")
+                        help="YAML (or JSON) file with resources (and referenced ConfigMaps/resources), a directory of "
+                        "them (.yaml, .yml, .json) or - for stdin, as kubectl -f; repeatable, or comma-separated")
+    render.add_argument("-R", "--recursive", action="store_true",
+                        help="with a directory in -f, also read the files of its subdirectories")
     render.add_argument("--gpus-per-node", type=int, default=None,
                         help="default gpusPerNode (else KESTREL_GPUS_PER_NODE, else 8)")
     render.add_argument("--image", default=None, help="default trainer image (else KESTREL_DEFAULT_IMAGE)")

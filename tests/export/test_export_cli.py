@@ -92,7 +92,8 @@ def test_int8_qdq_for_onnxruntime(capsys, tmp_path, spread_run, fashion):
 
 @pytest.mark.parametrize("case,extra,message", [
     ("exists", [], "exists: pass --force to overwrite it"),
-    ("dtype", ["--data_type", "int4"], "--data_type int4: must be one of fp32, fp16, int8"),
+    ("dtype", ["--data_type", "int4"], "argument --data_type: invalid choice: 'int4' (choose from 'fp32', 'fp16', "
+                                        "'int8')"),
     ("opset", ["--target_opset", "11"], "--target_opset 11: supported opsets are 12..18"),
     ("int8", ["--data_type", "int8"], "--data_type int8 needs calibration data"),
     ("empty", ["--data_type", "int8", "--cal_image_dir", "EMPTY"], "--cal_image_dir: no images"),

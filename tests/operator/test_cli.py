@@ -123,3 +123,52 @@ def test_operator_imports_without_tensorflow():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "kind: MPIJob" in proc.stdout
+
+
+# --- -f as kubectl takes it: files, a directory, comma-separated lists, - for stdin -----------------------------------
+
+def _kinds(out: str) -> list[tuple[str, str]]:
+    return [(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(out) if o]
+
+
+def test_render_directory_equals_its_files(capsys, tmp_path):
+    (tmp_path / "a-train.yaml").write_text((EXAMPLES / "train.yaml").read_text())
+    (tmp_path / "b-prune.yml").write_text((EXAMPLES / "prune.yaml").read_text())
+    (tmp_path / "README.md").write_text("not a manifest: kubectl skips it too")
+    code_dir, out_dir, err = run_cli(capsys, "render", "-f", str(tmp_path), "--gpus-per-node", "8")
+    assert code_dir == 0, err
+    code_files, out_files, _ = run_cli(capsys, "render", "-f", str(EXAMPLES / "train.yaml"),
+                                       "-f", str(EXAMPLES / "prune.yaml"), "--gpus-per-node", "8")
+    assert code_files == 0
+    assert out_dir == out_files
+    train_only = run_cli(capsys, "render", "-f", str(EXAMPLES / "train.yaml"), "--gpus-per-node", "8")[1]
+    assert len(_kinds(out_dir)) > len(_kinds(train_only)) > 0  # both files were read, the README was not
+    code_comma, out_comma, _ = run_cli(capsys, "render", "-f", f"{EXAMPLES / 'train.yaml'},{EXAMPLES / 'prune.yaml'}",
+                                       "--gpus-per-node", "8")
+    assert (code_comma, out_comma) == (0, out_files)
+
+
+def test_render_directory_recursive_only_with_R(capsys, tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "train.yaml").write_text((EXAMPLES / "train.yaml").read_text())
+    code, _, err = run_cli(capsys, "render", "-f", str(tmp_path))
+    assert code == 2 and "no .yaml, .yml, .json files" in err and str(tmp_path) in err
+    code, out, err = run_cli(capsys, "render", "-f", str(tmp_path), "-R")
+    assert code == 0, err
+    assert out == run_cli(capsys, "render", "-f", str(EXAMPLES / "train.yaml"))[1]
+
+
+def test_render_stdin_dash():
+    text = (EXAMPLES / "train.yaml").read_text()
+    proc = subprocess.run([sys.executable, "-m", "kestrel_operator.cli", "render", "-f", "-"], input=text,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    direct = subprocess.run([sys.executable, "-m", "kestrel_operator.cli", "render", "-f",
+                             str(EXAMPLES / "train.yaml")], capture_output=True, text=True)
+    assert proc.stdout == direct.stdout and proc.stdout
+
+
+def test_render_missing_file_is_one_line(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "render", "-f", str(tmp_path / "nope.yaml"))
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "nope.yaml" in err

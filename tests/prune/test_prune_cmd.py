@@ -83,8 +83,8 @@ BAD = {
     "threshold below 0": (["-pth", "-0.1"], "pruning_threshold must be in [0, 1]"),
     "granularity 0": (["-pg", "0"], "pruning_granularity must be >= 1"),
     "min filters 0": (["-nf", "0"], "min_num_filters must be >= 1"),
-    "unknown normalizer": (["-n", "l2"], "normalizer must be one of max, L2, off"),
-    "unknown criterion": (["-eq", "mean"], "equalization_criterion must be one of"),
+    "unknown normalizer": (["-n", "l2"], "prune: argument -n/--normalizer: invalid choice: 'l2' (choose from"),
+    "unknown criterion": (["-eq", "mean"], "argument -eq/--equalization_criterion: invalid choice: 'mean'"),
     "unknown excluded layer": (["-el", "block_1a_conv1"], "no layer named 'block_1a_conv1'; close matches: "
                                                             "block_1a_conv_1"),
     "wrong key": (["-k", "not-the-key"], "wrong key or corrupt file"),

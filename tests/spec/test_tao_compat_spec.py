@@ -22,7 +22,8 @@ def test_wandb_mode_parses_as_in_the_original():
     spec = parse_spec_text(BASE.format(extra='visualizer { wandb_config { enabled: true mode: OFFLINE } }'),
                            task="train")
     assert spec.fields["train_config.visualizer.wandb_config.mode"] == "OFFLINE"
-    assert any("wandb_config: is ignored" in w for w in spec.warnings)  # never contacted, and it says so
+    # visualizer.enabled is false: W&B is not contacted, and the warning says why
+    assert any("wandb_config: has no effect: W&B logging needs visualizer.enabled" in w for w in spec.warnings)
 
 
 def test_torch_std_is_the_originals_unless_per_channel_is_asked():
@@ -37,7 +38,7 @@ def test_torch_std_is_the_originals_unless_per_channel_is_asked():
 def test_clearml_and_a_disabled_wandb_config_are_ignored_with_a_warning_naming_the_line():
     extra = 'visualizer {\n    wandb_config { enabled: false project: "p" }\n    clearml_config { project: "c" }\n  }'
     spec = parse_spec_text(BASE.format(extra=extra), source="s.txt", task="train")
-    assert "s.txt:8: train_config.visualizer.wandb_config: is ignored: Kestrel contacts no external service" \
-        in spec.warnings
-    assert "s.txt:9: train_config.visualizer.clearml_config: is ignored: Kestrel contacts no external service" \
-        in spec.warnings
+    assert ("s.txt:8: train_config.visualizer.wandb_config: has no effect: W&B logging needs visualizer.enabled "
+            "and wandb_config.enabled (docs/tracking.md)") in spec.warnings
+    assert ("s.txt:9: train_config.visualizer.clearml_config: is ignored: ClearML logging is not implemented; "
+            "Kestrel logs to MLflow (MLFLOW_TRACKING_URI) and W&B (wandb_config), docs/tracking.md") in spec.warnings

@@ -105,7 +105,8 @@ def test_reports_after_each_epoch_and_every_interval_inside_one(api):
     ]
     last = _progress(api)[-1]
     evaluation = {contract.PROGRESS_TOP1, contract.PROGRESS_TOPK, contract.PROGRESS_TOP_K_VALUE}
-    assert set(last) == set(contract.PROGRESS_FIELDS) - evaluation  # train --evaluate adds those, after training
+    # train --evaluate adds those, after training; trackerRun comes in its own report at the start
+    assert set(last) == set(contract.PROGRESS_FIELDS) - evaluation - {contract.PROGRESS_TRACKER_RUN}
     assert last["run"] == "r18-g2" and last["maxEpoch"] == 2
 
 
@@ -155,3 +156,16 @@ def test_the_callback_reports_inside_a_real_fit(api):
     assert progress[3]["loss"] == pytest.approx(history.history["loss"][0], rel=1e-6)
     assert progress[4]["valAccuracy"] == pytest.approx(history.history["val_acc"][0], rel=1e-6)  # mid-epoch 2
     assert progress[-1]["valLoss"] == pytest.approx(history.history["val_loss"][1], rel=1e-6)
+
+
+def test_the_tracker_run_is_reported_once_and_epoch_reports_leave_it(api):
+    """status.progress.trackerRun (docs/tracking.md): one merge patch with only that field (and run, time); the
+    epoch reports that follow do not name it, so a JSON merge patch keeps it."""
+    reporter = _reporter()
+    url = "http://mlflow.example:5000/#/experiments/1/runs/0123abcd"
+    assert reporter.report_tracker(url)
+    assert reporter.report(1, 2, 0.5, 0.8, 0.6, 0.7, percent=50, eta="1m")
+    tracker, epoch = _progress(api)
+    assert tracker["trackerRun"] == url and tracker["run"] == "r18-g2"
+    assert set(tracker) == {"trackerRun", "run", "updateTime"}
+    assert "trackerRun" not in epoch

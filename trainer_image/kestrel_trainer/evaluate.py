@@ -157,7 +157,7 @@ def run_evaluation(spec, model_path: str, key: Optional[str], results_dir: Optio
     if n_out != data.n_classes:
         raise DataError(f"{model_path} predicts {n_out} classes but {data.root} has {data.n_classes}")
     scores = predict_files(model, files, spec, spec.eval.batch_size, spec.eval.enable_center_crop,
-                           spec.eval.n_workers)
+                           spec.eval.n_workers, desc="evaluate")
     metrics = classification_metrics(scores, labels, data.classes, spec.eval.top_k)
     metrics.update({"model": os.path.abspath(model_path), "dataset": data.root, "classmap": classmap_path,
                     "skipped_bad_images": skipped})

@@ -77,7 +77,7 @@ def run_inference(spec, model_path: str, key: Optional[str], classmap_path: Opti
     if folder:
         result.folder_files = [f for f, tag in zip(checked, tags) if tag == 0]
         scores = predict_files(model, result.folder_files, spec, batch_size or 1, spec.eval.enable_center_crop,
-                               spec.eval.n_workers)
+                               spec.eval.n_workers, desc="inference")
         result.folder_rows = top_k_rows(scores, names, top_k)
         out_dir = results_dir or folder
         os.makedirs(out_dir, exist_ok=True)

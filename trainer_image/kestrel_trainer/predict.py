@@ -15,6 +15,7 @@ import numpy as np
 
 from kestrel_trainer.data import folders
 from kestrel_trainer.errors import DataError
+from kestrel_trainer.progress import progress
 from kestrel_trainer.spec.types import ExperimentSpec
 
 log = logging.getLogger("kestrel.predict")
@@ -84,6 +85,7 @@ def predict_files(
     batch_size: int,
     center_crop: bool,
     n_workers: int,
+    desc: str = "predict",
 ) -> np.ndarray:
     """Softmax scores [len(files), n_classes], in file order. Images are resized to the model's own input
     size (spec_for_model), as the original does; the rest of the preprocessing is the spec's."""
@@ -95,5 +97,12 @@ def predict_files(
                       n_workers=n_workers)
     ds = make_dataset(list(files), [0] * len(files), n_classes, options)
     ds = ds.map(lambda x, y: x)
-    scores = model.predict(ds, verbose=0)
-    return np.asarray(scores, dtype=np.float64)
+    n_batches = -(-len(files) // max(1, options.batch_size))
+    batches = (np.asarray(x) for x in progress(ds, total=n_batches, desc=desc, unit="batch"))
+    if hasattr(model, "predict_batch"):  # an exported model (OnnxClassifier)
+        parts = [model.predict_batch(x) for x in batches]
+    else:  # Keras: one compiled call per batch, so the bar moves with the batches
+        parts = [np.asarray(model.predict_on_batch(x)) for x in batches]
+    if not parts:
+        return np.zeros((0, n_classes), np.float64)
+    return np.concatenate(parts).astype(np.float64)

@@ -17,12 +17,16 @@ from kestrel_trainer.storage import UrlLogFilter
 # How many ranks --gpus/--num_processes ask for: the train launcher needs it too, so it lives there.
 from kestrel_trainer.train.launcher import resolve_processes  # noqa: F401 - part of this module's API
 
+SPEC_HELP = "the experiment spec file (the original's text format; see `kestrel spec show`)"
+KEY_HELP = f"model encryption key; prefer the {KEY_ENV} environment variable, which stays out of process listings"
+KEY_WRITE_HELP = KEY_HELP + ". Without either, models are written as plain .hdf5"
 
-def add_key_argument(parser: argparse.ArgumentParser) -> None:
+
+def add_key_argument(parser: argparse.ArgumentParser, writes_models: bool = True) -> None:
+    """-k/--key: commands that only read models (evaluate, inference) say nothing about how models are written."""
     parser.add_argument(
         "-k", "--key", default=None,
-        help=f"model encryption key; prefer the {KEY_ENV} environment variable, which stays out of process "
-        "listings. Without either, models are written as plain .hdf5",
+        help=KEY_WRITE_HELP if writes_models else KEY_HELP + " (needed to read an encrypted .tlt/.etlt)",
     )
 
 

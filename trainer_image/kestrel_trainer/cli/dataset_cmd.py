@@ -33,6 +33,9 @@ def register(subparsers) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from kestrel_trainer import storage
+    from kestrel_trainer.cli.common import setup_logging
+
+    setup_logging()  # the progress lines (a bar on a terminal)
     from kestrel_trainer.data.datasets import fashion_mnist
     from kestrel_trainer.errors import DataError
 
@@ -50,6 +53,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     from kestrel_trainer import storage
+    from kestrel_trainer.cli.common import setup_logging
+
+    setup_logging()  # the progress lines (a bar on a terminal)
     from kestrel_trainer.data.check import find_bad_images
     from kestrel_trainer.data.folders import scan
 

@@ -8,6 +8,7 @@ import os
 
 from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
+    SPEC_HELP,
     add_common_task_arguments,
     add_key_argument,
     apply_device_flags,
@@ -78,16 +79,17 @@ def _default_results_dir(model_path: str):
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a model on eval_config.eval_dataset_path")
     p.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="experiment_spec", required=True,
-                   metavar="SPEC")
+                   metavar="SPEC", help=SPEC_HELP)
     p.add_argument("-m", "--model_path", "--model", dest="model_path", default=None,
                    help="model file (default: eval_config.model_path)")
     p.add_argument("-r", "--results_dir", default=None,
                    help="where status.json (only with -r, as the original), results.json and confusion_matrix.png "
                    "go (default: RUN/evaluate beside weights/ when writable, else ./evaluate, else printed only)")
-    add_key_argument(p)
+    add_key_argument(p, writes_models=False)
     p.add_argument("-c", "-cm", "--classmap_json", "--classmap", dest="classmap", default=None,
                    help="classmap.json (default: the one of the training run the model comes from)")
-    p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true")
+    p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true",
+                   help="leave out images that cannot be decoded, counting them (default: refuse, listing them)")
     # The original's evaluate parser also takes these (placeholders for its deploy tools) and ignores them.
     p.add_argument("-i", "--image_dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("-l", "--label_dir", default=None, help=argparse.SUPPRESS)

@@ -19,6 +19,7 @@ from kestrel_trainer.cli.common import (
     task_status,
 )
 from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.export import DATA_TYPES, TARGETS
 
 ORDER = 70
 DATA_TYPE_HELP = "engine precision: fp32, fp16 or int8 (default fp32)"
@@ -73,7 +74,7 @@ def _add_engine_arguments(p: argparse.ArgumentParser, command: str) -> None:
     d = DEFAULTS[command]
     p.add_argument("-r", "--results_dir", default=None,
                    help="where status.json goes (the original's status log; none without -r)")
-    p.add_argument("--data_type", default="fp32", help=DATA_TYPE_HELP)
+    p.add_argument("--data_type", default="fp32", choices=DATA_TYPES, help=DATA_TYPE_HELP)
     p.add_argument("--engine_file", default=None, help="TensorRT engine to build (needs TensorRT and a GPU)")
     p.add_argument("--cal_cache_file", default=None,
                    help="int8: TensorRT calibration cache to write, or to reuse when it exists (default: "
@@ -221,7 +222,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-cm", "--classmap_json", dest="classmap", default=None,
                    help="classmap.json for labels.txt (default: the training run's)")
     p.add_argument("--gen_ds_config", action="store_true", help="write labels.txt and nvinfer_config.txt")
-    p.add_argument("--target", default="tensorrt",
+    p.add_argument("--target", default="tensorrt", choices=TARGETS,
                    help="tensorrt (default; int8 writes a calibration cache) or onnxruntime (int8 writes a "
                    "quantized QDQ model)")
     p.add_argument("--target_opset", type=int, default=DEFAULTS["export"]["target_opset"],
@@ -246,8 +247,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("-m", "--model_path", "--model", dest="model_path", required=True,
                    help=".onnx, .etlt (or a .tlt/.hdf5, converted first)")
     g.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="experiment_spec", default=None,
-                   metavar="SPEC")
-    add_key_argument(g)
+                   metavar="SPEC", help="spec file (optional): its preprocessing for int8 calibration images")
+    add_key_argument(g, writes_models=False)
     _add_engine_arguments(g, "gen_trt_engine")
     add_common_task_arguments(g)
     g.set_defaults(func=run_engine)

@@ -6,6 +6,7 @@ import argparse
 
 from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
+    SPEC_HELP,
     add_common_task_arguments,
     add_key_argument,
     apply_device_flags,
@@ -69,9 +70,10 @@ def _class_index(args: argparse.Namespace, name: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("inference", help="classify an image (-i) or a folder of images (-d)")
     p.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="experiment_spec", required=True,
-                   metavar="SPEC")
-    p.add_argument("-m", "--model_path", "--model", dest="model_path", required=True)
-    add_key_argument(p)
+                   metavar="SPEC", help=SPEC_HELP)
+    p.add_argument("-m", "--model_path", "--model", dest="model_path", required=True,
+                   help="model file: .tlt/.hdf5 from train or prune, or an exported .onnx/.etlt")
+    add_key_argument(p, writes_models=False)
     p.add_argument("-cm", "--classmap_json", "--classmap", "-c", dest="classmap", default=None,
                    help="classmap.json (default: the one of the training run the model comes from)")
     p.add_argument("-i", "--image", default=None, help="one image (may be given with -d, as in the original)")
@@ -80,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="images per batch for -d (default 1, the original's)")
     p.add_argument("-r", "--results_dir", default=None, help="where result.csv goes (default: the image folder)")
     p.add_argument("--top_k", type=int, default=1, help="classes per image in the output (default 1)")
-    p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true")
+    p.add_argument("--skip-bad-images", "--skip_bad_images", dest="skip_bad_images", action="store_true",
+                   help="leave out images that cannot be decoded, counting them (default: refuse, listing them)")
     add_common_task_arguments(p)
     p.set_defaults(func=run)

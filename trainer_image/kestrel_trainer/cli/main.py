@@ -29,13 +29,23 @@ def _command_modules() -> list:
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, with usage errors (a value outside `choices`, a missing flag) as the trainer's one line
+    (contract.error_line) and exit code 2, like every other bad input, instead of argparse's usage block."""
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        raise KestrelError(f"{command}: {message} (see --help)" if command else f"{message} (see --help)",
+                           exit_code=2)
+
+
 def build_parser(
     prog: str = "kestrel",
     description: str = "Train, evaluate, prune and export image classifiers from TAO-style spec files.",
     only: Optional[Sequence[str]] = None,
 ) -> argparse.ArgumentParser:
     """The full `kestrel` parser, or (with `only`) the subset of commands another front end exposes."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineErrorParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"{prog} {kestrel_trainer.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -53,9 +63,9 @@ def build_parser(
 
 def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
     """Parse and dispatch; user errors become one line on stderr and their exit code."""
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], Optional[int]] = args.func
     try:
+        args = parser.parse_args(argv)
+        func: Callable[[argparse.Namespace], Optional[int]] = args.func
         with storage.session():  # s3:// outputs: everything written is uploaded before the command returns
             return int(func(args) or 0)
     except KestrelError as err:

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="spec file (only model_config is used); with -m it names the freeze blocks")
     info.add_argument("-m", "--model", "--model_path", dest="model_path", default=None,
                       help="a model file (e.g. a pruned model) instead of building one from the spec")
-    add_key_argument(info)
+    add_key_argument(info, writes_models=False)
     info.add_argument("--classes", type=int, default=1000, help="number of classes for the head (default 1000)")
     info.add_argument("--brief", action="store_true", help="totals only, no per-layer table")
     info.set_defaults(func=run_info)

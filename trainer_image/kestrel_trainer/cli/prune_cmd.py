@@ -19,6 +19,7 @@ from kestrel_trainer.cli.common import (
     stage_model,
     task_status,
 )
+from kestrel_trainer.prune import CRITERIA, NORMALIZERS
 
 ORDER = 60
 
@@ -84,9 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where prune_report.json goes (default: the output file's folder) and status.json (only "
                    "with -r, as the original)")
     add_format_argument(p, "pruned model")
-    p.add_argument("-n", "--normalizer", default=DEFAULTS["normalizer"],
+    p.add_argument("-n", "--normalizer", default=DEFAULTS["normalizer"], choices=NORMALIZERS,
                    help="per-layer score normalisation: max, L2 or off (default max)")
     p.add_argument("-eq", "--equalization_criterion", dest="criterion", default=DEFAULTS["criterion"],
+                   choices=CRITERIA,
                    help="combining the scores of layers that must keep the same channels: union, intersection, "
                    "arithmetic_mean or geometric_mean (default union)")
     p.add_argument("-pg", "--pruning_granularity", dest="granularity", type=int, default=DEFAULTS["granularity"],

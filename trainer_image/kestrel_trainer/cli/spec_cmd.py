@@ -50,12 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
 
     check = sub.add_parser("check", help="validate a spec file (exit 0 and a summary, or exit 2 and the error)")
-    check.add_argument("-e", "--experiment_spec", "--experiment_spec_file", required=True, metavar="SPEC")
+    check.add_argument("-e", "--experiment_spec", "--experiment_spec_file", required=True, metavar="SPEC",
+                       help="the spec file to validate")
     check.add_argument("--task", choices=TASKS, help="also require what this task needs")
     check.set_defaults(func=run_check)
 
     show = sub.add_parser("show", help="print the resolved spec, defaults marked")
-    show.add_argument("-e", "--experiment_spec", "--experiment_spec_file", required=True, metavar="SPEC")
+    show.add_argument("-e", "--experiment_spec", "--experiment_spec_file", required=True, metavar="SPEC",
+                      help="the spec file to print with every default filled in")
     show.add_argument("--task", choices=TASKS, help="also require what this task needs")
     show.add_argument("--no-defaults-marked", action="store_true", help="omit the '# default' comments")
     show.set_defaults(func=run_show)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from kestrel_trainer import storage
 from kestrel_trainer.cli.common import (
+    SPEC_HELP,
     add_common_task_arguments,
     add_format_argument,
     add_key_argument,
@@ -25,6 +26,7 @@ from kestrel_trainer.cli.common import (
 )
 from kestrel_trainer.errors import KestrelError
 from kestrel_trainer.spec import load_spec
+from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE
 from kestrel_trainer.spec.types import ExperimentSpec
 
 ORDER = 30
@@ -85,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from kestrel_trainer.train.loop import TrainOptions, run_training
 
     spec = stage_spec_inputs(spec, train=True)  # s3:// data and models: local copies (docs/storage.md)
-    summary = run_training(
-        spec,
-        TrainOptions(
-            # s3://: a local mirror folder, uploaded as it is written (rank 0; the others only read from it)
-            results_dir=storage.output_dir(args.results_dir, upload=ranks.is_chief, reconcile=ranks.is_chief),
+    # s3://: a local mirror folder, uploaded as it is written (rank 0; the others only read from it)
+    results_dir = storage.output_dir(args.results_dir, upload=ranks.is_chief, reconcile=ranks.is_chief)
+    tracker = open_run_tracker(args.results_dir, results_dir, spec.fields) if ranks.is_chief else None
+    try:
+        summary = run_training(spec, TrainOptions(
+            results_dir=results_dir,
             key=key,
             init_epoch=args.init_epoch,
             classmap_path=storage.input_path(args.classmap),
@@ -100,15 +103,42 @@ def run(args: argparse.Namespace) -> int:
             gpu_index=tuple(args.gpu_index) if args.gpu_index else None,
             image_cache=args.image_cache,
             model_format=args.model_format,
-        ),
-    )
-    if eval_spec is not None and ranks.is_chief:  # the other ranks are done: they exit now
-        evaluate_final_model(eval_spec, summary.get("final_model"), key, args.skip_bad_images)
+            tracker=tracker,
+            spec_file=args.experiment_spec,
+        ))
+        if eval_spec is not None and ranks.is_chief:  # the other ranks are done: they exit now
+            evaluate_final_model(eval_spec, summary.get("final_model"), key, args.skip_bad_images, tracker)
+    except BaseException as err:
+        if tracker is not None:  # a stop (SIGTERM, exit 143) is resumed later: KILLED, RUNNING again on resume
+            tracker.finish("KILLED" if getattr(err, "exit_code", None) == PREEMPTED_EXIT_CODE
+                           or isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish("FINISHED")
     return 0
 
 
+def open_run_tracker(results_arg: str, results_dir: str, spec_fields):
+    """The experiment trackers' runs for this results folder (MLflow when MLFLOW_TRACKING_URI is set, W&B when the
+    spec's visualizer.wandb_config is enabled), named after the folder (in a cluster, the run's resource), or None."""
+    from kestrel_trainer.report.tracking import Trackers, open_tracker, open_wandb
+
+    name = results_arg.rstrip("/").rsplit("/", 1)[-1] or "kestrel"
+    os.makedirs(results_dir, exist_ok=True)
+    tracker = Trackers([open_tracker(results_dir, name, tags={"kestrel.results_dir": results_arg}),
+                        open_wandb(spec_fields, results_dir, name)])
+    if not tracker.trackers:
+        return None
+    from kestrel_trainer.report.cluster_status import ClusterStatusReporter
+
+    reporter = ClusterStatusReporter.from_env()  # in a cluster: status.progress.trackerRun links the run
+    if reporter is not None:
+        reporter.report_tracker(tracker.url)
+    return tracker
+
+
 def evaluate_final_model(spec: ExperimentSpec, model_path: Optional[str], key: Optional[str],
-                         skip_bad_images: bool) -> None:
+                         skip_bad_images: bool, tracker: Any = None) -> None:
     """--evaluate: `kestrel evaluate -e SPEC -m MODEL` (results.json in RUN/evaluate), one log line, and
     top-1/top-k into the cluster status (in a cluster), sent before this returns."""
     if not model_path:
@@ -126,13 +156,19 @@ def evaluate_final_model(spec: ExperimentSpec, model_path: Optional[str], key: O
     reporter = ClusterStatusReporter.from_env()
     if reporter is not None:
         reporter.report_evaluation(top1, topk, k)
+    if tracker is not None:
+        from kestrel_trainer.report.tracking import log_evaluation
+
+        log_evaluation(tracker, metrics, results)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a classifier from a spec file")
     p.add_argument("-e", "--experiment_spec_file", "--experiment_spec", dest="experiment_spec", required=True,
-                   metavar="SPEC")
-    p.add_argument("-r", "--results_dir", required=True, metavar="RESULTS")
+                   metavar="SPEC", help=SPEC_HELP)
+    p.add_argument("-r", "--results_dir", required=True, metavar="RESULTS",
+                   help="run folder: checkpoints (weights/), training.csv, status.json, events/; an existing run "
+                   "there is resumed from its newest checkpoint (a local path or s3://bucket/prefix)")
     add_key_argument(p)
     p.add_argument("--init_epoch", type=int, default=None,
                    help="resume at epoch N from the epoch N-1 checkpoint (default: the newest checkpoint, if any)")

@@ -22,6 +22,7 @@ import numpy as np
 
 from kestrel_trainer.data.sharding import shard_indices
 from kestrel_trainer.errors import DataError
+from kestrel_trainer.progress import progress
 
 CACHE_MODES = ("auto", "on", "off")  # cli/train_cmd.IMAGE_CACHE_MODES repeats these (no NumPy import for --help)
 AUTO_MEMORY_SHARE = 0.25  # of the available memory, split over the ranks
@@ -125,7 +126,8 @@ def decode_pass(paths: Sequence[str], channels: Optional[int] = None, keep: Opti
     images: list[np.ndarray] = []
     shapes: list[np.ndarray] = []
     total = 0
-    for index, pixels, shape in ds.prefetch(64).as_numpy_iterator():  # one at a time: ragged batches cost more
+    for index, pixels, shape in progress(ds.prefetch(64).as_numpy_iterator(), total=n, desc="image check",
+                                         unit="img"):  # one at a time: ragged batches cost more
         seen[index] = True
         if wanted[index]:
             total += pixels.nbytes

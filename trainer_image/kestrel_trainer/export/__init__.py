@@ -10,3 +10,7 @@ Modules (TensorFlow, onnx and onnxruntime are imported inside functions, never a
 - tensorrt_engine: the TensorRT builder (optimization profile, cache calibrator), imported lazily.
 - run: the export and gen_trt_engine tasks that the CLI calls.
 """
+
+# The closed sets of --data_type and --target (the CLI offers them as choices).
+DATA_TYPES = ("fp32", "fp16", "int8")
+TARGETS = ("tensorrt", "onnxruntime")

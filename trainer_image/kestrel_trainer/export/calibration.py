@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from kestrel_trainer.errors import DataError
+from kestrel_trainer.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,21 @@ def calibration_files(image_dir: str, n_images: int, n_workers: Optional[int] = 
     return files
 
 
-def preprocessed(files: Sequence[str], spec, batch_size: int) -> list[np.ndarray]:
+def preprocessed(files: Sequence[str], spec, batch_size: int, desc: str = "preprocess") -> list[np.ndarray]:
     """Channels-last float32 batches of `files` with the spec's evaluation preprocessing (what evaluate feeds)."""
     from kestrel_trainer.data.pipeline import PipelineOptions, make_dataset
 
     options = replace(PipelineOptions.for_evaluation(spec.model, spec.train, batch_size, spec.eval.enable_center_crop),
                       n_workers=spec.eval.n_workers)
     ds = make_dataset(list(files), [0] * len(files), 1, options)
-    return [x.numpy() for x, _ in ds]
+    n_batches = -(-len(files) // max(1, batch_size))
+    return [x.numpy() for x, _ in progress(ds, total=n_batches, desc=desc, unit="batch")]
 
 
 def image_batches(files: Sequence[str], spec, batch_size: int) -> list[np.ndarray]:
     """The same batches NCHW, as the exported model (and TensorRT's calibrator) takes them."""
-    return [np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))) for x in preprocessed(files, spec, batch_size)]
+    return [np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
+            for x in preprocessed(files, spec, batch_size, desc="calibration images")]
 
 
 def write_tensorfile(path: str, batches: Iterable[np.ndarray]) -> None:
@@ -231,12 +234,13 @@ def entropy_ranges(onnx_bytes: bytes, batches: Sequence[np.ndarray]) -> dict[str
     """{tensor name: amax} for every float tensor of the model, from TensorRT's entropy calibration."""
     names, run = _tensor_values(onnx_bytes, batches)
     amax = dict.fromkeys(names, 0.0)
-    for values in run():  # pass 1: the range of each tensor
+    n = len(batches)
+    for values in progress(run(), total=n, desc="calibration 1/2 (ranges)", unit="batch"):  # pass 1: each range
         for name, value in values.items():
             if value.size:
                 amax[name] = max(amax[name], float(np.max(np.abs(value))))
     hists = {name: np.zeros(HISTOGRAM_BINS, np.int64) for name in names}
-    for values in run():  # pass 2: histograms of |x| over [0, amax]
+    for values in progress(run(), total=n, desc="calibration 2/2 (histograms)", unit="batch"):  # |x| histograms
         for name, value in values.items():
             if amax[name] > 0:
                 hists[name] += np.histogram(np.abs(value), HISTOGRAM_BINS, range=(0.0, amax[name]))[0]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kestrel_trainer.progress import Progress
+
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -33,8 +35,11 @@ def check(model, onnx_bytes: bytes, batch_nhwc: np.ndarray, source: str) -> Pari
     """Run both on `batch_nhwc` (preprocessed, channels last); the ONNX model gets it as NCHW."""
     from kestrel_trainer.export.runtime import OnnxClassifier
 
-    keras_scores = model.predict(batch_nhwc, verbose=0, batch_size=len(batch_nhwc))
-    onnx_scores = OnnxClassifier(onnx_bytes, "the exported model").predict_batch(batch_nhwc)
+    with Progress(total=2, desc="parity check", unit="model") as bar:  # Keras, then ONNX Runtime
+        keras_scores = model.predict(batch_nhwc, verbose=0, batch_size=len(batch_nhwc))
+        bar.update(1)
+        onnx_scores = OnnxClassifier(onnx_bytes, "the exported model").predict_batch(batch_nhwc)
+        bar.update(1)
     return compare(keras_scores, onnx_scores, source)
 
 

@@ -14,14 +14,12 @@ from typing import Optional
 import numpy as np
 
 from kestrel_trainer.errors import DataError
-from kestrel_trainer.export import calibration, deepstream, parity, triton
+from kestrel_trainer.export import DATA_TYPES, TARGETS, calibration, deepstream, parity, triton
 from kestrel_trainer.export.onnx_model import DEFAULT_OPSET, DEPLOY_SUFFIXES, ETLT_SUFFIX, ExportError
 from kestrel_trainer.export.tensorrt_engine import DEFAULT_WORKSPACE
 
 log = logging.getLogger("kestrel.export")
 
-DATA_TYPES = ("fp32", "fp16", "int8")
-TARGETS = ("tensorrt", "onnxruntime")
 PARITY_IMAGES = 16
 QDQ_MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear arrived in opset 13
 
@@ -165,7 +163,8 @@ def _parity_batch(req: ExportRequest, chw: tuple[int, int, int]) -> tuple[np.nda
                     continue
                 step = max(len(files) // PARITY_IMAGES, 1)  # spread over the classes' folders
                 files = files[::step][:PARITY_IMAGES]
-                return np.concatenate(calibration.preprocessed(files, req.spec, PARITY_IMAGES)), f"images of {folder}"
+                batch = calibration.preprocessed(files, req.spec, PARITY_IMAGES, desc="parity images")
+                return np.concatenate(batch), f"images of {folder}"
     c, h, w = chw
     log.warning("no spec or no images to check parity on: using random inputs")
     return parity.random_batch(PARITY_IMAGES, h, w, c), "random inputs"

@@ -8,3 +8,7 @@
 - report.py: parameters, MACs, sizes and per-layer kept/total, as a table and as prune_report.json.
 - run.py: the command's I/O: read the model, validate, prune, write atomically.
 """
+
+# The closed sets of -n/--normalizer and -eq/--equalization_criterion (the CLI offers them as choices).
+NORMALIZERS = ("max", "L2", "off")
+CRITERIA = ("union", "intersection", "arithmetic_mean", "geometric_mean")

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NORMALIZERS = ("max", "L2", "off")
-CRITERIA = ("union", "intersection", "arithmetic_mean", "geometric_mean")
+from kestrel_trainer.prune import CRITERIA, NORMALIZERS  # noqa: F401 - part of this module's API
 
 
 @dataclass(frozen=True)

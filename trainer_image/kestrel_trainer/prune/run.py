@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.progress import Progress
 from kestrel_trainer.prune import rule
 from kestrel_trainer.prune.rule import PruneOptions
 
@@ -102,13 +103,18 @@ def prune_file(model_path: str, output: str, key: Optional[str], opts: PruneOpti
         raise PruneError(f"-r/--results_dir {results} is a file")
     model = load_for_prediction(model_path, key)
     check_excluded(model, excluded)
+    # after every input check, so that bad input stays one line on stderr
+    bar = Progress(total=2, desc="prune (prune, save)", unit="stage")
     pruned, rows = prune_model(model, opts, excluded)
+    bar.update(1)
     lowest = [r["score_min"] for r in rows if r["score_min"] is not None]
     if all(r["kept"] == r["total"] for r in rows) and lowest:
         log.warning("nothing was pruned: every filter scores above the threshold %g (lowest normalised score %.3f, "
                     "after the minimum and granularity); see docs/prune.md, 'Choosing the threshold'",
                     opts.threshold, min(lowest))
     written = save_model(pruned, target, key, include_optimizer=False, format=model_format)
+    bar.update(1)
+    bar.close()
     report = build_report(model, pruned, rows, options=asdict(opts), excluded=list(excluded),
                           model_path=model_path, output_path=str(written),
                           bytes_before=os.path.getsize(model_path), bytes_after=os.path.getsize(written))

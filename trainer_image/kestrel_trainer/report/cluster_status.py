@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from kestrel_trainer.spec.contract import RunIdentity, api_client, evaluation_patch, progress_patch
+from kestrel_trainer.spec.contract import RunIdentity, api_client, evaluation_patch, progress_patch, tracker_patch
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,15 @@ class ClusterStatusReporter:
         fields as they are; True when the API server accepted it. Never raises."""
         try:
             body = evaluation_patch(_finite(top1), _finite(topk), k, self.run, self._now())
+        except Exception as err:
+            self._log_once(type(err).__name__, "cluster status report failed: %s", err)
+            return False
+        return self._send(body)
+
+    def report_tracker(self, tracker_run: str) -> bool:
+        """Patch status.progress.trackerRun with the experiment tracker's run URL (or id). Never raises."""
+        try:
+            body = tracker_patch(str(tracker_run), self.run, self._now())
         except Exception as err:
             self._log_once(type(err).__name__, "cluster status report failed: %s", err)
             return False

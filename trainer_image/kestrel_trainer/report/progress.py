@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from kestrel_trainer.progress import format_duration  # noqa: F401 - part of this module's API
+
 MID_EPOCH_REPORT_SECONDS = 30.0  # at most one cluster status report this often inside an epoch
 
 
@@ -22,21 +24,6 @@ def percent_done(done: int, total: int) -> int:
     if total <= 0:
         return 100
     return max(0, min(100, (100 * done) // total))
-
-
-def format_duration(seconds: float) -> str:
-    """kubectl's style, the two largest units, a zero second unit left out: 45s, 4m10s, 4m, 1h2m, 3d4h."""
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        minutes, rest = divmod(s, 60)
-        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
-    if s < 86400:
-        hours, rest = divmod(s, 3600)
-        return f"{hours}h{rest // 60}m" if rest // 60 else f"{hours}h"
-    days, rest = divmod(s, 86400)
-    return f"{days}d{rest // 3600}h" if rest // 3600 else f"{days}d"
 
 
 def eta_text(elapsed: Optional[float], steps_measured: int, remaining: int) -> str:

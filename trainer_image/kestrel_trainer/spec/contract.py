@@ -85,6 +85,7 @@ PROGRESS_VAL_ACCURACY = "valAccuracy"
 PROGRESS_PERCENT, PROGRESS_ETA = "percent", "eta"
 # Written once, after training, by `kestrel train --evaluate` (the final model on eval_config's data).
 PROGRESS_TOP1, PROGRESS_TOPK, PROGRESS_TOP_K_VALUE = "top1Accuracy", "topKAccuracy", "topK"
+PROGRESS_TRACKER_RUN = "trackerRun"
 PROGRESS_FIELDS: Mapping[str, tuple[str, str]] = {
     PROGRESS_EPOCH: ("integer", "Last finished epoch."),
     PROGRESS_MAX_EPOCH: ("integer", "Epochs of the run."),
@@ -99,6 +100,8 @@ PROGRESS_FIELDS: Mapping[str, tuple[str, str]] = {
     PROGRESS_TOPK: ("number", "Top-k accuracy of the final model on eval_config's data (k = topK)."),
     PROGRESS_TOP_K_VALUE: ("integer", "The k of topKAccuracy (eval_config.top_k)."),
     "message": ("string", "Trainer message."),
+    PROGRESS_TRACKER_RUN: ("string", "The experiment tracker's run (MLFLOW_TRACKING_URI set): its MLflow UI URL, "
+                           "or its id for a non-HTTP tracking URI."),
     PROGRESS_RUN: ("string", "The MPIJob (run) that reported it."),
     PROGRESS_UPDATE_TIME: ("date-time", "When it was reported."),
 }
@@ -127,6 +130,13 @@ def evaluation_patch(top1: Optional[float], topk: Optional[float], k: int, run: 
     these fields, so the last epoch's progress stays."""
     return {"status": {PROGRESS: {PROGRESS_TOP1: top1, PROGRESS_TOPK: topk, PROGRESS_TOP_K_VALUE: int(k),
                                   PROGRESS_RUN: run or None, PROGRESS_UPDATE_TIME: update_time}}}
+
+
+def tracker_patch(tracker_run: str, run: Optional[str], update_time: str) -> dict[str, Any]:
+    """The JSON merge patch of status.progress with the experiment tracker's run, sent once when training starts:
+    only this field, so the progress fields stay."""
+    return {"status": {PROGRESS: {PROGRESS_TRACKER_RUN: tracker_run, PROGRESS_RUN: run or None,
+                                  PROGRESS_UPDATE_TIME: update_time}}}
 
 
 # -- run folders ------------------------------------------------------------------------------------------

@@ -360,9 +360,13 @@ def _build_train(
     class_weighting = c.one_of(str(tc["class_weighting"]).lower(), f"{p}.class_weighting", ("none", "balanced"))
     torch_std = c.one_of(str(tc["torch_std"]).lower(), f"{p}.torch_std", ("original", "per_channel"))
     vis = tc["visualizer"]
-    for service in ("wandb_config", "clearml_config"):
-        if f"{p}.visualizer.{service}" in c.present:
-            c.warn(f"{p}.visualizer.{service}", "is ignored: Kestrel contacts no external service")
+    if f"{p}.visualizer.clearml_config" in c.present:
+        c.warn(f"{p}.visualizer.clearml_config", "is ignored: ClearML logging is not implemented; Kestrel logs to "
+               "MLflow (MLFLOW_TRACKING_URI) and W&B (wandb_config), docs/tracking.md")
+    if f"{p}.visualizer.wandb_config" in c.present and not (vis["enabled"] and (vis["wandb_config"] or {}).get(
+            "enabled")):
+        c.warn(f"{p}.visualizer.wandb_config", "has no effect: W&B logging needs visualizer.enabled and "
+               "wandb_config.enabled (docs/tracking.md)")
     return t.TrainSpec(
         train_dataset_path=tc["train_dataset_path"] or "",
         val_dataset_path=tc["val_dataset_path"] or "",

@@ -334,3 +334,19 @@ class PlainProgress(tf.keras.callbacks.Callback):
             self._epoch + 1, self.max_epoch, done, self.steps, logs.get("loss", float("nan")),
             logs.get("acc", float("nan")), rate,
         )
+
+
+class TrackEpochs(tf.keras.callbacks.Callback):
+    """The experiment tracker's per-epoch metrics (report/tracking.py): exactly the row just written to
+    training.csv, so the tracker's history and the CSV agree; placed right after EpochOutputs (chief only)."""
+
+    def __init__(self, tracker: Any, outputs: EpochOutputs) -> None:
+        super().__init__()
+        self.tracker, self.outputs = tracker, outputs
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        from kestrel_trainer.report.tracking import epoch_metrics
+
+        row = self.outputs.rows[-1] if self.outputs.rows else None
+        if row is not None and int(row["epoch"]) == epoch + 1:
+            self.tracker.log_metrics(epoch_metrics(row), step=epoch + 1)

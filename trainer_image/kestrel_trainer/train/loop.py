@@ -37,6 +37,7 @@ from kestrel_trainer.train.callbacks import (
     PreemptedSignal,
     Preemption,
     SampleImages,
+    TrackEpochs,
     read_csv_rows,
     row_metrics,
     write_json_atomic,
@@ -68,6 +69,8 @@ class TrainOptions:
     gpu_index: Optional[tuple[int, ...]] = None
     image_cache: str = "auto"  # decoded training images kept in memory: auto (if they fit), on, off
     model_format: str = "kestrel"  # checkpoints with a key: "kestrel" (authenticated) or "tao" (the original's .tlt)
+    tracker: Any = None  # report.tracking.MlflowTracker (chief only): params, per-epoch metrics, artifacts
+    spec_file: Optional[str] = None  # logged as an artifact by the tracker
     extra_callbacks: list = field(default_factory=list)  # library users and benchmarks: run after ours
 
 
@@ -128,6 +131,10 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
         start = _rebase_schedule(run, model, start, spe)
     dist.broadcast_state(run.ranks, model)
     _announce(run, model, data, spe)
+    if run.ranks.is_chief and opts.tracker is not None:
+        from kestrel_trainer.report.tracking import spec_params
+
+        opts.tracker.log_params(spec_params(spec.fields))
     outputs, preemption = _checkpointing(run, model, start)
     callbacks = _callbacks(run, data, spe, start, outputs, preemption)
     _fit(run, model, data, spe, start, callbacks, preemption)
@@ -262,6 +269,7 @@ def _callbacks(run: _Run, data: TrainingData, spe: int, start: Start, outputs: E
     if ranks.is_chief:
         callbacks += [
             outputs,
+            *([TrackEpochs(run.opts.tracker, outputs)] if run.opts.tracker is not None else []),
             # visualizer.weight_histograms: weight histograms every epoch (as the original, whether or not
             # `enabled` is set)
             tf.keras.callbacks.TensorBoard(os.path.join(run.results, "events"), update_freq="epoch",
@@ -344,9 +352,22 @@ def _finish(run: _Run, model: tf.keras.Model, data: TrainingData, outputs: Epoch
         # The original evaluates the final model on the validation set once more; the last epoch's validation
         # pass already did exactly that (same weights, same images), so its numbers are recorded.
         run.status.final_evaluation(summary["last_val_loss"], summary["last_val_acc"])
+        _track_outputs(run, summary)
         log.info("done: best val_acc %.4f (epoch %s), last %.4f, %s", summary["best_val_acc"] or 0.0,
                  summary["best_epoch"], summary["last_val_acc"] or 0.0, summary["final_model"])
     return summary
+
+
+def _track_outputs(run: _Run, summary: dict[str, Any]) -> None:
+    """The tracker's end of training: the summary's numbers and the artifacts (final model, curves, spec)."""
+    tracker = run.opts.tracker
+    if tracker is None:
+        return
+    numbers = {name: summary.get(name) for name in ("best_val_acc", "best_epoch", "wall_seconds")}
+    tracker.log_metrics({name: value for name, value in numbers.items() if value is not None}, step=run.n_epochs)
+    tracker.log_artifacts([summary.get("final_model")], "model")
+    tracker.log_artifacts([os.path.join(run.results, "training_curves.png"), os.path.join(run.results, "summary.json"),
+                           os.path.join(run.results, "training.csv"), run.opts.spec_file])
 
 
 def _summary(run: _Run, data: TrainingData, rows: list[dict[str, Any]], final_model: Optional[str],

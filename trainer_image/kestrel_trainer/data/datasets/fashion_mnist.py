@@ -18,7 +18,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -27,6 +27,7 @@ import numpy as np
 
 from kestrel_trainer.data.folders import write_classmap
 from kestrel_trainer.errors import DataError
+from kestrel_trainer.progress import progress
 
 DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES: tuple[str, ...] = (
@@ -111,7 +112,7 @@ def cap_per_class(indices: np.ndarray, labels: np.ndarray, per_class: Optional[i
     return np.sort(np.concatenate(kept))
 
 
-def _write_pngs(jobs: Iterable[tuple[str, np.ndarray]], threads: int) -> None:
+def _write_pngs(jobs: Sequence[tuple[str, np.ndarray]], threads: int) -> None:
     from PIL import Image
 
     def write(job: tuple[str, np.ndarray]) -> None:
@@ -120,7 +121,7 @@ def _write_pngs(jobs: Iterable[tuple[str, np.ndarray]], threads: int) -> None:
         Image.fromarray(pixels, mode="L").save(path, format="PNG", compress_level=1)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in pool.map(write, jobs):
+        for _ in progress(pool.map(write, jobs), total=len(jobs), desc="import", unit="img"):
             pass
 
 

@@ -1,0 +1,243 @@
+"""Experiment tracking (report/tracking.py) against a real `mlflow server` (sqlite backend, local artifact store)
+started on 127.0.0.1 by these tests: a tiny training run logs one run named after its results folder, with one
+value per epoch equal to training.csv's, the spec's parameters, the evaluation and the artifacts; a resumed run
+continues the same MLflow run. mlflow is the `tracking` extra (scripts/setup.sh installs it): its absence is a
+skip, which strict mode (CI) turns into a failure."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kestrel_trainer.report import tracking
+from tests.train.conftest import write_spec
+
+mlflow = pytest.importorskip("mlflow", reason="mlflow (the `tracking` extra, scripts/setup.sh) is not installed")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+EXPERIMENT = "kestrel-tests"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` with a sqlite backend and proxied artifacts in a temp folder; its URL."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    log_file = (root / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240  # the first start migrates the sqlite schema; slow on a loaded machine
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not up in 240 s: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (its workers), started above
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log_file.close()
+
+
+WANDB_VISUALIZER = """  visualizer {
+    enabled: true
+    num_images: 1
+    wandb_config { enabled: true project: "kestrel-tests" tags: "tiny" }
+  }
+"""
+
+
+def _with_wandb(spec: Path) -> Path:
+    """The tiny spec with the original's visualizer.wandb_config enabled (W&B runs offline in these tests)."""
+    text = spec.read_text().replace("train_config {\n", "train_config {\n" + WANDB_VISUALIZER, 1)
+    spec.write_text(text)
+    return spec
+
+
+def _wandb_history(results: Path) -> tuple[list[str], list[dict]]:
+    """The offline W&B runs under RESULTS/wandb (their ids) and the history rows of their transaction logs, read
+    with wandb's own datastore reader."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    runs = sorted(results.glob("wandb/offline-run-*/run-*.wandb"))
+    rows = []
+    for path in runs:
+        store = datastore.DataStore()
+        store.open_for_scan(str(path))
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({(i.key or ".".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+    return [p.stem.removeprefix("run-") for p in runs], rows
+
+
+def _train(spec: Path, results: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=url, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WANDB_MODE="offline",
+               WANDB_SILENT="true")
+    env.pop("KESTREL_KEY", None)
+    return subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r",
+                           str(results), *extra], capture_output=True, text=True, env=env)
+
+
+def _csv_rows(results: Path) -> list[dict[str, str]]:
+    with (results / "training.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+@pytest.mark.slow
+def test_training_logs_one_mlflow_run_and_a_resume_continues_it(tmp_path, fashion_subset, mlflow_server):
+    results = tmp_path / "tiny-run"
+    spec = _with_wandb(write_spec(tmp_path, fashion_subset, epochs=2))
+    first = _train(spec, results, mlflow_server, "--evaluate")
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{results.name}'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    saved = tracking._read_saved(str(results / tracking.TRACKING_FILE), mlflow_server)
+    assert saved["run_id"] == run.info.run_id
+    assert run.info.run_id in first.stderr  # the log names the run (and its URL)
+
+    rows = _csv_rows(results)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ("loss", "acc", "val_loss", "val_acc", "lr"):
+        assert _history(client, run.info.run_id, key) == [(int(r["epoch"]), float(r[key])) for r in rows], key
+    params = run.data.params
+    assert params["train_config.n_epochs"] == "2" and params["model_config.arch"] == "resnet"
+    assert params["train_config.batch_size_per_gpu"] == "16"
+    evaluation = json.loads((results / "evaluate" / "results.json").read_text())
+    assert run.data.metrics["eval_top_1_accuracy"] == evaluation["top_1_accuracy"]
+    assert run.data.metrics["eval_top_3_accuracy"] == evaluation["top_3_accuracy"]
+    artifacts = _artifacts(client, run.info.run_id)
+    assert {"training_curves.png", "spec.txt", "summary.json", "training.csv", "evaluate/results.json",
+            "evaluate/confusion_matrix.png"} <= artifacts
+    assert any(a.startswith("model/resnet_002") for a in artifacts), artifacts
+    # the model artifact is the final checkpoint, byte for byte
+    model_artifact = next(a for a in artifacts if a.startswith("model/"))
+    local = client.download_artifacts(run.info.run_id, model_artifact, str(tmp_path / "dl"))
+    assert Path(local).read_bytes() == (results / "weights" / Path(model_artifact).name).read_bytes()
+
+    # W&B (the spec's visualizer.wandb_config), offline: the same per-epoch values in its run's history
+    wandb_runs, history = _wandb_history(results)
+    assert len(wandb_runs) == 1
+    assert [h["eval_top_1_accuracy"] for h in history if "eval_top_1_accuracy" in h] == [evaluation["top_1_accuracy"]]
+    for key in ("loss", "acc", "val_loss", "val_acc", "lr"):
+        assert [(h["_step"], h[key]) for h in history if key in h] == [(int(r["epoch"]), float(r[key])) for r in rows]
+
+    # resume: one more epoch in the same folder continues the same MLflow run (and the same W&B run id)
+    spec3 = _with_wandb(write_spec(tmp_path, fashion_subset, epochs=3))
+    second = _train(spec3, results, mlflow_server)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"continuing run {run.info.run_id}" in second.stderr
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{results.name}'")
+    assert [r.info.run_id for r in runs] == [run.info.run_id]
+    rows = _csv_rows(results)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    for key in ("loss", "acc", "val_loss", "val_acc", "lr"):
+        assert _history(client, run.info.run_id, key) == [(int(r["epoch"]), float(r[key])) for r in rows], key
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    resumed_runs, history = _wandb_history(results)
+    assert set(resumed_runs) == set(wandb_runs)  # offline, a resume writes another log of the same run id
+    last = {h["_step"]: h["loss"] for h in history if "loss" in h}
+    assert last == {int(r["epoch"]): float(r["loss"]) for r in rows}
+
+
+def test_no_tracking_uri_no_tracker(tmp_path):
+    assert tracking.open_tracker(str(tmp_path), "x", environ={}) is None
+    assert not (tmp_path / tracking.TRACKING_FILE).exists()
+
+
+def test_unreachable_server_is_one_warning_and_training_goes_on(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    with caplog.at_level(logging.WARNING, logger="kestrel.tracking"):
+        assert tracking.open_tracker(str(tmp_path), "x", environ={"MLFLOW_TRACKING_URI": url}) is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and url in warnings[0] and "untracked" in warnings[0]
+
+
+def test_missing_mlflow_names_the_extra(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)  # `import mlflow.tracking` raises ImportError
+    with caplog.at_level(logging.WARNING, logger="kestrel.tracking"):
+        assert tracking.open_tracker(str(tmp_path), "x", environ={"MLFLOW_TRACKING_URI": "http://x"}) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "MLFLOW_TRACKING_URI is set but the mlflow package is not installed: install kestrel[tracking] (pip install "
+        "'kestrel[tracking]') to log this run to MLflow; training goes on untracked"]
+
+
+def test_wandb_settings_from_the_spec():
+    w = tracking.WANDB
+    fields = {"train_config.visualizer.enabled": True, f"{w}.enabled": True, f"{w}.project": "p",
+              f"{w}.tags": ("a", "b"), f"{w}.mode": "OFFLINE"}
+    assert tracking.wandb_settings(fields, "run1", "/r", environ={}) == {
+        "project": "p", "entity": None, "name": "run1", "tags": ["a", "b"], "notes": None, "dir": "/r",
+        "mode": "offline"}
+    assert "mode" not in tracking.wandb_settings(fields, "run1", "/r", environ={"WANDB_MODE": "disabled"})
+    assert tracking.wandb_settings({**fields, "train_config.visualizer.enabled": False}, "r", "/r", environ={}) is None
+    assert tracking.wandb_settings({**fields, f"{tracking.WANDB}.enabled": False}, "r", "/r", environ={}) is None
+
+
+def test_missing_wandb_names_what_to_install(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    fields = {"train_config.visualizer.enabled": True, f"{tracking.WANDB}.enabled": True}
+    with caplog.at_level(logging.WARNING, logger="kestrel.tracking"):
+        assert tracking.open_wandb(fields, str(tmp_path), "x") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "train_config.visualizer.wandb_config.enabled is set but the wandb package is not installed: pip install "
+        "'wandb==0.28.0' to log this run to W&B; training goes on without it"]
+
+
+def test_spec_params_and_run_url():
+    assert tracking.spec_params({"a.b": 1, "a.c": None, "a.d": (1, 2), "a.e": {"r": 1.0}, "a.f": "x" * 7000}) == {
+        "a.b": "1", "a.d": "1,2", "a.e": '{"r": 1.0}', "a.f": "x" * 6000}
+    assert tracking.run_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
+    assert tracking.run_url("file:///tmp/mlruns", "3", "abc") == "abc"
