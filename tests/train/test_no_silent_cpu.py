@@ -83,6 +83,11 @@ def test_train_with_gpus_and_none_visible_fails_in_one_line_and_trains_nothing(t
     hint = "not built with CUDA" if not tf.test.is_built_with_cuda() else "check the NVIDIA driver"
     assert hint in errors[0]
     assert "Traceback" not in proc.stderr
+    # In a cluster kubelet copies the launcher log's tail (2 KiB at most) into the termination message; the operator
+    # reads the line from there into the resource's status (and does not retry it: it is the trainer's own error).
+    from kestrel_operator.status.trainer_error import error_line
+
+    assert error_line(proc.stderr[-2048:]) == errors[0]
     assert not results.exists() or not any(results.rglob("*.hdf5")) and not (results / "weights").exists()
 
 
