@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,7 +57,8 @@ def environment(asked: Optional[int], env: Mapping[str, str]) -> tuple[list[Chec
     names = []
     for gpu in gpus:
         details = tf.config.experimental.get_device_details(gpu)
-        names.append(f"{details.get('device_name', gpu.name)} (sm_{''.join(map(str, details.get('compute_capability', ())))})")
+        sm = "".join(map(str, details.get("compute_capability", ())))
+        names.append(f"{details.get('device_name', gpu.name)} (sm_{sm})")
     checks.append(Check("INFO", "gpus", f"{len(gpus)} visible{': ' + '; '.join(names) if names else ''} ({visible})"))
     try:
         use = devices.resolve(asked, env, len(gpus), built)
@@ -166,7 +166,8 @@ def rank_check(gpus: int) -> int:
         total = hvd.allreduce(value, op=hvd.Sum)
     ops = ("NCCL" if hvd.nccl_built() else "no NCCL: host memory") if on_gpu else "CPU tensors: Gloo/MPI"
     controller = "MPI" if hvd.mpi_enabled() else "Gloo" if hvd.gloo_enabled() else "?"
-    print(RANK_MARK + json.dumps({"rank": hvd.rank(), "sum": float(total.numpy()[0]), "device": (total.device or device).split("device:")[-1],
+    placed = (total.device or device).split("device:")[-1]
+    print(RANK_MARK + json.dumps({"rank": hvd.rank(), "sum": float(total.numpy()[0]), "device": placed,
                                   "ops": ops, "controller": controller}), flush=True)
     return 0
 
