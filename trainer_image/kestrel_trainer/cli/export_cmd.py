@@ -121,7 +121,8 @@ def run_export(args: argparse.Namespace) -> int:
     with task_status(args.results_dir, "export") as status:
         from kestrel_trainer.train import devices
 
-        devices.check(args)  # an explicit --gpus N (or the pod's KESTREL_REQUIRE_GPUS) with fewer GPUs: one line
+        # an explicit --gpus N (or the pod's KESTREL_REQUIRE_GPUS) with fewer GPUs: one line; the CPU is not news
+        devices.check(args, announce=False)
         if status:
             status.write("RUNNING", "Building exporter object.")
         summary = _export(args, status)

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     with task_status(args.results_dir, "pruning") as status:
         from kestrel_trainer.train import devices
 
-        devices.check(args)  # an explicit --gpus N (or the pod's KESTREL_REQUIRE_GPUS) with fewer GPUs: one line
+        # an explicit --gpus N (or the pod's KESTREL_REQUIRE_GPUS) with fewer GPUs: one line; the CPU is not news
+        devices.check(args, announce=False)
         report = _prune(args)
         if status:
             from kestrel_trainer.prune.report import pruning_ratio_line

@@ -81,9 +81,10 @@ def resolve(gpus: Optional[int], env: Mapping[str, str], seen: int, built_with_c
     return asked
 
 
-def check(args: Any, per_rank_of: int = 1, env: Optional[Mapping[str, str]] = None) -> int:
+def check(args: Any, per_rank_of: int = 1, env: Optional[Mapping[str, str]] = None, announce: bool = True) -> int:
     """Resolve args.gpus against what TensorFlow sees, store the result in args.gpus, say it in one line when
-    it is the CPU; returns it. Imports TensorFlow: call it from run(), never at import time."""
+    it is the CPU (unless not `announce`: prune and export, CPU work by nature); returns it. Imports TensorFlow:
+    call it from run(), never at import time."""
     import tensorflow as tf
 
     env = os.environ if env is None else env
@@ -92,9 +93,9 @@ def check(args: Any, per_rank_of: int = 1, env: Optional[Mapping[str, str]] = No
     resolved = resolve(given, env, seen, tf.test.is_built_with_cuda(), per_rank_of)
     if resolved and not seen:
         log.warning("%s=1: --gpus %d runs on CPU logical devices (no GPU visible)", CPU_AS_GPUS_ENV, resolved)
-    elif not resolved and asked_gpus(given, env) is None:
+    elif not resolved and asked_gpus(given, env) is None and announce:
         log.info("%s", CPU_LINE)
-    elif not resolved:
+    elif not resolved and announce:
         log.info("running on the CPU (%s)", "--gpus 0" if given is not None else f"{REQUIRE_GPUS_ENV}=0")
     args.gpus = resolved
     return resolved
