@@ -47,7 +47,8 @@ def run(spec: str, results: str, ranks: int) -> tuple[list[float], float]:
     env.pop("KESTREL_KEY", None)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", spec, "-r", results,
-                           "--gpus", str(ranks)], capture_output=True, text=True, env=env)
+                           "--gpus", "0", "--num_processes", str(ranks)],  # CPU ranks: no GPU here (docs/gpu.md)
+                          capture_output=True, text=True, env=env)
     wall = time.monotonic() - start
     if proc.returncode:
         sys.exit(f"{ranks}-rank run failed:\n{proc.stderr[-3000:]}")

@@ -188,6 +188,8 @@ def operator(cluster: cl.ControlPlane, mpi_controller: str, kestrel_crds: list[s
     env = cluster.env(
         KESTREL_GPUS_PER_NODE="8",
         KESTREL_DEFAULT_IMAGE="kestrel-trainer:e2e",
+        # GPU runs here are kwok's (no container runs); the real node's runs are gpus 0 and get the CPU image
+        KESTREL_GPU_IMAGE="kestrel-trainer:e2e",
         KESTREL_RESYNC_SECONDS="5",
         KESTREL_LOG_LEVEL="DEBUG",
         PYTHONUNBUFFERED="1",

@@ -285,9 +285,9 @@ def test_two_ranks_train_over_ssh_like_an_mpijob(images, podman_env, network, co
     for w in workers:
         wait_for_sshd(containers, w, ("--network", network, *mount(secret, SSH_AUTH_MOUNT_PATH, ro=True), image))
 
-    mapping = map_gpus(2, 2, 1)
+    mapping = map_gpus(0, 2, 1)  # the CPU image: 2 CPU ranks, one per worker (--gpus 2 would fail: no GPU here)
     assert (mapping.ranks, mapping.workers, mapping.slots_per_worker) == (2, 2, 1)
-    trainer = ["kestrel", "train", "-e", str(spec), "-r", "/results", "--gpus", "2", "--num_processes", "2"]
+    trainer = ["kestrel", "train", "-e", str(spec), "-r", "/results", "--gpus", "0", "--num_processes", "2"]
     cmd = launcher_command(trainer, mapping)
     at = cmd.index("mpirun") + 1  # under the image's entrypoint (kestrel-worker ... -- mpirun ...)
     cmd[at:at] = ["-x", "KESTREL_DEBUG_RANKS_DIR"]  # test-only: every rank's records, to compare them

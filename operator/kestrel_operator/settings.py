@@ -6,13 +6,21 @@ never read the environment themselves and tests pass settings directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
-DEFAULT_IMAGE = "kestrel-trainer:0.1.0"
+DEFAULT_IMAGE = "kestrel-trainer:0.1.0"  # runs with gpus 0 (TensorFlow without CUDA)
+# Runs with gpus > 0 (scripts/build_images.sh --gpu builds localhost/kestrel-trainer-gpu:VERSION). Which image a run
+# gets cannot be checked here without pulling it: the trainer's start-up check fails a GPU run on an image without
+# CUDA with one line in the status (kestrel_trainer.train.devices).
+DEFAULT_GPU_IMAGE = "kestrel-trainer-gpu:0.1.0"
+# The extended resource a run's GPUs are requested as, when the resource names none (spec.gpuResource): MIG
+# (nvidia.com/mig-1g.10gb) and renamed or time-sliced resources (nvidia.com/gpu.shared) are counted the same way.
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_GPUS_PER_NODE = 8
 DEFAULT_RESYNC_SECONDS = 300
 DEFAULT_WORKERS = 8
@@ -68,6 +76,10 @@ class Serving:
 @dataclass(frozen=True)
 class Settings:
     default_image: str = DEFAULT_IMAGE
+    gpu_image: str = DEFAULT_GPU_IMAGE
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    # Added to the tolerations of every run with gpus > 0 (the chart's trainer.gpuTolerations: GPU node taints).
+    gpu_tolerations: tuple[Mapping[str, Any], ...] = ()
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE
     # Empty: watch every namespace (cluster-wide).
     watch_namespaces: tuple[str, ...] = ()
@@ -148,7 +160,8 @@ def serving_from_env(env: Mapping[str, str]) -> Serving:
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """KESTREL_DEFAULT_IMAGE, KESTREL_GPUS_PER_NODE, KESTREL_WATCH_NAMESPACES (comma list, empty = all),
+    """KESTREL_DEFAULT_IMAGE (gpus 0), KESTREL_GPU_IMAGE (gpus > 0), KESTREL_GPU_RESOURCE, KESTREL_GPU_TOLERATIONS (a
+    JSON list of tolerations), KESTREL_GPUS_PER_NODE, KESTREL_WATCH_NAMESPACES (comma list, empty = all),
     KESTREL_LOG_LEVEL, KESTREL_RESYNC_SECONDS, KESTREL_WORKERS, KESTREL_RUN_TTL_SECONDS ("none": finished runs'
     MPIJobs are never deleted), KESTREL_RANK_CPU_REQUEST / KESTREL_RANK_MEMORY_REQUEST ("none": no default),
     KESTREL_SHM_SIZE ("none": no limit), KESTREL_DISRUPTION_BUDGET (true/false), KESTREL_TERMINATION_GRACE_SECONDS,
@@ -160,6 +173,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     namespaces = _list(env, "KESTREL_WATCH_NAMESPACES")
     return Settings(
         default_image=env.get("KESTREL_DEFAULT_IMAGE", "").strip() or DEFAULT_IMAGE,
+        gpu_image=env.get("KESTREL_GPU_IMAGE", "").strip() or DEFAULT_GPU_IMAGE,
+        gpu_resource=_gpu_resource(env),
+        gpu_tolerations=_tolerations(env, "KESTREL_GPU_TOLERATIONS"),
         gpus_per_node=_int(env, "KESTREL_GPUS_PER_NODE", DEFAULT_GPUS_PER_NODE, 1),
         watch_namespaces=namespaces,
         log_level=level,
@@ -200,3 +216,33 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw not in ("true", "false"):
         raise SettingsError(f"{name}={raw!r} must be true or false")
     return raw == "true"
+
+
+# An extended resource name: a domain prefix and a name (kubernetes' IsExtendedResourceName / qualified names).
+GPU_RESOURCE_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+
+
+def _gpu_resource(env: Mapping[str, str]) -> str:
+    import re
+
+    raw = env.get("KESTREL_GPU_RESOURCE", "").strip() or DEFAULT_GPU_RESOURCE
+    if not re.match(GPU_RESOURCE_PATTERN, raw) or raw.startswith("kubernetes.io/") or len(raw) > 253:
+        raise SettingsError(f"KESTREL_GPU_RESOURCE={raw!r} is not an extended resource name (e.g. nvidia.com/gpu)")
+    return raw
+
+
+TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+
+def _tolerations(env: Mapping[str, str], name: str) -> tuple[Mapping[str, Any], ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise SettingsError(f"{name} is not JSON (a list of tolerations)") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) and t and set(t) <= TOLERATION_KEYS
+                                              for t in value):
+        raise SettingsError(f"{name} must be a JSON list of tolerations with keys {sorted(TOLERATION_KEYS)}")
+    return tuple(value)

@@ -41,7 +41,8 @@ def write_spec(folder: Path, data: Path, epochs: int = 2, model_parallelism: tup
 
 
 def train_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, KESTREL_KEY=KEY, **extra)
+    # --gpus N on this machine without a GPU: CPU logical devices, explicitly (train.devices; no silent CPU)
+    env = dict(os.environ, KESTREL_KEY=KEY, KESTREL_CPU_AS_GPUS="1", **extra)
     for name in list(env):  # a test run under some launcher must not make our ranks join it
         if name.startswith(("OMPI_", "HOROVOD_", "PMI_", "PMIX_")):
             del env[name]

@@ -114,4 +114,4 @@ def test_device_flags_of_evaluate_are_not_silently_ignored_on_cpu(caplog):
     args = build_parser().parse_args(["evaluate", "-e", "s.txt", "--use_amp", "--gpu_index", "1"])
     with caplog.at_level(logging.WARNING):
         apply_device_flags(args)
-    assert "no GPU visible: --gpus/--gpu_index/--use_amp have no effect" in caplog.text
+    assert "on the CPU: --gpu_index/--use_amp have no effect" in caplog.text

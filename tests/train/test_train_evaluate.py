@@ -195,7 +195,7 @@ def test_under_mpirun_only_rank_0_evaluates_and_every_rank_exits(tmp_path, fashi
     if os.getuid() == 0:
         cmd.append("--allow-run-as-root")
     cmd += [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results),
-            "--gpus", "2", "--num_processes", "2", "--evaluate"]
+            "--gpus", "0", "--num_processes", "2", "--evaluate"]  # CPU ranks (no GPU here: --gpus 2 would fail)
     with LoopbackApi() as api:
         api.responses[("GET", STATUS_PATH)] = (200, {"metadata": {"uid": "uid-7"}})
         env = _cluster_env(api, tmp_path)

@@ -41,6 +41,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) -}}
 {{- end -}}
 
+{{- define "kestrel.trainerGpuImage" -}}
+{{- printf "%s:%s" .Values.trainer.gpuImage.repository (default .Chart.AppVersion .Values.trainer.gpuImage.tag) -}}
+{{- end -}}
+
 {{- define "kestrel.webhookService" -}}{{ include "kestrel.fullname" . }}-webhook{{- end -}}
 {{- define "kestrel.webhookSecret" -}}{{ include "kestrel.fullname" . }}-webhook-tls{{- end -}}
 {{- define "kestrel.webhookConfig" -}}{{ include "kestrel.fullname" . }}.kestrel.dev{{- end -}}

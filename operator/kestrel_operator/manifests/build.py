@@ -142,7 +142,7 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
     labels = names.run_labels(meta)
     volumes, mounts = volumes_and_mounts(res, configmap, model.volume if model else None)
     trainer = trainer_command(res, mapping, model.path if model else None, configmap is not None, output.path)
-    command = launcher_command(trainer, mapping, [e["name"] for e in res.run.env])
+    command = launcher_command(trainer, mapping, [e["name"] for e in res.run.env], rdma=res.run.network.ipc_lock)
 
     def common() -> dict[str, Any]:
         # Fresh copies per template: shared lists would become YAML anchors in `render`.

@@ -79,7 +79,15 @@ def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str
     return cmd
 
 
-def launcher_command(trainer: list[str], mapping: GpuMapping, user_env: Sequence[str] = ()) -> list[str]:
+def mpirun_transport(rdma: bool) -> tuple[str, ...]:
+    """mpirun's own transport: TCP without verbs by default; with spec.network.ipcLock (InfiniBand/RoCE), Open MPI's
+    own choice (UCX or verbs where the image's Open MPI has them and the pod sees the device, else TCP). The
+    gradients themselves go through NCCL on GPUs, which picks InfiniBand by itself when it sees it."""
+    return () if rdma else MPIRUN_MCA
+
+
+def launcher_command(trainer: list[str], mapping: GpuMapping, user_env: Sequence[str] = (),
+                     rdma: bool = False) -> list[str]:
     """One rank: run the trainer in the launcher pod itself (it is PID 1 and checkpoints on SIGTERM). More: mpirun
     over the worker pods, forwarding our environment and the names in spec.env (a user's NCCL_DEBUG replaces our
     NCCL_DEBUG=INFO), under the trainer image's entrypoint, which turns the pod's SIGTERM into the signal mpirun
@@ -92,4 +100,4 @@ def launcher_command(trainer: list[str], mapping: GpuMapping, user_env: Sequence
             cmd += ["-x", name]
     for name in user_env:
         cmd += ["-x", name]
-    return entrypoint_command([*cmd, *MPIRUN_MCA, *trainer], MPIRUN_STOP_SIGNAL)
+    return entrypoint_command([*cmd, *mpirun_transport(rdma), *trainer], MPIRUN_STOP_SIGNAL)

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from kestrel_operator.manifests.commands import SPEC_DIR, SPEC_FILE
-from kestrel_operator.resources.defaults import GPU_RESOURCE
 from kestrel_operator.resources.types import Resource, RunSpec, VolumeSpec
-from kestrel_trainer.spec.contract import KEY_ENV, RunIdentity
+from kestrel_trainer.spec.contract import KEY_ENV, REQUIRE_GPUS_ENV, RunIdentity
 
 RUN_AS_USER = 1000
 SHM_VOLUME = "shm"
@@ -90,15 +89,18 @@ def trainer_env(res: Resource, run_name: str) -> list[dict[str, Any]]:
                            namespace=meta.namespace, uid=meta.uid, run=run_name)
     key = {"name": KEY_ENV, "valueFrom": {"secretKeyRef": {"name": res.run.key_secret.name,
                                                             "key": res.run.key_secret.key}}}
-    return [key, *({"name": n, "value": v} for n, v in identity.env()), *user_env(res)]
+    # the GPUs the pod's run asked for: fewer visible is the trainer's one-line error, not a run on the CPU
+    require = {"name": REQUIRE_GPUS_ENV, "value": str(res.run.gpus)}
+    return [key, *({"name": n, "value": v} for n, v in identity.env()), require, *user_env(res)]
 
 
-def _security_context() -> dict[str, Any]:
+def _security_context(ipc_lock: bool = False) -> dict[str, Any]:
+    """Non-root, no privilege escalation, no capabilities but IPC_LOCK with spec.network.ipcLock (RDMA)."""
     return {
         "allowPrivilegeEscalation": False,
         "runAsNonRoot": True,
         "runAsUser": RUN_AS_USER,
-        "capabilities": {"drop": ["ALL"]},
+        "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if ipc_lock else {})},
     }
 
 
@@ -153,8 +155,8 @@ def _resources(res: Resource, gpus: int, runs_ranks: bool) -> dict[str, Any]:
             out.setdefault(section, {}).update(values)
         return out
     out: dict[str, dict[str, str]] = {k: dict(v) for k, v in res.run.resources.items()}
-    if gpus:
-        out.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
+    if gpus:  # the count, whatever the resource's name (a MIG profile, a time-sliced GPU)
+        out.setdefault("limits", {})[res.run.gpu_resource] = str(gpus)
     return out
 
 
@@ -192,7 +194,8 @@ def pod_template(
     if container == "launcher":
         # A failed trainer's last log line becomes the termination message the status quotes.
         c["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    c["securityContext"] = _security_context()
+    network = run.network if runs_ranks else None  # spec.network: only the pods that run ranks
+    c["securityContext"] = _security_context(ipc_lock=bool(network and network.ipc_lock))
     spec: dict[str, Any] = {
         "serviceAccountName": service_account,
         "securityContext": {
@@ -207,6 +210,9 @@ def pod_template(
         # SIGTERM -> SIGKILL: the ranks' graceful stop (agree on a step, rank 0 checkpoints) must fit in it
         "terminationGracePeriodSeconds": run.termination_grace_seconds,
     }
+    if network and network.host_network:
+        spec["hostNetwork"] = True
+        spec["dnsPolicy"] = "ClusterFirstWithHostNet"  # the cluster's DNS still (the MPIJob's worker names)
     if run.node_selector:
         spec["nodeSelector"] = dict(run.node_selector)
     pod_tolerations = tolerations(run)

@@ -16,6 +16,7 @@ from kestrel_operator.resources import rules as cel
 from kestrel_operator.resources import status_fields as runs
 from kestrel_operator.resources.status_fields import EVALUATION_FIELDS
 from kestrel_operator.resources.types import KINDS, PHASES, SHORT_NAMES
+from kestrel_operator.settings import GPU_RESOURCE_PATTERN
 from kestrel_trainer.spec import contract
 from kestrel_trainer.spec import parallelism as par
 
@@ -134,7 +135,24 @@ def _common_spec(kind: str) -> dict[str, Schema]:
                            "gpus is 0).", minimum=par.BOUNDS["processes"].minimum),
         "gpusPerNode": _i("GPUs per node, used to pack ranks into worker pods. Default: the operator's "
                           "KESTREL_GPUS_PER_NODE.", minimum=par.BOUNDS["gpus_per_node"].minimum),
-        "image": _s("Trainer image. Default: the operator's KESTREL_DEFAULT_IMAGE.", maxLength=1024),
+        "gpuResource": _s("The extended resource the GPUs are requested as: nvidia.com/gpu, a MIG profile "
+                          "(nvidia.com/mig-1g.10gb) or a renamed/time-sliced resource; the count is gpus either way. "
+                          "Default: the operator's KESTREL_GPU_RESOURCE.", maxLength=253,
+                          pattern=GPU_RESOURCE_PATTERN),
+        "network": _o(
+            "Opt-in for NCCL over InfiniBand/RoCE (docs/gpu.md: what it costs in isolation), on the pods that run "
+            "ranks.",
+            {"hostNetwork": _b("Share the node's network namespace (hostNetwork, dnsPolicy ClusterFirstWithHostNet): "
+                               "the node's RDMA interfaces become visible; one such worker per node (sshd port "
+                               "2222)."),
+             "ipcLock": _b("Add the IPC_LOCK capability (RDMA pins memory); mpirun then no longer pins its own "
+                           "traffic to TCP."),
+             "nccl": {"type": "object", "description": "NCCL_* variables for every rank (e.g. NCCL_IB_HCA, "
+                      "NCCL_SOCKET_IFNAME), forwarded by mpirun.", "maxProperties": 64,
+                      "additionalProperties": {"type": "string", "maxLength": 4096}}},
+        ),
+        "image": _s("Trainer image. Default: the operator's KESTREL_GPU_IMAGE when gpus > 0, else its "
+                    "KESTREL_DEFAULT_IMAGE.", maxLength=1024),
         "imagePullPolicy": _s("Image pull policy of the trainer containers.", enum=list(d.IMAGE_PULL_POLICIES)),
         "imagePullSecrets": {
             "type": "array",

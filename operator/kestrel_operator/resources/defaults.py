@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kestrel_operator.settings import DEFAULT_GPU_RESOURCE
+
 DEFAULT_KEY_SECRET_KEY = "key"
 DEFAULT_SPEC_CONFIGMAP_KEY = "spec.txt"
 DEFAULT_DATA_MOUNT = "/data"
@@ -29,7 +31,7 @@ DEFAULT_DATA_TYPE = "fp32"
 
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 # Requested by the operator from `gpus`; a user setting it in `resources` would double-book GPUs.
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = DEFAULT_GPU_RESOURCE
 
 # Kueue's label on a job naming its LocalQueue (Kueue admits the MPIJob by unsuspending it).
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

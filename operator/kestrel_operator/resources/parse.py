@@ -35,6 +35,7 @@ from kestrel_operator.resources.types import (
     ExportResource,
     KeyRef,
     ModelRef,
+    NetworkSpec,
     Promotion,
     PruneResource,
     Resource,
@@ -44,10 +45,12 @@ from kestrel_operator.resources.types import (
     TrainResource,
     VolumeSpec,
 )
-from kestrel_operator.settings import Settings
+from kestrel_operator.settings import GPU_RESOURCE_PATTERN, Settings
 from kestrel_trainer.spec.parallelism import Parallelism, parallelism
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_GPU_RESOURCE = re.compile(GPU_RESOURCE_PATTERN)
+_NCCL_NAME = re.compile(r"^NCCL_[A-Z0-9_]+$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -275,6 +278,47 @@ def _tolerations(parent: _Fields) -> tuple[dict[str, Any], ...]:
     return tuple(dict(t) for t in value)
 
 
+def _with_gpu_tolerations(given: tuple[dict[str, Any], ...],
+                          defaults: tuple[Mapping[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+    """spec.tolerations, then each of the operator's GPU tolerations whose (key, effect) the user did not give."""
+    have = {(t.get("key"), t.get("effect")) for t in given}
+    return (*given, *(dict(t) for t in defaults if (t.get("key"), t.get("effect")) not in have))
+
+
+def _gpu_resource(spec: _Fields, default: str) -> str:
+    value = spec.string("gpuResource")
+    if value is None:
+        return default
+    if len(value) > 253 or not _GPU_RESOURCE.match(value) or value.startswith("kubernetes.io/"):
+        spec.bad("gpuResource", "not an extended resource name (e.g. nvidia.com/gpu, nvidia.com/mig-1g.10gb)", value)
+    for section in ("resources", "launcherResources"):
+        given = spec.data.get(section)
+        for part in ("requests", "limits"):
+            if isinstance(given, Mapping) and isinstance(given.get(part), Mapping) and value in given[part]:
+                spec.bad(f"{section}.{part}", f"{value} is set by the operator from spec.gpus", value)
+    return value
+
+
+def _network(spec: _Fields, env: tuple[dict[str, Any], ...]) -> NetworkSpec:
+    """spec.network: hostNetwork, ipcLock and NCCL_* variables (not also in spec.env)."""
+    net = spec.sub("network")
+    if net is None:
+        return NetworkSpec()
+    if not isinstance(net.data, Mapping):
+        spec.bad("network", "must be an object {hostNetwork, ipcLock, nccl}", net.data)
+        return NetworkSpec()
+    # The CRD's schema checks the types; the names are checked here (admission webhook, render), not by CEL.
+    nccl = net.string_map("nccl")
+    in_env = {e["name"] for e in env}
+    for name in nccl:
+        if not _NCCL_NAME.match(name):
+            net.bad("nccl", "takes NCCL_* variables only (other variables: spec.env)", name)
+        elif name in in_env:
+            net.bad("nccl", f"{name} is also in spec.env; give it once", name)
+    return NetworkSpec(host_network=net.boolean("hostNetwork"), ipc_lock=net.boolean("ipcLock"),
+                       nccl=tuple(sorted(nccl.items())))
+
+
 def _labels(spec: _Fields, key: str, values_are_labels: bool) -> dict[str, str]:
     """Extra labels/annotations for the MPIJob and its pods; the operator's own keys are refused."""
     out = spec.string_map(key)
@@ -397,15 +441,21 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings, labels: Mapping[str,
     results = _volume(volumes, "results", d.DEFAULT_RESULTS_MOUNT, required_=True, read_only=False)
     data = _volume(volumes, "data", d.DEFAULT_DATA_MOUNT, required_=kind == "ClassificationTrain", read_only=True)
     volumes.cross_field(cel.VOLUMES, kind)
+    gpus_asked = ranks[0] if ranks else 0
+    env = _env(spec)
+    network = _network(spec, env)
     fields = dict(
-        image=spec.string("image") or settings.default_image,
+        # the run's image by its GPUs: a GPU run on the CPU image would fail at start (kestrel_trainer.train.devices)
+        image=spec.string("image") or (settings.gpu_image if gpus_asked else settings.default_image),
+        gpu_resource=_gpu_resource(spec, settings.gpu_resource),
+        network=network,
         image_pull_policy=spec.choice("imagePullPolicy", d.IMAGE_PULL_POLICIES, None),
         image_pull_secrets=tuple(str(p["name"]) for p in pull_secrets),
         experiment_spec=spec.string("experimentSpec"),
         experiment_spec_ref=_key_ref(spec, "experimentSpecRef", d.DEFAULT_SPEC_CONFIGMAP_KEY),
         resources=_with_default_requests(_resources(spec, kind), settings.rank_requests),
         node_selector=spec.string_map("nodeSelector"),
-        tolerations=_tolerations(spec),
+        tolerations=_with_gpu_tolerations(_tolerations(spec), settings.gpu_tolerations if gpus_asked else ()),
         priority_class_name=spec.name("priorityClassName"),
         service_account_name=spec.name("serviceAccountName"),
         backoff_limit=spec.integer("backoffLimit", d.DEFAULT_BACKOFF_LIMIT, minimum=0),
@@ -416,7 +466,8 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings, labels: Mapping[str,
         scheduler_name=spec.name("schedulerName"),
         labels=_labels(spec, "labels", values_are_labels=True),
         annotations=_labels(spec, "annotations", values_are_labels=False),
-        env=_env(spec),
+        # spec.network.nccl after spec.env: both reach every rank (mpirun -x forwards the names)
+        env=(*env, *({"name": k, "value": v} for k, v in network.nccl)),
         affinity=_affinity(spec),
         runtime_class_name=spec.name("runtimeClassName"),
         launcher_resources=_resources(spec, kind, "launcherResources"),

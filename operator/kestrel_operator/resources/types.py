@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from kestrel_operator import API_VERSION
+from kestrel_operator.resources.defaults import GPU_RESOURCE
 from kestrel_operator.settings import DEFAULT_TERMINATION_GRACE_SECONDS
 
 KINDS: Mapping[str, str] = {
@@ -107,6 +108,15 @@ class SchedulingPolicy:
 
 
 @dataclass(frozen=True)
+class NetworkSpec:
+    """spec.network: the opt-in for NCCL over InfiniBand/RoCE (docs/gpu.md: what it costs in isolation)."""
+
+    host_network: bool = False  # the pods that run ranks share their node's network (hostNetwork)
+    ipc_lock: bool = False  # IPC_LOCK added to their capabilities (RDMA pins memory); mpirun stops pinning TCP
+    nccl: tuple[tuple[str, str], ...] = ()  # NCCL_* variables for every rank (forwarded by mpirun -x)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """What every kind shares: where and how its pods run."""
 
@@ -153,6 +163,10 @@ class RunSpec:
     ttl_seconds_after_finished: Optional[int] = None
     # Seconds the run's pods tolerate a lost node (the operator's KESTREL_NODE_LOST_SECONDS); None: no toleration.
     node_lost_seconds: Optional[int] = None
+    # The extended resource the GPUs are requested as (spec.gpuResource, else KESTREL_GPU_RESOURCE): a MIG profile
+    # or a renamed/time-sliced resource counts the same as nvidia.com/gpu.
+    gpu_resource: str = GPU_RESOURCE
+    network: NetworkSpec = field(default_factory=NetworkSpec)
 
 
 @dataclass(frozen=True)

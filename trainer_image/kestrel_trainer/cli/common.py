@@ -82,7 +82,11 @@ def task_status(results_dir: Optional[str], task: str, started: Optional[str] = 
 
 def add_common_task_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags the original accepts on every task (`--gpus`, `--gpu_index`, `--log_file`, ...)."""
-    parser.add_argument("--gpus", type=int, default=1, help="number of GPUs to use (default 1)")
+    # None = not given: resolved at start by train.devices.check (the GPUs there are, else the CPU, said in one
+    # line); given, it is a requirement: fewer visible GPUs is a one-line error, exit 2. The original's default is 1.
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="number of GPUs to use; fails at start if fewer are visible. 0: the CPU. Default: "
+                        "1 if a GPU is visible, else the CPU (said in one line)")
     parser.add_argument("--num_processes", "-np", type=int, default=-1,
                         help="data-parallel ranks; -1 (the default, as the original) means as many as --gpus")
     parser.add_argument("--gpu_index", type=int, nargs="+", default=None, help="GPU ids to use")
@@ -93,17 +97,23 @@ def add_common_task_arguments(parser: argparse.ArgumentParser) -> None:
 
 def apply_device_flags(args: argparse.Namespace) -> None:
     """--gpus/--gpu_index/--use_amp for a one-process task (evaluate, inference), as the original's launcher:
+    --gpus is checked against what TensorFlow sees (train.devices: no silent CPU),
     the task sees the GPUs --gpu_index lists (default: the first --gpus), and --use_amp turns on TensorFlow's
     automatic mixed precision graph rewrite. Imports TensorFlow: call it from run(), never at import time.
     """
     import tensorflow as tf
 
+    from kestrel_trainer.train import devices
+
     log = logging.getLogger("kestrel")
+    resolved = devices.check(args)  # an explicit --gpus N that cannot be met: one line, exit 2
     gpus = tf.config.list_physical_devices("GPU")
-    wanted = list(args.gpu_index) if args.gpu_index else list(range(max(getattr(args, "gpus", 1) or 1, 1)))
-    if not gpus:
-        if args.gpu_index or args.use_amp or (getattr(args, "gpus", 1) or 1) > 1:
-            log.warning("no GPU visible: --gpus/--gpu_index/--use_amp have no effect, running on the CPU in float32")
+    wanted = list(args.gpu_index) if args.gpu_index else list(range(max(resolved, 1)))
+    if not resolved or not gpus:
+        if gpus:
+            tf.config.set_visible_devices([], "GPU")  # --gpus 0: the CPU, as asked
+        if args.gpu_index or args.use_amp:
+            log.warning("on the CPU: --gpu_index/--use_amp have no effect, running in float32")
         return
     missing = [i for i in wanted if i >= len(gpus)]
     if missing:

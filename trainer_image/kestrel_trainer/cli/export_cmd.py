@@ -120,6 +120,10 @@ def run_export(args: argparse.Namespace) -> int:
     # s3:// (docs/storage.md): -r is a local folder uploaded as it is written, so status.json goes to the bucket
     args.results_dir = storage.output_dir(args.results_dir)
     with task_status(args.results_dir, "export") as status:
+        from kestrel_trainer.train import devices
+
+        # an explicit --gpus N (or the pod's KESTREL_REQUIRE_GPUS) with fewer GPUs: one line; the CPU is not news
+        devices.check(args, announce=False)
         if status:
             status.write("RUNNING", "Building exporter object.")
         summary = _export(args, status)

@@ -32,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     # s3:// (docs/storage.md): -r is a local folder uploaded as it is written, so status.json goes to the bucket
     args.results_dir = storage.output_dir(args.results_dir)
     with task_status(args.results_dir, "pruning") as status:
+        from kestrel_trainer.train import devices
+
+        # an explicit --gpus N (or the pod's KESTREL_REQUIRE_GPUS) with fewer GPUs: one line; the CPU is not news
+        devices.check(args, announce=False)
         report = _prune(args)
         if status:
             from kestrel_trainer.prune.report import pruning_ratio_line

@@ -58,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"evaluate: then the final model on {eval_spec.eval.eval_dataset_path}, into "
                   f"{os.path.join(args.results_dir, 'evaluate', 'results.json')} (--evaluate)")
         return 0
+    from kestrel_trainer.train import devices
+    from kestrel_trainer.train.distributed import Ranks, init_ranks, launched_world
+
+    world = launched_world()
+    # No silent CPU: an explicit --gpus N (or KESTREL_REQUIRE_GPUS) that TensorFlow cannot meet is one line, exit 2,
+    # before anything is read or written; without --gpus, the CPU is said in one line. A rank needs its share.
+    devices.check(args, per_rank_of=world.size if world is not None else 1)
+    processes = resolve_processes(args)
     if eval_spec is not None:
         from kestrel_trainer.data import folders
 
@@ -67,9 +75,6 @@ def run(args: argparse.Namespace) -> int:
     if not key:
         check_format_key(args.model_format, key)
         log.warning("no key given (-k or KESTREL_KEY): checkpoints are written unencrypted as .hdf5")
-    from kestrel_trainer.train.distributed import Ranks, init_ranks, launched_world
-
-    world = launched_world()
     if world is None and processes > 1:
         # Not under mpirun/horovodrun: start the ranks ourselves (each one comes back here and joins).
         from kestrel_trainer.train.launcher import launch, rank_arguments

@@ -34,9 +34,12 @@ RESOURCE_PLURAL_ENV = "KESTREL_RESOURCE_PLURAL"
 RESOURCE_NAME_ENV = "KESTREL_RESOURCE_NAME"
 RESOURCE_NAMESPACE_ENV = "KESTREL_RESOURCE_NAMESPACE"
 RESOURCE_UID_ENV = "KESTREL_RESOURCE_UID"
+# GPUs the pod's run asked for (the resource's spec.gpus; "0": the explicit CPU path): the trainer fails at start
+# with one line when TensorFlow sees fewer (kestrel_trainer.train.devices), instead of training on the CPU.
+REQUIRE_GPUS_ENV = "KESTREL_REQUIRE_GPUS"
 # Every variable the operator sets for the trainer, in the order the pods list them.
 TRAINER_ENV = (KEY_ENV, RESOURCE_GROUP_ENV, RESOURCE_VERSION_ENV, RESOURCE_PLURAL_ENV, RESOURCE_NAME_ENV,
-               RESOURCE_NAMESPACE_ENV, RESOURCE_UID_ENV, RUN_ENV)
+               RESOURCE_NAMESPACE_ENV, RESOURCE_UID_ENV, RUN_ENV, REQUIRE_GPUS_ENV)
 # Where the API server is (set by Kubernetes in every pod): ranks started over ssh need it forwarded.
 API_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
 

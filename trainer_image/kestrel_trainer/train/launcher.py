@@ -35,10 +35,11 @@ def resolve_processes(args: argparse.Namespace) -> int:
     --gpus 0 is CPU only (what the operator renders for `gpus: 0`): -1 then means one process, and
     `--gpus 0 --num_processes P` runs P CPU ranks. The numbers must obey the rule the operator checks too
     (kestrel_trainer.spec.parallelism); --gpus below --num_processes (the default --gpus 1 with `-np 2`) is
-    read as one device per rank, as the training loop reads it."""
+    read as one device per rank, as the training loop reads it. --gpus not given (None, resolved later by
+    train.devices.check) counts as the original's default 1 here: the rank count is the same either way."""
     gpus = getattr(args, "gpus", 1)
     n = getattr(args, "num_processes", -1)
-    gpus = -1 if gpus is None else gpus
+    gpus = 1 if gpus is None else gpus
     processes = None if n is None or n == -1 else n
     if gpus > 0 and processes is not None and 0 < gpus < processes:
         gpus = processes
@@ -50,8 +51,10 @@ def resolve_processes(args: argparse.Namespace) -> int:
 
 def rank_arguments(args: argparse.Namespace) -> list[str]:
     """The `kestrel train` arguments every rank runs with: the caller's, minus the key."""
-    out = ["train", "-e", args.experiment_spec, "-r", args.results_dir,
-           "--gpus", str(args.gpus), "--num_processes", str(resolve_processes(args))]
+    out = ["train", "-e", args.experiment_spec, "-r", args.results_dir]
+    if args.gpus is not None:  # resolved by train.devices.check before the ranks start: each rank checks its share
+        out += ["--gpus", str(args.gpus)]
+    out += ["--num_processes", str(resolve_processes(args))]
     if args.init_epoch is not None:
         out += ["--init_epoch", str(args.init_epoch)]
     if args.classmap:

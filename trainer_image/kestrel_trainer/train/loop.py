@@ -65,7 +65,7 @@ class TrainOptions:
     use_amp: bool = False
     verbose: Optional[bool] = None  # progress bar; None: when stdout is a terminal
     ranks: Ranks = field(default_factory=Ranks)
-    gpus: int = 1  # --gpus: with ranks.size, how many devices each rank owns (model parallelism)
+    gpus: int = 1  # --gpus as resolved by train.devices.check (0: the CPU): with ranks.size, devices per rank
     gpu_index: Optional[tuple[int, ...]] = None
     image_cache: str = "auto"  # decoded training images kept in memory: auto (if they fit), on, off
     model_format: str = "kestrel"  # checkpoints with a key: "kestrel" (authenticated) or "tao" (the original's .tlt)
@@ -146,8 +146,10 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
 def _configure_devices(spec: ExperimentSpec, opts: TrainOptions) -> tuple[list[str], mp.DevicePlan]:
     """This rank's devices (model parallelism: several per rank), made visible to TensorFlow."""
     ranks = opts.ranks
+    # opts.gpus is resolved (train.devices.check): 0 is the CPU, even where GPUs are visible
+    visible = len(tf.config.list_physical_devices("GPU")) if opts.gpus else 0
     plan = mp.plan_devices(max(opts.gpus, ranks.size), ranks.size, ranks.local_rank, spec.train.model_parallelism,
-                           len(tf.config.list_physical_devices("GPU")), opts.gpu_index)
+                           visible, opts.gpu_index)
     return mp.configure_devices(plan), plan
 
 

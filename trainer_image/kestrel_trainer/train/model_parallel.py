@@ -80,7 +80,8 @@ def configure_devices(plan: DevicePlan) -> list[str]:
     """Make this rank's devices visible to TensorFlow; the device names the parts go to.
 
     Must run before TensorFlow initialises its runtime (the first op). GPUs: only this rank's GPUs are
-    visible, renumbered /GPU:0..; memory grows on demand. CPU with a split: k logical CPU devices.
+    visible, renumbered /GPU:0..; memory grows on demand. CPU (--gpus 0, or no GPU with KESTREL_CPU_AS_GPUS=1): no
+    GPU visible; with a split, k logical CPU devices.
     """
     import tensorflow as tf
 
@@ -93,6 +94,8 @@ def configure_devices(plan: DevicePlan) -> list[str]:
             for gpu in mine:
                 tf.config.experimental.set_memory_growth(gpu, True)
             return [f"/GPU:{j}" for j in range(len(mine))]
+        if tf.config.list_physical_devices("GPU"):  # --gpus 0 on a GPU machine: the CPU, as asked
+            tf.config.set_visible_devices([], "GPU")
         if parts > 1:
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * parts)
