@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from kestrel_operator.manifests.commands import SPEC_DIR, SPEC_FILE
+from kestrel_operator.manifests.storage import storage_env, storage_volumes
 from kestrel_operator.resources.defaults import GPU_RESOURCE
 from kestrel_operator.resources.types import Resource, RunSpec, VolumeSpec
 from kestrel_trainer.spec.contract import KEY_ENV, RunIdentity
@@ -61,10 +62,14 @@ def volumes_and_mounts(
     claims: list[tuple[str, VolumeSpec]] = []
     if run.data is not None:
         claims.append(("data", run.data))
-    claims.append(("results", run.results))
+    if run.results is not None:
+        claims.append(("results", run.results))
     if model_volume is not None:
         claims.append(("model-source", model_volume))
     volumes, mounts = _claim_volumes(claims)
+    s3_volumes, s3_mounts = storage_volumes(run)
+    volumes += s3_volumes
+    mounts += s3_mounts
     if configmap is not None:
         volumes.append({"name": SPEC_VOLUME, "configMap": {"name": configmap, "items": [
             {"key": SPEC_FILE, "path": SPEC_FILE}]}})
@@ -90,7 +95,7 @@ def trainer_env(res: Resource, run_name: str) -> list[dict[str, Any]]:
                            namespace=meta.namespace, uid=meta.uid, run=run_name)
     key = {"name": KEY_ENV, "valueFrom": {"secretKeyRef": {"name": res.run.key_secret.name,
                                                             "key": res.run.key_secret.key}}}
-    return [key, *({"name": n, "value": v} for n, v in identity.env()), *user_env(res)]
+    return [key, *({"name": n, "value": v} for n, v in identity.env()), *storage_env(res.run), *user_env(res)]
 
 
 def _security_context() -> dict[str, Any]:
@@ -105,6 +110,7 @@ def _security_context() -> dict[str, Any]:
 def cleanup_container(res: Resource, folders: Sequence[str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
     """The launcher's init container removing old runs' folders (`kestrel runs remove`, which refuses any path
     that is not <...>/runs/<run hash> and logs each folder it removes). Only the results volume is mounted."""
+    assert res.run.results is not None, "old runs are removed from a results volume only"
     results = res.run.results.mount_path
     c: dict[str, Any] = {
         "name": CLEANUP_CONTAINER,
