@@ -145,7 +145,7 @@ def _train(b: Bucket, name: str, epochs: int = real_runs.EPOCHS, processes: int 
         "numProcesses": processes}, secret)
 
 
-def _run(cp: cl.ControlPlane, b: Bucket, resource: dict, wanted: str, timeout: float = 600) -> dict:
+def _run(cp: cl.ControlPlane, b: Bucket, resource: dict, wanted: str, timeout: float = 900) -> dict:
     name = resource["metadata"]["name"]
     cp.apply(resource)
     try:
@@ -253,7 +253,7 @@ def test_wrong_credentials_fail_with_one_line_naming_the_bucket_and_an_event(
 def test_server_stopped_while_the_run_uploads_then_restarted_the_run_finishes_with_whole_checkpoints(
         cluster: cl.ControlPlane, bucket: Bucket) -> None:
     b = bucket
-    epochs = 4
+    epochs = 3
     resource = _train(b, "fashion-s3-outage", epochs=epochs, processes=1)
     cluster.apply(resource)
     folder = wait_until("the run's folder in status", lambda: (ko.get_resource(
@@ -261,7 +261,7 @@ def test_server_stopped_while_the_run_uploads_then_restarted_the_run_finishes_wi
         timeout=120)
     first = _key(folder) + "/weights/resnet_001.tlt"
     wait_until("the first checkpoint in the bucket", lambda: first in b.keys(_key(folder) + "/weights/"),
-               timeout=420, interval=1)
+               timeout=900, interval=1)
     b.server.stop()
     stopped = time.monotonic()
     at_stop = _kestrel_free_keys(b.server.root, _key(folder) + "/weights/")
@@ -270,7 +270,7 @@ def test_server_stopped_while_the_run_uploads_then_restarted_the_run_finishes_wi
     b.server.start()
     down = time.monotonic() - stopped
     final = ko.wait_phase(cluster, "ClassificationTrain", "fashion-s3-outage", b.namespace, "Succeeded",
-                          timeout=600)
+                          timeout=900)
     weights = [k for k in b.keys(_key(folder) + "/weights/") if k.endswith(".tlt")]
     assert [k.rsplit("/", 1)[1] for k in weights] == [f"resnet_{e:03d}.tlt" for e in range(1, epochs + 1)], weights
     # Every checkpoint object is whole: each one loads (a cut object would fail to decrypt or parse).

@@ -205,3 +205,18 @@ def test_the_crd_accepts_storage_and_s3_paths():
     assert re.match(spec["properties"]["outputPath"]["pattern"], "s3://runs/x.etlt")
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
     assert any("storage.resultsPath" in r for r in rules)
+
+
+def test_the_s3_example_renders_with_no_pvc_and_names_only_the_secret(settings):
+    from tests.operator.conftest import load_example
+
+    (body,) = load_example("train-s3.yaml")
+    body["metadata"]["namespace"] = "default"
+    plan = plan_for(body, settings)
+    assert_valid(plan)
+    job = by_kind(plan, "MPIJob")[0]
+    assert not any("persistentVolumeClaim" in v for t in templates(job) for v in t["spec"]["volumes"])
+    assert plan.output.path.startswith("s3://kestrel-runs/fashion/runs/")
+    refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in launcher_of(plan)["env"]
+            if e["name"].startswith("AWS_") and "valueFrom" in e]
+    assert refs == ["s3-credentials"] * 3
