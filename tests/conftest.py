@@ -42,16 +42,17 @@ S3_TEST_SECRET_KEY = "kestrel-test-secret-0123456789"
 
 
 class S3Server:
-    """versitygw on 127.0.0.1 over a temp folder; stop() and start() again on the same port and data."""
+    """versitygw on `host` (127.0.0.1; the e2e's pods reach it on the control plane's address) over a temp folder;
+    stop() and start() again on the same port and data."""
 
-    def __init__(self, binary: str, root: Path) -> None:
+    def __init__(self, binary: str, root: Path, host: str = "127.0.0.1") -> None:
         import socket
 
-        self.binary, self.root = binary, root
+        self.binary, self.root, self.host = binary, root, host
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             self.port = s.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"http://{host}:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -61,14 +62,14 @@ class S3Server:
         env = {"PATH": os.environ.get("PATH", ""), "ROOT_ACCESS_KEY_ID": S3_TEST_ACCESS_KEY,
                "ROOT_SECRET_ACCESS_KEY": S3_TEST_SECRET_KEY}  # in its environment, not its command line
         log = open(self.root.parent / "versitygw.log", "ab")  # noqa: SIM115 - the server's, closed with it
-        self.proc = subprocess.Popen([self.binary, "--port", f"127.0.0.1:{self.port}", "--quiet", "posix",
+        self.proc = subprocess.Popen([self.binary, "--port", f"{self.host}:{self.port}", "--quiet", "posix",
                                       str(self.root)], env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"versitygw exited with {self.proc.returncode}: see {self.root.parent / 'versitygw.log'}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.host, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
@@ -112,7 +113,7 @@ class S3Fixture:
         from minio import Minio
 
         self.server, self.bucket, self.env = server, bucket, env
-        self.client = Minio(f"127.0.0.1:{server.port}", access_key=S3_TEST_ACCESS_KEY,
+        self.client = Minio(f"{server.host}:{server.port}", access_key=S3_TEST_ACCESS_KEY,
                             secret_key=S3_TEST_SECRET_KEY, secure=False, region="us-east-1")
 
     def url(self, key: str = "") -> str:

@@ -69,6 +69,8 @@ def test_the_gpu_rank_rows_are_the_trainers_table_with_its_bounds_as_schema_mini
             assert props[field[name]]["minimum"] == rule.minimum
 
 
+S3 = {"s3": {"endpoint": "http://10.0.0.1:7070", "secretRef": {"name": "s3-credentials"}},
+      "resultsPath": "s3://runs/fashion"}
 # (kind, spec changes) -> each applicable row's verdict is compared; `None` deletes a key of the base body.
 CASES: list[tuple[str, dict[str, Any]]] = [
     (TRAIN, {}),
@@ -86,6 +88,12 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     (TRAIN, {"volumes": {"data": {"claimName": "d", "mountPath": "/results"}, "results": {"claimName": "r"}}}),
     (TRAIN, {"volumes": {"data": {"claimName": "d"}, "results": {"claimName": "r", "mountPath": "/data"}}}),
     (TRAIN, {"volumes": {"data": {"claimName": "d"}, "results": {"claimName": "r"}}}),
+    (TRAIN, {"volumes": None, "storage": S3}),  # no PVC at all
+    (TRAIN, {"volumes": None}),  # neither: no results location, no data
+    (TRAIN, {"storage": S3}),  # both a results volume and storage.resultsPath
+    # data from s3, results on a PVC
+    (TRAIN, {"volumes": {"results": {"claimName": "r"}}, "storage": {"s3": S3["s3"]}}),
+    (TRAIN, {"volumes": {"results": {"claimName": "r"}}}),  # no data volume and no storage
     (TRAIN, {"pretrainedModel": {"path": "/data/m.tlt"}}),
     (TRAIN, {"pretrainedModel": {"path": "/data/m.tlt", "fromTrain": "t"}}),
     (TRAIN, {"pretrainedModel": {}}),
@@ -99,6 +107,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     (PRUNE, {"experimentSpec": "x", "experimentSpecRef": {"name": "cm"}}),
     (PRUNE, {"model": {"fromTrain": "a", "fromPrune": "b"}}),
     (PRUNE, {"model": {}}),
+    (PRUNE, {"volumes": None, "storage": S3, "model": {"path": "s3://runs/m.tlt"}}),
+    (PRUNE, {"volumes": None}),
     (EXPORT, {}),
     (EXPORT, {"dataType": "int8"}),
     (EXPORT, {"dataType": "int8", "calibration": {}}),

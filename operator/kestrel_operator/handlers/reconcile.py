@@ -456,13 +456,13 @@ class Reconciler:
         if retrying:
             self._event(body, out, "Normal", r.MPIJOB_CREATED,
                         f"created MPIJob {job_name}: attempt {attempt} of run {meta.run_hash}, resuming from the "
-                        f"newest checkpoint in {run_dir(res.run.results, meta.run_hash)} ({what})")
+                        f"newest checkpoint in {run_dir(res.run.results_root, meta.run_hash)} ({what})")
         elif again:
             self._event(body, out, "Warning", r.MPIJOB_RECREATED,
                         f"MPIJob {job_name} was deleted before the run finished: started it again ({what}). To "
                         "stop a run, set spec.suspend: true or delete the resource.")
         else:
-            folder = run_dir(res.run.results, meta.run_hash)
+            folder = run_dir(res.run.results_root, meta.run_hash)
             self._event(body, out, "Normal", r.MPIJOB_CREATED,
                         f"created MPIJob {job_name} for run {meta.run_hash} in {folder}: {what}")
         return self._mirror(body, res, old, generation, plan.objects[-1], now, out, fresh=True, history=history)
@@ -475,19 +475,22 @@ class Reconciler:
         remove, elsewhere = [], []
         for rec in dropped:
             loc = rec.get("output") or {}
-            on_this_volume = (not loc or (loc.get("claimName") == results.claim_name
-                                          and (loc.get("subPath") or "") == results.sub_path))
+            on_this_volume = results is not None and (not loc or (
+                loc.get("claimName") == results.claim_name and (loc.get("subPath") or "") == results.sub_path))
             if on_this_volume and rec.get("runHash"):
-                remove.append(run_dir(results, str(rec["runHash"])))
-            else:
+                remove.append(run_dir(results.mount_path, str(rec["runHash"])))
+            elif loc.get("claimName"):
                 elsewhere.append(f"{rec.get('runHash')} ({loc.get('claimName')}/{loc.get('subPath') or ''})")
+            else:  # in object storage: the operator and its launcher do not delete objects (docs/storage.md)
+                elsewhere.append(f"{rec.get('runHash')} ({rec.get('runPath') or 'object storage'})")
         if remove or elsewhere:
             message = f"spec.keepRuns is {res.run.keep_runs}: "
             if remove:
                 message += f"the new run's launcher removes {', '.join(remove)}"
             if elsewhere:
                 message += ("; " if remove else "") + (f"run(s) {', '.join(elsewhere)} are on another results "
-                                                        "volume and stay: remove them by hand")
+                                                        "volume or in object storage and stay: remove them by hand "
+                                                        "(or with a bucket lifecycle rule)")
             self._event(body, out, "Normal", r.OLD_RUNS_REMOVED, message)
         return remove
 
@@ -499,7 +502,7 @@ class Reconciler:
         name = _name(job)
         cause = None if fresh else self._pod_cause(res, old, generation, job, out)
         attempt = _attempt_of(job)
-        ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results, res.meta.run_hash), gate=_gate(res),
+        ctx = compute.RunContext(res.meta.run_hash, run_dir(res.run.results_root, res.meta.run_hash), gate=_gate(res),
                                  spec_hash=res.meta.spec_hash, history=history, attempt=attempt)
         workload = None if fresh else self._workload(job, now, out)
         ph = phase_of(job, workload)

@@ -24,8 +24,10 @@ from kestrel_operator.manifests.pods import (
     volumes_and_mounts,
 )
 from kestrel_operator.manifests.runs import run_identity
+from kestrel_operator.manifests.storage import forwarded_names
 from kestrel_operator.resources.defaults import KUEUE_QUEUE_LABEL
 from kestrel_operator.resources.errors import InvalidSpec
+from kestrel_operator.resources.parse import S3_SCHEME
 from kestrel_operator.resources.spec_text import check_spec_text, with_pretrained_model
 from kestrel_operator.resources.types import ModelRef, Resource, TrainResource
 from kestrel_trainer.spec.contract import STATUS_VERBS, entrypoint_command
@@ -142,7 +144,8 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
     labels = names.run_labels(meta)
     volumes, mounts = volumes_and_mounts(res, configmap, model.volume if model else None)
     trainer = trainer_command(res, mapping, model.path if model else None, configmap is not None, output.path)
-    command = launcher_command(trainer, mapping, [e["name"] for e in res.run.env], rdma=res.run.network.ipc_lock)
+    command = launcher_command(trainer, mapping, [e["name"] for e in res.run.env], forwarded_names(res.run),
+                               rdma=res.run.network.ipc_lock)
 
     def common() -> dict[str, Any]:
         # Fresh copies per template: shared lists would become YAML anchors in `render`.
@@ -274,6 +277,11 @@ def plan_run(res: Resource, spec_text: Optional[str], upstream: Optional[OutputL
     experiment = validate_spec_text(res, spec_text)
     ref = model_ref_of(res)
     model = model_source(ref, upstream) if ref is not None else None
+    if model is not None and model.path.startswith(S3_SCHEME) and res.run.storage is None:
+        assert ref is not None
+        field = "spec.pretrainedModel" if isinstance(res, TrainResource) else "spec.model"
+        raise InvalidSpec(f"the model ({model.path}) is in object storage: set spec.storage (the endpoint "
+                          "and the credentials' Secret)", field)
     mapping = gpu_mapping(res, experiment)
     if isinstance(res, TrainResource) and model is not None:
         spec_text = with_pretrained_model(spec_text or "", model.path, res.meta, spec_text_field(res))

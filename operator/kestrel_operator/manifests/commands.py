@@ -34,7 +34,7 @@ def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str
     """`kestrel train|prune|export ...` with the original CLI's flags. A train's results folder is its run's
     folder (manifests/runs.py); `output_path` is where a prune or export writes (inside its run's folder)."""
     if isinstance(res, TrainResource):
-        cmd = ["kestrel", "train", "-e", SPEC_PATH, "-r", run_dir(res.run.results, res.meta.run_hash)]
+        cmd = ["kestrel", "train", "-e", SPEC_PATH, "-r", run_dir(res.run.results_root, res.meta.run_hash)]
         if mapping.ranks > 1 or mapping.total_gpus > 1:
             cmd += ["--gpus", str(mapping.total_gpus), "--num_processes", str(mapping.ranks)]
         if res.use_amp:
@@ -72,7 +72,8 @@ def trainer_command(res: Resource, mapping: GpuMapping, model_path: Optional[str
         ("--batches", cal.batches),
         ("--batch_size", cal.batch_size),
         ("--max_batch_size", res.max_batch_size),
-        ("--engine_file", in_run(res.run.results, res.meta.run_hash, res.engine_file) if res.engine_file else None),
+        ("--engine_file", in_run(res.run.results_root, res.meta.run_hash, res.engine_file) if res.engine_file
+         else None),
     ):
         if value is not None:
             cmd += [flag, str(value)]
@@ -87,17 +88,18 @@ def mpirun_transport(rdma: bool) -> tuple[str, ...]:
 
 
 def launcher_command(trainer: list[str], mapping: GpuMapping, user_env: Sequence[str] = (),
-                     rdma: bool = False) -> list[str]:
+                     storage_env: Sequence[str] = (), rdma: bool = False) -> list[str]:
     """One rank: run the trainer in the launcher pod itself (it is PID 1 and checkpoints on SIGTERM). More: mpirun
     over the worker pods, forwarding our environment and the names in spec.env (a user's NCCL_DEBUG replaces our
     NCCL_DEBUG=INFO), under the trainer image's entrypoint, which turns the pod's SIGTERM into the signal mpirun
-    forwards to every rank (contract.MPIRUN_STOP_SIGNAL)."""
+    forwards to every rank (contract.MPIRUN_STOP_SIGNAL). `storage_env`: spec.storage's names (manifests/storage.py),
+    forwarded by name like the key: their values (credentials) never reach a command line."""
     if mapping.ranks == 1:
         return trainer
     cmd = ["mpirun", "-np", str(mapping.ranks), *MPIRUN_FLAGS]
     for name in MPIRUN_ENV:
         if name.partition("=")[0] not in user_env:
             cmd += ["-x", name]
-    for name in user_env:
+    for name in (*storage_env, *user_env):
         cmd += ["-x", name]
     return entrypoint_command([*cmd, *mpirun_transport(rdma), *trainer], MPIRUN_STOP_SIGNAL)

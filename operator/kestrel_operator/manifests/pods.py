@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from kestrel_operator.manifests.commands import SPEC_DIR, SPEC_FILE
+from kestrel_operator.manifests.storage import storage_env, storage_volumes
 from kestrel_operator.resources.types import Resource, RunSpec, VolumeSpec
 from kestrel_trainer.spec.contract import KEY_ENV, REQUIRE_GPUS_ENV, RunIdentity
 
@@ -60,10 +61,14 @@ def volumes_and_mounts(
     claims: list[tuple[str, VolumeSpec]] = []
     if run.data is not None:
         claims.append(("data", run.data))
-    claims.append(("results", run.results))
+    if run.results is not None:
+        claims.append(("results", run.results))
     if model_volume is not None:
         claims.append(("model-source", model_volume))
     volumes, mounts = _claim_volumes(claims)
+    s3_volumes, s3_mounts = storage_volumes(run)
+    volumes += s3_volumes
+    mounts += s3_mounts
     if configmap is not None:
         volumes.append({"name": SPEC_VOLUME, "configMap": {"name": configmap, "items": [
             {"key": SPEC_FILE, "path": SPEC_FILE}]}})
@@ -91,7 +96,8 @@ def trainer_env(res: Resource, run_name: str) -> list[dict[str, Any]]:
                                                             "key": res.run.key_secret.key}}}
     # the GPUs the pod's run asked for: fewer visible is the trainer's one-line error, not a run on the CPU
     require = {"name": REQUIRE_GPUS_ENV, "value": str(res.run.gpus)}
-    return [key, *({"name": n, "value": v} for n, v in identity.env()), require, *user_env(res)]
+    return [key, *({"name": n, "value": v} for n, v in identity.env()), require, *storage_env(res.run),
+            *user_env(res)]
 
 
 def _security_context(ipc_lock: bool = False) -> dict[str, Any]:
@@ -107,6 +113,7 @@ def _security_context(ipc_lock: bool = False) -> dict[str, Any]:
 def cleanup_container(res: Resource, folders: Sequence[str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
     """The launcher's init container removing old runs' folders (`kestrel runs remove`, which refuses any path
     that is not <...>/runs/<run hash> and logs each folder it removes). Only the results volume is mounted."""
+    assert res.run.results is not None, "old runs are removed from a results volume only"
     results = res.run.results.mount_path
     c: dict[str, Any] = {
         "name": CLEANUP_CONTAINER,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Optional
 
-from kestrel_operator.resources.types import ResourceMeta, VolumeSpec
+from kestrel_operator.resources.types import ResourceMeta
 from kestrel_trainer.spec.contract import RUN_ID, RUNS_DIR
 
 # The trainer's `kestrel runs remove` deletes only <...>/RUNS_DIR/<RUN_ID> folders (the contract).
@@ -34,15 +34,17 @@ def run_relative_dir(run_hash: str) -> str:
     return f"{RUNS_DIR}/{run_hash}"
 
 
-def run_dir(results: VolumeSpec, run_hash: str) -> str:
-    """The run's folder as its pods see it: <results mountPath>/runs/<run hash>."""
-    return f"{results.mount_path}/{run_relative_dir(run_hash)}"
+def run_dir(results_root: str, run_hash: str) -> str:
+    """The run's folder as its pods see it: <results>/runs/<run hash>, where <results> is the results volume's
+    mount path or the s3:// URL of spec.storage.resultsPath (RunSpec.results_root)."""
+    return f"{results_root.rstrip('/')}/{run_relative_dir(run_hash)}"
 
 
-def in_run(results: VolumeSpec, run_hash: str, path: str) -> str:
-    """An output path the resource names on its results volume, re-rooted in the run's folder
-    (/results/export/m.onnx -> /results/runs/<hash>/export/m.onnx); a path elsewhere stays as it is."""
-    prefix = results.mount_path.rstrip("/") + "/"
+def in_run(results_root: str, run_hash: str, path: str) -> str:
+    """An output path the resource names in its results location, re-rooted in the run's folder
+    (/results/export/m.onnx -> /results/runs/<hash>/export/m.onnx, s3://b/p/x.tlt -> s3://b/p/runs/<hash>/x.tlt);
+    a path elsewhere stays as it is."""
+    prefix = results_root.rstrip("/") + "/"
     if not path.startswith(prefix):
         return path
-    return f"{run_dir(results, run_hash)}/{path[len(prefix):]}"
+    return f"{run_dir(results_root, run_hash)}/{path[len(prefix):]}"

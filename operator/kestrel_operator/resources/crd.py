@@ -22,6 +22,7 @@ from kestrel_trainer.spec import parallelism as par
 
 Schema = dict[str, Any]
 ABS_PATH = r"^/"
+PATH_OR_URL = d.PATH_OR_URL_PATTERN
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -90,6 +91,31 @@ def _volume(role: str, default_mount: str, read_only_note: str) -> Schema:
     )
 
 
+def _storage() -> Schema:
+    return _o(
+        "Object storage (S3 or S3-compatible) the run's pods read and write: s3:// URLs in the spec text (datasets, "
+        "pretrained model), in model.path, outputPath and calibration, and resultsPath instead of a results "
+        "volume. The credentials reach the pods from the Secret by reference (docs/storage.md).",
+        {
+            "s3": _o("The store, configured as the standard AWS environment of every trainer process.", {
+                "endpoint": _s("An S3-compatible store's http(s)://host[:port] (AWS_ENDPOINT_URL); unset: AWS "
+                               "itself.", pattern=d.S3_ENDPOINT_PATTERN, maxLength=1024),
+                "region": _s("The region (AWS_REGION).", maxLength=64),
+                "secretRef": _o("A Secret in this namespace with the keys AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN).",
+                                {"name": _name("Secret name.")}, required=("name",)),
+                "caBundle": _o("A ConfigMap key with the PEM CA bundle of the endpoint (AWS_CA_BUNDLE).",
+                               {"name": _name("ConfigMap name."),
+                                "key": _s("Key holding the bundle.", default=d.DEFAULT_CA_BUNDLE_KEY, maxLength=253)},
+                               required=("name",)),
+            }, required=("secretRef",)),
+            "resultsPath": _s("Where the results go instead of a results volume, an s3://bucket/prefix URL: each run "
+                              "writes <resultsPath>/runs/<runHash>.", pattern=d.S3_URL_PATTERN, maxLength=4096),
+        },
+        required=("s3",),
+    )
+
+
 def _requirements(desc: str) -> Schema:
     return _o(desc, {"requests": _quantity_map("Requested resources."), "limits": _quantity_map("Resource limits.")},
               rules=cel.cel_at(cel.REQUIREMENTS, cel.TRAIN))
@@ -100,7 +126,7 @@ def _model_ref(desc: str) -> Schema:
         desc,
         {
             "path": _s("Absolute path of a .tlt/.hdf5 model as the run's pods see it (on the data or results "
-                       "volume).", pattern=ABS_PATH, maxLength=4096),
+                       "volume), or its s3:// URL (with storage).", pattern=PATH_OR_URL, maxLength=4096),
             "fromTrain": _name("A ClassificationTrain in this namespace: the run waits until it succeeded and "
                                "reads its final checkpoint (its results volume is mounted read-only)."),
             "fromPrune": _name("A ClassificationPrune in this namespace: the run waits until it succeeded and "
@@ -161,14 +187,15 @@ def _common_spec(kind: str) -> dict[str, Schema]:
             "items": _o("A Secret in this namespace.", {"name": _name("Secret name.")}, required=("name",)),
         },
         "volumes": _o(
-            "Volumes mounted into every pod of the run.",
+            "Volumes mounted into every pod of the run. results: unless storage.resultsPath is set; data (for a "
+            "ClassificationTrain): unless storage is set (the spec text's dataset paths are s3:// URLs then).",
             {
                 "data": _volume("data", d.DEFAULT_DATA_MOUNT, ", read-only (datasets, calibration images)"),
                 "results": _volume("results", d.DEFAULT_RESULTS_MOUNT, " (checkpoints, logs, outputs)"),
             },
-            required=("results", "data") if kind == "ClassificationTrain" else ("results",),
             rules=cel.cel_at(cel.VOLUMES, kind),
         ),
+        "storage": _storage(),
         "resources": _requirements(
             "CPU/memory requests and limits of each pod that runs ranks; nvidia.com/gpu is set from gpus."),
         "nodeSelector": {"type": "object", "description": "Node labels the pods must match.",
@@ -201,7 +228,8 @@ def _common_spec(kind: str) -> dict[str, Schema]:
                          f"(bad spec, key or data) is never retried. 0: never. Default {d.DEFAULT_RETRY_LIMIT}.",
                          default=d.DEFAULT_RETRY_LIMIT, minimum=0),
         "keepRuns": _i("Old runs whose folders (<results>/runs/<runHash>) are kept besides the current and the "
-                       "promoted run; a new run's launcher removes older ones. A spec edited back to a kept run's "
+                       "promoted run; a new run's launcher removes older ones from a results volume (runs in "
+                       "object storage leave status.runs but their objects stay). A spec edited back to a kept run's "
                        f"spec takes its result back with no new run. Default {d.DEFAULT_KEEP_RUNS}.",
                        default=d.DEFAULT_KEEP_RUNS, minimum=0),
         "shmSize": {"description": "Size limit of the /dev/shm memory volume (default: no limit).",
@@ -264,7 +292,7 @@ def _scheduling_spec() -> dict[str, Schema]:
 
 def _spec_schema(kind: str) -> Schema:
     props = _common_spec(kind)
-    required = ["keySecretRef", "volumes"]
+    required = ["keySecretRef"]
     if kind == "ClassificationTrain":
         props.update({
             "useAmp": _b("Automatic mixed precision (--use_amp)."),
@@ -294,8 +322,9 @@ def _spec_schema(kind: str) -> Schema:
     if kind == "ClassificationPrune":
         props.update({
             "model": _model_ref("The model to prune."),
-            "outputPath": _s("The pruned model (default <results mountPath>/pruned/<name>.tlt); must be on the "
-                             "results volume.", pattern=ABS_PATH, maxLength=4096),
+            "outputPath": _s("The pruned model (default <results>/pruned/<name>.tlt); must be in the results "
+                             "location (the results volume's mountPath or storage.resultsPath).", pattern=PATH_OR_URL,
+                             maxLength=4096),
             "normalizer": _s("Score normalisation within a layer (-n).", default=d.DEFAULT_NORMALIZER,
                              enum=list(d.NORMALIZERS)),
             "equalizationCriterion": _s("How scores of layers joined by element-wise ops combine (-eq).",
@@ -311,19 +340,21 @@ def _spec_schema(kind: str) -> Schema:
     if kind == "ClassificationExport":
         props.update({
             "model": _model_ref("The model to export."),
-            "outputPath": _s("The exported model (default <results mountPath>/export/<name>.etlt); must be on "
-                             "the results volume.", pattern=ABS_PATH, maxLength=4096),
+            "outputPath": _s("The exported model (default <results>/export/<name>.etlt); must be in the "
+                             "results location (the results volume's mountPath or storage.resultsPath).",
+                             pattern=PATH_OR_URL, maxLength=4096),
             "dataType": _s("Engine precision (--data_type).", default=d.DEFAULT_DATA_TYPE, enum=list(d.DATA_TYPES)),
             "genDsConfig": _b("Also write a DeepStream nvinfer config and labels.txt (--gen_ds_config)."),
             "calibration": _o("INT8 calibration.", {
-                "imageDir": _s("Images to calibrate on (--cal_image_dir).", pattern=ABS_PATH, maxLength=4096),
-                "cacheFile": _s("Calibration cache to write or reuse (--cal_cache_file).", pattern=ABS_PATH,
+                "imageDir": _s("Images to calibrate on (--cal_image_dir).", pattern=PATH_OR_URL, maxLength=4096),
+                "cacheFile": _s("Calibration cache to write or reuse (--cal_cache_file).", pattern=PATH_OR_URL,
                                 maxLength=4096),
                 "batches": _i("Calibration batches (--batches).", minimum=1),
                 "batchSize": _i("Calibration batch size (--batch_size).", minimum=1),
             }),
             "maxBatchSize": _i("Maximum engine batch size (--max_batch_size).", minimum=1),
-            "engineFile": _s("Also build a TensorRT engine here (--engine_file).", pattern=ABS_PATH, maxLength=4096),
+            "engineFile": _s("Also build a TensorRT engine here (--engine_file).", pattern=PATH_OR_URL,
+                             maxLength=4096),
         })
     return _o(f"Desired state of a {kind}: a change starts a new run (the running one is stopped).", props,
               required=tuple(required), rules=cel.cel_at(cel.SPEC, kind))
@@ -341,12 +372,14 @@ def _status_schema(kind: str) -> Schema:
         "startTime": {**time, "description": "When the run started."},
         "completionTime": {**time, "description": "When the run finished."},
         "outputPath": _s("The final artifact (model, pruned model, exported file) as the run's pods see it."),
-        "output": _o("Where the final artifact is on its volume (what fromTrain/fromPrune references mount).", {
+        "output": _o("Where the final artifact is on its volume (what fromTrain/fromPrune references mount); only "
+                     "relativePath when it is in object storage (outputPath is its URL).", {
             "claimName": _s("PersistentVolumeClaim."), "subPath": _s("Sub-path of the results volume."),
             "relativePath": _s("Path below the sub-path.")}),
         "inputModelPath": _s("The model this run read, as its pods see it."),
         "runHash": _s("The current run's identity (spec, spec text, input model); its folder is runPath."),
-        "runPath": _s("The current run's folder, <results mountPath>/runs/<runHash>, as its pods see it."),
+        "runPath": _s("The current run's folder, <results mountPath>/runs/<runHash> as its pods see it, or "
+                      "<storage.resultsPath>/runs/<runHash> (an s3:// URL)."),
         "attempt": _i("The current run's attempt (1 + the retries so far; spec.retryLimit)."),
         runs.PROMOTED: _o("The promoted run: the model dependents (fromTrain/fromPrune) read.", _record_schema()),
         runs.RUNS: {"type": "array", "description": "Run history, newest first: the current run, the promoted "

@@ -8,6 +8,7 @@ from kestrel_operator.settings import DEFAULT_GPU_RESOURCE
 
 DEFAULT_KEY_SECRET_KEY = "key"
 DEFAULT_SPEC_CONFIGMAP_KEY = "spec.txt"
+DEFAULT_CA_BUNDLE_KEY = "ca.crt"
 DEFAULT_DATA_MOUNT = "/data"
 DEFAULT_RESULTS_MOUNT = "/results"
 DEFAULT_BACKOFF_LIMIT = 0
@@ -40,6 +41,12 @@ RESERVED_LABEL_PREFIXES = ("kestrel.dev/", "app.kubernetes.io/managed-by", "app.
                            "training.kubeflow.org/")
 # Environment names the operator sets itself (the key, who the trainer is: manifests/commands.py).
 RESERVED_ENV_PREFIX = "KESTREL_"
+# The standard AWS environment the operator sets from spec.storage (manifests/storage.py); spec.env may not set them
+# then. The credentials come from the Secret, by reference.
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_SECRET_KEYS = ("AWS_SESSION_TOKEN",)
+STORAGE_ENV = (*S3_SECRET_KEYS, *S3_OPTIONAL_SECRET_KEYS, "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+               "AWS_CA_BUNDLE")
 # Spec fields a running run takes in place (the MPIJob is patched; pods created later get new tolerations):
 # editing only these (and metadata) never restarts a run. Every other spec edit starts a new run.
 IN_PLACE_FIELDS = ("suspend", "activeDeadlineSeconds", "tolerations", "ttlSecondsAfterFinished")
@@ -54,3 +61,10 @@ DEFAULT_KEEP_RUNS = 3
 # The gate's metrics: the status.progress field the trainer's end-of-run evaluation writes for each.
 PROMOTION_METRICS = ("top1", "topK")
 DEFAULT_PROMOTION_METRIC = "top1"
+
+# spec.storage: an s3://bucket[/prefix] URL (bucket names as S3 allows them: 3-63 lowercase letters, digits, dots and
+# hyphens) and an http(s)://host[:port] endpoint. The CRD's patterns and parse.py's checks are these.
+S3_URL_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$"
+S3_ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?/?$"
+# A path the pods read or write: absolute in the pod's filesystem, or an object store URL (with spec.storage).
+PATH_OR_URL_PATTERN = r"^(/|s3://)"

@@ -41,12 +41,15 @@ from kestrel_operator.resources.types import (
     Resource,
     ResourceMeta,
     RunSpec,
+    S3Storage,
     SchedulingPolicy,
     TrainResource,
     VolumeSpec,
 )
 from kestrel_operator.settings import GPU_RESOURCE_PATTERN, Settings
 from kestrel_trainer.spec.parallelism import Parallelism, parallelism
+
+S3_SCHEME = "s3://"  # the trainer's (kestrel_trainer.storage.s3.SCHEME); the operator does not import the client
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _GPU_RESOURCE = re.compile(GPU_RESOURCE_PATTERN)
@@ -184,11 +187,57 @@ def _abs_path(fields: _Fields, key: str, value: Optional[str]) -> Optional[str]:
     return value
 
 
-def _volume(parent: _Fields, key: str, default_mount: str, required_: bool, read_only: bool) -> Optional[VolumeSpec]:
+def _path_or_url(fields: _Fields, key: str, value: Optional[str], storage: bool) -> Optional[str]:
+    """An absolute path in the pods, or (with spec.storage) an s3://bucket/key URL."""
+    if value is None or not value.startswith(S3_SCHEME):
+        return _abs_path(fields, key, value)
+    if not storage:
+        fields.bad(key, "an s3:// URL needs spec.storage (the endpoint and the credentials' Secret)", value)
+        return None
+    return _s3_url(fields, key, value)
+
+
+def _s3_url(fields: _Fields, key: str, value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    if not re.match(d.S3_URL_PATTERN, value):
+        fields.bad(key, "not an s3://bucket/prefix URL (bucket: 3-63 lowercase letters, digits, '.', '-')", value)
+        return None
+    if ".." in value[len(S3_SCHEME):].split("/"):
+        fields.bad(key, "'..' is not allowed in an object key", value)
+        return None
+    return value.rstrip("/")
+
+
+def _storage(spec: _Fields) -> tuple[Optional[S3Storage], Optional[str]]:
+    """spec.storage: (the S3 store, the results URL in it or None)."""
+    f = spec.sub("storage")
+    if f is None:
+        return None, None
+    s3 = f.sub("s3")
+    if s3 is None:
+        f.errs.add(required(f.at("s3"), "the store: {endpoint, region, secretRef: {name}, caBundle}"))
+        return None, None
+    before = len(f.errs)
+    endpoint = s3.string("endpoint")
+    if endpoint is not None and not re.match(d.S3_ENDPOINT_PATTERN, endpoint):
+        s3.bad("endpoint", "not an http(s)://host[:port] URL", endpoint)
+    region = s3.string("region")
+    secret = s3.sub("secretRef")
+    secret_name = secret.name("name", required_=True) if secret is not None else None
+    if secret is None:
+        s3.errs.add(required(s3.at("secretRef"), "the Secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"))
+    ca = _key_ref(s3, "caBundle", d.DEFAULT_CA_BUNDLE_KEY)
+    results = _s3_url(f, "resultsPath", f.string("resultsPath"))
+    if len(f.errs) > before or secret_name is None:
+        return None, None
+    return S3Storage(secret_name=secret_name, endpoint=endpoint.rstrip("/") if endpoint else None, region=region,
+                     ca_bundle=ca), results
+
+
+def _volume(parent: _Fields, key: str, default_mount: str, read_only: bool) -> Optional[VolumeSpec]:
     f = parent.sub(key)
     if f is None:
-        if required_:
-            parent.errs.add(required(parent.at(key), "a PVC: claimName, optional subPath and mountPath"))
         return None
     before = len(f.errs)
     claim = f.name("claimName", required_=True)
@@ -213,7 +262,7 @@ def _key_ref(parent: _Fields, key: str, default_key: str) -> Optional[KeyRef]:
     return KeyRef(name=name, key=ref_key) if name is not None else None
 
 
-def _model_ref(parent: _Fields, key: str, required_: bool, kind: str) -> Optional[ModelRef]:
+def _model_ref(parent: _Fields, key: str, required_: bool, kind: str, storage: bool = False) -> Optional[ModelRef]:
     f = parent.sub(key)
     if f is None:
         if required_:
@@ -221,7 +270,7 @@ def _model_ref(parent: _Fields, key: str, required_: bool, kind: str) -> Optiona
         return None
     before = len(f.errs)
     ref = ModelRef(
-        path=_abs_path(f, "path", f.string("path")),
+        path=_path_or_url(f, "path", f.string("path"), storage),
         from_train=f.name("fromTrain"),
         from_prune=f.name("fromPrune"),
     )
@@ -332,7 +381,7 @@ def _labels(spec: _Fields, key: str, values_are_labels: bool) -> dict[str, str]:
     return out
 
 
-def _env(spec: _Fields) -> tuple[dict[str, Any], ...]:
+def _env(spec: _Fields, storage: bool = False) -> tuple[dict[str, Any], ...]:
     """Extra environment for every trainer container (NCCL_*, proxies): {name, value} or {name, valueFrom}."""
     value = spec.data.get("env") or []
     path = spec.at("env")
@@ -344,6 +393,8 @@ def _env(spec: _Fields) -> tuple[dict[str, Any], ...]:
     for i, item in enumerate(value):
         where = f"{path}[{i}]"
         problem = _env_problem(item, seen)
+        if not problem and storage and item["name"] in d.STORAGE_ENV:
+            problem = f"{item['name']}: set by the operator from spec.storage"
         if problem:
             spec.errs.add(invalid(where, problem))
             continue
@@ -438,11 +489,13 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings, labels: Mapping[str,
     shm = spec.string("shmSize", settings.shm_size)
     if shm is not None and not _QUANTITY.match(shm):
         spec.bad("shmSize", "not a Kubernetes quantity", shm)
-    results = _volume(volumes, "results", d.DEFAULT_RESULTS_MOUNT, required_=True, read_only=False)
-    data = _volume(volumes, "data", d.DEFAULT_DATA_MOUNT, required_=kind == "ClassificationTrain", read_only=True)
+    storage, results_url = _storage(spec)
+    # Whether each volume is needed is a rule of the table (one results location; data unless storage is set).
+    results = _volume(volumes, "results", d.DEFAULT_RESULTS_MOUNT, read_only=False)
+    data = _volume(volumes, "data", d.DEFAULT_DATA_MOUNT, read_only=True)
     volumes.cross_field(cel.VOLUMES, kind)
     gpus_asked = ranks[0] if ranks else 0
-    env = _env(spec)
+    env = _env(spec, storage is not None)
     network = _network(spec, env)
     fields = dict(
         # the run's image by its GPUs: a GPU run on the CPU image would fail at start (kestrel_trainer.train.devices)
@@ -478,11 +531,11 @@ def _run_spec(kind: str, spec: _Fields, settings: Settings, labels: Mapping[str,
         node_lost_seconds=settings.node_lost_seconds,
         ttl_seconds_after_finished=spec.integer("ttlSecondsAfterFinished", settings.run_ttl_seconds, minimum=0),
     )
-    if len(errs) > before or ranks is None or key_secret is None or results is None:
+    if len(errs) > before or ranks is None or key_secret is None or (results is None and results_url is None):
         return None
     gpus, num_processes, gpus_per_node = ranks
     return RunSpec(gpus=gpus, num_processes=num_processes, gpus_per_node=gpus_per_node, key_secret=key_secret,
-                   data=data, results=results, shm_size=shm, **fields)
+                   data=data, results=results, shm_size=shm, storage=storage, results_url=results_url, **fields)
 
 
 def run_hash(spec: Any) -> str:
@@ -529,13 +582,15 @@ def _meta(body: Mapping[str, Any], errs: FieldErrors) -> Optional[ResourceMeta]:
     )
 
 
-def _output_path(spec: _Fields, results: Optional[VolumeSpec], default_rel: str) -> Optional[str]:
-    given = _abs_path(spec, "outputPath", spec.string("outputPath"))
-    if results is None:
+def _output_path(spec: _Fields, run: Optional[RunSpec], default_rel: str) -> Optional[str]:
+    given = _path_or_url(spec, "outputPath", spec.string("outputPath"), run is not None and run.storage is not None)
+    if run is None:
         return None
-    path = given or f"{results.mount_path}/{default_rel}"
-    if not path.startswith(results.mount_path + "/"):
-        spec.bad("outputPath", f"must be under the results volume ({results.mount_path}/...)", path)
+    root = run.results_root
+    path = given or f"{root}/{default_rel}"
+    if not path.startswith(root + "/"):
+        where = "the results location" if run.results_url else "the results volume"
+        spec.bad("outputPath", f"must be under {where} ({root}/...)", path)
         return None
     return path
 
@@ -555,7 +610,7 @@ def _promotion(spec: _Fields) -> Optional[Promotion]:
 def _train(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec]) -> Optional[TrainResource]:
     use_amp = spec.boolean("useAmp")
     init_epoch = spec.integer("initEpoch", None, minimum=1)
-    pretrained = _model_ref(spec, "pretrainedModel", required_=False, kind=cel.TRAIN)
+    pretrained = _model_ref(spec, "pretrainedModel", required_=False, kind=cel.TRAIN, storage=spec.has("storage"))
     promotion = _promotion(spec)
     if meta is None or run is None or spec.errs:
         return None
@@ -563,13 +618,13 @@ def _train(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec]) 
                          promotion=promotion)
 
 
-def _prune(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec], model: Optional[ModelRef],
-           results: Optional[VolumeSpec]) -> Optional[PruneResource]:
+def _prune(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec],
+           model: Optional[ModelRef]) -> Optional[PruneResource]:
     excluded = spec.data.get("excludedLayers") or []
     if not isinstance(excluded, list) or not all(isinstance(x, str) and x for x in excluded):
         spec.bad("excludedLayers", "must be a list of layer names", excluded)
     fields = dict(
-        output_path=_output_path(spec, results if meta else None, f"pruned/{meta.name if meta else ''}.tlt"),
+        output_path=_output_path(spec, run if meta else None, f"pruned/{meta.name if meta else ''}.tlt"),
         normalizer=spec.choice("normalizer", d.NORMALIZERS, d.DEFAULT_NORMALIZER),
         equalization_criterion=spec.choice("equalizationCriterion", d.EQUALIZATION_CRITERIA, d.DEFAULT_EQUALIZATION),
         pruning_granularity=spec.integer("pruningGranularity", d.DEFAULT_GRANULARITY, minimum=1),
@@ -581,21 +636,21 @@ def _prune(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec], 
     return PruneResource(meta=meta, run=run, model=model, excluded_layers=tuple(excluded), **fields)
 
 
-def _export(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec], model: Optional[ModelRef],
-            results: Optional[VolumeSpec]) -> Optional[ExportResource]:
+def _export(meta: Optional[ResourceMeta], spec: _Fields, run: Optional[RunSpec],
+            model: Optional[ModelRef]) -> Optional[ExportResource]:
     cal = spec.sub("calibration") or _Fields({}, spec.at("calibration"), spec.errs)
     calibration = Calibration(
-        image_dir=_abs_path(cal, "imageDir", cal.string("imageDir")),
-        cache_file=_abs_path(cal, "cacheFile", cal.string("cacheFile")),
+        image_dir=_path_or_url(cal, "imageDir", cal.string("imageDir"), spec.has("storage")),
+        cache_file=_path_or_url(cal, "cacheFile", cal.string("cacheFile"), spec.has("storage")),
         batches=cal.integer("batches", None, minimum=1),
         batch_size=cal.integer("batchSize", None, minimum=1),
     )
     data_type = spec.choice("dataType", d.DATA_TYPES, d.DEFAULT_DATA_TYPE)  # int8's calibration: rules.py
     fields = dict(
-        output_path=_output_path(spec, results if meta else None, f"export/{meta.name if meta else ''}.etlt"),
+        output_path=_output_path(spec, run if meta else None, f"export/{meta.name if meta else ''}.etlt"),
         gen_ds_config=spec.boolean("genDsConfig"),
         max_batch_size=spec.integer("maxBatchSize", None, minimum=1),
-        engine_file=_abs_path(spec, "engineFile", spec.string("engineFile")),
+        engine_file=_path_or_url(spec, "engineFile", spec.string("engineFile"), spec.has("storage")),
     )
     if meta is None or run is None or model is None or data_type is None or fields["output_path"] is None \
             or spec.errs:
@@ -610,14 +665,14 @@ def parse_resource(body: Mapping[str, Any], settings: Settings) -> Resource:
     spec = _Fields(body.get("spec"), "spec", errs)
     kind = str(body.get("kind"))
     run = _run_spec(kind, spec, settings, (body.get("metadata") or {}).get("labels") or {})
-    results = run.results if run else None
+    storage = spec.has("storage")
     res: Optional[Resource]
     if kind == "ClassificationTrain":
         res = _train(meta, spec, run)
     elif kind == "ClassificationPrune":
-        res = _prune(meta, spec, run, _model_ref(spec, "model", True, kind), results)
+        res = _prune(meta, spec, run, _model_ref(spec, "model", True, kind, storage))
     else:
-        res = _export(meta, spec, run, _model_ref(spec, "model", True, kind), results)
+        res = _export(meta, spec, run, _model_ref(spec, "model", True, kind, storage))
     errs.raise_if_any()
     assert res is not None, "no error recorded but no resource built"
     return res

@@ -47,6 +47,19 @@ def _calibrated(spec: Mapping[str, Any], kind: str) -> bool:
     return spec.get("dataType", d.DEFAULT_DATA_TYPE) != "int8" or _has(cal, "imageDir") or _has(cal, "cacheFile")
 
 
+def _sub(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = obj.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _one_results_location(spec: Mapping[str, Any], kind: str) -> bool:
+    return _has(_sub(spec, "volumes"), "results") != _has(_sub(spec, "storage"), "resultsPath")
+
+
+def _data_location(spec: Mapping[str, Any], kind: str) -> bool:
+    return _has(spec, "storage") or _has(_sub(spec, "volumes"), "data")
+
+
 def _one_model_source(ref: Mapping[str, Any], kind: str) -> bool:
     return sum(_has(ref, k) for k in ("path", "fromTrain", "fromPrune")) == 1
 
@@ -89,7 +102,14 @@ RULES: tuple[CelRule, ...] = (
             "self.dataType != 'int8' || (has(self.calibration) && (has(self.calibration.imageDir) || "
             "has(self.calibration.cacheFile)))",
             "int8 needs calibration.imageDir or calibration.cacheFile", _calibrated, ("ClassificationExport",)),
-    CelRule("distinct-mounts", VOLUMES, "!has(self.data) || self.data.mountPath != self.results.mountPath",
+    CelRule("one-results-location", SPEC,
+            "(has(self.volumes) && has(self.volumes.results)) != (has(self.storage) && has(self.storage.resultsPath))",
+            "exactly one of volumes.results (a PVC) or storage.resultsPath (an s3:// URL)", _one_results_location),
+    CelRule("data-volume-or-storage", SPEC, "has(self.storage) || (has(self.volumes) && has(self.volumes.data))",
+            "volumes.data is required unless storage is set (datasets at s3:// URLs in the spec text)",
+            _data_location, (TRAIN,)),
+    CelRule("distinct-mounts", VOLUMES,
+            "!has(self.data) || !has(self.results) || self.data.mountPath != self.results.mountPath",
             "data and results need different mountPaths", _distinct_mounts),
     CelRule("one-model-source", MODEL_REF,
             "(has(self.path) ? 1 : 0) + (has(self.fromTrain) ? 1 : 0) + (has(self.fromPrune) ? 1 : 0) == 1",

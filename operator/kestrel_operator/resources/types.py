@@ -76,6 +76,18 @@ class KeyRef:
 
 
 @dataclass(frozen=True)
+class S3Storage:
+    """spec.storage.s3: an S3 (or S3-compatible) store the run's pods reach with the standard AWS environment.
+    The credentials stay in the Secret `secret_name` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optionally
+    AWS_SESSION_TOKEN); the pods get them from it by reference (manifests/storage.py)."""
+
+    secret_name: str
+    endpoint: Optional[str] = None  # http(s)://host[:port]; None: AWS itself (by region)
+    region: Optional[str] = None
+    ca_bundle: Optional[KeyRef] = None  # a ConfigMap key holding a PEM bundle for the endpoint
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """Exactly one of: a path in the pods, a ClassificationTrain, a ClassificationPrune."""
 
@@ -130,7 +142,7 @@ class RunSpec:
     experiment_spec: Optional[str]
     experiment_spec_ref: Optional[KeyRef]
     data: Optional[VolumeSpec]
-    results: VolumeSpec
+    results: Optional[VolumeSpec]  # None when the results are in object storage (results_url)
     resources: Mapping[str, Mapping[str, str]]
     node_selector: Mapping[str, str]
     tolerations: tuple[Mapping[str, Any], ...]
@@ -167,6 +179,18 @@ class RunSpec:
     # or a renamed/time-sliced resource counts the same as nvidia.com/gpu.
     gpu_resource: str = GPU_RESOURCE
     network: NetworkSpec = field(default_factory=NetworkSpec)
+    # spec.storage: the object store the pods reach, and the results location in it (s3://bucket/prefix) that
+    # replaces the results volume (exactly one of `results` and `results_url` is set).
+    storage: Optional[S3Storage] = None
+    results_url: Optional[str] = None
+
+    @property
+    def results_root(self) -> str:
+        """Where the results go, as the run's pods see it: the results volume's mount path or an s3:// URL."""
+        if self.results_url:
+            return self.results_url
+        assert self.results is not None
+        return self.results.mount_path
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ def _record(old: Mapping[str, Any], generation: int, ctx: RunContext, phase: str
         rec["completionTime"] = completion
     if phase == SUCCEEDED and output:
         rec["outputPath"] = output.get("path")
-        rec["output"] = {k: output[k] for k in ("claimName", "subPath", "relativePath") if k in output}
+        rec["output"] = {k: output[k] for k in ("claimName", "subPath", "relativePath") if output.get(k)
+                         or (k == "subPath" and output.get("claimName"))}
     return {k: v for k, v in rec.items() if v is not None}
 
 

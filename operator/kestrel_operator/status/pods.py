@@ -82,7 +82,8 @@ def _waiting(pod: Mapping[str, Any], key_secret: str, image: str) -> Optional[Ca
                              "starts by itself once it exists.")
             return Cause(r.CREATE_CONTAINER_CONFIG_ERROR,
                          f"pod {_name(pod)} cannot start: {said}. Create what it names (a Secret or ConfigMap "
-                         "from spec.env); the pod starts by itself once it exists.")
+                         "from spec.env, or spec.storage.s3.secretRef's Secret with AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY); the pod starts by itself once it exists.")
         if why == "CrashLoopBackOff" and cs.get("name") == WORKER_CONTAINER:
             last = (cs.get("lastState") or {}).get("terminated") or {}
             exit_said = f"exit code {last.get('exitCode')} ({last.get('reason') or 'Error'})" if last else said

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from kestrel_trainer.storage import cache as _storage_cache
+
 # -- environment ------------------------------------------------------------------------------------------
 KEY_ENV = "KESTREL_KEY"  # the model key: only ever in the environment, never on a command line
 RUN_ENV = "KESTREL_RUN"  # the MPIJob of the run: progress carries it so a superseded run's is dropped
@@ -37,6 +39,9 @@ RESOURCE_UID_ENV = "KESTREL_RESOURCE_UID"
 # GPUs the pod's run asked for (the resource's spec.gpus; "0": the explicit CPU path): the trainer fails at start
 # with one line when TensorFlow sees fewer (kestrel_trainer.train.devices), instead of training on the CPU.
 REQUIRE_GPUS_ENV = "KESTREL_REQUIRE_GPUS"
+# Where the trainer stages s3:// inputs and mirrors s3:// results; the operator points it at an emptyDir for runs
+# with spec.storage. Defined by the storage layer (below this one), named here for the operator.
+CACHE_DIR_ENV = _storage_cache.CACHE_DIR_ENV
 # Every variable the operator sets for the trainer, in the order the pods list them.
 TRAINER_ENV = (KEY_ENV, RESOURCE_GROUP_ENV, RESOURCE_VERSION_ENV, RESOURCE_PLURAL_ENV, RESOURCE_NAME_ENV,
                RESOURCE_NAMESPACE_ENV, RESOURCE_UID_ENV, RUN_ENV, REQUIRE_GPUS_ENV)

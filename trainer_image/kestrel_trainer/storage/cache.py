@@ -24,6 +24,10 @@ from typing import Iterator, Optional
 from kestrel_trainer.storage import s3
 from kestrel_trainer.storage.s3 import ObjectInfo, StorageError, Url
 
+# Where s3:// inputs are staged and s3:// results mirrored (contract.CACHE_DIR_ENV: the operator points it at an
+# emptyDir for runs with spec.storage).
+CACHE_DIR_ENV = "KESTREL_CACHE_DIR"
+
 log = logging.getLogger("kestrel.storage")
 
 MANIFEST = ".kestrel-staged.json"
@@ -31,7 +35,7 @@ DOWNLOAD_THREADS = 8
 
 
 def cache_root() -> str:
-    root = os.environ.get("KESTREL_CACHE_DIR") or os.path.join(
+    root = os.environ.get(CACHE_DIR_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kestrel")
     return os.path.abspath(root)
 
