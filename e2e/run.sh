@@ -32,14 +32,14 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 # With arguments (-k, a file): one session. The whole suite: two sessions side by side, each with its own cluster in
-# its own network namespace (netns.py), because most of the suite waits on pods: the multi-node and Kueue modules
+# its own network namespace (netns.py), because most of the suite waits on pods: the multi-node, Kueue and S3 modules
 # (their own nodes and controllers, about a third of the time) in one, the rest in the other. Logs shown when done.
 if [ $# -gt 0 ]; then
     KESTREL_E2E_BUILD=1 "$VENV/bin/python" -m pytest e2e -q "$@"
     echo "e2e: total $(( $(date +%s) - start )) s"
     exit 0
 fi
-SIDE=(e2e/test_multinode.py e2e/test_kueue.py)
+SIDE=(e2e/test_multinode.py e2e/test_kueue.py e2e/test_real_s3.py)
 side_log=$(mktemp)
 KESTREL_E2E_BUILD=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${SIDE[@]}" >"$side_log" 2>&1 &
 side=$!
