@@ -29,13 +29,11 @@ PROTOS = sorted(p.name for p in (REPO / "trainer_image" / "kestrel_trainer" / "s
 
 
 @pytest.fixture(scope="module")
-def dist() -> Path:
+def dist(tmp_path_factory) -> Path:
     given = os.environ.get("KESTREL_DIST")
     if given:
         return Path(given)
-    import tempfile
-
-    out = Path(tempfile.mkdtemp(prefix="kestrel-dist-"))
+    out = tmp_path_factory.mktemp("dist")
     proc = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], capture_output=True,
                           text=True, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
