@@ -28,6 +28,10 @@ stamp="$VENV/.kestrel-installed"
 want=$(cat constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing the pinned Python stack (TensorFlow 2.15.1 CPU etc.; a few minutes the first time)"
+  # The distribution was called "kestrel" before it became kestrel-classify (that name on PyPI is another
+  # project): drop a venv's old editable install of this repo, so one distribution owns the commands.
+  old_dist=$("$VENV/bin/pip" show -f kestrel 2>/dev/null || true)
+  if grep -q "__editable__" <<<"$old_dist"; then "$VENV/bin/pip" uninstall -q -y kestrel; fi
   "$VENV/bin/pip" install -q -c constraints.txt -e ".[trainer,operator,tracking,dev]"
   echo "$want" > "$stamp"
 fi

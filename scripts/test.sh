@@ -14,4 +14,9 @@ VENV=${KESTREL_VENV:-$(pwd)/.venv}
 export KESTREL_STRICT=${KESTREL_STRICT:-1}
 "$VENV/bin/ruff" check .
 "$VENV/bin/lint-imports"  # the import layers in pyproject.toml [tool.importlinter]
+# The distribution users install (docs/install.md): the sdist, and the wheel built from it, into dist/ (~30 s);
+# tests/test_packaging.py checks both and installs the wheel into a fresh virtualenv.
+rm -rf dist
+"$VENV/bin/python" -m build --outdir dist . >/dev/null
+export KESTREL_DIST=$(pwd)/dist
 "$VENV/bin/python" -m pytest -n "${KESTREL_TEST_WORKERS:-2}" tests "$@"

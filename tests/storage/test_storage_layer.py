@@ -178,3 +178,91 @@ def test_uploads_go_through_once_a_stopped_server_is_back(s3, caplog):
         finally:
             s3.server.start()
     assert s3.get("run/weights/m_001.hdf5") == data
+
+
+def _present(root: str) -> set[str]:
+    """Files a mirror folder holds, relative to it (the staging manifest aside)."""
+    return {p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+def test_two_ranks_each_fetch_only_their_shard_disjoint_and_together_the_dataset(s3, tmp_path, monkeypatch):
+    """`kestrel train` stages its datasets lazily (cli/common.stage_spec_inputs): rank r of 2 (two nodes, each its
+    own cache) scans the whole file list but fetches only its shard (sharding.shard_indices), as the bad-image check
+    (data/check.py, which the trainer runs before reading anything) decodes it. Counted against the server's
+    own listing (ETags and sizes from an independent client): the two ranks' downloads are disjoint, and together
+    exactly the bucket's objects."""
+    from kestrel_trainer.data import folders
+    from kestrel_trainer.data.check import exclude_bad_images_and_cache
+    from kestrel_trainer.data.sharding import shard_indices
+    from tests.conftest import import_fashion_subset
+
+    data = import_fashion_subset(tmp_path / "fm", per_class=3)
+    s3.upload_tree(data / "train", "fm/train")
+    server = {o.object_name[len("fm/train/"):]: f"{o.etag.strip(chr(34))}-{o.size}"
+              for o in s3.client.list_objects(s3.bucket, prefix="fm/train/", recursive=True)}
+    assert len(server) == 30
+
+    def rank(r: int, size: int) -> tuple[list[str], set[str], set[str]]:
+        cache = tmp_path / f"node-{r}-of-{size}"
+        monkeypatch.setenv("KESTREL_CACHE_DIR", str(cache))
+        root = storage.input_path(s3.url("fm/train"), lazy=True)
+        assert _present(root) == set()  # listed only: nothing fetched yet
+        scanned = folders.scan(root)  # the whole list, as every rank must see it
+        kept, _labels, skipped, _ = exclude_bad_images_and_cache(
+            list(scanned.files), list(scanned.labels), skip_bad_images=False, channels=1, rank=r, size=size,
+            cache="off", gather=lambda failed: failed, log=print, info=print)
+        assert skipped == 0 and kept == list(scanned.files)
+        shard = {os.path.relpath(scanned.files[i], root) for i in shard_indices(len(scanned.files), r, size)}
+        assert _present(root) == shard  # this rank holds its shard and nothing else
+        downloaded = {p.name for p in (cache / "objects").rglob("*") if p.is_file()}
+        assert downloaded == {server[rel] for rel in shard}  # ... and downloaded just those objects
+        return [os.path.relpath(f, root) for f in scanned.files], shard, downloaded
+
+    list0, shard0, got0 = rank(0, 2)
+    list1, shard1, got1 = rank(1, 2)
+    assert list0 == list1 and sorted(list0) == sorted(server)
+    assert shard0.isdisjoint(shard1) and shard0 | shard1 == set(server)
+    assert len(shard0) == len(shard1) == 15
+    assert got0 | got1 == set(server.values())
+
+    whole, _, got = rank(0, 1)  # one rank: all of it, as before
+    assert set(whole) == set(server) and got == set(server.values())
+
+
+def test_a_skipped_bad_image_moves_the_shard_and_the_rank_fetches_its_new_files(s3, tmp_path, monkeypatch):
+    from kestrel_trainer.data import folders
+    from kestrel_trainer.data.check import exclude_bad_images_and_cache
+    from kestrel_trainer.data.sharding import shard_indices
+
+    for c in ("cat", "dog"):
+        for i in range(4):
+            s3.put(f"d/{c}/{i}.png", _png(i))
+    s3.put("d/cat/0.png", b"not a png")  # file 0, in rank 0's shard: every later file changes rank
+    found_by_rank0: list[int] = []
+
+    def check(r: int, gather) -> tuple[str, list[str], list[str]]:  # noqa: ANN001
+        monkeypatch.setenv("KESTREL_CACHE_DIR", str(tmp_path / f"node-{r}"))
+        root = storage.input_path(s3.url("d"), lazy=True)
+        scanned = folders.scan(root)
+        kept, _labels, skipped, _ = exclude_bad_images_and_cache(
+            list(scanned.files), list(scanned.labels), skip_bad_images=True, channels=1, rank=r, size=2,
+            cache="off", gather=gather, log=print, info=print)
+        assert skipped == 1 and len(kept) == 7
+        return root, list(scanned.files), kept
+
+    check(0, lambda failed: found_by_rank0.extend(failed) or list(failed))  # the all-gather, rank 0's half first
+    assert found_by_rank0 == [0]
+    root, files, kept = check(1, lambda failed: found_by_rank0 + list(failed))
+    first = {os.path.relpath(files[i], root) for i in shard_indices(8, 1, 2)}
+    moved = {os.path.relpath(kept[i], root) for i in shard_indices(7, 1, 2)}
+    assert moved - first and _present(root) == first | moved
+
+
+def _png(seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), color=seed * 20).save(buf, format="PNG")
+    return buf.getvalue()

@@ -168,10 +168,11 @@ def stage_spec_inputs(spec, *, train: bool = False, evaluate: bool = False):
 
     from kestrel_trainer.storage import input_path
 
-    if train:
+    if train:  # the datasets lazily: listed now, each rank fetches only the files of its shard (data/check.py)
         tr = spec.train
         spec = replace(spec, train=replace(
-            tr, train_dataset_path=input_path(tr.train_dataset_path), val_dataset_path=input_path(tr.val_dataset_path),
+            tr, train_dataset_path=input_path(tr.train_dataset_path, lazy=True),
+            val_dataset_path=input_path(tr.val_dataset_path, lazy=True),
             pretrained_model_path=input_path(tr.pretrained_model_path or "") or tr.pretrained_model_path))
     if evaluate:
         ev = spec.eval

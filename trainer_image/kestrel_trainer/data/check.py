@@ -117,17 +117,24 @@ def exclude_bad_images_and_cache(
     shard is decoded in a second pass. `log` gets the skipped files, `info` what the cache holds.
     """
     from kestrel_trainer.data.decoded import cache_budget, decode_pass, decode_shard, log_cached
+    from kestrel_trainer.storage import materialize
+
     budget = cache_budget(cache, size)
     shard = shard_indices(len(files), rank, size) if len(files) >= size else np.arange(len(files))
     if gather is not None and size > 1:
         mine = [files[i] for i in shard]
+        materialize(mine)  # a dataset staged lazily from object storage: this rank fetches only its shard
         failed_mine, decoded = decode_pass(mine, channels, np.arange(len(mine)) if budget != 0 else None,
                                            max_bytes=budget, n_workers=n_workers, log=info)
         failed = sorted(set(gather([int(shard[i]) for i in failed_mine])))
     else:
+        materialize(files)
         failed, decoded = decode_pass(files, channels, shard if budget != 0 else None, max_bytes=budget,
                                       n_workers=n_workers, log=info)
     kept_files, kept_labels, skipped = _apply_policy(files, labels, _bad_images(files, failed), skip_bad_images, log)
+    if skipped:  # the shard moved: fetch what it now holds (lazily staged data; nothing for local folders)
+        materialize([kept_files[i] for i in shard_indices(len(kept_files), rank, size)] if len(kept_files) >= size
+                    else kept_files)
     if skipped and budget != 0:  # the shard moved: what was kept (if anything) is the wrong set
         decoded = decode_shard(kept_files, rank, size, channels, cache, n_workers=n_workers, log=info)
     else:

@@ -62,12 +62,24 @@ def class_folder_names(root: str) -> list[str]:
 
 
 def _images_under(folder: str) -> list[str]:
-    """Images in a class folder, recursing into sub-folders (as Keras' flow_from_directory does), sorted."""
+    """Images in a class folder, recursing into sub-folders (as Keras' flow_from_directory does), sorted.
+
+    A training dataset staged lazily from object storage (storage.input_path(lazy=True)) holds only the files
+    fetched so far; the ones its listing has and no rank has fetched yet count too (storage.pending_under), so
+    every rank scans the same file list and reads (fetches) only its shard.
+    """
+    from kestrel_trainer.storage import pending_under
+
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
-    return sorted(found)
+    base = os.path.abspath(folder)
+    for path in pending_under(base):
+        parts = os.path.relpath(path, base).split(os.sep)
+        if is_image_file(parts[-1]) and not any(p.startswith(".") for p in parts[:-1]):
+            found.append(os.path.join(folder, *parts))
+    return sorted(set(found))
 
 
 def classes_from_classmap(classmap: Mapping[str, int], source: str = "classmap") -> tuple[str, ...]:

@@ -2,7 +2,8 @@
 
 Everything path-like goes through here; a local path comes back unchanged, so local runs do exactly what they did.
 - inputs (datasets, models, classmaps, images): `input_path` stages the object or prefix into the local cache
-  and returns the local copy (listed once, content-addressed by ETag and size: nothing is downloaded twice);
+  and returns the local copy (listed once, content-addressed by ETag and size: nothing is downloaded twice); a
+  training dataset is staged lazily: listed, and each rank fetches (`materialize`) only the files it reads;
 - outputs (results folders, model files): `output_dir` / `output_file` return a local mirror path whose files are
   uploaded as they are written; `session()` (around every CLI command) uploads the rest before the command ends;
 - `fetch` brings one more object of an open output folder in (the checkpoint a resume needs), `remote_names`
@@ -18,7 +19,8 @@ from kestrel_trainer.storage import cache, outputs
 from kestrel_trainer.storage.s3 import StorageError, is_url
 
 __all__ = ["StorageError", "UrlLogFilter", "describe", "display", "fetch", "input_if_exists", "input_path", "is_url",
-           "output_dir", "output_file", "remote_exists", "remote_names", "session", "url_of"]
+           "materialize", "output_dir", "output_file", "pending_under", "remote_exists", "remote_names", "session",
+           "url_of"]
 
 session = outputs.session
 
@@ -39,11 +41,23 @@ def url_of(path: str) -> Optional[str]:
     return _url(path)
 
 
-def input_path(path: Optional[str]) -> Optional[str]:
-    """A local path to read `path` from: an s3:// file or prefix is staged into the cache; anything else as it is."""
+def input_path(path: Optional[str], lazy: bool = False) -> Optional[str]:
+    """A local path to read `path` from: an s3:// file or prefix is staged into the cache; anything else as it is.
+    lazy (a training dataset): the prefix is listed and its folders laid out, and each file is fetched only when
+    `materialize` is called with it (a rank fetches its shard; docs/storage.md)."""
     if not is_url(path):
         return path
-    return cache.stage(path)
+    return cache.stage(path, lazy)
+
+
+def materialize(paths) -> int:  # noqa: ANN001 - any iterable of local paths
+    """Fetch those of `paths` that a lazy `input_path` listed but has not fetched yet; returns how many."""
+    return cache.materialize(paths)
+
+
+def pending_under(folder: str) -> list[str]:
+    """Files under local `folder` that a lazy `input_path` listed and has not fetched yet (for folder scans)."""
+    return cache.pending_under(folder)
 
 
 def output_dir(path: Optional[str], upload: bool = True, reconcile: bool = True) -> Optional[str]:

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -149,12 +150,16 @@ def _relative(prefix: str, key: str) -> Optional[str]:
     return rel
 
 
-def stage_dir(url_text: str) -> str:
+def stage_dir(url_text: str, lazy: bool = False) -> str:
     """Bring every object under `url_text` (a folder prefix) into its mirror folder; returns that folder.
 
     Listed once; each object comes from the object cache (downloaded only when that ETag and size is not there
     yet); local files not in the listing are removed. Folder markers (keys ending in "/") become empty folders,
     so an empty class folder is reported as the local check reports one.
+
+    lazy: list and lay out the folders, but leave the files this mirror does not hold yet to `materialize`, called
+    with the paths a process is about to read (a training rank: its shard; data/check.py). `pending_under` tells
+    the folder scan (data/folders.py) which files the listing has, so every rank sees the whole file list.
     """
     url = s3.parse(url_text if url_text.endswith("/") else url_text + "/")
     start = time.monotonic()
@@ -189,30 +194,98 @@ def stage_dir(url_text: str) -> str:
                     and os.path.getsize(target) == info.size:
                 continue
             todo.append((rel, info, target))
-        downloaded = [0, 0]
-
-        def fetch(job: tuple[str, ObjectInfo, str]) -> None:
-            rel, info, target = job
-            path, fresh = cached(Url(url.bucket, info.key), info)
-            if fresh:
-                downloaded[0] += 1
-                downloaded[1] += info.size
-            place(path, target)
-
-        with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
-            list(pool.map(fetch, todo))
-        for rel in folders:
+        downloaded = _fetch_all(url.bucket, todo) if not lazy else (0, 0)
+        for rel in folders | {rel.rpartition("/")[0] for rel in wanted if "/" in rel}:
             os.makedirs(os.path.join(root, *rel.split("/")), exist_ok=True)
         _remove_others(root, set(wanted), folders)
-        tmp = manifest_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({rel: [i.etag, i.size] for rel, i in wanted.items()}, fh)
-        os.replace(tmp, manifest_path)
+        pending = {target: (rel, info) for rel, info, target in todo} if lazy else {}
+        for target in pending:  # an older version of a file left for later must not be read meanwhile
+            if os.path.lexists(target):
+                os.unlink(target)
+        _write_manifest(root, {rel: [i.etag, i.size] for rel, i in wanted.items()
+                               if os.path.join(root, *rel.split("/")) not in pending})
+        with _PENDING_LOCK:
+            _PENDING[root] = (url, pending)
     total = sum(i.size for i in wanted.values())
-    log.info("staged %s: %d objects (%.1f MiB), %d downloaded now (%.1f MiB), %d from the cache, in %.1f s (cache %s)",
-             url, len(wanted), total / 2**20, downloaded[0], downloaded[1] / 2**20, len(wanted) - downloaded[0],
-             time.monotonic() - start, cache_root())
+    if lazy:
+        log.info("listed %s: %d objects (%.1f MiB), %d here already, %d left to fetch as they are read, in %.1f s "
+                 "(cache %s)", url, len(wanted), total / 2**20, len(wanted) - len(pending), len(pending),
+                 time.monotonic() - start, cache_root())
+    else:
+        log.info("staged %s: %d objects (%.1f MiB), %d downloaded now (%.1f MiB), %d from the cache, in %.1f s "
+                 "(cache %s)", url, len(wanted), total / 2**20, downloaded[0], downloaded[1] / 2**20,
+                 len(wanted) - downloaded[0], time.monotonic() - start, cache_root())
     return root
+
+
+# Lazily staged mirror folders of this process: root -> (its URL, {local path: (relative key, object version)})
+# of the listed files not fetched yet (stage_dir(lazy=True), materialize, pending_under).
+_PENDING: dict[str, tuple[Url, dict[str, tuple[str, ObjectInfo]]]] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+def _fetch_all(bucket: str, jobs: list[tuple[str, ObjectInfo, str]]) -> tuple[int, int]:
+    """Each (relative key, object version, mirror path) from the object cache, downloading what it lacks, in
+    DOWNLOAD_THREADS threads; (objects downloaded now, their bytes)."""
+    downloaded = [0, 0]
+
+    def fetch(job: tuple[str, ObjectInfo, str]) -> None:
+        _rel, info, target = job
+        path, fresh = cached(Url(bucket, info.key), info)
+        if fresh:
+            downloaded[0] += 1
+            downloaded[1] += info.size
+        place(path, target)
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        list(pool.map(fetch, jobs))
+    return downloaded[0], downloaded[1]
+
+
+def _write_manifest(root: str, entries: dict[str, list]) -> None:
+    manifest_path = os.path.join(root, MANIFEST)
+    tmp = manifest_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(entries, fh)
+    os.replace(tmp, manifest_path)
+
+
+def pending_under(folder: str) -> list[str]:
+    """Local paths under `folder` that a lazily staged mirror listed but has not fetched yet (else [])."""
+    base = os.path.abspath(folder).rstrip(os.sep) + os.sep
+    with _PENDING_LOCK:
+        return [path for _url, pending in _PENDING.values() for path in pending if path.startswith(base)]
+
+
+def materialize(paths) -> int:  # noqa: ANN001 - any iterable of local paths
+    """Fetch the files among `paths` that a lazily staged mirror listed but does not hold yet (from the object cache,
+    downloading what it lacks); other paths are left alone. Returns how many were fetched."""
+    wanted = {os.path.abspath(p) for p in paths}
+    with _PENDING_LOCK:
+        work = {root: (url, [(rel, info, path) for path, (rel, info) in pending.items() if path in wanted])
+                for root, (url, pending) in _PENDING.items()}
+    fetched = 0
+    for root, (url, jobs) in work.items():
+        if not jobs:
+            continue
+        start = time.monotonic()
+        with locked(root.rstrip(os.sep) + ".lock"):
+            n, size = _fetch_all(url.bucket, jobs)
+            manifest_path = os.path.join(root, MANIFEST)
+            try:
+                with open(manifest_path, encoding="utf-8") as fh:
+                    entries = json.load(fh)
+            except (OSError, ValueError):
+                entries = {}
+            entries.update({rel: [info.etag, info.size] for rel, info, _path in jobs})
+            _write_manifest(root, entries)
+        with _PENDING_LOCK:
+            for _rel, _info, path in jobs:
+                _PENDING[root][1].pop(path, None)
+        fetched += len(jobs)
+        log.info("fetched %d of the files of %s for this process: %d downloaded now (%.1f MiB), %d from the cache, "
+                 "in %.1f s", len(jobs), url, n, size / 2**20, len(jobs) - n, time.monotonic() - start)
+    return fetched
 
 
 def _remove_others(root: str, keep_files: set[str], keep_folders: set[str]) -> None:
@@ -248,11 +321,11 @@ def stage_file(url_text: str) -> str:
     return target
 
 
-def stage(url_text: str) -> str:
-    """A file or a folder prefix, whichever `url_text` names (a trailing "/" means a folder)."""
+def stage(url_text: str, lazy: bool = False) -> str:
+    """A file or a folder prefix, whichever `url_text` names (a trailing "/" means a folder); lazy: stage_dir's."""
     url = s3.parse(url_text)
     if not url.key or url.key.endswith("/"):
-        return stage_dir(url_text)
+        return stage_dir(url_text, lazy)
     if s3.stat(url) is not None:
         return stage_file(url_text)
-    return stage_dir(url_text)
+    return stage_dir(url_text, lazy)

@@ -205,6 +205,9 @@ class ClassificationTask:
 
     def sample_images(self, data: TrainingData, n: int) -> Callable[[], tf.Tensor]:
         """The first n training images augmented as the model sees them (visualizer), fresh on each call."""
+        from kestrel_trainer.storage import materialize
+
+        materialize(data.train_files[:n])  # lazily staged data: this rank holds only its shard
         options = PipelineOptions.for_training(self.spec.model, self.spec.train, n)
         sample = make_dataset(data.train_files[:n], data.train_labels[:n], data.n_classes,
                               replace(options, n_epochs=1))
