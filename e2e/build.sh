@@ -224,7 +224,8 @@ versitygw_build() {  # its own module and graph; version stamped as its Makefile
 }
 registry_build() {  # the registry (version stamped as its Makefile: `registry --version`)
     local v
-    v=$(awk '$1 == "require" && $2 == "github.com/distribution/distribution/v3" {print $3; exit}' "$REG_MOD/go.mod")
+    v=$(awk '$1 == "github.com/distribution/distribution/v3" && $2 ~ /^v/ {print $2; exit}' "$REG_MOD/go.mod")
+    [[ -n "$v" ]] || { echo "e2e/build.sh: no distribution/v3 version in $REG_MOD/go.mod" >&2; return 1; }
     go_build "-s -w -X github.com/distribution/distribution/v3/version.version=${v}" \
         github.com/distribution/distribution/v3/cmd/registry "$REG_MOD"
 }
