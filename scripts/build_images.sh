@@ -61,6 +61,32 @@ for name in ${ONLY//,/ }; do
     "(trainer, operator, pause, trainer-gpu)" >&2; exit 2 ;; esac
 done
 
+die() { echo "build_images: $*" >&2; exit 2; }
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
+[ -n "$VERSION" ] || { die "no version in pyproject.toml"; }
+
+# --push: everything it needs is checked before any build, each failure one line naming what is wrong.
+if [ -n "$PUSH" ]; then
+  PUSH=${PUSH%/}
+  [[ "$PUSH" =~ ^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$ ]] || {
+    die "--push: '$PUSH' is not HOST[:PORT][/PATH] (lower-case path)"; }
+  COMMIT=$(git -C "$REPO" rev-parse --short=7 HEAD 2>/dev/null) || {
+    die "--push: $REPO is not a git checkout (the tag is VERSION-COMMIT)"; }
+  HELM=${KESTREL_HELM:-$(command -v helm || true)}
+  [ -n "$HELM" ] && [ -x "$HELM" ] || { die "--push: no helm binary (KESTREL_HELM or helm on PATH)"; }
+  for field in version appVersion; do
+    chart_v=$(sed -n "s/^$field: *\"\{0,1\}\([^\"]*\)\"\{0,1\} *$/\1/p" charts/kestrel/Chart.yaml)
+    [ "$chart_v" = "$VERSION" ] || {
+      die "--push: charts/kestrel/Chart.yaml $field is '$chart_v', pyproject.toml's version is '$VERSION'"; }
+  done
+  if [ -n "${KESTREL_REGISTRY_CA:-}" ] && [ ! -f "$KESTREL_REGISTRY_CA" ]; then
+    die "--push: KESTREL_REGISTRY_CA=$KESTREL_REGISTRY_CA is not a file"
+  fi
+  if { [ -n "${KESTREL_REGISTRY_USER:-}" ] && [ -z "${KESTREL_REGISTRY_PASSWORD:-}" ]; } \
+      || { [ -z "${KESTREL_REGISTRY_USER:-}" ] && [ -n "${KESTREL_REGISTRY_PASSWORD:-}" ]; }; then
+    die "--push: set both KESTREL_REGISTRY_USER and KESTREL_REGISTRY_PASSWORD, or neither (podman login)"
+  fi
+fi
 CACHE=${KESTREL_IMAGE_CACHE:-$HOME/.cache/kestrel-images}
 mkdir -p "$CACHE"
 if [ -z "${CONTAINERS_CONF:-}" ]; then
@@ -88,31 +114,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
-[ -n "$VERSION" ] || { log "no version in pyproject.toml"; exit 2; }
-
-# --push: everything it needs is checked before any build, each failure one line naming what is wrong.
-if [ -n "$PUSH" ]; then
-  PUSH=${PUSH%/}
-  [[ "$PUSH" =~ ^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$ ]] || {
-    log "--push: '$PUSH' is not HOST[:PORT][/PATH] (lower-case path)"; exit 2; }
-  COMMIT=$(git -C "$REPO" rev-parse --short=7 HEAD 2>/dev/null) || {
-    log "--push: $REPO is not a git checkout (the tag is VERSION-COMMIT)"; exit 2; }
-  HELM=${KESTREL_HELM:-$(command -v helm || true)}
-  [ -n "$HELM" ] && [ -x "$HELM" ] || { log "--push: no helm binary (KESTREL_HELM or helm on PATH)"; exit 2; }
-  for field in version appVersion; do
-    chart_v=$(sed -n "s/^$field: *\"\{0,1\}\([^\"]*\)\"\{0,1\} *$/\1/p" charts/kestrel/Chart.yaml)
-    [ "$chart_v" = "$VERSION" ] || {
-      log "--push: charts/kestrel/Chart.yaml $field is '$chart_v', pyproject.toml's version is '$VERSION'"; exit 2; }
-  done
-  if [ -n "${KESTREL_REGISTRY_CA:-}" ] && [ ! -f "$KESTREL_REGISTRY_CA" ]; then
-    log "--push: KESTREL_REGISTRY_CA=$KESTREL_REGISTRY_CA is not a file"; exit 2
-  fi
-  if { [ -n "${KESTREL_REGISTRY_USER:-}" ] && [ -z "${KESTREL_REGISTRY_PASSWORD:-}" ]; } \
-      || { [ -z "${KESTREL_REGISTRY_USER:-}" ] && [ -n "${KESTREL_REGISTRY_PASSWORD:-}" ]; }; then
-    log "--push: set both KESTREL_REGISTRY_USER and KESTREL_REGISTRY_PASSWORD, or neither (podman login)"; exit 2
-  fi
-fi
 start_all=$(date +%s)
 built_lines=()
 
