@@ -65,13 +65,15 @@ def registry(cluster: cl.ControlPlane) -> Iterator[registry_mod.Registry]:
 
 
 @pytest.fixture(scope="module")
-def pushed(cluster: cl.ControlPlane, registry: registry_mod.Registry) -> dict[str, str]:
+def pushed(cluster: cl.ControlPlane, registry: registry_mod.Registry) -> tuple[dict[str, str], str]:
     """scripts/build_images.sh --only trainer,operator --push HOST/kestrel, credentials from the environment (the
     images are built first in the machine's namespace, as the other fixtures do; the push runs here, in the control
-    plane's namespace, where the registry listens). Returns {ref: digest} of what it pushed, the chart included."""
+    plane's namespace, where the registry listens). Returns {ref: digest} of what it pushed, the chart included,
+    and the checkout's commit read by git just before the push (the tag's expected suffix)."""
     for name in ("trainer", "operator"):
         _image(name)  # built (cached) with the machine's network
     script = Path(os.environ.get("KESTREL_BUILD_IMAGES") or node_mod.BUILD_IMAGES)
+    commit = _commit()
     env = {**os.environ, "KESTREL_REGISTRY_USER": registry.user, "KESTREL_REGISTRY_PASSWORD": registry.password,
            "KESTREL_REGISTRY_CA": str(registry.ca), "KESTREL_HELM": str(cluster.bin / "helm")}
     out = subprocess.run(["bash", str(script), "--only", "trainer,operator", "--push", f"{registry.host}/{PATH}"],
@@ -85,7 +87,7 @@ def pushed(cluster: cl.ControlPlane, registry: registry_mod.Registry) -> dict[st
             refs[parts[1]] = parts[2]
         elif parts[:1] == ["chart"]:
             refs[f"{parts[1]}:{parts[2]}"] = parts[3]
-    return refs
+    return refs, commit
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +118,11 @@ def _pull_secret(cluster: cl.ControlPlane, namespace: str, name: str, config_jso
     path.unlink()
 
 
-def test_push_tags_versioned_images_and_the_chart(registry: registry_mod.Registry, pushed: dict[str, str]) -> None:
+def test_push_tags_versioned_images_and_the_chart(registry: registry_mod.Registry,
+                                                 pushed: tuple[dict[str, str], str]) -> None:
     """Each image under VERSION-COMMIT and VERSION (pyproject.toml's version, the checkout's commit), the chart as an
     OCI artifact under the same VERSION; the registry refuses anyone without the credentials."""
-    version, commit = _version(), _commit()
+    (pushed, commit), version = pushed, _version()
     for name in ("kestrel-trainer", "kestrel-operator"):
         for tag in (f"{version}-{commit}", version):
             assert f"{registry.host}/{PATH}/{name}:{tag}" in pushed, pushed
@@ -132,7 +135,7 @@ def test_push_tags_versioned_images_and_the_chart(registry: registry_mod.Registr
 
 
 def test_chart_from_oci_and_trainer_pulled_with_pull_secrets_into_a_fresh_root_owned_folder(
-        cluster: cl.ControlPlane, registry: registry_mod.Registry, pushed: dict[str, str], helm,
+        cluster: cl.ControlPlane, registry: registry_mod.Registry, pushed: tuple[dict[str, str], str], helm,
         real_node: node_mod.RealNode, mpi_controller: str, kestrel_crds: list[str], e2e_workdir: Path,
         namespace: str) -> None:
     """helm install oci://HOST/kestrel/charts/kestrel -> the operator pod pulls its image from the registry (chart
