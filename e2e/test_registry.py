@@ -188,19 +188,25 @@ def _run_from_the_registry(cluster: cl.ControlPlane, registry: registry_mod.Regi
         res = real_runs.train_resource(ws, name)
         del res["spec"]["image"]  # the operator's default: the chart's trainer image, tag = appVersion
         res["spec"]["imagePullPolicy"] = "IfNotPresent"
-        res["spec"]["imagePullSecrets"] = [PULL_SECRET]
+        res["spec"]["imagePullSecrets"] = [{"name": PULL_SECRET}]
         if fix:
             res["spec"]["volumes"]["results"]["fixOwnership"] = True
         res["spec"].update(spec)
         return res
 
     good = train("from-registry", fix=True)
+
+    def accepted() -> bool:
+        out = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(good), check=False)
+        if out.returncode != 0:
+            raise AssertionError(out.stderr.strip())
+        return True
+
     # The chart's webhook answers once kube-proxy routes its Service: retry the apply until it is accepted.
-    wait_until("the chart's webhook accepting the resource", lambda: cluster.kubectl(
-        "apply", "-f", "-", input=yaml.safe_dump(good), check=False).returncode == 0, timeout=90, interval=2)
+    wait_until("the chart's webhook accepting the resource", accepted, timeout=90, interval=2)
 
     # Wrong credentials (Always: the node must ask the registry even once the image is there).
-    bad = train("wrong-credentials", fix=True, imagePullSecrets=[BAD_PULL_SECRET], imagePullPolicy="Always")
+    bad = train("wrong-credentials", fix=True, imagePullSecrets=[{"name": BAD_PULL_SECRET}], imagePullPolicy="Always")
     cluster.apply(bad)
     trainer_ref = f"{host}/kestrel-trainer:{version}"
 
