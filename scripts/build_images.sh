@@ -246,7 +246,7 @@ fi
 
 # --- push ---------------------------------------------------------------------------------------------------
 push_all() {
-  local t reg_host tls_podman=() tls_helm=() auth ref tag digest pkg
+  local t reg_host tls_podman=() tls_helm=() auth ref id tag digest pkg
   t=$(date +%s)
   reg_host=${PUSH%%/*}
   if [ -n "${KESTREL_REGISTRY_CA:-}" ]; then
@@ -273,9 +273,12 @@ push_all() {
   for line in "${built_lines[@]}"; do
     [[ "$line" == image* ]] || continue
     ref=$(echo "$line" | cut -d' ' -f2)
+    id=$(echo "$line" | cut -d' ' -f3)
     name=${ref#localhost/}; name=${name%%:*}
     for tag in "$VERSION-$COMMIT" "$VERSION"; do
-      podman tag "$ref" "$PUSH/$name:$tag"
+      # By the ID this run built or checked, not by the local tag: on a machine shared with other checkouts the
+      # tag localhost/NAME:VERSION may point at another checkout's build by now.
+      podman tag "$id" "$PUSH/$name:$tag"
       digest=$(mktemp)
       podman push -q --authfile "$auth" "${tls_podman[@]}" --digestfile "$digest" "$PUSH/$name:$tag" >&2 \
         || { rm -f "$digest"; log "--push: pushing $PUSH/$name:$tag failed (podman's output above)"; return 1; }
