@@ -28,12 +28,18 @@
 # so `--versitygw` builds only it, into CACHE_ROOT/s3/versitygw-<12 hex of gomod/versitygw's files> (scripts/test.sh
 # calls it; reused when there), and prints that path; `--versitygw-path` only prints it.
 #
+# The OCI registry (gomod/registry: github.com/distribution/distribution/v3/cmd/registry, plus a 30-line htpasswd
+# helper over golang.org/x/crypto/bcrypt, both of that module's graph) is built the same way, as
+# registry-<12 hex of gomod/registry's files> and htpasswd-<same hex>, with bin/registry and bin/htpasswd linking them
+# (e2e/registry.py; `--registry` prints the registry's path).
+#
 # Usage: e2e/build.sh              build what is missing, print the bin folder on the last line
 #        e2e/build.sh --print      only print the bin folder (for the pytest fixture)
 #        e2e/build.sh --kstatus    only print the path of this checkout's kstatus binary (for e2e/kstatus.py)
 #        e2e/build.sh --kueue      only print the path of this checkout's Kueue controller binary
 #        e2e/build.sh --kueue-config  print Kueue's config/components folder in the module cache (downloaded if needed)
 #        e2e/build.sh --cert-manager  only print the path prefix of this checkout's cert-manager CRDs (append -crds)
+#        e2e/build.sh --registry   only print the path of this checkout's registry binary (htpasswd-<hex> beside it)
 #        e2e/build.sh --versitygw  build only the versitygw S3 server if missing; print its path on the last line
 #        e2e/build.sh --versitygw-path  only print that path (for the tests' fixture)
 #        e2e/build.sh --pinned MODULE  print MODULE's version in gomod/cluster/go.mod (the tests' expected versions)
@@ -70,6 +76,8 @@ KUEUE_MOD="$HERE/gomod/kueue"
 KUEUE="kueue-$(cat "$KUEUE_MOD/go.mod" "$KUEUE_MOD/go.sum" "$KUEUE_MOD/tools.go" | sha256sum | cut -c1-12)"
 CM_MOD="$HERE/gomod/certmanager"
 CM="cert-manager-$(cat "$CM_MOD/go.mod" "$CM_MOD/go.sum" | sha256sum | cut -c1-12)"
+REG_MOD="$HERE/gomod/registry"
+REG_HASH=$(cat "$REG_MOD/go.mod" "$REG_MOD/go.sum" "$REG_MOD/tools.go" "$REG_MOD/htpasswd/main.go" | sha256sum | cut -c1-12)
 VGW_MOD="$HERE/gomod/versitygw"
 VGW_DIR="$CACHE_ROOT/s3"
 VGW="versitygw-$(cat "$VGW_MOD/go.mod" "$VGW_MOD/go.sum" "$VGW_MOD/tools.go" | sha256sum | cut -c1-12)"
@@ -88,6 +96,10 @@ if [[ "${1:-}" == "--kstatus" ]]; then
 fi
 if [[ "${1:-}" == "--kueue" ]]; then
     echo "$BIN/$KUEUE"
+    exit 0
+fi
+if [[ "${1:-}" == "--registry" ]]; then
+    echo "$BIN/registry-$REG_HASH"
     exit 0
 fi
 if [[ "${1:-}" == "--versitygw-path" ]]; then
@@ -210,6 +222,14 @@ versitygw_build() {  # its own module and graph; version stamped as its Makefile
     v=$(awk '$1 == "require" && $2 == "github.com/versity/versitygw" {print $3; exit}' "$VGW_MOD/go.mod")
     go_build "-s -w -X main.Version=${v}" github.com/versity/versitygw/cmd/versitygw "$VGW_MOD"
 }
+registry_build() {  # the registry (version stamped as its Makefile: `registry --version`)
+    local v
+    v=$(awk '$1 == "github.com/distribution/distribution/v3" && $2 ~ /^v/ {print $2; exit}' "$REG_MOD/go.mod")
+    [[ -n "$v" ]] || { echo "e2e/build.sh: no distribution/v3 version in $REG_MOD/go.mod" >&2; return 1; }
+    go_build "-s -w -X github.com/distribution/distribution/v3/version.version=${v}" \
+        github.com/distribution/distribution/v3/cmd/registry "$REG_MOD"
+}
+htpasswd_build() { go_build "-s -w" ./htpasswd "$REG_MOD"; }
 cm_crds() {  # the CRDs of the cert-manager module gomod/certmanager builds from (go.sum verifies it)
     local dir
     dir=$(cd "$CM_MOD" && go mod download github.com/cert-manager/cert-manager \
@@ -271,14 +291,18 @@ if [[ "${KESTREL_E2E_SKIP_KUEUE:-}" != "1" ]]; then
     touch "$BIN/$KUEUE"
 fi
 build "$CM-crds" cm_crds
+build "registry-$REG_HASH" registry_build
+ln -sfn "registry-$REG_HASH" "$BIN/registry"
+build "htpasswd-$REG_HASH" htpasswd_build
+ln -sfn "htpasswd-$REG_HASH" "$BIN/htpasswd"
 
 # Folders of other keys (earlier pins, ~0.5-1 GiB each) are removed once no build has used them for
 # KESTREL_E2E_KEEP_DAYS days, the way Go trims its build cache; one whose lock another build.sh holds is kept.
 KEEP_DAYS="${KESTREL_E2E_KEEP_DAYS:-14}"
-touch "$CACHE_ROOT/$KEY/.used" "$BIN/$KSTATUS" "$BIN/$CM-crds"
+touch "$CACHE_ROOT/$KEY/.used" "$BIN/$KSTATUS" "$BIN/$CM-crds" "$BIN/registry-$REG_HASH" "$BIN/htpasswd-$REG_HASH"
 # kstatus and Kueue builds and cert-manager CRD copies of other versions of their modules, by the same rule (this one's
 # mtime is the touch above; Kueue's, the touch after its build).
-find "$BIN" -maxdepth 1 \( -name 'kstatus-*' -o -name 'kueue-*' -o -name 'cert-manager-*' \) -mtime "+${KEEP_DAYS}" \
+find "$BIN" -maxdepth 1 \( -name 'kstatus-*' -o -name 'kueue-*' -o -name 'cert-manager-*' -o -name 'registry-*' -o -name 'htpasswd-*' \) -mtime "+${KEEP_DAYS}" \
     -exec rm -rf {} +
 for old in "$CACHE_ROOT"/k8s-*/; do
     old="${old%/}"

@@ -15,7 +15,9 @@ Everything runs as plain processes next to the control plane of cluster.py:
   API server from pods, as on a real cluster.
 - CoreDNS (built by build.sh with the kubernetes plugin), one for the cluster, on the control plane's address: every
   kubelet's clusterDNS, so the MPI Operator's hostfile names (<job>-worker-N.<job>.<ns>.svc) resolve to pod IPs.
-Images are imported into each node's containerd (`ctr images import`), never pulled. Every real node is tainted and
+Images are imported into each node's containerd (`ctr images import`), or pulled from the session's OCI registry
+(registry.py, on the control plane's address) with a Pod's imagePullSecret: each containerd trusts the e2e CA for
+that registry through its certs.d hosts.toml (`registry_hosts`). Every real node is tainted and
 labelled alike, so only pods that ask for real nodes land there (on any of them), and kwok's fake pods never do.
 """
 
@@ -35,6 +37,7 @@ import yaml
 
 from e2e import cluster as cl
 from e2e import netns
+from e2e import registry as registry_mod
 from e2e.netns import NetNS, NodeLink
 
 NODE_NAME_PREFIX = "real-node-"
@@ -148,6 +151,21 @@ def _cni_conflist(node: RealNode, folder: Path) -> None:
     (folder / "10-kestrel-e2e.conflist").write_text(json.dumps(conf, indent=2))
 
 
+def registry_hosts(node: RealNode, folder: Path) -> Path:
+    """containerd's certs.d for the session's registry (registry.py, HOST:PORT on the control plane's address): a
+    hosts.toml that pulls over https and verifies its certificate against the e2e CA, as a user's node is set up for
+    a private registry. Credentials are not here: the kubelet passes each Pod's imagePullSecret."""
+    host = registry_mod.host_of(node.cp.address)
+    (folder / host).mkdir(parents=True, exist_ok=True)
+    (folder / host / "hosts.toml").write_text(f"""server = "https://{host}"
+
+[host."https://{host}"]
+  capabilities = ["pull", "resolve"]
+  ca = "{node.cp.pki['ca.crt']}"
+""")
+    return folder
+
+
 def _containerd_config(node: RealNode) -> Path:
     """containerd 2.x configuration (version 3: the CRI plugin is split into cri.v1.images/runtime)."""
     base = node.dir / "containerd"
@@ -163,6 +181,8 @@ state = "{base / 'state'}"
   address = "{base / 'containerd.sock.ttrpc'}"
 [{images}]
   snapshotter = "overlayfs"
+[{images}.registry]
+  config_path = "{registry_hosts(node, base / 'certs.d')}"
 [{images}.pinned_images]
   sandbox = "{node.sandbox_image}"
 [{runtime}]

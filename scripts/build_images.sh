@@ -3,7 +3,7 @@
 # registry is needed): a Debian bookworm base root fs from debootstrap, then the images on top of it.
 #
 # Interface (stable: e2e/ and the real-node tests rely on it)
-#   scripts/build_images.sh [--save DIR] [--gpu] [--only NAMES] [--print-env]
+#   scripts/build_images.sh [--save DIR] [--gpu] [--only NAMES] [--print-env] [--push REGISTRY]
 #   Images, VERSION = project.version in pyproject.toml:
 #     localhost/kestrel-trainer:VERSION      CPU trainer: TF 2.15.1 CPU, Horovod 0.28.1 (MPI + Gloo), sshd, uid 1000
 #     localhost/kestrel-operator:VERSION     the operator (kopf), uid 1000
@@ -15,6 +15,16 @@
 #   --gpu         also build kestrel-trainer-gpu
 #   --only NAMES  build only these comma-separated names (trainer,operator,pause,trainer-gpu; base always)
 #   --print-env   print the environment podman needs on this machine (CONTAINERS_CONF=...) and exit
+#   --push REGISTRY  after building, push each image built here to REGISTRY (HOST[:PORT][/PATH], e.g.
+#                 10.250.0.2:5000/kestrel) as REGISTRY/kestrel-NAME:VERSION-COMMIT (COMMIT: 7 hex of the checkout's
+#                 HEAD) and REGISTRY/kestrel-NAME:VERSION, then `helm package charts/kestrel` (chart version and
+#                 appVersion must equal VERSION) and `helm push` it to oci://REGISTRY/charts. stdout gets
+#                 "pushed REF DIGEST" per tag and "chart oci://REGISTRY/charts/kestrel VERSION DIGEST".
+#                 Credentials never on a command line: KESTREL_REGISTRY_USER + KESTREL_REGISTRY_PASSWORD from the
+#                 environment (logged in into a temporary auth file, removed at exit), else the auth file of an
+#                 earlier `podman login` (REGISTRY_AUTH_FILE, else podman's default), which helm reads too.
+#                 KESTREL_REGISTRY_CA: a CA file the registry's certificate is checked against (otherwise the
+#                 system's); KESTREL_HELM: the helm binary (default: helm on PATH).
 #   stdout: one line per image, "image REF ID", each followed with --save by "archive PATH" (logs go to stderr)
 #   Each image is cached by a hash of its inputs (Dockerfile, the files it copies, constraints, the base,
 #   the Horovod wheel), kept in its label kestrel.inputs: a warm run rebuilds nothing unchanged.
@@ -33,12 +43,14 @@ SAVE_DIR=""
 GPU=0
 ONLY=""
 PRINT_ENV=0
+PUSH=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --save) SAVE_DIR=${2:?--save needs a folder}; shift 2 ;;
     --gpu) GPU=1; shift ;;
     --only) ONLY=${2:?--only needs names}; shift 2 ;;
     --print-env) PRINT_ENV=1; shift ;;
+    --push) PUSH=${2:?--push needs a registry (HOST[:PORT][/PATH])}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build_images: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -49,6 +61,32 @@ for name in ${ONLY//,/ }; do
     "(trainer, operator, pause, trainer-gpu)" >&2; exit 2 ;; esac
 done
 
+die() { echo "build_images: $*" >&2; exit 2; }
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
+[ -n "$VERSION" ] || { die "no version in pyproject.toml"; }
+
+# --push: everything it needs is checked before any build, each failure one line naming what is wrong.
+if [ -n "$PUSH" ]; then
+  PUSH=${PUSH%/}
+  [[ "$PUSH" =~ ^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$ ]] || {
+    die "--push: '$PUSH' is not HOST[:PORT][/PATH] (lower-case path)"; }
+  COMMIT=$(git -C "$REPO" rev-parse --short=7 HEAD 2>/dev/null) || {
+    die "--push: $REPO is not a git checkout (the tag is VERSION-COMMIT)"; }
+  HELM=${KESTREL_HELM:-$(command -v helm || true)}
+  [ -n "$HELM" ] && [ -x "$HELM" ] || { die "--push: no helm binary (KESTREL_HELM or helm on PATH)"; }
+  for field in version appVersion; do
+    chart_v=$(sed -n "s/^$field: *\"\{0,1\}\([^\"]*\)\"\{0,1\} *$/\1/p" charts/kestrel/Chart.yaml)
+    [ "$chart_v" = "$VERSION" ] || {
+      die "--push: charts/kestrel/Chart.yaml $field is '$chart_v', pyproject.toml's version is '$VERSION'"; }
+  done
+  if [ -n "${KESTREL_REGISTRY_CA:-}" ] && [ ! -f "$KESTREL_REGISTRY_CA" ]; then
+    die "--push: KESTREL_REGISTRY_CA=$KESTREL_REGISTRY_CA is not a file"
+  fi
+  if { [ -n "${KESTREL_REGISTRY_USER:-}" ] && [ -z "${KESTREL_REGISTRY_PASSWORD:-}" ]; } \
+      || { [ -z "${KESTREL_REGISTRY_USER:-}" ] && [ -n "${KESTREL_REGISTRY_PASSWORD:-}" ]; }; then
+    die "--push: set both KESTREL_REGISTRY_USER and KESTREL_REGISTRY_PASSWORD, or neither (podman login)"
+  fi
+fi
 CACHE=${KESTREL_IMAGE_CACHE:-$HOME/.cache/kestrel-images}
 mkdir -p "$CACHE"
 if [ -z "${CONTAINERS_CONF:-}" ]; then
@@ -76,8 +114,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
-[ -n "$VERSION" ] || { log "no version in pyproject.toml"; exit 2; }
 start_all=$(date +%s)
 built_lines=()
 
@@ -208,5 +244,65 @@ if [ "$GPU" = 1 ] || { [ -n "$ONLY" ] && wanted trainer-gpu; }; then
     trainer_image/Dockerfile.gpu "${SOURCES[@]}" trainer_image/image trainer_image/wheels
 fi
 
+# --- push ---------------------------------------------------------------------------------------------------
+push_all() {
+  local t reg_host tls_podman=() tls_helm=() auth ref id tag digest pkg
+  t=$(date +%s)
+  reg_host=${PUSH%%/*}
+  if [ -n "${KESTREL_REGISTRY_CA:-}" ]; then
+    PUSH_TMP_CERTS=$(mktemp -d)
+    cp "$KESTREL_REGISTRY_CA" "$PUSH_TMP_CERTS/ca.crt"
+    tls_podman=(--cert-dir "$PUSH_TMP_CERTS")
+    tls_helm=(--ca-file "$KESTREL_REGISTRY_CA")
+  fi
+  if [ -n "${KESTREL_REGISTRY_USER:-}" ]; then
+    PUSH_TMP_AUTH=$(mktemp)  # 0600: mktemp's mode
+    echo '{}' > "$PUSH_TMP_AUTH"
+    auth=$PUSH_TMP_AUTH
+    printf '%s\n' "$KESTREL_REGISTRY_PASSWORD" | podman login --authfile "$auth" "${tls_podman[@]}" \
+      --username "$KESTREL_REGISTRY_USER" --password-stdin "$reg_host" >&2 \
+      || { log "--push: podman login to $reg_host as $KESTREL_REGISTRY_USER failed"; return 1; }
+  else
+    # podman login's default: $XDG_RUNTIME_DIR/containers/auth.json, else /run/containers/UID/auth.json
+    if [ -n "${XDG_RUNTIME_DIR:-}" ]; then auth=$XDG_RUNTIME_DIR/containers/auth.json
+    else auth=/run/containers/$(id -u)/auth.json; fi
+    auth=${REGISTRY_AUTH_FILE:-$auth}
+    [ -f "$auth" ] || { log "--push: no credentials: set KESTREL_REGISTRY_USER/_PASSWORD or podman login $reg_host" \
+      "(auth file $auth is missing)"; return 1; }
+  fi
+  for line in "${built_lines[@]}"; do
+    [[ "$line" == image* ]] || continue
+    ref=$(echo "$line" | cut -d' ' -f2)
+    id=$(echo "$line" | cut -d' ' -f3)
+    name=${ref#localhost/}; name=${name%%:*}
+    for tag in "$VERSION-$COMMIT" "$VERSION"; do
+      # By the ID this run built or checked, not by the local tag: on a machine shared with other checkouts the
+      # tag localhost/NAME:VERSION may point at another checkout's build by now.
+      podman tag "$id" "$PUSH/$name:$tag"
+      digest=$(mktemp)
+      podman push -q --authfile "$auth" "${tls_podman[@]}" --digestfile "$digest" "$PUSH/$name:$tag" >&2 \
+        || { rm -f "$digest"; log "--push: pushing $PUSH/$name:$tag failed (podman's output above)"; return 1; }
+      pushed_lines+=("pushed $PUSH/$name:$tag $(cat "$digest")")
+      rm -f "$digest"
+      log "pushed $PUSH/$name:$tag"
+    done
+  done
+  pkg=$(mktemp -d)
+  "$HELM" package charts/kestrel --destination "$pkg" >&2
+  out=$("$HELM" push "$pkg/kestrel-$VERSION.tgz" "oci://$PUSH/charts" --registry-config "$auth" "${tls_helm[@]}" 2>&1) \
+    || { rm -rf "$pkg"; log "--push: helm push to oci://$PUSH/charts failed: $out"; return 1; }
+  rm -rf "$pkg"
+  digest=$(echo "$out" | sed -n 's/^Digest: *//p')
+  pushed_lines+=("chart oci://$PUSH/charts/kestrel $VERSION $digest")
+  log "pushed chart oci://$PUSH/charts/kestrel:$VERSION in $(since "$t") (images and chart)"
+}
+pushed_lines=()
+if [ -n "$PUSH" ]; then
+  PUSH_TMP_AUTH=""; PUSH_TMP_CERTS=""
+  trap 'rm -rf "$PUSH_TMP_AUTH" "$PUSH_TMP_CERTS"' EXIT
+  push_all || exit 1
+fi
+
 log "done in $(since "$start_all")"
 printf '%s\n' "${built_lines[@]}"
+[ ${#pushed_lines[@]} -eq 0 ] || printf '%s\n' "${pushed_lines[@]}"

@@ -146,3 +146,24 @@ def test_the_trainers_error_line_is_what_the_operator_reads_from_the_launcher_lo
     assert line.startswith("kestrel train: error: ") or line.startswith("kestrel: error: "), proc.stderr
     log_tail = f"Epoch 1 starting\n{line}\n-----\nmpirun detected that one or more processes exited\n"
     assert operator_reads(log_tail) == line
+
+
+def test_a_results_folder_the_trainer_cannot_create_is_its_one_error_line(tmp_path):
+    """A fresh volume the trainer's user cannot write (root-owned hostPath/NFS; here: a path under a file, which
+    fails for root too): exit 2 and one line naming the folder and the way out, which the operator quotes."""
+    from tests.conftest import import_fashion_subset
+    from tests.train.conftest import write_spec
+
+    data = import_fashion_subset(tmp_path / "fm", per_class=2)
+    spec = write_spec(tmp_path, data, epochs=1)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    results = blocker / "runs" / "0123"
+    proc = subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r",
+                           str(results)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("kestrel: error: ") or line.startswith("kestrel train: error: "), proc.stderr[-2000:]
+    assert f"-r/--results_dir {results}: cannot create" in line and "fixOwnership" in line, line
+    assert "Traceback" not in proc.stderr
+    assert operator_reads(f"{line}\n-----\nmpirun detected that one or more processes exited\n") == line

@@ -26,6 +26,17 @@ def test_chart_version_and_app_version_follow_the_package():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     version = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)
     assert chart["version"] == chart["appVersion"] == version == kestrel_operator.__version__
+    # ... and so do the image tags: the chart's default tags are its appVersion, and scripts/build_images.sh tags
+    # (and --push pushes) every image with pyproject.toml's version (tests/operator/test_push_args.py: it refuses
+    # to push a chart whose version differs).
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["tag"] == values["trainer"]["image"]["tag"] == ""
+    helpers = (TEMPLATES / "_helpers.tpl").read_text()
+    assert "(default .Chart.AppVersion .Values.image.tag)" in helpers
+    assert "(default .Chart.AppVersion .Values.trainer.image.tag)" in helpers
+    script = (REPO / "scripts" / "build_images.sh").read_text()
+    assert """VERSION=$(sed -n 's/^version = "\\(.*\\)"/\\1/p' pyproject.toml | head -n1)""" in script
+    assert 'local ref="localhost/$name:$VERSION"' in script and 'for tag in "$VERSION-$COMMIT" "$VERSION"' in script
 
 
 class RecordingApi(FakeApi):

@@ -150,6 +150,49 @@ def test_pods_are_non_root_with_shm_data_results(settings):
         assert spec["priorityClassName"] == "training"
 
 
+def test_volume_ownership_fsgroup_on_root_mismatch_and_the_opt_in_chown_of_the_results_folder(settings):
+    """Every pod: fsGroup 1000 with OnRootMismatch (CSI volumes; no recursive walk when the root already has the
+    group). spec.volumes.results.fixOwnership adds, to every pod, one init container that chowns only the mounted
+    results folder (not recursive) as root with CHOWN/FOWNER/DAC_OVERRIDE and nothing else; off by default. With
+    keepRuns' cleanup it runs first (the cleanup runs as the pods' user)."""
+    off = by_kind(plan_for(train_body(gpus=16), settings), "MPIJob")[0]
+    for t in templates(off):
+        assert t["spec"]["securityContext"]["fsGroup"] == 1000
+        assert t["spec"]["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+        assert "initContainers" not in t["spec"]
+    body = train_body(gpus=16, imagePullPolicy="IfNotPresent")
+    body["spec"]["volumes"]["results"]["fixOwnership"] = True
+    plan = plan_for(body, settings)
+    assert_valid(plan)
+    job = by_kind(plan, "MPIJob")[0]
+    assert set(job["spec"]["mpiReplicaSpecs"]) == {"Launcher", "Worker"}
+    for t in templates(job):
+        (init,) = t["spec"]["initContainers"]
+        assert init["command"] == ["chown", "1000:1000", "/results"]
+        assert init["image"] == t["spec"]["containers"][0]["image"]
+        assert init["imagePullPolicy"] == "IfNotPresent"
+        assert init["volumeMounts"] == [{"name": "results", "mountPath": "/results", "subPath": "resnet18"}]
+        sc = init["securityContext"]
+        assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE"]}
+        # the trainer itself stays non-root
+        assert t["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] is True
+    res = parse_resource(body, settings)
+    launcher = plan_run(res, res.run.experiment_spec, remove=["/results/runs/0123456789ab"]).objects
+    (job,) = [o for o in launcher if o["kind"] == "MPIJob"]
+    inits = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in inits] == ["results-ownership", "remove-old-runs"]
+
+
+def test_fix_ownership_must_be_a_boolean(settings):
+    from kestrel_operator.resources.errors import InvalidSpec
+
+    body = train_body()
+    body["spec"]["volumes"]["results"]["fixOwnership"] = "yes"
+    with pytest.raises(InvalidSpec, match=r"spec\.volumes\.results\.fixOwnership"):
+        parse_resource(body, settings)
+
+
 def test_every_trainer_pod_has_the_grace_period_for_a_checkpoint_and_ranks_run_under_the_entrypoint(settings):
     """A pod's SIGTERM reaches its ranks through the image's entrypoint (PID 1 of the workers and of a multi-rank
     launcher), and Kubernetes waits the chart's terminationGracePeriodSeconds (default 120 s, not its own 30 s) for

@@ -158,7 +158,9 @@ def _mpijob(res: Resource, mapping: GpuMapping, name: str, configmap: Optional[s
         runs_ranks=mapping.launcher_as_worker, **common(),
     )
     if remove:  # old runs' folders beyond spec.keepRuns, removed before this run starts
-        launcher["spec"]["initContainers"] = [cleanup_container(res, remove, mounts)]
+        # after the ownership fix when there is one: `kestrel runs remove` runs as the pods' user
+        launcher["spec"]["initContainers"] = [*launcher["spec"].get("initContainers", []),
+                                              cleanup_container(res, remove, mounts)]
     run_policy: dict[str, Any] = {"cleanPodPolicy": "Running", "backoffLimit": res.run.backoff_limit}
     if res.run.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = res.run.active_deadline_seconds

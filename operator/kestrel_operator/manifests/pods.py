@@ -23,6 +23,11 @@ SPEC_VOLUME = "spec"
 MPIRUN_LAUNCHER_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 # The init container that removes old runs' folders (spec.keepRuns): a file-tree walk.
 CLEANUP_CONTAINER = "remove-old-runs"
+# The opt-in init container giving the results folder to RUN_AS_USER (spec.volumes.results.fixOwnership), for volumes
+# that ignore fsGroup: root, but only the capabilities chown needs (CHOWN; FOWNER and DAC_OVERRIDE for a folder that
+# another user owns with a mode that shuts root-without-DAC_OVERRIDE out), every other one dropped.
+OWNERSHIP_CONTAINER = "results-ownership"
+OWNERSHIP_CAPABILITIES = ("CHOWN", "FOWNER", "DAC_OVERRIDE")
 CLEANUP_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
 # Worker pods of one run prefer different nodes (a preferred podAntiAffinity term on the node's hostname label): ranks
 # do not compete for one node's CPUs, memory bandwidth and network, and a run with more workers than nodes, or on one
@@ -129,6 +134,31 @@ def cleanup_container(res: Resource, folders: Sequence[str], mounts: list[dict[s
     return c
 
 
+def ownership_container(res: Resource, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The init container of spec.volumes.results.fixOwnership: the results volume mounted as the trainer sees it
+    (kubelet creates a missing subPath, as root), and that one folder, not its contents, chowned to the pods' user,
+    so a fresh hostPath or NFS folder takes the run's files. Not recursive: a big volume is not walked; the trainer
+    writes everything below it as that user anyway."""
+    results = res.run.results.mount_path
+    c: dict[str, Any] = {
+        "name": OWNERSHIP_CONTAINER,
+        "image": res.run.image,
+        "command": ["chown", f"{RUN_AS_USER}:{RUN_AS_USER}", results],
+        "resources": {k: dict(v) for k, v in CLEANUP_RESOURCES.items()},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [dict(m) for m in mounts if m["mountPath"] == results],
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": list(OWNERSHIP_CAPABILITIES)},
+        },
+    }
+    if res.run.image_pull_policy:
+        c["imagePullPolicy"] = res.run.image_pull_policy
+    return c
+
+
 def tolerations(run: RunSpec) -> list[dict[str, Any]]:
     """spec.tolerations, plus a bounded toleration of each lost-node taint the user does not tolerate already."""
     out = [dict(t) for t in run.tolerations]
@@ -210,6 +240,9 @@ def pod_template(
             "runAsUser": RUN_AS_USER,
             "runAsGroup": RUN_AS_USER,
             "fsGroup": RUN_AS_USER,
+            # Most CSI volumes honour fsGroup: the kubelet gives the volume to the group once, and skips the
+            # recursive walk when the root already has it (a big volume is not re-walked on every pod start).
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [c],
@@ -236,6 +269,8 @@ def pod_template(
         spec["affinity"] = affinity
     if run.runtime_class_name:
         spec["runtimeClassName"] = run.runtime_class_name
+    if run.results.fix_ownership:
+        spec["initContainers"] = [ownership_container(res, mounts)]
     metadata: dict[str, Any] = {"labels": {**run.labels, **labels}}
     if run.annotations:
         metadata["annotations"] = dict(run.annotations)

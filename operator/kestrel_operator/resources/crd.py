@@ -76,7 +76,15 @@ def _quantity_map(desc: str) -> Schema:
     }
 
 
-def _volume(role: str, default_mount: str, read_only_note: str) -> Schema:
+FIX_OWNERSHIP_DOC = (
+    "Opt-in, for volumes that ignore the pods' fsGroup (hostPath, many NFS exports): an init container in every "
+    "pod of the run, running as root with only the CHOWN, FOWNER and DAC_OVERRIDE capabilities, creates the mounted "
+    "folder (subPath) if missing and gives it (not its contents) to the trainer's user 1000 before the trainer "
+    "starts. Off by default: fsGroup (1000, changed only when the volume root differs) covers most CSI volumes, and "
+    "a namespace under the restricted Pod Security Standard refuses a root container.")
+
+
+def _volume(role: str, default_mount: str, read_only_note: str, extra: Schema | None = None) -> Schema:
     return _o(
         f"The {role} volume: a PersistentVolumeClaim (sub-)directory mounted into every pod of the run"
         f"{read_only_note}.",
@@ -86,6 +94,7 @@ def _volume(role: str, default_mount: str, read_only_note: str) -> Schema:
                           pattern=r"^[^/]"),
             "mountPath": _s(f"Where the pods see it; paths in the spec text refer to this (default {default_mount}).",
                             default=default_mount, pattern=ABS_PATH, maxLength=1024),
+            **(extra or {}),
         },
         required=("claimName",),
     )
@@ -191,7 +200,9 @@ def _common_spec(kind: str) -> dict[str, Schema]:
             "ClassificationTrain): unless storage is set (the spec text's dataset paths are s3:// URLs then).",
             {
                 "data": _volume("data", d.DEFAULT_DATA_MOUNT, ", read-only (datasets, calibration images)"),
-                "results": _volume("results", d.DEFAULT_RESULTS_MOUNT, " (checkpoints, logs, outputs)"),
+                "results": _volume("results", d.DEFAULT_RESULTS_MOUNT, " (checkpoints, logs, outputs)",
+                                   {"fixOwnership": {"type": "boolean", "default": False,
+                                                     "description": FIX_OWNERSHIP_DOC}}),
             },
             rules=cel.cel_at(cel.VOLUMES, kind),
         ),

@@ -247,10 +247,11 @@ def _volume(parent: _Fields, key: str, default_mount: str, read_only: bool) -> O
     mount = _abs_path(f, "mountPath", f.string("mountPath", default_mount))
     if mount == "/":
         f.bad("mountPath", "must not be '/'", mount)
+    fix_ownership = f.boolean("fixOwnership") if key == "results" else False
     if len(f.errs) > before or claim is None or mount is None:
         return None
     return VolumeSpec(claim_name=claim, sub_path=sub_path.strip("/"), mount_path=mount.rstrip("/"),
-                      read_only=read_only)
+                      read_only=read_only, fix_ownership=fix_ownership)
 
 
 def _key_ref(parent: _Fields, key: str, default_key: str) -> Optional[KeyRef]:

@@ -65,6 +65,9 @@ class VolumeSpec:
     sub_path: str
     mount_path: str
     read_only: bool = False
+    # results only: an init container running as root with CHOWN/FOWNER/DAC_OVERRIDE gives the run's folder (the
+    # mounted subPath, not recursively) to the pods' user, for volumes that ignore fsGroup (hostPath, many NFS).
+    fix_ownership: bool = False
 
 
 @dataclass(frozen=True)
