@@ -269,7 +269,7 @@ def pod_template(
         spec["affinity"] = affinity
     if run.runtime_class_name:
         spec["runtimeClassName"] = run.runtime_class_name
-    if run.results.fix_ownership:
+    if run.results is not None and run.results.fix_ownership:  # a results volume (not spec.storage)
         spec["initContainers"] = [ownership_container(res, mounts)]
     metadata: dict[str, Any] = {"labels": {**run.labels, **labels}}
     if run.annotations:

@@ -127,9 +127,10 @@ def open_run_tracker(results_arg: str, results_dir: str, spec_fields):
     """The experiment trackers' runs for this results folder (MLflow when MLFLOW_TRACKING_URI is set, W&B when the
     spec's visualizer.wandb_config is enabled), named after the folder (in a cluster, the run's resource), or None."""
     from kestrel_trainer.report.tracking import Trackers, open_tracker, open_wandb
+    from kestrel_trainer.train.loop import create_results_folder
 
     name = results_arg.rstrip("/").rsplit("/", 1)[-1] or "kestrel"
-    os.makedirs(results_dir, exist_ok=True)
+    create_results_folder(results_dir)  # the trackers keep their run id there; an unwritable folder is one line
     tracker = Trackers([open_tracker(results_dir, name, tags={"kestrel.results_dir": results_arg}),
                         open_wandb(spec_fields, results_dir, name)])
     if not tracker.trackers:

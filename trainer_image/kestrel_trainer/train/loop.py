@@ -153,13 +153,9 @@ def _configure_devices(spec: ExperimentSpec, opts: TrainOptions) -> tuple[list[s
     return mp.configure_devices(plan), plan
 
 
-def _open_run(spec: ExperimentSpec, opts: TrainOptions) -> _Run:
-    """The results folder (every rank, see below), status.json, the global seed and the precision policy."""
-    results = os.path.abspath(opts.results_dir)
-    # Every rank, not only the chief: on a folder the trainer's user cannot write (a fresh root-owned volume) each
-    # rank stops here with the same one line and exit 2, instead of the others dying in their first collective
-    # once the chief is gone (mpirun would report that rank's exit 1 and the operator a lost rank). exist_ok: the
-    # ranks share the volume; on another rank's own disk (no shared volume, or an s3:// mirror) an empty folder.
+def create_results_folder(results_dir: str) -> str:
+    """RESULTS/weights made (every rank, see _open_run), or the one line a user can act on; the absolute path."""
+    results = os.path.abspath(results_dir)
     try:  # a folder the trainer's user cannot write is the user's to fix: one line
         os.makedirs(os.path.join(results, "weights"), exist_ok=True)
     except OSError as err:
@@ -167,6 +163,16 @@ def _open_run(spec: ExperimentSpec, opts: TrainOptions) -> _Run:
                            f"({err.strerror or err}) as uid {os.getuid()}: give the folder to that user, or in "
                            "the cluster set spec.volumes.results.fixOwnership (docs/install.md)",
                            exit_code=2) from None
+    return results
+
+
+def _open_run(spec: ExperimentSpec, opts: TrainOptions) -> _Run:
+    """The results folder (every rank, see below), status.json, the global seed and the precision policy."""
+    # Every rank, not only the chief: on a folder the trainer's user cannot write (a fresh root-owned volume) each
+    # rank stops here with the same one line and exit 2, instead of the others dying in their first collective
+    # once the chief is gone (mpirun would report that rank's exit 1 and the operator a lost rank). exist_ok: the
+    # ranks share the volume; on another rank's own disk (no shared volume, or an s3:// mirror) an empty folder.
+    results = create_results_folder(opts.results_dir)
     task = ClassificationTask(spec, opts.ranks, key=opts.key, use_amp=opts.use_amp)
     run = _Run(spec, opts, task, results, StatusLogger(os.path.join(results, "status.json")))
     tf.keras.utils.set_random_seed(spec.train.random_seed)
