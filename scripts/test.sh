@@ -17,6 +17,8 @@ export KESTREL_STRICT=${KESTREL_STRICT:-1}
 # The distribution users install (docs/install.md): the sdist, and the wheel built from it, into dist/ (~30 s);
 # tests/test_packaging.py checks both and installs the wheel into a fresh virtualenv.
 rm -rf dist
-"$VENV/bin/python" -m build --outdir dist . >/dev/null
+build_log=$(mktemp)
+"$VENV/bin/python" -m build --outdir dist . >"$build_log" 2>&1 || { cat "$build_log" >&2; exit 1; }  # quiet unless it fails
+rm -f "$build_log"
 export KESTREL_DIST=$(pwd)/dist
 "$VENV/bin/python" -m pytest -n "${KESTREL_TEST_WORKERS:-2}" tests "$@"
