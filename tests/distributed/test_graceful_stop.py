@@ -91,7 +91,9 @@ def test_a_sigterm_to_one_workers_entrypoint_stops_both_ranks_at_one_step_with_a
     step, epoch = stops[0]
     assert epoch >= 2, stops
     errors = [ln for ln in out.splitlines() if ln.startswith("kestrel: error:")]
-    assert len(errors) == 2 and len(set(errors)) == 1, errors  # every rank: the same one line
+    # Each rank says the same one line; mpirun stops the other rank as soon as the first exits 143 (after the
+    # checkpoint barrier: nothing is lost), so the slower rank's line may never be printed.
+    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1, errors
     assert "stopped by signal 15 on rank 1: checkpoint written to" in errors[0], errors
     assert "Traceback" not in out
 

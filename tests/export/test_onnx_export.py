@@ -44,7 +44,9 @@ def test_export_matches_keras_on_real_images(arch, n_layers, real_batch):
     keras_scores = model.predict(real_batch, verbose=0)
     assert keras_scores.argmax(1).min() != keras_scores.argmax(1).max(), "the batch must not be degenerate"
     onnx_scores = OnnxClassifier(proto.SerializeToString(), arch).predict(real_batch)
-    assert np.abs(onnx_scores - keras_scores).max() <= 1e-4
+    # float32 in both, summed in another order (oneDNN's kernels vs ONNX Runtime's, and their thread split): MobileNet
+    # V2's deep depthwise stack has differed by up to 1.2e-4 in a probability under load, ResNet by ~2e-5
+    assert np.abs(onnx_scores - keras_scores).max() <= 3e-4
     np.testing.assert_array_equal(onnx_scores.argmax(1), keras_scores.argmax(1))
     np.testing.assert_allclose(onnx_scores.sum(1), 1.0, atol=1e-5)  # the softmax is in the graph
 
