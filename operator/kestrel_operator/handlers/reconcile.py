@@ -232,16 +232,19 @@ class Reconciler:
 
     def _stop_runs(self, body: Mapping[str, Any], meta: ResourceMeta, jobs: list[dict[str, Any]],
                    keep: Optional[Mapping[str, Any]], why: str, out: Outcome) -> None:
-        """Delete every run's MPIJob but `keep` (background: the garbage collector takes their pods)."""
+        """Delete every run's MPIJob but `keep` (background: the garbage collector takes their pods).
+
+        The Event goes first: an operator stopped between the two requests leaves the MPIJob to its successor,
+        which says it again (at least once), never a stopped run nobody was told about."""
         for job in jobs:
             m = job.get("metadata") or {}
             if job is keep or m.get("deletionTimestamp"):
                 continue
+            self._event(body, out, "Normal", r.SPEC_CHANGED,
+                        f"{why}: stopping run {m['name']} (generation {_labels(job).get(names.GENERATION_LABEL)})")
             if self.api.delete(MPIJOB_API_VERSION, "MPIJob", meta.namespace, m["name"], m.get("uid", "")):
                 out.deleted.append(f"MPIJob/{m['name']}")
                 self._drop_budget(meta, m["name"], out)
-                self._event(body, out, "Normal", r.SPEC_CHANGED,
-                            f"{why}: stopped run {m['name']} (generation {_labels(job).get(names.GENERATION_LABEL)})")
 
     def _spec_text(self, res: Resource) -> tuple[Optional[str], Optional[str]]:
         """(text, None) or (None, why it is missing)."""
