@@ -167,3 +167,14 @@ def test_a_results_folder_the_trainer_cannot_create_is_its_one_error_line(tmp_pa
     assert f"-r/--results_dir {results}: cannot create" in line and "fixOwnership" in line, line
     assert "Traceback" not in proc.stderr
     assert operator_reads(f"{line}\n-----\nmpirun detected that one or more processes exited\n") == line
+
+
+def test_the_trainers_stop_line_is_what_the_operator_reads_as_a_stop():
+    """The trainer writes its graceful stop with contract.stopped_message; the operator recognises it with
+    contract.STOPPED_MESSAGE (whatever mpirun's exit code): the two must stay one rule."""
+    checkpoint = "/results/runs/ab/weights/resnet_002_step000007.tlt"
+    for reason in ("signal 15", "signal 10 on rank 3"):
+        line = f"kestrel train: error: {contract.stopped_message(reason, checkpoint)}"
+        assert operator_reads(f"{line}\n-----\nORTE has lost communication with a remote daemon.\n") == line
+        assert contract.STOPPED_MESSAGE.search(line), line
+    assert not contract.STOPPED_MESSAGE.search("kestrel: error: dataset folder not found: /data/train")

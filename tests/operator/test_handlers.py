@@ -186,6 +186,27 @@ def test_spec_change_restarts_the_run_once_the_old_pods_are_gone(api, rec):
     assert len(api.of_kind("Role")) == 1 and "Role/resnet18-train-kestrel-status" not in out.created
 
 
+def test_an_operator_killed_right_after_stopping_the_old_run_still_leaves_its_event(api, rec, settings):
+    """The operator can die between its two requests (the e2e killed it right after a GitOps edit): the user
+    must still see SpecChanged, from it or from its successor, never a run stopped in silence."""
+    api.put(train_body())
+    rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    api.put(train_body(useAmp=True))
+    delete = api.delete
+
+    def delete_then_die(*args, **kwargs):
+        delete(*args, **kwargs)
+        raise SystemExit("SIGKILL")
+
+    api.delete = delete_then_die
+    with pytest.raises(SystemExit):
+        rec.reconcile(api.body("ClassificationTrain", "resnet18"))
+    api.delete = delete
+    Reconciler(api, settings).reconcile(api.body("ClassificationTrain", "resnet18"))  # the restarted operator
+    assert api.of_kind("MPIJob") == [] or api.of_kind("MPIJob")[0]["metadata"]["name"].endswith("-g2")
+    assert "SpecChanged" in [e[2] for e in api.events]
+
+
 def test_name_conflict_is_reported_not_overwritten(api, rec):
     api.put({"apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "metadata": {"name": "resnet18-train-g1"},
              "spec": {"foreign": True}})

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -135,6 +135,14 @@ def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
+def _of_attempt(pods: Sequence[Mapping[str, Any]], job: Mapping[str, Any],
+                roles: tuple[str, ...] = ("launcher", "worker")) -> list[Mapping[str, Any]]:
+    """The pods of the attempt that `job` (its MPIJob) runs, by the MPI Operator's names <job>-<role>-...: another
+    attempt of the same generation (a retry, or a pod lost with its node, Terminating meanwhile) is not it."""
+    prefixes = tuple(f"{_name(job)}-{role}-" for role in roles)
+    return [p for p in pods if _name(p).startswith(prefixes)]
+
+
 def _generation_of(obj: Mapping[str, Any]) -> int:
     try:
         return int(_labels(obj).get(names.GENERATION_LABEL) or 0)
@@ -224,16 +232,19 @@ class Reconciler:
 
     def _stop_runs(self, body: Mapping[str, Any], meta: ResourceMeta, jobs: list[dict[str, Any]],
                    keep: Optional[Mapping[str, Any]], why: str, out: Outcome) -> None:
-        """Delete every run's MPIJob but `keep` (background: the garbage collector takes their pods)."""
+        """Delete every run's MPIJob but `keep` (background: the garbage collector takes their pods).
+
+        The Event goes first: an operator stopped between the two requests leaves the MPIJob to its successor,
+        which says it again (at least once), never a stopped run nobody was told about."""
         for job in jobs:
             m = job.get("metadata") or {}
             if job is keep or m.get("deletionTimestamp"):
                 continue
+            self._event(body, out, "Normal", r.SPEC_CHANGED,
+                        f"{why}: stopping run {m['name']} (generation {_labels(job).get(names.GENERATION_LABEL)})")
             if self.api.delete(MPIJOB_API_VERSION, "MPIJob", meta.namespace, m["name"], m.get("uid", "")):
                 out.deleted.append(f"MPIJob/{m['name']}")
                 self._drop_budget(meta, m["name"], out)
-                self._event(body, out, "Normal", r.SPEC_CHANGED,
-                            f"{why}: stopped run {m['name']} (generation {_labels(job).get(names.GENERATION_LABEL)})")
 
     def _spec_text(self, res: Resource) -> tuple[Optional[str], Optional[str]]:
         """(text, None) or (None, why it is missing)."""
@@ -571,14 +582,17 @@ class Reconciler:
         nothing and would hold the next attempt for the whole grace period. Delete the attempt's pods on the live
         nodes at once (grace 1 s: their kubelet kills them and removes the objects); the lost node's pods are already
         being deleted by the eviction."""
-        labels = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
-        prefixes = (f"{_name(job)}-launcher-", f"{_name(job)}-worker-")
-        for pod in self.api.list("v1", "Pod", res.meta.namespace, _selector(labels)):
+        for pod in _of_attempt(self._generation_pods(res, job), job):
             m = pod.get("metadata") or {}
-            if not str(m.get("name", "")).startswith(prefixes) or m.get("deletionTimestamp"):
+            if m.get("deletionTimestamp"):
                 continue
             if self.api.delete("v1", "Pod", res.meta.namespace, m["name"], m.get("uid", ""), grace_seconds=1):
                 out.deleted.append(f"Pod/{m['name']}")
+
+    def _generation_pods(self, res: Resource, job: Mapping[str, Any]) -> list[dict]:
+        """The run's pods at the generation `job` (an MPIJob) was made for: every attempt of it."""
+        labels = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
+        return self.api.list("v1", "Pod", res.meta.namespace, _selector(labels))
 
     def _drop_budget(self, meta: ResourceMeta, job_name: str, out: Outcome) -> None:
         """The PodDisruptionBudget of an attempt that ended or was stopped (named like its MPIJob)."""
@@ -590,13 +604,10 @@ class Reconciler:
         """A failed MPIJob's workers that are still up (MPI Operator v0.8 leaves them when a worker was evicted:
         its clean-up needs a completion time it never sets, upstream issue 647) would hold their GPUs: delete
         them. The launcher pod stays for its logs."""
-        labels = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
-        prefix = f"{_name(job)}-worker-"
-        for pod in self.api.list("v1", "Pod", res.meta.namespace, _selector(labels)):
+        for pod in _of_attempt(self._generation_pods(res, job), job, roles=("worker",)):
             m = pod.get("metadata") or {}
             phase = (pod.get("status") or {}).get("phase")
-            if not str(m.get("name", "")).startswith(prefix) or m.get("deletionTimestamp") \
-                    or phase in ("Succeeded", "Failed"):
+            if m.get("deletionTimestamp") or phase in ("Succeeded", "Failed"):
                 continue
             if self.api.delete("v1", "Pod", res.meta.namespace, m["name"], m.get("uid", "")):
                 out.deleted.append(f"Pod/{m['name']}")
@@ -615,11 +626,8 @@ class Reconciler:
             explained = old.get("reason") in (r.TRAINER_FAILED, r.WORKER_EVICTED, r.RANK_LOST, r.RUN_STOPPED,
                                               r.NODE_LOST)
             return Cause(str(old["reason"]), str(old.get("message") or "")) if explained else None
-        run = {**names.owner_labels(res.meta), names.GENERATION_LABEL: _labels(job).get(names.GENERATION_LABEL, "")}
-        pods = self.api.list("v1", "Pod", res.meta.namespace, _selector(run))
-        # This attempt's pods only: an earlier attempt's pod lost with its node stays Terminating meanwhile.
-        mine = [p for p in pods if str((p.get("metadata") or {}).get("name", "")).startswith(
-            (f"{name}-launcher-", f"{name}-worker-"))]
+        pods = self._generation_pods(res, job)
+        mine = _of_attempt(pods, job)
         if ph.phase == FAILED:
             return failure_cause(mine)
         lost = node_lost(mine)

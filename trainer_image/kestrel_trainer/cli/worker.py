@@ -97,14 +97,9 @@ def live_descendants(pid: int) -> list[int]:
     except OSError:
         return []
     for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        state, ppid = stat[stat.rfind(")") + 2:].split()[:2]
-        if state not in ("Z", "X"):
-            parents.setdefault(int(ppid), []).append(int(entry))
+        fields = rank_registry.live_stat(int(entry))  # None: exited meanwhile, or a zombie
+        if fields:
+            parents.setdefault(int(fields[1]), []).append(int(entry))
     found, todo = [], list(parents.get(pid, ()))
     while todo:
         child = todo.pop()

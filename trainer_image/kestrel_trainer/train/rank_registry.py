@@ -37,8 +37,8 @@ def ranks_dir(env: Optional[Mapping[str, str]] = None) -> str:
     return env.get(RANKS_DIR_ENV) or DEFAULT_RANKS_DIR
 
 
-def start_time(pid: int) -> Optional[str]:
-    """The process' start time in clock ticks since boot (/proc/PID/stat field 22), or None when there is no such
+def live_stat(pid: int) -> Optional[list[str]]:
+    """/proc/PID/stat's fields from the state on (field 3: state, 4: parent pid, ...), or None when there is no such
     process or it has exited (a zombie waiting to be reaped is gone for us)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
@@ -48,7 +48,14 @@ def start_time(pid: int) -> Optional[str]:
     fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces and parentheses
     if len(fields) < 20 or fields[0] in ("Z", "X"):
         return None
-    return fields[19]
+    return fields
+
+
+def start_time(pid: int) -> Optional[str]:
+    """The process' start time in clock ticks since boot (/proc/PID/stat field 22), or None when there is no such
+    process or it has exited."""
+    fields = live_stat(pid)
+    return fields[19] if fields else None
 
 
 def register(rank: int, folder: Optional[str] = None) -> Optional[str]:
