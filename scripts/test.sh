@@ -21,4 +21,4 @@ build_log=$(mktemp)
 "$VENV/bin/python" -m build --outdir dist . >"$build_log" 2>&1 || { cat "$build_log" >&2; exit 1; }  # quiet unless it fails
 rm -f "$build_log"
 export KESTREL_DIST=$(pwd)/dist
-"$VENV/bin/python" -m pytest -n "${KESTREL_TEST_WORKERS:-2}" tests "$@"
+"$VENV/bin/python" -m pytest -n "${KESTREL_TEST_WORKERS:-2}" --durations=25 tests "$@"
