@@ -23,6 +23,8 @@ import pytest
 from e2e import cluster as cl
 from e2e import kueue as kueue_mod
 from e2e import node as node_mod
+from e2e import registry as registry_mod
+from e2e import release
 from e2e.netns import NetNS
 from tests.strict_mode import STRICT_ENV, strict_mode
 
@@ -250,6 +252,31 @@ def trainer_image(real_node: node_mod.RealNode) -> str:
     image = _image("trainer")
     real_node.load(image)
     return image.ref
+
+
+@pytest.fixture(scope="session")
+def registry(cluster: cl.ControlPlane) -> Iterator[registry_mod.Registry]:
+    """The session's OCI registry (registry.py) on the control plane's address."""
+    try:
+        reg = registry_mod.start(cluster)
+    except (cl.ControlPlaneError, subprocess.CalledProcessError) as exc:
+        pytest.fail(f"the registry did not come up: {exc}")
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def pushed(cluster: cl.ControlPlane, registry: registry_mod.Registry) -> release.Pushed:
+    """The trainer and operator images and the chart, pushed once per session by scripts/build_images.sh --push."""
+    for name in ("trainer", "operator"):
+        _image(name)  # built (cached) with the machine's network
+    return release.push(cluster, registry)
+
+
+@pytest.fixture(scope="session")
+def helm_oci(cluster: cl.ControlPlane, registry: registry_mod.Registry) -> release.Helm:
+    """The real helm, logged in to the session's registry through an auth file."""
+    return release.helm(cluster, registry)
 
 
 @pytest.fixture(scope="module")

@@ -123,3 +123,4 @@ def start(cp: cl.ControlPlane) -> Registry:
 
     cl.wait_for(f"registry on https://{host}/v2/", up, timeout=60, interval=0.5, proc=proc)
     return reg
+

@@ -1,8 +1,12 @@
-"""The user's flow with no PVC at all, on the real node: data, checkpoints and models in object storage.
+"""The user's flow with no PVC at all, on the real node: data, checkpoints and models in object storage, and the
+operator and trainer images pulled from a registry.
 
-A real S3 server (versitygw, built from its Go module: `bash e2e/build.sh --versitygw`) runs in the session's
-control-plane network namespace on the control plane's address, which the pods reach through the node's default
-route. The dataset goes into the bucket with the trainer's own CLI (`kestrel dataset import ... --out s3://`),
+The module runs the way a platform team deploys: the operator is installed with `helm install oci://...` from the
+session's registry (release.py: images and chart pushed by scripts/build_images.sh --push), its pod and every run's
+pods pulled by the real node's containerd with an imagePullSecret (the session's own operator process is stopped
+for the module). A real S3 server (versitygw, built from its Go module: `bash e2e/build.sh --versitygw`) runs in
+the session's control-plane network namespace on the control plane's address, which the pods reach through the
+node's default route. The dataset goes into the bucket with the trainer's own CLI (`kestrel dataset import ... --out s3://`),
 the credentials into a Secret (from files: never in a process listing); the resources name the Secret in
 spec.storage and keep their results in storage.resultsPath. Then: Train (2 CPU ranks) -> Prune (fromTrain) ->
 retrain (fromPrune) -> Export (fromTrain), and `kestrel evaluate` on the host reads the exported model from s3://.
@@ -27,7 +31,8 @@ import pytest
 from e2e import cluster as cl
 from e2e import kestrel_objects as ko
 from e2e import node as node_mod
-from e2e import real_runs
+from e2e import real_runs, release
+from e2e import registry as registry_mod
 from e2e.captures import capture
 from e2e.conftest import wait_until
 from e2e.netns import NetNS
@@ -49,11 +54,21 @@ def _real_mpi_operator(mpi_controller: str) -> None:
         pytest.fail("the real-node runs need the real MPI Operator")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_session_operator(operator: cl.Operator) -> Iterator[None]:
+    """The chart's operator pod (installed by `bucket`) reconciles this module's namespace; the session's operator
+    process would too. Stopped for the module, started again after it."""
+    operator.stop()
+    yield
+    operator.start()
+
+
 @dataclass
 class Bucket:
     namespace: str
     key: str
-    image: str
+    pushed: release.Pushed  # the images the pods pull, the chart the operator came from
+    node: node_mod.RealNode
     server: S3Server
     s3: S3Fixture  # an independent client (MinIO's SDK with the server's key), to look at what the pods wrote
     env: dict[str, str]  # the host's AWS_* environment for the trainer CLI
@@ -78,8 +93,9 @@ def _secret_from_files(cp: cl.ControlPlane, namespace: str, name: str, values: d
 
 
 @pytest.fixture(scope="module")
-def bucket(cluster: cl.ControlPlane, session_netns: NetNS, e2e_workdir: Path, trainer_image: str,
-           operator: cl.Operator) -> Iterator[Bucket]:  # noqa: ARG001 - the operator must run
+def bucket(cluster: cl.ControlPlane, session_netns: NetNS, e2e_workdir: Path, real_node: node_mod.RealNode,
+           registry: registry_mod.Registry, pushed: release.Pushed, helm_oci: release.Helm,
+           kestrel_crds: list[str]) -> Iterator[Bucket]:  # noqa: ARG001 - the CRDs must be there
     binary = versitygw_binary()
     if not os.access(binary, os.X_OK):
         why = f"versitygw is not built ({binary}): run `bash e2e/build.sh --versitygw`"
@@ -114,7 +130,15 @@ def bucket(cluster: cl.ControlPlane, session_netns: NetNS, e2e_workdir: Path, tr
                                                         "AWS_SECRET_ACCESS_KEY": S3_TEST_SECRET_KEY}, folder)
     _secret_from_files(cluster, namespace, BAD_SECRET, {"AWS_ACCESS_KEY_ID": S3_TEST_ACCESS_KEY,
                                                          "AWS_SECRET_ACCESS_KEY": "not-the-secret-" + key[:8]}, folder)
-    yield Bucket(namespace=namespace, key=key, image=trainer_image, server=server, s3=s3, env=env)
+    release.pull_secret(cluster, namespace, release.PULL_SECRET, registry.docker_config_json(), folder)
+    chart = f"s3-{uuid.uuid4().hex[:6]}"
+    release.install_chart(cluster, registry, pushed, helm_oci, chart, namespace, namespace, folder)
+    b = Bucket(namespace=namespace, key=key, pushed=pushed, node=real_node, server=server, s3=s3, env=env)
+    # The chart's webhook answers once kube-proxy routes its Service: a server-side dry run until it does.
+    dry_run = _train(b, "webhook-check")
+    release.apply_once_the_webhook_answers(cluster, dry_run, dry_run=True)
+    yield b
+    helm_oci("uninstall", chart, "-n", namespace, "--wait", check=False)
     server.stop()
 
 
@@ -130,7 +154,8 @@ def _resource(b: Bucket, kind: str, name: str, spec: dict, secret: str = S3_SECR
         "spec": {
             "keySecretRef": {"name": real_runs.KEY_SECRET, "key": "key"},
             "storage": _storage(b, secret),
-            "image": b.image, "imagePullPolicy": "Never",
+            # No spec.image: the chart's trainer image (its repository, tag = the chart's appVersion), pulled.
+            "imagePullPolicy": "IfNotPresent", "imagePullSecrets": [{"name": release.PULL_SECRET}],
             "nodeSelector": dict(node_mod.NODE_SELECTOR), "tolerations": list(node_mod.NODE_TOLERATIONS),
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             "backoffLimit": 0,
@@ -236,6 +261,14 @@ def test_no_pvc_train_prune_retrain_export_from_the_bucket_then_evaluate_on_the_
     assert results["onnx"].get("confusion_matrix") == results["keras"].get("confusion_matrix")
     # Not asserted above chance (0.1): 2 epochs on 160 images of 16x16 pixels, pruned, 1 retrain epoch, is not a
     # model that learned (the PVC chain's runs are the same size); the measured value is printed.
+    # The operator and every run's pods ran from images the node pulled from the registry with the pull Secret.
+    assert release.operator_pod(cluster, b.namespace, b.node.name)["spec"]["containers"][0]["image"] == \
+        b.pushed.operator
+    images = {c["image"] for p in cluster.get("pods", namespace=b.namespace)["items"]
+              if p["metadata"]["labels"].get("app.kubernetes.io/name") != "kestrel"
+              for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]}
+    assert images == {b.pushed.trainer}, images
+    assert {b.pushed.trainer, b.pushed.operator} <= b.node.image_refs()
     sys.stderr.write(f"\n[s3] phase times (s): {json.dumps({k: round(v) for k, v in times.items()})}, "
                      f"top-1 of the exported ONNX read from the bucket {results['onnx']['top_1_accuracy']:.3f}\n")
 

@@ -13,36 +13,23 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from e2e import cluster as cl
 from e2e import kestrel_objects as ko
 from e2e import node as node_mod
-from e2e import real_runs
+from e2e import real_runs, release
 from e2e import registry as registry_mod
-from e2e.conftest import _image, wait_until
+from e2e.conftest import wait_until
 
 KIND = "ClassificationTrain"
-PULL_SECRET = "regcred"
+PULL_SECRET = release.PULL_SECRET
 BAD_PULL_SECRET = "regcred-wrong"
-PATH = "kestrel"  # images under HOST/kestrel/, the chart under HOST/kestrel/charts
-
-
-def _version() -> str:
-    import tomllib
-
-    return tomllib.loads((cl.REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "-C", str(cl.REPO_ROOT), "rev-parse", "--short=7", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+PATH = release.PATH
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,88 +41,23 @@ def _no_session_operator(operator: cl.Operator) -> Iterator[None]:
     operator.start()
 
 
-@pytest.fixture(scope="module")
-def registry(cluster: cl.ControlPlane) -> Iterator[registry_mod.Registry]:
-    try:
-        reg = registry_mod.start(cluster)
-    except (cl.ControlPlaneError, subprocess.CalledProcessError) as exc:
-        pytest.fail(f"the registry did not come up: {exc}")
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="module")
-def pushed(cluster: cl.ControlPlane, registry: registry_mod.Registry) -> tuple[dict[str, str], str]:
-    """scripts/build_images.sh --only trainer,operator --push HOST/kestrel, credentials from the environment (the
-    images are built first in the machine's namespace, as the other fixtures do; the push runs here, in the control
-    plane's namespace, where the registry listens). Returns {ref: digest} of what it pushed, the chart included,
-    and the checkout's commit read by git just before the push (the tag's expected suffix)."""
-    for name in ("trainer", "operator"):
-        _image(name)  # built (cached) with the machine's network
-    script = Path(os.environ.get("KESTREL_BUILD_IMAGES") or node_mod.BUILD_IMAGES)
-    commit = _commit()
-    env = {**os.environ, "KESTREL_REGISTRY_USER": registry.user, "KESTREL_REGISTRY_PASSWORD": registry.password,
-           "KESTREL_REGISTRY_CA": str(registry.ca), "KESTREL_HELM": str(cluster.bin / "helm")}
-    out = subprocess.run(["bash", str(script), "--only", "trainer,operator", "--push", f"{registry.host}/{PATH}"],
-                         capture_output=True, text=True, env=env, timeout=1800)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert registry.password not in out.stdout + out.stderr  # never echoed
-    refs = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if parts[:1] == ["pushed"]:
-            refs[parts[1]] = parts[2]
-        elif parts[:1] == ["chart"]:
-            refs[f"{parts[1]}:{parts[2]}"] = parts[3]
-    return refs, commit
-
-
-@pytest.fixture(scope="module")
-def helm(cluster: cl.ControlPlane, registry: registry_mod.Registry):
-    """The real helm with its own home and the registry's credentials in an auth file (--registry-config)."""
-    home = cluster.workdir / "helm-home-registry"
-    env = cluster.env(HELM_CACHE_HOME=str(home / "cache"), HELM_CONFIG_HOME=str(home / "config"),
-                      HELM_DATA_HOME=str(home / "data"))
-    auth = registry.auth_file()
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([str(cluster.bin / "helm"), *args, "--registry-config", str(auth)],
-                             capture_output=True, text=True, env=env, timeout=600)
-        if check and out.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} exited {out.returncode}: {out.stderr.strip()}")
-        return out
-
-    return run
-
-
-def _pull_secret(cluster: cl.ControlPlane, namespace: str, name: str, config_json: str, folder: Path) -> None:
-    """A kubernetes.io/dockerconfigjson Secret from a file (credentials never on a command line)."""
-    path = folder / f"{name}-{namespace}.json"
-    path.touch(mode=0o600)
-    path.write_text(config_json)
-    cluster.kubectl("create", "secret", "generic", name, "-n", namespace, "--type=kubernetes.io/dockerconfigjson",
-                    f"--from-file=.dockerconfigjson={path}")
-    path.unlink()
-
-
-def test_push_tags_versioned_images_and_the_chart(registry: registry_mod.Registry,
-                                                 pushed: tuple[dict[str, str], str]) -> None:
+def test_push_tags_versioned_images_and_the_chart(registry: registry_mod.Registry, pushed: release.Pushed) -> None:
     """Each image under VERSION-COMMIT and VERSION (pyproject.toml's version, the checkout's commit), the chart as an
     OCI artifact under the same VERSION; the registry refuses anyone without the credentials."""
-    (pushed, commit), version = pushed, _version()
+    version = release.version()
     for name in ("kestrel-trainer", "kestrel-operator"):
-        for tag in (f"{version}-{commit}", version):
-            assert f"{registry.host}/{PATH}/{name}:{tag}" in pushed, pushed
+        for tag in (f"{version}-{pushed.commit}", version):
+            assert f"{registry.host}/{PATH}/{name}:{tag}" in pushed.refs, pushed.refs
         status, body = registry.get(f"{PATH}/{name}/tags/list")
-        assert status == 200 and set(body["tags"]) >= {version, f"{version}-{commit}"}, body
+        assert status == 200 and set(body["tags"]) >= {version, f"{version}-{pushed.commit}"}, body
         assert registry.get(f"{PATH}/{name}/tags/list", authenticated=False)[0] == 401
-    assert f"oci://{registry.host}/{PATH}/charts/kestrel:{version}" in pushed, pushed
+    assert f"oci://{registry.host}/{PATH}/charts/kestrel:{version}" in pushed.refs, pushed.refs
     status, body = registry.get(f"{PATH}/charts/kestrel/tags/list")
     assert status == 200 and body["tags"] == [version], body
 
 
 def test_chart_from_oci_and_trainer_pulled_with_pull_secrets_into_a_fresh_root_owned_folder(
-        cluster: cl.ControlPlane, registry: registry_mod.Registry, pushed: tuple[dict[str, str], str], helm,
+        cluster: cl.ControlPlane, registry: registry_mod.Registry, pushed: release.Pushed, helm_oci: release.Helm,
         real_node: node_mod.RealNode, mpi_controller: str, kestrel_crds: list[str], e2e_workdir: Path,
         namespace: str) -> None:
     """helm install oci://HOST/kestrel/charts/kestrel -> the operator pod pulls its image from the registry (chart
@@ -144,39 +66,26 @@ def test_chart_from_oci_and_trainer_pulled_with_pull_secrets_into_a_fresh_root_o
     results folder that is root-owned and was not prepared (spec.volumes.results.fixOwnership); `ctr images ls` on
     the node lists both pulled images. Wrong credentials: status ImagePullBackOff naming the image, and an Event.
     fixOwnership off on such a folder: Failed with the trainer's permission line naming the folder."""
-    version = _version()
-    host = f"{registry.host}/{PATH}"
     watched = f"e2e-reg-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", watched)
     wait_until(f"default ServiceAccount in {watched}", lambda: cluster.exists("serviceaccount", "default", watched))
     for ns in (namespace, watched):
-        _pull_secret(cluster, ns, PULL_SECRET, registry.docker_config_json(), e2e_workdir)
-    _pull_secret(cluster, watched, BAD_PULL_SECRET, registry.docker_config_json(password="wrong-" + uuid.uuid4().hex),
-                 e2e_workdir)
-
-    release = f"reg-{uuid.uuid4().hex[:6]}"
-    values = e2e_workdir / f"{release}-values.yaml"
-    values.write_text(yaml.safe_dump({
-        "image": {"repository": f"{host}/kestrel-operator"},  # tag: the chart's appVersion
-        "trainer": {"image": {"repository": f"{host}/kestrel-trainer"}},  # tag: the chart's appVersion
-        "imagePullSecrets": [{"name": PULL_SECRET}],
-        "nodeSelector": dict(node_mod.NODE_SELECTOR), "tolerations": list(node_mod.NODE_TOLERATIONS),
-        "watchNamespaces": [watched]}))
-    helm("install", release, f"oci://{host}/charts/kestrel", "--version", version, "--ca-file", str(registry.ca),
-         "-n", namespace, "-f", str(values), "--wait", "--timeout", "8m")
+        release.pull_secret(cluster, ns, PULL_SECRET, registry.docker_config_json(), e2e_workdir)
+    release.pull_secret(cluster, watched, BAD_PULL_SECRET,
+                        registry.docker_config_json(password="wrong-" + uuid.uuid4().hex), e2e_workdir)
+    name = f"reg-{uuid.uuid4().hex[:6]}"
+    release.install_chart(cluster, registry, pushed, helm_oci, name, namespace, watched, e2e_workdir)
     try:
-        _run_from_the_registry(cluster, registry, real_node, e2e_workdir, namespace, watched, host, version)
+        _run_from_the_registry(cluster, registry, pushed, real_node, e2e_workdir, namespace, watched)
     finally:
-        helm("uninstall", release, "-n", namespace, "--wait", check=False)
+        helm_oci("uninstall", name, "-n", namespace, "--wait", check=False)
         cluster.kubectl("delete", "namespace", watched, "--wait=false", check=False)
 
 
-def _run_from_the_registry(cluster: cl.ControlPlane, registry: registry_mod.Registry, real_node: node_mod.RealNode,
-                           e2e_workdir: Path, namespace: str, watched: str, host: str, version: str) -> None:
-    (pod,) = [p for p in cluster.get("pods", namespace=namespace)["items"]
-              if p["metadata"]["labels"].get("app.kubernetes.io/name") == "kestrel"
-              and p["spec"].get("nodeName") == real_node.name and p["status"].get("phase") == "Running"]
-    assert pod["spec"]["containers"][0]["image"] == f"{host}/kestrel-operator:{version}"
+def _run_from_the_registry(cluster: cl.ControlPlane, registry: registry_mod.Registry, pushed: release.Pushed,
+                           real_node: node_mod.RealNode, e2e_workdir: Path, namespace: str, watched: str) -> None:
+    pod = release.operator_pod(cluster, namespace, real_node.name)
+    assert pod["spec"]["containers"][0]["image"] == pushed.operator
     assert pod["spec"]["imagePullSecrets"] == [{"name": PULL_SECRET}]
 
     ws = real_runs.make_workspace(cluster, watched, e2e_workdir / "registry-runs", image="")
@@ -194,21 +103,12 @@ def _run_from_the_registry(cluster: cl.ControlPlane, registry: registry_mod.Regi
         res["spec"].update(spec)
         return res
 
-    good = train("from-registry", fix=True)
-
-    def accepted() -> bool:
-        out = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(good), check=False)
-        if out.returncode != 0:
-            raise AssertionError(out.stderr.strip())
-        return True
-
-    # The chart's webhook answers once kube-proxy routes its Service: retry the apply until it is accepted.
-    wait_until("the chart's webhook accepting the resource", accepted, timeout=90, interval=2)
+    release.apply_once_the_webhook_answers(cluster, train("from-registry", fix=True))
 
     # Wrong credentials (Always: the node must ask the registry even once the image is there).
     bad = train("wrong-credentials", fix=True, imagePullSecrets=[{"name": BAD_PULL_SECRET}], imagePullPolicy="Always")
     cluster.apply(bad)
-    trainer_ref = f"{host}/kestrel-trainer:{version}"
+    trainer_ref = pushed.trainer
 
     def pull_refused() -> dict | None:
         st = ko.get_resource(cluster, KIND, "wrong-credentials", watched).get("status") or {}
@@ -227,7 +127,7 @@ def _run_from_the_registry(cluster: cl.ControlPlane, registry: registry_mod.Regi
     assert folder.stat().st_uid == real_runs.POD_UID, "the init container gave the folder to the trainer's user"
     assert (ws.run_folder(done) / "status.json").exists()
     refs = real_node.image_refs()
-    assert trainer_ref in refs and f"{host}/kestrel-operator:{version}" in refs, sorted(refs)
+    assert trainer_ref in refs and pushed.operator in refs, sorted(refs)
     (job,) = ko.mpijobs_of(cluster, done)
     for replica in job["spec"]["mpiReplicaSpecs"].values():
         assert replica["template"]["spec"]["imagePullSecrets"] == [{"name": PULL_SECRET}]
