@@ -34,8 +34,11 @@ fi
 # With arguments (-k, a file): one session. The whole suite: two sessions side by side, each with its own cluster in
 # its own network namespace (netns.py), because most of the suite waits on pods: the multi-node, Kueue and S3 modules
 # (their own nodes and controllers, about a third of the time) in one, the rest in the other. Logs shown when done.
+# Test files or node ids among the arguments run alone; otherwise the arguments (-k ...) select from the whole suite.
 if [ $# -gt 0 ]; then
-    KESTREL_E2E_BUILD=1 "$VENV/bin/python" -m pytest e2e -q "$@"
+    where=(e2e)
+    for arg in "$@"; do [[ "$arg" == e2e/* ]] && where=(); done
+    KESTREL_E2E_BUILD=1 "$VENV/bin/python" -m pytest "${where[@]}" -q "$@"
     echo "e2e: total $(( $(date +%s) - start )) s"
     exit 0
 fi
