@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from e2e import cluster as cl
 from e2e import kestrel_objects as ko
@@ -121,6 +122,22 @@ def test_submit_follows_progress_and_log_and_exits_0(cluster: cl.ControlPlane, p
           f"{len(progress)} progress lines, last: {progress[-1]}")
 
 
+def _submitter_kubeconfig(cluster: cl.ControlPlane, namespace: str, folder: Path) -> Path:
+    """A kubeconfig whose user holds only examples/k8s/submitter-role.yaml in `namespace` (a ServiceAccount's token)."""
+    role = yaml.safe_load((cl.REPO_ROOT / "examples" / "k8s" / "submitter-role.yaml").read_text())
+    cluster.apply(role, namespace=namespace)
+    cluster.kubectl("create", "serviceaccount", "submitter", "-n", namespace)
+    cluster.kubectl("create", "rolebinding", "submitter", f"--role={role['metadata']['name']}",
+                    f"--serviceaccount={namespace}:submitter", "-n", namespace)
+    token = cluster.kubectl("create", "token", "submitter", "-n", namespace, "--duration=30m").stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": token}
+    path = folder / "submitter-kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
 def test_failed_run_exits_1_with_the_trainer_line_and_ctrl_c_leaves_it_running(
         cluster: cl.ControlPlane, plugin_dir: Path, tmp_path: Path, real_workspace: real_runs.Workspace) -> None:
     ws = real_workspace
@@ -146,12 +163,15 @@ def test_failed_run_exits_1_with_the_trainer_line_and_ctrl_c_leaves_it_running(
     # The run goes on: the resource is there and reaches its end without the client.
     assert ko.get_resource(cluster, TRAIN, "client-fail", ws.namespace)["metadata"]["name"] == "client-fail"
 
-    run = kestrel(cluster, plugin_dir, "wait", "train/client-fail", "-n", ws.namespace, "--follow", timeout=600)
+    # Picked up again by a user who holds only the submitter Role (least privilege: no watch, no cluster scope).
+    submitter = _submitter_kubeconfig(cluster, ws.namespace, tmp_path)
+    run = kestrel(cluster, plugin_dir, "wait", "train/client-fail", "-n", ws.namespace, "--follow",
+                  "--kubeconfig", str(submitter), timeout=600)
     line = f"kestrel: error: dataset folder not found: {real_runs.DATA_MOUNT}/train"
     assert run.returncode == 1, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("client-fail: Failed (") and line in last, run.stderr
     assert line in run.stdout, run.stdout[-3000:]  # the launcher's log, streamed, has it too
-    deleted = kestrel(cluster, plugin_dir, "delete", "client-fail", "-n", ws.namespace)
+    deleted = kestrel(cluster, plugin_dir, "delete", "client-fail", "-n", ws.namespace, "--kubeconfig", str(submitter))
     assert deleted.returncode == 0, deleted.stderr
     wait_until("client-fail deleted", lambda: not cluster.exists("classificationtrain", "client-fail", ws.namespace))

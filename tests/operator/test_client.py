@@ -42,7 +42,11 @@ class ScriptedApi(FakeApi):
         obj = self.objects.get((kind, namespace, name))
         if obj is not None and kind == "ClassificationTrain" and self.statuses and \
                 threading.current_thread() is threading.main_thread():
-            obj["status"] = {"observedGeneration": obj["metadata"]["generation"], **self.statuses.pop(0)}
+            status = self.statuses.pop(0)
+            if status == "deleted":
+                del self.objects[(kind, namespace, name)]
+            else:
+                obj["status"] = {"observedGeneration": obj["metadata"]["generation"], **status}
         return super().get(api_version, kind, namespace, name)
 
     def pod_log(self, namespace, name, container="", follow=False, tail_lines=None):
@@ -164,7 +168,7 @@ def test_failed_run_exits_1_with_the_trainer_line_and_streams_the_launcher_log(f
     assert code == 0 and out.splitlines() == ["starting", "kestrel: error: dataset folder not found: /data/train"]
 
 
-def test_exit_2_on_bad_requests_and_invalid_spec_3_on_timeout(fake, capsys, spec_file):
+def test_exit_2_on_bad_requests_and_invalid_spec_3_on_timeout_1_when_deleted(fake, capsys, spec_file):
     flags = ["-e", str(spec_file), "--gpus", "0", "--data-pvc", "d", "--results-pvc", "r"]
     api_ = fake()
     api_.fail("create", "ClassificationTrain", 422)
@@ -190,6 +194,10 @@ def test_exit_2_on_bad_requests_and_invalid_spec_3_on_timeout(fake, capsys, spec
     run(capsys, "submit", "train", *flags, "--no-follow")
     code, _, err = run(capsys, "wait", "fashion-resnet18", "--timeout", "0.2s")
     assert code == 3 and "has not finished after 0.2 s" in err
+    fake(statuses=[{"phase": "Running", "reason": "MPIJobRunning"}, "deleted"])
+    run(capsys, "submit", "train", *flags, "--no-follow")
+    code, _, err = run(capsys, "wait", "fashion-resnet18")
+    assert code == 1 and "the resource was deleted while it was followed" in err
     code, _, err = run(capsys, "status", "nothere")
     assert code == 2 and "no Classification run named nothere in namespace ml" in err
 

@@ -182,12 +182,21 @@ class KestrelClient:
     def wait(self, ref: str, timeout: Optional[float] = None, on_update: Optional[Callable[[dict], None]] = None,
              poll: Optional[float] = None) -> Outcome:
         """Poll until the run ends; `on_update(obj)` sees every read. TimeoutError after `timeout` seconds; NotFound
-        when the resource is deleted meanwhile. Stopping the wait (Ctrl-C) leaves the run alone."""
+        when there is no such resource; a resource deleted meanwhile is an Outcome of phase Deleted. Stopping the
+        wait (Ctrl-C) leaves the run alone."""
         poll = POLL_SECONDS if poll is None else poll
         deadline = None if timeout is None else time.monotonic() + timeout
         kinds, _ = self._kinds(ref)
+        seen: Optional[dict[str, Any]] = None
         while True:
-            obj = self.get(ref)
+            try:
+                obj = self.get(ref)
+            except NotFound:
+                if seen is None:
+                    raise
+                return replace(outcome_of(seen), phase="Deleted", reason="Deleted",
+                               message="the resource was deleted while it was followed")
+            seen = obj
             if len(kinds) > 1:  # pin the kind: a namesake of another kind created later changes nothing
                 ref = f"{obj['kind']}/{obj['metadata']['name']}"
                 kinds = [obj["kind"]]
@@ -224,10 +233,12 @@ class KestrelClient:
     def stream_logs(self, ref: str, emit: Callable[[str], None], stop: threading.Event,
                     poll: Optional[float] = None) -> None:
         """Emit the log of every launcher the run starts (a retried attempt has its own), each once, from its first
-        line, until `stop` is set and no stream is open. For a thread: API errors end nothing, they are retried."""
+        line, until `stop` is set: then one last pass reads what it has not read yet (a run that ended before its
+        first pass). For a thread: API errors end nothing, they are retried."""
         poll = POLL_SECONDS if poll is None else poll
         streamed: set[str] = set()
-        while not stop.is_set():
+        while True:
+            last = stop.is_set()
             try:
                 for pod in self.launcher_pods(self.get(ref)):
                     meta = pod["metadata"]
@@ -238,6 +249,8 @@ class KestrelClient:
                         emit(line)
             except (KubeError, NotFound):
                 pass
+            if last:
+                return
             stop.wait(poll)
 
 
