@@ -56,6 +56,18 @@ def load_client_config(pool_size: int = 16) -> Any:
     return api_client(pool_size)
 
 
+def current_namespace() -> str:
+    """The kubeconfig's current context's namespace, as kubectl picks it; else `default` (also in a pod, or with an
+    unreadable kubeconfig: the first API call says what is wrong)."""
+    try:
+        from kubernetes import config
+
+        _, current = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
+        return str((current or {}).get("context", {}).get("namespace") or "default")
+    except Exception:
+        return "default"
+
+
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
     """The collection in `namespace`, or across all namespaces when it is empty."""
     plural = PLURALS[kind]

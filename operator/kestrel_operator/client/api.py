@@ -11,7 +11,6 @@ All API calls go through kube.KubeApi (KUBECONFIG or ~/.kube/config); nothing he
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -21,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from kestrel_operator import API_VERSION
 from kestrel_operator.client import build
-from kestrel_operator.kube import KubeApi, KubeError
+from kestrel_operator.kube import KubeApi, KubeError, current_namespace
 from kestrel_operator.resources import InvalidSpec
 from kestrel_operator.resources.types import FAILED, KINDS, SUCCEEDED, TASKS
 from kestrel_operator.settings import Settings
@@ -58,17 +57,6 @@ class Outcome:
         if self.phase == SUCCEEDED:
             return EXIT_SUCCEEDED
         return EXIT_BAD_REQUEST if self.reason == INVALID_SPEC else EXIT_FAILED
-
-
-def current_namespace() -> str:
-    """The kubeconfig's current context's namespace, as kubectl picks it; else `default`."""
-    try:
-        from kubernetes import config
-
-        _, current = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
-        return str((current or {}).get("context", {}).get("namespace") or "default")
-    except Exception:  # no kubeconfig (in a pod) or an unreadable one: the API call says why, later
-        return "default"
 
 
 def final(obj: Mapping[str, Any]) -> bool:
