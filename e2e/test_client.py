@@ -122,6 +122,12 @@ def test_submit_follows_progress_and_log_and_exits_0(cluster: cl.ControlPlane, p
           f"{len(progress)} progress lines, last: {progress[-1]}")
 
 
+def _as_on_a_terminal() -> None:
+    """Ctrl-C's SIGINT as a terminal delivers it: a suite started in the background (`run.sh &`, CI) passes SIGINT on
+    ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _submitter_kubeconfig(cluster: cl.ControlPlane, namespace: str, folder: Path) -> Path:
     """A kubeconfig whose user holds only examples/k8s/submitter-role.yaml in `namespace` (a ServiceAccount's token)."""
     role = yaml.safe_load((cl.REPO_ROOT / "examples" / "k8s" / "submitter-role.yaml").read_text())
@@ -148,7 +154,7 @@ def test_failed_run_exits_1_with_the_trainer_line_and_ctrl_c_leaves_it_running(
     spec = _spec_file(tmp_path, "client-fail")
     cmd = [str(cluster.bin / "kubectl"), "kestrel", *_submit_args(ws, spec, "client-fail", "client-empty-data")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(cluster, plugin_dir))
+                            env=_env(cluster, plugin_dir), preexec_fn=_as_on_a_terminal)
     try:
         first = proc.stdout.readline()
         assert "client-fail created" in first, first + proc.stderr.read()
