@@ -35,6 +35,9 @@ POLL_SECONDS = 2.0
 # spec file, refused by the API server or the admission webhook, or a resource the operator marked InvalidSpec); the
 # outcome is unknown (a wait that timed out, an API server that does not answer).
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_BAD_REQUEST, EXIT_UNKNOWN = 0, 1, 2, 3
+# The phase and reason of an Outcome whose resource was deleted while it was followed: the client's own word, never a
+# status the operator writes (those are status/reasons.py's).
+DELETED = "Deleted"
 
 
 class NotFound(LookupError):
@@ -182,7 +185,7 @@ class KestrelClient:
             except NotFound:
                 if seen is None:
                     raise
-                return replace(outcome_of(seen), phase="Deleted", reason="Deleted",
+                return replace(outcome_of(seen), phase=DELETED, reason=DELETED,
                                message="the resource was deleted while it was followed")
             seen = obj
             if len(kinds) > 1:  # pin the kind: a namesake of another kind created later changes nothing

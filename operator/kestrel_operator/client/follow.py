@@ -19,6 +19,7 @@ from kestrel_trainer.spec.contract import (
     PROGRESS_ETA,
     PROGRESS_MAX_EPOCH,
     PROGRESS_PERCENT,
+    PROGRESS_SECONDS_ENV,
     PROGRESS_TOP1,
     PROGRESS_TOP_K_VALUE,
     PROGRESS_TOPK,
@@ -26,7 +27,6 @@ from kestrel_trainer.spec.contract import (
     PROGRESS_VAL_ACCURACY,
 )
 
-PROGRESS_SECONDS_ENV = "KESTREL_PROGRESS_SECONDS"  # the trainer's variable for the same choice (progress.py)
 DEFAULT_SECONDS = 10.0
 # status.progress metric -> how lines name it (the trainer's own log words: loss, acc, val_loss, val_acc).
 METRICS = (("loss", "loss"), ("accuracy", "acc"), ("valLoss", "val_loss"), (PROGRESS_VAL_ACCURACY, "val_acc"))
