@@ -287,3 +287,23 @@ def test_pod_log_streams_lines_over_http(tmp_path, monkeypatch):
         server.server_close()
     assert lines == ["epoch 1/2: loss 1.0", "epoch 2/2: loss 0.5", "no newline at the end"]
     assert _LogHandler.paths == ["/api/v1/namespaces/ml/pods/j-launcher-x/log?container=launcher&follow=true"]
+
+
+def test_a_terminal_gets_the_bar_a_pipe_plain_lines():
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w") as tty:
+        view = RunView(tty, "r")
+        assert view.is_bar
+        view.update({"status": {"phase": "Running", "progress": {"epoch": 1, "maxEpoch": 4, "percent": 25,
+                                                                   "eta": "3m"}}})
+        view.close()
+        drawn = os.read(master, 65536).decode()
+    os.close(master)
+    assert "25%|" in drawn and "ETA 3m" in drawn, drawn
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as pipe:
+        assert not RunView(pipe, "r").is_bar
+    os.close(read)

@@ -8,6 +8,7 @@ The ETA is the trainer's (measured from its step time), not a guess from here.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -87,6 +88,15 @@ def _is_terminal(stream: IO[str]) -> bool:
         return False
 
 
+def _size(stream: IO[str]) -> tuple[int, int]:
+    """The terminal's (columns, lines); (0, 0) when it cannot be asked."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0, 0
+    return size.columns, size.lines
+
+
 class RunView:
     """One followed run on `stream`: `update(obj)` after each read of the resource, `log(line)` from any thread."""
 
@@ -105,8 +115,11 @@ class RunView:
         if bar if bar is not None else _is_terminal(stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=100, file=stream, desc=label, unit="%", leave=True, dynamic_ncols=True,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+            # a terminal that reports no size (a fresh pseudo-terminal: 0 x 0) gets 100 x 24, else tqdm hides the bar
+            columns, lines = _size(stream)
+            self._bar = tqdm(total=100, file=stream, desc=label, unit="%", leave=True,
+                             dynamic_ncols=bool(columns and lines), ncols=None if columns else 100,
+                             nrows=None if lines else 24, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
     @property
     def is_bar(self) -> bool:
