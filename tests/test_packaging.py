@@ -49,7 +49,7 @@ def _one(folder: Path, pattern: str) -> Path:
 def test_the_distribution_name_is_not_the_unrelated_kestrel_on_pypi():
     assert NAME == "kestrel-classify"
     scripts = PYPROJECT["project"]["scripts"]
-    assert set(scripts) == {"kestrel", "classification_tf1", "kestrel-operator", "kestrel-worker"}
+    assert set(scripts) == {"kestrel", "classification_tf1", "kestrel-operator", "kestrel-worker", "kubectl-kestrel"}
 
 
 def test_wheel_holds_packages_metadata_console_scripts_and_proto_files(dist):
@@ -103,7 +103,8 @@ def test_wheel_installs_into_a_fresh_venv_and_its_commands_run(dist, tmp_path):
     assert where[2] == VERSION
     assert sorted(p.name for p in (site / "kestrel_trainer" / "spec" / "proto").glob("*.proto")) == PROTOS
     for script, words in (("kestrel", ["train", "export"]), ("classification_tf1", ["train", "export"]),
-                          ("kestrel-operator", ["usage"]), ("kestrel-worker", ["usage"])):
+                          ("kestrel-operator", ["usage"]), ("kestrel-worker", ["usage"]),
+                          ("kubectl-kestrel", ["submit", "wait"])):
         exe = venv / "bin" / script
         assert exe.exists(), f"console script {script} not installed"
         proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path,

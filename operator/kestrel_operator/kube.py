@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
 from kestrel_trainer.spec.contract import api_client
@@ -54,6 +54,18 @@ def load_client_config(pool_size: int = 16) -> Any:
     does (contract.api_client). `pool_size`: kept-alive connections (at least the reconcile workers: a busy
     pool opens and drops extra TLS connections)."""
     return api_client(pool_size)
+
+
+def current_namespace() -> str:
+    """The kubeconfig's current context's namespace, as kubectl picks it; else `default` (also in a pod, or with an
+    unreadable kubeconfig: the first API call says what is wrong)."""
+    try:
+        from kubernetes import config
+
+        _, current = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
+        return str((current or {}).get("context", {}).get("namespace") or "default")
+    except Exception:
+        return "default"
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
@@ -180,6 +192,38 @@ class KubeApi:
             return False
         self._ok(status, payload, f"patch {kind} {namespace}/{name}", kind)
         return True
+
+    def pod_log(self, namespace: str, name: str, container: str = "", follow: bool = False,
+                tail_lines: Optional[int] = None) -> Iterator[str]:
+        """A pod's log, line by line (newline removed). `follow`: stream until the container ends (no read
+        timeout: a quiet container is not an error), as `kubectl logs -f`."""
+        query: list[tuple[str, str]] = [("container", container)] if container else []
+        if follow:
+            query.append(("follow", "true"))
+        if tail_lines is not None:
+            query.append(("tailLines", str(tail_lines)))
+        path = f"{collection_path('v1', 'Pod', namespace)}/{name}/log"
+        request = self.client.param_serialize("GET", path, query_params=query, header_params={"Accept": "*/*"},
+                                              auth_settings=["BearerToken"])
+        timeout = (self.timeout, None) if follow else self.timeout
+        try:
+            response = self.client.call_api(*request, _request_timeout=timeout)
+        except Exception as err:  # connection refused/reset, timeout: no HTTP answer at all
+            raise KubeError(f"GET {path}: no answer from the API server: {err}", 0) from None
+        if not 200 <= response.status < 300:
+            data = response.read()
+            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
+            try:
+                payload: Any = json.loads(text)
+            except ValueError:
+                payload = text
+            self._ok(response.status, payload, f"logs of pod {namespace}/{name}", "Pod")
+        raw = response.response  # urllib3's response, not read yet: lines as they arrive
+        try:
+            for line in raw:
+                yield line.decode("utf-8", "replace").rstrip("\r\n")
+        finally:
+            raw.release_conn()
 
     def post_event(self, involved: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         """A core/v1 Event on `involved` (the resource); failures are logged, never raised."""

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from kestrel_trainer import progress as _progress
 from kestrel_trainer.storage import cache as _storage_cache
 
 # -- environment ------------------------------------------------------------------------------------------
@@ -42,6 +43,9 @@ REQUIRE_GPUS_ENV = "KESTREL_REQUIRE_GPUS"
 # Where the trainer stages s3:// inputs and mirrors s3:// results; the operator points it at an emptyDir for runs
 # with spec.storage. Defined by the storage layer (below this one), named here for the operator.
 CACHE_DIR_ENV = _storage_cache.CACHE_DIR_ENV
+# Seconds between plain progress lines where there is no terminal: the trainer's long commands (progress.py, below this
+# layer, defines it) and the operator's submit client (kubectl kestrel) read the same variable.
+PROGRESS_SECONDS_ENV = _progress.PROGRESS_SECONDS_ENV
 # Every variable the operator sets for the trainer, in the order the pods list them.
 TRAINER_ENV = (KEY_ENV, RESOURCE_GROUP_ENV, RESOURCE_VERSION_ENV, RESOURCE_PLURAL_ENV, RESOURCE_NAME_ENV,
                RESOURCE_NAMESPACE_ENV, RESOURCE_UID_ENV, RUN_ENV, REQUIRE_GPUS_ENV)
