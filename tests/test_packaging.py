@@ -52,6 +52,16 @@ def test_the_distribution_name_is_not_the_unrelated_kestrel_on_pypi():
     assert set(scripts) == {"kestrel", "classification_tf1", "kestrel-operator", "kestrel-worker", "kubectl-kestrel"}
 
 
+def test_the_install_hint_for_tracking_names_this_distribution_and_its_extra():
+    """The trainer's warning without mlflow tells users what to pip install: it must be this project's name (the
+    `kestrel` on PyPI is another project) and an extra that pyproject.toml has, holding mlflow."""
+    from kestrel_trainer.report import tracking
+
+    name, extra = tracking.EXTRA.removesuffix("]").split("[")
+    assert name == NAME
+    assert any(dep.startswith("mlflow") for dep in PYPROJECT["project"]["optional-dependencies"][extra])
+
+
 def test_wheel_holds_packages_metadata_console_scripts_and_proto_files(dist):
     wheel = _one(dist, f"{STEM}-py3-none-any.whl")
     with zipfile.ZipFile(wheel) as zf:

@@ -210,8 +210,8 @@ def test_missing_mlflow_names_the_extra(tmp_path, caplog, monkeypatch):
     with caplog.at_level(logging.WARNING, logger="kestrel.tracking"):
         assert tracking.open_tracker(str(tmp_path), "x", environ={"MLFLOW_TRACKING_URI": "http://x"}) is None
     assert [r.getMessage() for r in caplog.records] == [
-        "MLFLOW_TRACKING_URI is set but the mlflow package is not installed: install kestrel[tracking] (pip install "
-        "'kestrel[tracking]') to log this run to MLflow; training goes on untracked"]
+        "MLFLOW_TRACKING_URI is set but the mlflow package is not installed: install kestrel-classify[tracking] "
+        "(pip install 'kestrel-classify[tracking]') to log this run to MLflow; training goes on untracked"]
 
 
 def test_wandb_settings_from_the_spec():

@@ -26,7 +26,7 @@ log = logging.getLogger("kestrel.tracking")
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 TRACKING_FILE = "tracking.json"  # in the results folder: {"mlflow": {"tracking_uri", "experiment_id", "run_id"}}
-EXTRA = "kestrel[tracking]"  # pyproject.toml's optional dependency with mlflow
+EXTRA = "kestrel-classify[tracking]"  # the distribution (pyproject.toml [project] name) and its extra with mlflow
 EPOCH_METRICS = ("loss", "acc", "val_loss", "val_acc", "lr")  # training.csv's columns (callbacks.CSV_FIELDS)
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter's value
 _PARAMS_PER_CALL = 100  # MLflow's limit on parameters per log_batch
