@@ -127,11 +127,16 @@ def install_chart(cp: cl.ControlPlane, reg: Registry, pushed: Pushed, run_helm: 
 
 
 def operator_pod(cp: cl.ControlPlane, namespace: str, node: str) -> dict:
-    """The chart's running operator pod on `node`."""
-    (pod,) = [p for p in cp.get("pods", namespace=namespace)["items"]
-              if p["metadata"]["labels"].get("app.kubernetes.io/name") == "kestrel"
+    """The chart's running operator pod on `node` (runs' pods are app.kubernetes.io/name=kestrel too)."""
+    (pod,) = [p for p in cp.get("pods", namespace=namespace)["items"] if is_operator_pod(p)
               and p["spec"].get("nodeName") == node and p["status"].get("phase") == "Running"]
     return pod
+
+
+def is_operator_pod(pod: dict) -> bool:
+    """The chart's operator Deployment's pods: app.kubernetes.io/name=kestrel, component=operator."""
+    labels = pod["metadata"].get("labels") or {}
+    return labels.get("app.kubernetes.io/name") == "kestrel" and labels.get("app.kubernetes.io/component") == "operator"
 
 
 def apply_once_the_webhook_answers(cp: cl.ControlPlane, resource: dict, timeout: float = 90,

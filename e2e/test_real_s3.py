@@ -264,10 +264,9 @@ def test_no_pvc_train_prune_retrain_export_from_the_bucket_then_evaluate_on_the_
     # The operator and every run's pods ran from images the node pulled from the registry with the pull Secret.
     assert release.operator_pod(cluster, b.namespace, b.node.name)["spec"]["containers"][0]["image"] == \
         b.pushed.operator
-    images = {c["image"] for p in cluster.get("pods", namespace=b.namespace)["items"]
-              if p["metadata"]["labels"].get("app.kubernetes.io/name") != "kestrel"
-              for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]}
-    assert images == {b.pushed.trainer}, images
+    runs = [p for p in cluster.get("pods", namespace=b.namespace)["items"] if not release.is_operator_pod(p)]
+    images = {c["image"] for p in runs for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]}
+    assert runs and images == {b.pushed.trainer}, images
     assert {b.pushed.trainer, b.pushed.operator} <= b.node.image_refs()
     sys.stderr.write(f"\n[s3] phase times (s): {json.dumps({k: round(v) for k, v in times.items()})}, "
                      f"top-1 of the exported ONNX read from the bucket {results['onnx']['top_1_accuracy']:.3f}\n")
