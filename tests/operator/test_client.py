@@ -300,8 +300,19 @@ def test_a_terminal_gets_the_bar_a_pipe_plain_lines():
         view.update({"status": {"phase": "Running", "progress": {"epoch": 1, "maxEpoch": 4, "percent": 25,
                                                                    "eta": "3m"}}})
         view.close()
-        drawn = os.read(master, 65536).decode()
+    # The terminal's side is closed: read all it got, until EIO. One read returned only part of it under load
+    # (the kernel hands a pty's output to the other side asynchronously).
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
     os.close(master)
+    drawn = b"".join(chunks).decode()
     assert "25%|" in drawn and "ETA 3m" in drawn, drawn
     read, write = os.pipe()
     with os.fdopen(write, "w") as pipe:
