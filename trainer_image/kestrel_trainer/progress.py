@@ -80,10 +80,10 @@ class Progress:
         # Quiet where INFO is not logged (the other ranks of a training run, library use without logging set up):
         # neither a bar nor lines, so only rank 0 draws one.
         self._quiet = not log.isEnabledFor(logging.INFO)
-        tqdm = _tqdm() if not self._quiet and _is_terminal(self.stream) else None
+        tqdm = _tqdm() if not self._quiet and is_terminal(self.stream) else None
         if tqdm is not None:  # a terminal: the bar (rate, ETA), redrawn in place
             # a terminal that reports no size (a fresh pseudo-terminal: 0 x 0) gets 100 x 24, else tqdm hides the bar
-            columns, lines = _size(self.stream)
+            columns, lines = terminal_size(self.stream)
             self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, leave=True,
                              dynamic_ncols=bool(columns and lines), ncols=None if columns else 100,
                              nrows=None if lines else 24)
@@ -131,14 +131,15 @@ def progress(iterable: Iterable[T], total: Optional[int] = None, desc: str = "",
             bar.update(1)
 
 
-def _is_terminal(stream: IO[str]) -> bool:
+def is_terminal(stream: IO[str]) -> bool:
+    """Whether `stream` is a terminal (False for a closed or file-less stream); the client's bar uses it too."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
 
 
-def _size(stream: IO[str]) -> tuple[int, int]:
+def terminal_size(stream: IO[str]) -> tuple[int, int]:
     """The terminal's (columns, lines); (0, 0) when it cannot be asked."""
     try:
         size = os.get_terminal_size(stream.fileno())

@@ -8,13 +8,13 @@ The ETA is the trainer's (measured from its step time), not a guess from here.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import IO, Any, Optional
 
+from kestrel_trainer.progress import is_terminal, terminal_size
 from kestrel_trainer.spec.contract import (
     PROGRESS_EPOCH,
     PROGRESS_ETA,
@@ -81,22 +81,6 @@ def evaluation_line(progress: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _is_terminal(stream: IO[str]) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def _size(stream: IO[str]) -> tuple[int, int]:
-    """The terminal's (columns, lines); (0, 0) when it cannot be asked."""
-    try:
-        size = os.get_terminal_size(stream.fileno())
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return 0, 0
-    return size.columns, size.lines
-
-
 class RunView:
     """One followed run on `stream`: `update(obj)` after each read of the resource, `log(line)` from any thread."""
 
@@ -112,11 +96,11 @@ class RunView:
         self._last_line = 0.0
         self._tracker = ""
         self._bar = None
-        if bar if bar is not None else _is_terminal(stream):
+        if bar if bar is not None else is_terminal(stream):
             from tqdm import tqdm
 
             # a terminal that reports no size (a fresh pseudo-terminal: 0 x 0) gets 100 x 24, else tqdm hides the bar
-            columns, lines = _size(stream)
+            columns, lines = terminal_size(stream)
             self._bar = tqdm(total=100, file=stream, desc=label, unit="%", leave=True,
                              dynamic_ncols=bool(columns and lines), ncols=None if columns else 100,
                              nrows=None if lines else 24, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
