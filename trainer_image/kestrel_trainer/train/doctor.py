@@ -12,8 +12,9 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,6 +24,41 @@ from kestrel_trainer.train import devices
 RANK_MARK = "doctor-rank "
 RANK_FLAG = "--rank-check"  # the hidden flag each allreduce rank runs `kestrel doctor` with
 ALLREDUCE_TIMEOUT = 600  # two TensorFlow start-ups on a loaded machine took 120 s here
+
+# The libraries TensorFlow 2.15.1's CUDA build opens by name at start (CUDA 12.2, cuDNN 8; its dso_loader) and
+# Horovod's NCCL. The driver's libcuda.so.1 is not in the image: the node's container runtime mounts it.
+CUDA_LIBRARIES = ("libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12", "libcufft.so.11", "libcurand.so.10",
+                  "libcusolver.so.11", "libcusparse.so.12", "libcudnn.so.8", "libnccl.so.2")
+DRIVER_LIBRARY = "libcuda.so.1"
+MIN_DRIVER_CUDA = 12020  # cuDriverGetVersion's encoding of 12.2: the toolkit TensorFlow 2.15.1 is built with
+# A fresh process opens each name as the dynamic loader resolves it for this environment (LD_LIBRARY_PATH, then
+# the loader's cache) and reports the file it mapped (/proc/self/maps), and the driver's CUDA version.
+_RESOLVE = r"""
+import ctypes, json, os, sys
+
+def mapped():
+    with open("/proc/self/maps") as maps:
+        return {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+
+found = {}
+for name in sys.argv[1:]:
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError as err:
+        found[name] = {"error": str(err)}
+        continue
+    stem = name.split(".so")[0] + ".so"
+    paths = sorted(p for p in mapped() if os.path.basename(p).startswith(stem))
+    entry = {"path": paths[0] if paths else "(mapped under another name)"}
+    if name == "libcuda.so.1":
+        version = ctypes.c_int(0)
+        try:
+            entry["cuda"] = version.value if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 else None
+        except AttributeError:
+            entry["cuda"] = None
+    found[name] = entry
+print(json.dumps(found))
+"""
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,8 @@ def environment(asked: Optional[int], env: Mapping[str, str]) -> tuple[list[Chec
     info = tf.sysconfig.get_build_info()
     cuda = f"CUDA {info.get('cuda_version')}, cuDNN {info.get('cudnn_version')}" if built else "no CUDA"
     checks.append(Check("INFO", "tensorflow", f"{tf.__version__}, built with {cuda}"))
+    if built:
+        checks.extend(libraries(env, need_gpu=bool(asked)))
     gpus = tf.config.list_physical_devices("GPU")
     visible = ", ".join(f"{n}={env[n]!r}" if n in env else f"{n} unset" for n in devices.VISIBLE_ENV)
     names = []
@@ -83,6 +121,51 @@ def environment(asked: Optional[int], env: Mapping[str, str]) -> tuple[list[Chec
             checks.append(Check("FAIL", "horovod", "GPUs in use but Horovod has no NCCL: gradients would be averaged "
                                 "through host memory (use the GPU trainer image)"))
     return checks, use
+
+
+def resolve_libraries(names: Sequence[str], env: Mapping[str, str],
+                      run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> dict[str, dict[str, Any]]:
+    """Each name -> {"path": the file the dynamic loader maps for it in `env`} or {"error": why not}; the driver
+    also gets "cuda", its CUDA version (cuDriverGetVersion). A fresh process, because the loader reads
+    LD_LIBRARY_PATH when a process starts."""
+    proc = run([sys.executable, "-c", _RESOLVE, *names], capture_output=True, text=True, env=dict(env), timeout=120)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {name: {"error": f"the check's process failed: {tail[0]}"} for name in names}
+    return json.loads(proc.stdout)
+
+
+def _cuda_text(version: int) -> str:
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def libraries(env: Mapping[str, str], need_gpu: bool, names: Sequence[str] = CUDA_LIBRARIES) -> list[Check]:
+    """Whether the CUDA, cuDNN and NCCL libraries resolve here (a FAIL names each one that does not), and the
+    driver: its path and CUDA version, a FAIL when it is older than 12.2, or missing while GPUs are asked for."""
+    found = resolve_libraries([*names, DRIVER_LIBRARY], env)
+    where = f"LD_LIBRARY_PATH={env.get('LD_LIBRARY_PATH', '')!r}"
+    missing = [name for name in names if "path" not in found[name]]
+    if missing:
+        checks = [Check("FAIL", "libraries", f"{', '.join(missing)} not found ({where}): TensorFlow would see no "
+                        "GPU; use the GPU trainer image, or put the libraries' folders on the loader's path")]
+    else:
+        checks = [Check("PASS", "libraries", f"{len(names)} of {len(names)} resolve: "
+                        + ", ".join(f"{name} -> {found[name]['path']}" for name in names))]
+    driver = found[DRIVER_LIBRARY]
+    capabilities = f"NVIDIA_DRIVER_CAPABILITIES={env.get('NVIDIA_DRIVER_CAPABILITIES', '')!r}"
+    if "path" not in driver:
+        text = (f"no {DRIVER_LIBRARY}: no NVIDIA driver is mounted in this container ({capabilities} must include "
+                f"compute; {where})")
+        checks.append(Check("FAIL" if need_gpu else "INFO", "driver", text))
+    elif not driver.get("cuda"):
+        checks.append(Check("FAIL" if need_gpu else "INFO", "driver",
+                            f"{driver['path']} does not answer cuDriverGetVersion: not a usable NVIDIA driver"))
+    elif driver["cuda"] < MIN_DRIVER_CUDA:
+        checks.append(Check("FAIL", "driver", f"{driver['path']} supports CUDA {_cuda_text(driver['cuda'])}; "
+                            f"TensorFlow 2.15.1 needs {_cuda_text(MIN_DRIVER_CUDA)} (upgrade the node's driver)"))
+    else:
+        checks.append(Check("INFO", "driver", f"{driver['path']}, supports CUDA {_cuda_text(driver['cuda'])}"))
+    return checks
 
 
 def training_steps(use_gpu: bool, steps: int = 5) -> Check:
