@@ -202,6 +202,25 @@ def operator(cluster: cl.ControlPlane, mpi_controller: str, kestrel_crds: list[s
     op.stop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "without_session_operator: the module runs its own operator; the session's "
+                            "is stopped for it")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _without_session_operator(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module marked `without_session_operator` runs its own operator (the chart's pod): the session's
+    cluster-wide operator process would reconcile that module's namespaces too, and a test of the chart's
+    ServiceAccount could pass on its work. Stopped for such a module, started again after it."""
+    if request.node.get_closest_marker("without_session_operator") is None:
+        yield
+        return
+    operator = request.getfixturevalue("operator")
+    operator.stop()
+    yield
+    operator.start()
+
+
 @pytest.fixture(scope="module")
 def kueue(cluster: cl.ControlPlane, mpi_controller: str) -> Iterator[kueue_mod.Kueue]:  # noqa: ARG001 - its CRD
     """Kueue's controller (gomod/kueue, e2e/kueue.py) with the MPIJob integration, for one test module: its

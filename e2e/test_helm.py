@@ -28,6 +28,8 @@ from e2e import cluster as cl
 from e2e import kestrel_objects as ko
 from e2e.conftest import _operator_argv, wait_until
 
+pytestmark = pytest.mark.without_session_operator
+
 CHART = cl.REPO_ROOT / "charts" / "kestrel"
 HELM_VERSION = cl.pinned_version("helm.sh/helm/v3")
 KIND = "ClassificationTrain"
@@ -37,16 +39,6 @@ HA_VALUES = {"replicas": 2, "leaderElection": {"leaseDurationSeconds": 10}}
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_session_operator(operator: cl.Operator) -> Iterator[None]:
-    """Only this module's own operators may reconcile here: the session's cluster-wide operator (started by the
-    modules before this one) would also create MPIJobs in these tests' namespaces, and the test of the chart's
-    ServiceAccount could pass on its work. Stopped for the module, started again after it."""
-    operator.stop()
-    yield
-    operator.start()
-
 
 @pytest.fixture(scope="module")
 def helm(cluster: cl.ControlPlane) -> Callable[..., subprocess.CompletedProcess[str]]:

@@ -41,6 +41,8 @@ from tests.conftest import S3_TEST_ACCESS_KEY, S3_TEST_SECRET_KEY, S3Fixture, S3
 from tests.strict_mode import STRICT_ENV, strict_mode
 from tests.train.conftest import TINY_SPEC
 
+pytestmark = pytest.mark.without_session_operator
+
 BUCKET = "kestrel-e2e"
 DATA = f"s3://{BUCKET}/fashion"
 RESULTS = f"s3://{BUCKET}/results"
@@ -52,15 +54,6 @@ BAD_SECRET = "s3-wrong-credentials"
 def _real_mpi_operator(mpi_controller: str) -> None:
     if mpi_controller != "real":
         pytest.fail("the real-node runs need the real MPI Operator")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_session_operator(operator: cl.Operator) -> Iterator[None]:
-    """The chart's operator pod (installed by `bucket`) reconciles this module's namespace; the session's operator
-    process would too. Stopped for the module, started again after it."""
-    operator.stop()
-    yield
-    operator.start()
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,19 +25,12 @@ from e2e import real_runs, release
 from e2e import registry as registry_mod
 from e2e.conftest import wait_until
 
+pytestmark = pytest.mark.without_session_operator
+
 KIND = "ClassificationTrain"
 PULL_SECRET = release.PULL_SECRET
 BAD_PULL_SECRET = "regcred-wrong"
 PATH = release.PATH
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_session_operator(operator: cl.Operator) -> Iterator[None]:
-    """The chart's operator pod (from the registry) reconciles this module's namespace; the session's cluster-wide
-    operator would too. Stopped for the module, started again after it (as test_helm.py)."""
-    operator.stop()
-    yield
-    operator.start()
 
 
 def test_push_tags_versioned_images_and_the_chart(registry: registry_mod.Registry, pushed: release.Pushed) -> None:
