@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -87,6 +88,13 @@ def _with_wandb(spec: Path) -> Path:
     tests)."""
     text = spec.read_text().replace("train_config {\n", "train_config {\n" + WANDB_VISUALIZER, 1)
     spec.write_text(text)
+    return spec
+
+
+def _with_clearml(spec: Path) -> Path:
+    """The tiny spec with only the original's visualizer.clearml_config (offline in these tests)."""
+    vis = '  visualizer {\n    enabled: true\n    num_images: 0\n    clearml_config { project: "kestrel-tests" }\n  }\n'
+    spec.write_text(spec.read_text().replace("train_config {\n", "train_config {\n" + vis, 1))
     return spec
 
 
@@ -303,3 +311,39 @@ def test_spec_params_and_run_url():
         "a.b": "1", "a.d": "1,2", "a.e": '{"r": 1.0}', "a.f": "x" * 6000}
     assert tracking.run_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
     assert tracking.run_url("file:///tmp/mlruns", "3", "abc") == "abc"
+
+
+@pytest.mark.slow
+def test_a_stop_with_clearml_exits_143_and_the_resume_continues_its_task(tmp_path, fashion_subset):
+    """ClearML's Task.init installs its own SIGTERM handler: a SIGTERM in epoch 2 still stops the run with a
+    checkpoint and exit 143 (preemption), and the rerun continues the same ClearML task at the right epochs."""
+    pytest.importorskip("clearml", reason="clearml (the `tracking` extra, scripts/setup.sh) is not installed")
+    spec = _with_clearml(write_spec(tmp_path, fashion_subset, epochs=40))
+    spec.write_text(spec.read_text().replace("batch_size_per_gpu: 16", "batch_size_per_gpu: 2"))
+    results = tmp_path / "r"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "KESTREL_KEY"))}
+    env.update(CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(tmp_path / "clearml"))
+    cmd = [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not any("epoch 2/40 step" in x for x in lines):
+        time.sleep(0.05)
+    assert any("epoch 2/40 step" in x for x in lines), "epoch 2 never started:\n" + "".join(lines[-20:])
+    proc.terminate()
+    assert proc.wait(timeout=120) == 143, "".join(lines[-20:])
+    reader.join(timeout=30)
+    err = "".join(lines)
+    assert "checkpoint written to" in err and "Traceback" not in err
+    task_id = json.loads((results / tracking.TRACKING_FILE).read_text())["clearml"]["task_id"]
+    epochs_done = len(_csv_rows(results))
+    spec.write_text(spec.read_text().replace("n_epochs: 40", f"n_epochs: {epochs_done + 1}"))
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"ClearML: continuing task {task_id}" in again.stderr
+    rows = _csv_rows(results)
+    assert len(rows) == epochs_done + 1
+    _, events = _clearml_session(tmp_path / "clearml", task_id)
+    assert _clearml_scalars(events, "loss", "train") == [(int(r["epoch"]), float(r["loss"])) for r in rows]
