@@ -330,8 +330,9 @@ def real_workspace(cluster: cl.ControlPlane, e2e_workdir: Path, trainer_image: s
 
 @pytest.fixture(scope="session")
 def trained(cluster: cl.ControlPlane, real_workspace: real_runs.Workspace) -> dict:
-    """The 2-rank ClassificationTrain run to Succeeded on the real node (once per session)."""
+    """The 2-rank ClassificationTrain run to Succeeded on the real node (once per session), tracked by MLflow
+    (real_runs.MLFLOW_ENV)."""
     from e2e import real_runs
 
-    return real_runs.run_to_end(cluster, real_workspace, real_runs.train_resource(real_workspace, "fashion"),
-                                "Succeeded")
+    resource = real_runs.train_resource(real_workspace, "fashion", env=real_runs.MLFLOW_ENV)
+    return real_runs.run_to_end(cluster, real_workspace, resource, "Succeeded")

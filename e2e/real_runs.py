@@ -86,10 +86,16 @@ def make_workspace(cp: cl.ControlPlane, namespace: str, root: Path, image: str,
     return Workspace(namespace=namespace, key=key, data_dir=data, results_dir=results, image=image)
 
 
+# spec.env of the shared training run: rank 0 logs to MLflow with the image's mlflow-skinny, into a file store
+# on the results volume that the test reads (MLflow 3.17 refuses a file store without MLFLOW_ALLOW_FILE_STORE)
+MLFLOW_ENV = ({"name": "MLFLOW_TRACKING_URI", "value": f"file:{RESULTS_MOUNT}/mlruns"},
+              {"name": "MLFLOW_ALLOW_FILE_STORE", "value": "true"})
+
+
 def train_resource(ws: Workspace, name: str, *, processes: int = 2, epochs: int = EPOCHS,
-                   data_claim: str = DATA_CLAIM) -> dict:
+                   data_claim: str = DATA_CLAIM, env: tuple[dict, ...] = ()) -> dict:
     """A ClassificationTrain as a user writes it: the tiny spec, `gpus: 0` with numProcesses CPU ranks (one
-    worker pod each), the trainer image already on the node, pods pinned to the real node."""
+    worker pod each), the trainer image already on the node, pods pinned to the real node; `env`: its spec.env."""
     return {
         "apiVersion": "kestrel.dev/v1alpha1",
         "kind": "ClassificationTrain",
@@ -109,6 +115,7 @@ def train_resource(ws: Workspace, name: str, *, processes: int = 2, epochs: int 
             },
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             "backoffLimit": 0,
+            **({"env": [dict(e) for e in env]} if env else {}),
         },
     }
 

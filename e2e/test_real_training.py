@@ -5,6 +5,7 @@ a worker pod), the run ends Succeeded, and encrypted checkpoints are on the volu
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,28 @@ def test_two_rank_train_succeeds_with_progress_from_the_worker_rank(cluster: cl.
     launchers = [p for p in pods if p["metadata"]["labels"].get("training.kubeflow.org/job-role") == "launcher"]
     assert launchers and all(p["spec"]["nodeName"] == node_mod.NODE_NAME for p in workers + launchers)
     assert launchers[-1]["status"]["phase"] == "Succeeded"
+
+
+def test_rank_0_logs_the_run_to_mlflow_from_its_pod(trained: dict, real_workspace: real_runs.Workspace,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer image's mlflow-skinny: rank 0 (in worker pod 0) logged one MLflow run of the run's folder to the
+    file store on the volume (real_runs.MLFLOW_ENV); its metric history is training.csv's, status links the run."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store = real_workspace.results_of(trained["spec"]["volumes"]["results"]["subPath"]) / "mlruns"
+    client = MlflowClient(f"file:{store}")
+    runs = client.search_runs(["0"])
+    assert [(r.info.status, r.data.tags.get("kestrel.results_dir")) for r in runs] == [
+        ("FINISHED", trained["status"]["runPath"])], runs
+    assert trained["status"]["progress"].get("trackerRun") == runs[0].info.run_id
+    folder = real_workspace.run_folder(trained)
+    with (folder / "training.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == real_runs.EPOCHS
+    for key in ("loss", "acc", "val_loss", "val_acc", "lr"):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key))
+        assert history == [(int(r["epoch"]), float(r[key])) for r in rows], key
 
 
 def test_encrypted_checkpoints_are_on_the_volume(trained: dict, real_workspace: real_runs.Workspace) -> None:

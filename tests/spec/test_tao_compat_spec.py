@@ -35,10 +35,26 @@ def test_torch_std_is_the_originals_unless_per_channel_is_asked():
         parse_spec_text(BASE.format(extra='torch_std: "ImageNet"'), task="train")
 
 
-def test_clearml_and_a_disabled_wandb_config_are_ignored_with_a_warning_naming_the_line():
+def test_a_clearml_and_a_wandb_config_without_effect_are_warnings_naming_the_line():
     extra = 'visualizer {\n    wandb_config { enabled: false project: "p" }\n    clearml_config { project: "c" }\n  }'
     spec = parse_spec_text(BASE.format(extra=extra), source="s.txt", task="train")
     assert ("s.txt:8: train_config.visualizer.wandb_config: has no effect: W&B logging needs visualizer.enabled "
             "and wandb_config.enabled (docs/tracking.md)") in spec.warnings
-    assert ("s.txt:9: train_config.visualizer.clearml_config: is ignored: ClearML logging is not implemented; "
-            "Kestrel logs to MLflow (MLFLOW_TRACKING_URI) and W&B (wandb_config), docs/tracking.md") in spec.warnings
+    assert ("s.txt:9: train_config.visualizer.clearml_config: has no effect: ClearML logging needs "
+            "visualizer.enabled (docs/tracking.md)") in spec.warnings
+    assert not spec.train.visualizer.clearml
+
+
+def test_clearml_config_takes_effect_with_visualizer_enabled_and_its_resume_fields_are_warnings():
+    extra = ('visualizer {\n    enabled: true\n    clearml_config {\n      project: "c"\n'
+             '      continue_last_task: true\n    }\n  }')
+    spec = parse_spec_text(BASE.format(extra=extra), source="s.txt", task="train")
+    assert spec.train.visualizer.clearml
+    assert spec.fields["train_config.visualizer.clearml_config.project"] == "c"
+    assert [w for w in spec.warnings if "clearml" in w] == [
+        "s.txt:11: train_config.visualizer.clearml_config.continue_last_task: is not used: a resumed run (the same "
+        "results folder) continues its ClearML task (RESULTS/tracking.json), a new folder starts a new task"]
+    empty = parse_spec_text(BASE.format(extra="visualizer {\n    enabled: true\n    clearml_config { }\n  }"),
+                            task="train")
+    assert empty.train.visualizer.clearml and not empty.warnings  # an empty clearml_config: ClearML's defaults
+    assert not parse_spec_text(BASE.format(extra="visualizer { enabled: true }"), task="train").train.visualizer.clearml

@@ -1,8 +1,9 @@
 """Experiment tracking (report/tracking.py) against a real `mlflow server` (sqlite backend, local artifact store)
 started on 127.0.0.1 by these tests: a tiny training run logs one run named after its results folder, with one
 value per epoch equal to training.csv's, the spec's parameters, the evaluation and the artifacts; a resumed run
-continues the same MLflow run. mlflow is the `tracking` extra (scripts/setup.sh installs it): its absence is a
-skip, which strict mode (CI) turns into a failure."""
+continues the same MLflow run. The same run logs to W&B and ClearML offline (the spec's visualizer.wandb_config and
+clearml_config), read back from their offline files. mlflow, wandb and clearml are the `tracking` extra
+(scripts/setup.sh installs it): its absence is a skip, which strict mode (CI) turns into a failure."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -76,15 +78,39 @@ WANDB_VISUALIZER = """  visualizer {
     enabled: true
     num_images: 1
     wandb_config { enabled: true project: "kestrel-tests" tags: "tiny" }
+    clearml_config { project: "kestrel-tests" tags: "tiny" }
   }
 """
 
 
 def _with_wandb(spec: Path) -> Path:
-    """The tiny spec with the original's visualizer.wandb_config enabled (W&B runs offline in these tests)."""
+    """The tiny spec with the original's visualizer.wandb_config and clearml_config (both offline in these
+    tests)."""
     text = spec.read_text().replace("train_config {\n", "train_config {\n" + WANDB_VISUALIZER, 1)
     spec.write_text(text)
     return spec
+
+
+def _with_clearml(spec: Path) -> Path:
+    """The tiny spec with only the original's visualizer.clearml_config (offline in these tests)."""
+    vis = '  visualizer {\n    enabled: true\n    num_images: 0\n    clearml_config { project: "kestrel-tests" }\n  }\n'
+    spec.write_text(spec.read_text().replace("train_config {\n", "train_config {\n" + vis, 1))
+    return spec
+
+
+def _clearml_session(cache: Path, task_id: str) -> tuple[dict, list[dict]]:
+    """A ClearML offline session (CLEARML_CACHE_DIR/offline/TASK_ID, as clearml 2.1.12 writes it and
+    Task.import_offline_session reads it): task.json and the events of metrics.jsonl (a JSON list a line)."""
+    folder = cache / "offline" / task_id
+    task = json.loads((folder / "task.json").read_text())
+    events = [e for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()
+              for e in json.loads(line)]
+    return task, events
+
+
+def _clearml_scalars(events: list[dict], title: str, series: str) -> list[tuple[int, float]]:
+    return [(e["iter"], e["value"]) for e in events
+            if e["type"] == "training_stats_scalar" and (e["metric"], e["variant"]) == (title, series)]
 
 
 def _wandb_history(results: Path) -> tuple[list[str], list[dict]]:
@@ -108,7 +134,7 @@ def _wandb_history(results: Path) -> tuple[list[str], list[dict]]:
 
 def _train(spec: Path, results: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MLFLOW_TRACKING_URI=url, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WANDB_MODE="offline",
-               WANDB_SILENT="true")
+               WANDB_SILENT="true", CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(results.parent / "clearml"))
     env.pop("KESTREL_KEY", None)
     return subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r",
                            str(results), *extra], capture_output=True, text=True, env=env)
@@ -172,7 +198,26 @@ def test_training_logs_one_mlflow_run_and_a_resume_continues_it(tmp_path, fashio
     for key in ("loss", "acc", "val_loss", "val_acc", "lr"):
         assert [(h["_step"], h[key]) for h in history if key in h] == [(int(r["epoch"]), float(r[key])) for r in rows]
 
-    # resume: one more epoch in the same folder continues the same MLflow run (and the same W&B run id)
+    # ClearML (the spec's visualizer.clearml_config), offline: a task named after the folder, the CSV's values per
+    # epoch (iteration = epoch), the spec's fields as its configuration, the sample images, the files
+    clearml_id = json.loads((results / tracking.TRACKING_FILE).read_text())["clearml"]["task_id"]
+    task, events = _clearml_session(tmp_path / "clearml", clearml_id)
+    assert (task["name"], task["project_name"], task["tags"]) == (results.name, "kestrel-tests", ["tiny"])
+    for key, (title, series) in tracking.CLEARML_SERIES.items():
+        assert _clearml_scalars(events, title, series) == [(int(r["epoch"]), float(r[key])) for r in rows], key
+    assert [e["value"] for e in events if e["type"] == "training_stats_scalar" and e["metric"] == "Summary"
+            and e["variant"] == "eval_top_1_accuracy"] == [evaluation["top_1_accuracy"]]
+    assert task["hyperparams"]["spec"]["train_config.n_epochs"]["value"] == "2"
+    assert sorted(e["iter"] for e in events if e["type"] == "training_debug_image") == [1, 2]
+    files = {a["key"]: Path(a["uri"]) for a in task["execution"]["artifacts"]}
+    assert {"training_curves.png", "spec.txt", "summary.json", "training.csv", "evaluate/results.json",
+            "evaluate/confusion_matrix.png"} <= set(files), files
+    model_key = next(k for k in files if k.startswith("model/resnet_002"))
+    assert files[model_key].read_bytes() == (results / "weights" / model_key.split("/", 1)[1]).read_bytes()
+    assert files["spec.txt"].read_bytes() == spec.read_bytes()
+
+    # resume: one more epoch in the same folder continues the same MLflow run (and the same W&B run and ClearML
+    # task ids)
     spec3 = _with_wandb(write_spec(tmp_path, fashion_subset, epochs=3))
     second = _train(spec3, results, mlflow_server)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -188,6 +233,11 @@ def test_training_logs_one_mlflow_run_and_a_resume_continues_it(tmp_path, fashio
     assert set(resumed_runs) == set(wandb_runs)  # offline, a resume writes another log of the same run id
     last = {h["_step"]: h["loss"] for h in history if "loss" in h}
     assert last == {int(r["epoch"]): float(r["loss"]) for r in rows}
+    assert f"ClearML: continuing task {clearml_id}" in second.stderr
+    assert json.loads((results / tracking.TRACKING_FILE).read_text())["clearml"]["task_id"] == clearml_id
+    _, events = _clearml_session(tmp_path / "clearml", clearml_id)  # offline, the same session folder goes on
+    for key, (title, series) in tracking.CLEARML_SERIES.items():
+        assert _clearml_scalars(events, title, series) == [(int(r["epoch"]), float(r[key])) for r in rows], key
 
 
 def test_no_tracking_uri_no_tracker(tmp_path):
@@ -236,8 +286,64 @@ def test_missing_wandb_names_what_to_install(tmp_path, caplog, monkeypatch):
         "'wandb==0.28.0' to log this run to W&B; training goes on without it"]
 
 
+def test_clearml_settings_from_the_spec():
+    c = tracking.CLEARML
+    fields = {f"{c}.project": "p", f"{c}.task": None, f"{c}.tags": ("a", "b")}
+    assert tracking.clearml_settings(fields, True, "run1") == {"project_name": "p", "task_name": "run1",
+                                                               "tags": ["a", "b"]}
+    assert tracking.clearml_settings({f"{c}.task": "t", f"{c}.tags": ()}, True, "run1") == {
+        "project_name": "kestrel", "task_name": "t", "tags": None}
+    assert tracking.clearml_settings(fields, False, "run1") is None
+
+
+def test_missing_clearml_names_what_to_install(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "clearml", None)
+    with caplog.at_level(logging.WARNING, logger="kestrel.tracking"):
+        assert tracking.open_clearml({}, True, str(tmp_path), "x") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "train_config.visualizer.clearml_config is set but the clearml package is not installed: pip install "
+        "'clearml==2.1.12' to log this run to ClearML; training goes on without it"]
+    assert not (tmp_path / tracking.TRACKING_FILE).exists()
+
+
 def test_spec_params_and_run_url():
     assert tracking.spec_params({"a.b": 1, "a.c": None, "a.d": (1, 2), "a.e": {"r": 1.0}, "a.f": "x" * 7000}) == {
         "a.b": "1", "a.d": "1,2", "a.e": '{"r": 1.0}', "a.f": "x" * 6000}
     assert tracking.run_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
     assert tracking.run_url("file:///tmp/mlruns", "3", "abc") == "abc"
+
+
+@pytest.mark.slow
+def test_a_stop_with_clearml_exits_143_and_the_resume_continues_its_task(tmp_path, fashion_subset):
+    """ClearML's Task.init installs its own SIGTERM handler: a SIGTERM in epoch 2 still stops the run with a
+    checkpoint and exit 143 (preemption), and the rerun continues the same ClearML task at the right epochs."""
+    pytest.importorskip("clearml", reason="clearml (the `tracking` extra, scripts/setup.sh) is not installed")
+    spec = _with_clearml(write_spec(tmp_path, fashion_subset, epochs=40))
+    spec.write_text(spec.read_text().replace("batch_size_per_gpu: 16", "batch_size_per_gpu: 2"))
+    results = tmp_path / "r"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "KESTREL_KEY"))}
+    env.update(CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(tmp_path / "clearml"))
+    cmd = [sys.executable, "-m", "kestrel_trainer.cli.main", "train", "-e", str(spec), "-r", str(results)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not any("epoch 2/40 step" in x for x in lines):
+        time.sleep(0.05)
+    assert any("epoch 2/40 step" in x for x in lines), "epoch 2 never started:\n" + "".join(lines[-20:])
+    proc.terminate()
+    assert proc.wait(timeout=120) == 143, "".join(lines[-20:])
+    reader.join(timeout=30)
+    err = "".join(lines)
+    assert "checkpoint written to" in err and "Traceback" not in err
+    task_id = json.loads((results / tracking.TRACKING_FILE).read_text())["clearml"]["task_id"]
+    epochs_done = len(_csv_rows(results))
+    spec.write_text(spec.read_text().replace("n_epochs: 40", f"n_epochs: {epochs_done + 1}"))
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"ClearML: continuing task {task_id}" in again.stderr
+    rows = _csv_rows(results)
+    assert len(rows) == epochs_done + 1
+    _, events = _clearml_session(tmp_path / "clearml", task_id)
+    assert _clearml_scalars(events, "loss", "train") == [(int(r["epoch"]), float(r["loss"])) for r in rows]

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     spec = stage_spec_inputs(spec, train=True)  # s3:// data and models: local copies (docs/storage.md)
     # s3://: a local mirror folder, uploaded as it is written (rank 0; the others only read from it)
     results_dir = storage.output_dir(args.results_dir, upload=ranks.is_chief, reconcile=ranks.is_chief)
-    tracker = open_run_tracker(args.results_dir, results_dir, spec.fields) if ranks.is_chief else None
+    tracker = open_run_tracker(args.results_dir, results_dir, spec) if ranks.is_chief else None
     try:
         summary = run_training(spec, TrainOptions(
             results_dir=results_dir,
@@ -123,16 +123,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_run_tracker(results_arg: str, results_dir: str, spec_fields):
-    """The experiment trackers' runs for this results folder (MLflow when MLFLOW_TRACKING_URI is set, W&B when the
-    spec's visualizer.wandb_config is enabled), named after the folder (in a cluster, the run's resource), or None."""
-    from kestrel_trainer.report.tracking import Trackers, open_tracker, open_wandb
+def open_run_tracker(results_arg: str, results_dir: str, spec: ExperimentSpec):
+    """The experiment trackers' runs for this results folder (MLflow when MLFLOW_TRACKING_URI is set, W&B and
+    ClearML when the spec's visualizer.wandb_config / clearml_config are in effect), named after the folder (in a
+    cluster, the run's resource), or None."""
+    from kestrel_trainer.report.tracking import Trackers, open_clearml, open_tracker, open_wandb
     from kestrel_trainer.train.loop import create_results_folder
 
     name = results_arg.rstrip("/").rsplit("/", 1)[-1] or "kestrel"
     create_results_folder(results_dir)  # the trackers keep their run id there; an unwritable folder is one line
     tracker = Trackers([open_tracker(results_dir, name, tags={"kestrel.results_dir": results_arg}),
-                        open_wandb(spec_fields, results_dir, name)])
+                        open_wandb(spec.fields, results_dir, name),
+                        open_clearml(spec.fields, spec.train.visualizer.clearml, results_dir, name)])
     if not tracker.trackers:
         return None
     from kestrel_trainer.report.cluster_status import ClusterStatusReporter

@@ -6,6 +6,7 @@ Rank 0 of `kestrel train` opens one MLflow run per results folder, named after t
 - at the end: summary numbers, the artifacts (final model, training_curves.png, the spec, summary.json) and,
   after `train --evaluate`, the evaluation (top-1/top-k, results.json, confusion_matrix.png).
 The run id is kept in RESULTS/tracking.json, so a resumed run (same folder) continues the same MLflow run.
+The original's visualizer.wandb_config and visualizer.clearml_config log the same to W&B and ClearML (below).
 
 The experiment is MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME (created if missing), else MLflow's default.
 Credentials (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD) are read by MLflow from the environment
@@ -103,6 +104,10 @@ class MlflowTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self._call(lambda k=key, v=value: self.client.set_tag(self.run_id, k, v))
+
+    def log_images(self, title: str, images: Any, step: int) -> None:
+        """The visualizer's sample images: in TensorBoard (RESULTS/events/images) and ClearML, not in MLflow."""
+        del title, images, step
 
     def finish(self, status: str = "FINISHED") -> None:
         """FINISHED, FAILED or KILLED (a stop: the resumed run sets it RUNNING again)."""
@@ -262,6 +267,10 @@ class WandbTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         del tags
 
+    def log_images(self, title: str, images: Any, step: int) -> None:
+        """The visualizer's sample images: in TensorBoard (RESULTS/events/images) and ClearML, not in W&B."""
+        del title, images, step
+
     def finish(self, status: str = "FINISHED") -> None:
         self._call(lambda: self.run.finish(exit_code=0 if status == "FINISHED" else 1))
 
@@ -308,8 +317,137 @@ def open_wandb(fields: Mapping[str, Any], results_dir: str, run_name: str) -> Op
     return WandbTracker(run)
 
 
+# --- ClearML: the original's visualizer.clearml_config ------------------------------------------------------------
+CLEARML = "train_config.visualizer.clearml_config"
+CLEARML_EXTRA = "clearml==2.1.12"
+CLEARML_PROJECT = "kestrel"  # when the spec names none
+# Task.init's automatic logging, all off: Kestrel logs explicitly (the CSV's values, not Keras' or TensorBoard's),
+# the command line is not logged (it may hold -k KEY), and no git or package scan runs in the trainer.
+_CLEARML_FRAMEWORKS = ("catboost", "fastai", "gradio", "hydra", "joblib", "lightgbm", "matplotlib", "megengine",
+                       "pytorch", "scikit", "tensorboard", "tensorflow", "tfdefines", "xgboost", "detect_repository")
+# training.csv's columns as ClearML (title, series): train and validation on one plot
+CLEARML_SERIES = {"loss": ("loss", "train"), "val_loss": ("loss", "validation"), "acc": ("accuracy", "train"),
+                  "val_acc": ("accuracy", "validation"), "lr": ("learning_rate", "lr")}
+
+
+def clearml_settings(fields: Mapping[str, Any], enabled: bool, run_name: str) -> Optional[dict[str, Any]]:
+    """Task.init's project, task name and tags from the spec's clearml_config, or None when it is not in effect
+    (`enabled`: the spec has visualizer.enabled and a clearml_config, spec.train.visualizer.clearml)."""
+    if not enabled:
+        return None
+    return {"project_name": fields.get(f"{CLEARML}.project") or CLEARML_PROJECT,
+            "task_name": fields.get(f"{CLEARML}.task") or run_name,
+            "tags": list(fields.get(f"{CLEARML}.tags") or ()) or None}
+
+
+class ClearmlTracker:
+    """One ClearML Task with the MlflowTracker's methods."""
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        self._failed = False
+
+    @property
+    def url(self) -> str:
+        from clearml import Task
+
+        if Task.is_offline():
+            return self.task.id
+        return self._call(self.task.get_output_log_web_page) or self.task.id
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """The spec's fields: the task's configuration (hyperparameters, section "spec")."""
+        self._call(lambda: self.task.connect(dict(params), name="spec"))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int]) -> None:
+        """Scalars at iteration `step` (the epoch); step None (the evaluation): single values."""
+        logger = self._call(self.task.get_logger)
+        if logger is None:
+            return
+        for name, value in metrics.items():
+            if step is None:
+                self._call(lambda n=name, v=value: logger.report_single_value(n, float(v)))
+            else:
+                title, series = CLEARML_SERIES.get(name, (name, name))
+                self._call(lambda t=title, s=series, v=value: logger.report_scalar(t, s, float(v), int(step)))
+
+    def log_artifacts(self, paths: Iterable[Optional[str]], artifact_path: Optional[str] = None) -> None:
+        """Files as the task's artifacts, named `artifact_path/file name` (the model too: clearml 2.1.12's
+        OutputModel fails in offline mode, "'DummyModel' object has no attribute 'locked'")."""
+        for path in paths:
+            if path and os.path.isfile(path):
+                name = f"{artifact_path}/{os.path.basename(path)}" if artifact_path else os.path.basename(path)
+                self._call(lambda n=name, p=path: self.task.upload_artifact(n, artifact_object=p,
+                                                                            wait_on_upload=True))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        del tags  # the task's tags are the spec's (clearml_config.tags)
+
+    def log_images(self, title: str, images: Any, step: int) -> None:
+        """The visualizer's sample images (uint8, N x H x W x C) as debug samples at iteration `step`."""
+        logger = self._call(self.task.get_logger)
+        if logger is None:
+            return
+        for i, image in enumerate(images):
+            self._call(lambda s=f"image_{i}", x=image: logger.report_image(title, s, int(step), image=x))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """The task closed: completed, or first marked stopped (a stop: a resumed run continues the task) or
+        failed."""
+        if status == "KILLED":
+            self._call(lambda: self.task.mark_stopped(force=True, status_message="stopped; resumed later"))
+        elif status != "FINISHED":
+            self._call(lambda: self.task.mark_failed(status_reason="training failed", force=True))
+        self._call(self.task.close)
+
+    def _call(self, fn):
+        try:
+            return fn()
+        except Exception as err:  # never stop training
+            if not self._failed:
+                log.warning("ClearML: %s (training is not affected)", _one_line(err))
+            self._failed = True
+            return None
+
+
+def open_clearml(fields: Mapping[str, Any], enabled: bool, results_dir: str,
+                 run_name: str) -> Optional[ClearmlTracker]:
+    """The ClearML task the spec asks for (continued from RESULTS/tracking.json), or None. The server and the
+    credentials are ClearML's own (CLEARML_API_HOST, CLEARML_API_ACCESS_KEY/SECRET_KEY, clearml.conf), never the
+    spec's; CLEARML_OFFLINE_MODE=1 writes an offline session. A missing `clearml` package is one warning."""
+    settings = clearml_settings(fields, enabled, run_name)
+    if settings is None:
+        return None
+    try:
+        from clearml import Task
+    except ImportError:
+        log.warning("%s is set but the clearml package is not installed: pip install '%s' to log this run to "
+                    "ClearML; training goes on without it", CLEARML, CLEARML_EXTRA)
+        return None
+    path = os.path.join(results_dir, TRACKING_FILE)
+    task_id = (_read_json(path).get("clearml") or {}).get("task_id")
+    # A resume continues the recorded task with iteration offset 0 (continue_last_task=0 and reuse_last_task_id=ID,
+    # Task.init's documented pair): the epochs are absolute, while continue_last_task=ID would shift them by the last
+    # iteration reported. ClearML prints "overwriting (reusing) task" for it; the task and its reports are kept.
+    try:
+        task = Task.init(**settings, reuse_last_task_id=task_id or False, continue_last_task=0 if task_id else False,
+                         auto_connect_arg_parser=False, auto_connect_frameworks=dict.fromkeys(_CLEARML_FRAMEWORKS,
+                                                                                              False),
+                         auto_connect_streams=False, auto_resource_monitoring=True)
+    except Exception as err:
+        log.warning("ClearML: %s; training goes on without it", _one_line(err))
+        return None
+    from kestrel_trainer.model_io.files import write_json_atomic
+
+    write_json_atomic(path, {**_read_json(path), "clearml": {"task_id": task.id,
+                                                            "project": settings["project_name"]}})
+    tracker = ClearmlTracker(task)
+    log.info("ClearML: %s task %s (%s)", "continuing" if task_id else "started", task.id, tracker.url)
+    return tracker
+
+
 class Trackers:
-    """Every tracker a run logs to (MLflow, W&B), called as one."""
+    """Every tracker a run logs to (MLflow, W&B, ClearML), called as one."""
 
     def __init__(self, trackers: Iterable[Any]) -> None:
         self.trackers = [t for t in trackers if t is not None]

@@ -360,9 +360,14 @@ def _build_train(
     class_weighting = c.one_of(str(tc["class_weighting"]).lower(), f"{p}.class_weighting", ("none", "balanced"))
     torch_std = c.one_of(str(tc["torch_std"]).lower(), f"{p}.torch_std", ("original", "per_channel"))
     vis = tc["visualizer"]
-    if f"{p}.visualizer.clearml_config" in c.present:
-        c.warn(f"{p}.visualizer.clearml_config", "is ignored: ClearML logging is not implemented; Kestrel logs to "
-               "MLflow (MLFLOW_TRACKING_URI) and W&B (wandb_config), docs/tracking.md")
+    clearml = f"{p}.visualizer.clearml_config" in c.present and bool(vis["enabled"])
+    if f"{p}.visualizer.clearml_config" in c.present and not clearml:
+        c.warn(f"{p}.visualizer.clearml_config", "has no effect: ClearML logging needs visualizer.enabled "
+               "(docs/tracking.md)")
+    for name in ("reuse_last_task_id", "continue_last_task", "deferred_init"):
+        if f"{p}.visualizer.clearml_config.{name}" in c.present:
+            c.warn(f"{p}.visualizer.clearml_config.{name}", "is not used: a resumed run (the same results folder) "
+                   "continues its ClearML task (RESULTS/tracking.json), a new folder starts a new task")
     if f"{p}.visualizer.wandb_config" in c.present and not (vis["enabled"] and (vis["wandb_config"] or {}).get(
             "enabled")):
         c.warn(f"{p}.visualizer.wandb_config", "has no effect: W&B logging needs visualizer.enabled and "
@@ -388,7 +393,8 @@ def _build_train(
         image_mean=MappingProxyType(image_mean),
         disable_horizontal_flip=tc["disable_horizontal_flip"],
         visualizer=t.VisualizerSpec(
-            enabled=vis["enabled"], num_images=vis["num_images"], weight_histograms=vis["weight_histograms"]
+            enabled=vis["enabled"], num_images=vis["num_images"], weight_histograms=vis["weight_histograms"],
+            clearml=clearml,
         ),
         class_weighting=class_weighting,
         torch_std=torch_std,

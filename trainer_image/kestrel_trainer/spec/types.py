@@ -166,6 +166,7 @@ class VisualizerSpec:
     enabled: bool
     num_images: int
     weight_histograms: bool
+    clearml: bool = False  # ClearML logging is in effect: a clearml_config and `enabled` (report/tracking.py)
 
 
 @dataclass(frozen=True)

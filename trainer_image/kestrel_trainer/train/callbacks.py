@@ -217,23 +217,30 @@ class ClusterProgress(tf.keras.callbacks.Callback):
 
 class SampleImages(tf.keras.callbacks.Callback):
     """visualizer { enabled: true num_images: N }: N augmented training images, as the model sees them, in
-    TensorBoard (RESULTS/events/images) at the start of every epoch. Each image is rescaled to [0, 1] on
-    its own for display (the preprocessing leaves them in another range)."""
+    TensorBoard (RESULTS/events/images) at the start of every epoch, and to the experiment tracker (`tracker`,
+    ClearML's debug samples) as 8-bit images. Each image is rescaled to [0, 1] on its own for display (the
+    preprocessing leaves them in another range)."""
 
-    def __init__(self, log_dir: str, images: Callable[[], Any], max_images: int) -> None:
+    TITLE = "augmented_training_images"
+
+    def __init__(self, log_dir: str, images: Callable[[], Any], max_images: int, tracker: Any = None) -> None:
         super().__init__()
         self.writer = tf.summary.create_file_writer(log_dir)
         self.images = images
         self.max_images = max_images
+        self.tracker = tracker
 
     def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
         x = tf.convert_to_tensor(self.images())[: self.max_images]
         lo = tf.reduce_min(x, axis=[1, 2, 3], keepdims=True)
         hi = tf.reduce_max(x, axis=[1, 2, 3], keepdims=True)
+        shown = (x - lo) / tf.maximum(hi - lo, 1e-6)
         with self.writer.as_default():
-            tf.summary.image("augmented_training_images", (x - lo) / tf.maximum(hi - lo, 1e-6), step=epoch + 1,
-                             max_outputs=self.max_images)
+            tf.summary.image(self.TITLE, shown, step=epoch + 1, max_outputs=self.max_images)
         self.writer.flush()
+        if self.tracker is not None:
+            pixels = tf.cast(tf.round(shown * 255.0), tf.uint8).numpy()
+            self.tracker.log_images(self.TITLE, pixels[..., 0] if pixels.shape[-1] == 1 else pixels, epoch + 1)
 
 
 class PreemptedSignal(Exception):

@@ -306,7 +306,7 @@ def _callbacks(run: _Run, data: TrainingData, spe: int, start: Start, outputs: E
     if ranks.is_chief and vis.enabled and vis.num_images > 0:
         n_show = min(vis.num_images, len(data.train_files))
         callbacks.append(SampleImages(os.path.join(run.results, "events", "images"),
-                                      run.task.sample_images(data, n_show), n_show))
+                                      run.task.sample_images(data, n_show), n_show, run.opts.tracker))
     return callbacks + list(run.opts.extra_callbacks)
 
 
