@@ -6,8 +6,9 @@ The options are resolved from the spec once; the dataset is four stages, in this
 1. plan (per epoch): which files this rank reads, how many batches and how they are cut (sharding.py,
    plain arithmetic); the epoch's shuffle and every image's random draws (stateless, from the seed).
 2. decode: read and decode a file (tf.io.decode_image in a parallel map; JPEGs decode only the window
-   the crop needs), or, with `decoded` (data/decoded.py: the rank's shard decoded once and kept in
-   memory), slice it from the image cache: then no epoch decodes at all.
+   the crop needs, at 1/2, 1/4 or 1/8 scale when the output allows: data/jpeg_scale.py), or, with `decoded`
+   (data/decoded.py: the rank's shard decoded once, at the same scales, and kept in memory), slice it from
+   the image cache: then no epoch decodes at all.
 3. parse: geometry (random crop, center crop or plain resize), flip and preprocessing in one
    `resample_crop` (two sparse matrix products computing only the kept pixels); colour augmentation,
    when on, runs between resampling and preprocessing; the one-hot label. From the image cache, each
