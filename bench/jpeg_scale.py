@@ -13,11 +13,12 @@ Timed, each in alternating rounds (best of each kept), reduction on vs off (Pipe
 1. decoding only (a tf.data map, AUTOTUNE): tf.io.decode_jpeg at full size vs at the rule's ratio for the spec;
 2. the training pipeline decoding every epoch (make_dataset: random crop to 224, flip, caffe; the path when the
    image cache does not fit);
-3. the image-cache fill (decode_images: the one decode per run) and its memory; at full size only for the
-   first --full-cache images (the full cache of all of them would need images x H x W x 3 bytes), the rest
-   computed from the headers.
+3. the image-cache fill (decode_images: the one decode per run) and its memory, and an epoch read from that
+   cache; at full size only for the first --full-cache images (the full cache of all of them would need
+   images x H x W x 3 bytes: computed from the headers instead).
 Then the accuracy proxy: the pipeline's output tensors with and without the reduction (same seeded draws):
-mean abs and max difference, random crop (training) and center crop (evaluation), in levels of 255.
+mean abs and max difference, random crop (training) and center crop (evaluation), in levels of 255; for
+scale, the difference between the spec's two resampling methods (bilinear vs bicubic) at full size.
 """
 
 from __future__ import annotations
@@ -122,19 +123,28 @@ def time_pipeline(files: list[str], reduced: bool) -> float:
     return n / (time.perf_counter() - start)
 
 
-def time_fill(files: list[str], reduced: bool) -> tuple[float, int]:
-    """(images/s, bytes) of the image-cache fill."""
+def time_fill(files: list[str], reduced: bool) -> tuple[float, int, float]:
+    """(images/s, bytes) of the image-cache fill, and images/s of a training epoch read from that cache."""
     from kestrel_trainer.data.decoded import decode_images
+    from kestrel_trainer.data.pipeline import make_dataset
 
     start = time.perf_counter()
     decoded = decode_images(files, 3, scale=options(reduced).jpeg_scale)
-    return len(files) / (time.perf_counter() - start), decoded.nbytes
+    fill = len(files) / (time.perf_counter() - start)
+    it = iter(make_dataset(files, [0] * len(files), 10, options(reduced), decoded=decoded))
+    next(it)  # warm-up batch
+    n, start = 0, time.perf_counter()
+    for images, _ in it:
+        n += int(images.shape[0])
+    return fill, decoded.nbytes, n / (time.perf_counter() - start)
 
 
-def outputs(files: list[str], reduced: bool, training: bool) -> np.ndarray:
+def outputs(files: list[str], reduced: bool, training: bool, method: str = "bilinear") -> np.ndarray:
+    from dataclasses import replace
+
     from kestrel_trainer.data.pipeline import make_dataset
 
-    ds = make_dataset(files, [0] * len(files), 10, options(reduced, training))
+    ds = make_dataset(files, [0] * len(files), 10, replace(options(reduced, training), resize_method=method))
     return np.concatenate([x.numpy() for x, _ in ds])
 
 
@@ -164,24 +174,31 @@ def main() -> int:
                 key = f"{name}, {'reduced' if reduced else 'full size'}"
                 best[key] = max(best.get(key, 0.0), value)
                 print(f"  round {k + 1}: {key:45s} {value:8.1f} images/s", flush=True)
-        fill, nbytes = time_fill(files, True)
-        best["cache fill, reduced"] = max(best.get("cache fill, reduced", 0.0), fill)
         part = files[:args.full_cache]
-        fill_full, bytes_full = time_fill(part, False)
-        best["cache fill, full size"] = max(best.get("cache fill, full size", 0.0), fill_full)
-        print(f"  round {k + 1}: cache fill reduced {fill:.1f} images/s ({nbytes / 2**20:.0f} MiB for {len(files)}); "
-              f"full size {fill_full:.1f} images/s ({bytes_full / 2**20:.0f} MiB for {len(part)})", flush=True)
+        for reduced in (False, True):
+            fill, nbytes, epoch = time_fill(part, reduced)
+            for name, value in (("cache fill", fill), ("epoch from the image cache", epoch)):
+                key = f"{name}, {'reduced' if reduced else 'full size'}"
+                best[key] = max(best.get(key, 0.0), value)
+                print(f"  round {k + 1}: {key:45s} {value:8.1f} images/s", flush=True)
+            print(f"  round {k + 1}: image cache of {len(part)}: {nbytes / 2**20:.0f} MiB", flush=True)
     print(f"best of {args.rounds} rounds (load average now {os.getloadavg()[0]:.1f}):")
-    for name in ("decode only", "pipeline, decoding every epoch", "cache fill"):
+    for name in ("decode only", "pipeline, decoding every epoch", "cache fill", "epoch from the image cache"):
         full, red = best[f"{name}, full size"], best[f"{name}, reduced"]
         print(f"  {name:32s} full size {full:7.1f}  reduced {red:7.1f} images/s  ({red / full:.2f}x)")
+    from kestrel_trainer.data.decoded import decode_images
+
+    nbytes = decode_images(files, 3, scale=scale).nbytes
     full_bytes = len(files) * height * width * 3
-    print(f"  image cache for {len(files)} images: full size {full_bytes / 2**20:.0f} MiB (H x W x 3 each), "
+    print(f"  image cache for all {len(files)} images: full size {full_bytes / 2**20:.0f} MiB (H x W x 3 each), "
           f"reduced {nbytes / 2**20:.0f} MiB ({full_bytes / nbytes:.1f}x less)")
     for training, name in ((True, "random crop (training)"), (False, "center crop (evaluation)")):
-        diff = np.abs(outputs(files, True, training) - outputs(files, False, training))
-        print(f"  output difference, {name}: mean abs {diff.mean():.2f}, max {diff.max():.1f} levels of 255; "
-              f"per image mean abs up to {diff.mean(axis=(1, 2, 3)).max():.2f}")
+        full = outputs(files, False, training)
+        for label, other in (("reduced vs full size", outputs(files, True, training)),
+                             ("bicubic vs bilinear, full size", outputs(files, False, training, "bicubic"))):
+            diff = np.abs(other - full)
+            print(f"  output difference, {name}, {label}: mean abs {diff.mean():.2f}, max {diff.max():.1f} levels "
+                  f"of 255; per image mean abs up to {diff.mean(axis=(1, 2, 3)).max():.2f}")
     return 0
 
 
