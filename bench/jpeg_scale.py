@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -33,6 +34,27 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "trainer_image"))
 
 TARGET = 224
+
+
+class Timer:
+    """Wall-clock and CPU seconds (all threads) of a block: CPU time per image is the steadier figure on a
+    machine shared with other jobs."""
+
+    def __enter__(self) -> Timer:
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
+
+    @staticmethod
+    def _cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def rates(self, n: int) -> tuple[float, float]:
+        """(images/s, CPU milliseconds per image)"""
+        return n / self.wall, 1000.0 * self.cpu / n
 
 
 def make_files(work: str, n: int, height: int, width: int, photos: list[str], seed: int = 0) -> list[str]:
@@ -91,8 +113,8 @@ train_config {{
     return replace(o, reduced_jpeg=reduced, n_workers=0)  # AUTOTUNE
 
 
-def time_decode(files: list[str], reduced: bool) -> float:
-    """images/s of decoding only (what the cache fill and the per-epoch path pay per image)."""
+def time_decode(files: list[str], reduced: bool) -> tuple[float, float]:
+    """Decoding only (what the cache fill and the per-epoch path pay per image): Timer.rates."""
     import tensorflow as tf
 
     from kestrel_trainer.data import transforms as T
@@ -105,38 +127,32 @@ def time_decode(files: list[str], reduced: bool) -> float:
         return tf.shape(T.decode_jpeg_scaled(raw, T.jpeg_ratio(header[0], header[1], scale)))
 
     ds = tf.data.Dataset.from_tensor_slices(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    start = time.perf_counter()
-    for _ in ds:
-        pass
-    return len(files) / (time.perf_counter() - start)
+    with Timer() as t:
+        for _ in ds:
+            pass
+    return t.rates(len(files))
 
 
-def time_pipeline(files: list[str], reduced: bool) -> float:
-    """images/s of the training pipeline decoding every epoch (random crop 224, flip, caffe)."""
+def time_epoch(files: list[str], reduced: bool, decoded=None) -> tuple[float, float]:
+    """A training epoch (random crop 224, flip, caffe), decoding every file or from `decoded`: Timer.rates."""
     from kestrel_trainer.data.pipeline import make_dataset
 
-    it = iter(make_dataset(files, [0] * len(files), 10, options(reduced)))
-    next(it)  # warm-up batch
-    n, start = 0, time.perf_counter()
-    for images, _ in it:
-        n += int(images.shape[0])
-    return n / (time.perf_counter() - start)
-
-
-def time_fill(files: list[str], reduced: bool) -> tuple[float, int, float]:
-    """(images/s, bytes) of the image-cache fill, and images/s of a training epoch read from that cache."""
-    from kestrel_trainer.data.decoded import decode_images
-    from kestrel_trainer.data.pipeline import make_dataset
-
-    start = time.perf_counter()
-    decoded = decode_images(files, 3, scale=options(reduced).jpeg_scale)
-    fill = len(files) / (time.perf_counter() - start)
     it = iter(make_dataset(files, [0] * len(files), 10, options(reduced), decoded=decoded))
     next(it)  # warm-up batch
-    n, start = 0, time.perf_counter()
-    for images, _ in it:
-        n += int(images.shape[0])
-    return fill, decoded.nbytes, n / (time.perf_counter() - start)
+    n = 0
+    with Timer() as t:
+        for images, _ in it:
+            n += int(images.shape[0])
+    return t.rates(n)
+
+
+def time_fill(files: list[str], reduced: bool):
+    """(Timer.rates of the image-cache fill, its bytes, Timer.rates of a training epoch read from it)."""
+    from kestrel_trainer.data.decoded import decode_images
+
+    with Timer() as t:
+        decoded = decode_images(files, 3, scale=options(reduced).jpeg_scale)
+    return t.rates(len(files)), decoded.nbytes, time_epoch(files, reduced, decoded)
 
 
 def outputs(files: list[str], reduced: bool, training: bool, method: str = "bilinear") -> np.ndarray:
@@ -166,26 +182,30 @@ def main() -> int:
           f"random crop: decoded at 1/{ratio} (center crop: 1/{options(True, False).jpeg_scale.ratio(height, width)})"
           f"; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
 
-    best: dict[str, float] = {}
+    best: dict[str, tuple[float, float]] = {}  # (highest images/s, lowest CPU ms per image) over the rounds
+
+    def note(k: int, name: str, reduced: bool, rates: tuple[float, float]) -> None:
+        key = f"{name}, {'reduced' if reduced else 'full size'}"
+        old = best.get(key, (0.0, float("inf")))
+        best[key] = (max(old[0], rates[0]), min(old[1], rates[1]))
+        print(f"  round {k + 1}: {key:45s} {rates[0]:8.1f} images/s {rates[1]:8.2f} CPU ms/image", flush=True)
+
     for k in range(args.rounds):
-        for name, run in (("decode only", time_decode), ("pipeline, decoding every epoch", time_pipeline)):
-            for reduced in (False, True):
-                value = run(files, reduced)
-                key = f"{name}, {'reduced' if reduced else 'full size'}"
-                best[key] = max(best.get(key, 0.0), value)
-                print(f"  round {k + 1}: {key:45s} {value:8.1f} images/s", flush=True)
+        for reduced in (False, True):
+            note(k, "decode only", reduced, time_decode(files, reduced))
+        for reduced in (False, True):
+            note(k, "pipeline, decoding every epoch", reduced, time_epoch(files, reduced))
         part = files[:args.full_cache]
         for reduced in (False, True):
             fill, nbytes, epoch = time_fill(part, reduced)
-            for name, value in (("cache fill", fill), ("epoch from the image cache", epoch)):
-                key = f"{name}, {'reduced' if reduced else 'full size'}"
-                best[key] = max(best.get(key, 0.0), value)
-                print(f"  round {k + 1}: {key:45s} {value:8.1f} images/s", flush=True)
+            note(k, "cache fill", reduced, fill)
+            note(k, "epoch from the image cache", reduced, epoch)
             print(f"  round {k + 1}: image cache of {len(part)}: {nbytes / 2**20:.0f} MiB", flush=True)
     print(f"best of {args.rounds} rounds (load average now {os.getloadavg()[0]:.1f}):")
     for name in ("decode only", "pipeline, decoding every epoch", "cache fill", "epoch from the image cache"):
-        full, red = best[f"{name}, full size"], best[f"{name}, reduced"]
-        print(f"  {name:32s} full size {full:7.1f}  reduced {red:7.1f} images/s  ({red / full:.2f}x)")
+        (full, full_cpu), (red, red_cpu) = best[f"{name}, full size"], best[f"{name}, reduced"]
+        print(f"  {name:32s} full size {full:7.1f}  reduced {red:7.1f} images/s ({red / full:5.2f}x);  "
+              f"CPU ms/image {full_cpu:7.2f} -> {red_cpu:6.2f} ({full_cpu / red_cpu:5.2f}x less)")
     from kestrel_trainer.data.decoded import decode_images
 
     nbytes = decode_images(files, 3, scale=scale).nbytes

@@ -4,7 +4,8 @@ Why: the original decodes every image in every epoch. When a rank's decoded imag
 of the memory (Fashion-MNIST's 54,000 28x28 training images are 40 MiB), keeping the uint8 pixels
 makes each later epoch cost only the crop, resample and preprocessing: 1.5-3.7x more images/s per
 epoch at 224x224 than decoding (bench/data_pipeline.py). The pixels are exactly what the per-epoch decoding would give
-(same decoder, same channel conversion), so a run with the cache sees the same images as one without.
+(same decoder, same channel conversion, large JPEGs at the same reduced scale: data/jpeg_scale.py), so a run with the
+cache sees the same images as one without.
 
 The budget is a share of the memory this process may still use: MemAvailable, or the cgroup's limit
 minus its usage when that is lower (a Kubernetes pod's limit, not the node's free memory), divided
@@ -33,8 +34,8 @@ AUTO_MEMORY_SHARE = 0.25  # of the available memory, split over the ranks
 class DecodedImages:
     """Pixels of n images: image i (shapes[i] = H, W, C) is pixels[offsets[i]:offsets[i + 1]] laid out
     [W, C, H], the layout transforms.resample_crop(transposed=True) reads without a transpose of its own.
-    A JPEG may be kept decoded at 1/ratios[i] (jpeg_scale, the rule `scale`): sizes[i] is then the full
-    image's height and width (its geometry) and shapes[i] ceil(sizes[i] / ratios[i])."""
+    A JPEG may be kept decoded at 1/ratios[i] (the scale data/jpeg_scale.py picks for the training options):
+    sizes[i] is the full image's height and width (its geometry), shapes[i] ceil(sizes[i] / ratios[i])."""
 
     pixels: Any  # tf.Tensor, uint8, flat: held by TensorFlow once, shared by every dataset built on it
     offsets: np.ndarray  # int64 [n + 1]
