@@ -210,8 +210,8 @@ def large(tmp_path_factory):
     return folders.scan(str(root))
 
 
-def _run(folder, *, decoded=None, **kw):
-    options = pipeline_options(batch_size=3, model=model_spec(c=3, h=48, w=40), **kw)
+def _run(folder, *, decoded=None, channels=3, **kw):
+    options = pipeline_options(batch_size=3, model=model_spec(c=channels, h=48, w=40), **kw)
     ds = pipeline.make_dataset(folder.files, folder.labels, folder.n_classes, options, decoded=decoded)
     return np.concatenate([x.numpy() for x, _ in ds]), options
 
@@ -236,19 +236,20 @@ def test_pipeline_output_with_and_without_the_reduction(large, kw):
     np.testing.assert_array_equal(reduced[2], full[2])
 
 
-def test_the_cache_keeps_reduced_pixels_and_gives_the_per_epoch_images(large):
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_cache_keeps_reduced_pixels_and_gives_the_per_epoch_images(large, channels):
     kw = CASES[0]
-    options = pipeline_options(batch_size=3, model=model_spec(c=3, h=48, w=40), **kw)
-    cached = D.decode_images(large.files, 3, scale=options.jpeg_scale)
-    full = D.decode_images(large.files, 3)
+    options = pipeline_options(batch_size=3, model=model_spec(c=channels, h=48, w=40), **kw)
+    cached = D.decode_images(large.files, channels, scale=options.jpeg_scale)
+    full = D.decode_images(large.files, channels)
     ratios = [options.jpeg_scale.ratio(1000, 1400), options.jpeg_scale.ratio(1203, 905), 1]
     assert cached.ratios.tolist() == ratios and cached.jpeg.tolist() == [True, True, False]
     assert cached.sizes.tolist() == [[1000, 1400], [1203, 905], [60, 50]]
     assert cached.shapes[:, :2].tolist() == [[scaled_size(s, r) for s in size]
                                              for size, r in zip(cached.sizes.tolist(), ratios)]
     assert cached.nbytes == sum(int(np.prod(s)) for s in cached.shapes) < full.nbytes / 10
-    plain, _ = _run(large, **kw)
-    from_cache, _ = _run(large, decoded=cached, **kw)
+    plain, _ = _run(large, channels=channels, **kw)
+    from_cache, _ = _run(large, decoded=cached, channels=channels, **kw)
     np.testing.assert_allclose(from_cache, plain, atol=2e-2)
     with pytest.raises(ValueError, match=r"kept at 1/1, the pipeline decodes it at 1/"):
-        _run(large, decoded=full, **kw)
+        _run(large, decoded=full, channels=channels, **kw)
