@@ -73,3 +73,21 @@ def make_folder(root: str, classes: dict[str, int], size=(12, 10), ext=".png", s
             arr = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
             paths.append(write_image(os.path.join(root, name, f"{i:03d}{ext}"), arr))
     return paths
+
+
+def fashion_mosaic(height: int, width: int, tile: int = 112, seed: int = 0) -> np.ndarray:
+    """A height x width RGB photo-like image from real pixels: Fashion-MNIST images (the Debian package)
+    upscaled (bicubic) to tile x tile, tinted, side by side. Sharp edges and smooth areas, as in photos."""
+    from kestrel_trainer.data.datasets import fashion_mnist as fm
+
+    images = fm.load()["test_images"]
+    rng = np.random.default_rng(seed)
+    rows, cols = -(-height // tile), -(-width // tile)
+    out = np.zeros((rows * tile, cols * tile, 3), np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            grey = np.asarray(Image.fromarray(images[rng.integers(len(images))]).resize((tile, tile), Image.BICUBIC),
+                              np.float32)
+            tint = rng.uniform(0.3, 1.0, size=3)
+            out[i * tile:(i + 1) * tile, j * tile:(j + 1) * tile] = grey[..., None] * tint + rng.uniform(0, 80, 3)
+    return np.clip(out[:height, :width], 0, 255).astype(np.uint8)

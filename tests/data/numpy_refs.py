@@ -16,18 +16,22 @@ def _kernel(method, u):
                     np.where(u < 2, a * u**3 - 5 * a * u**2 + 8 * a * u - 4 * a, 0.0))
 
 
-def _weights(n_in, n_resized, offset, n_out, method):
-    """Row i: weights of input pixels for output pixel i of the resized image's window at `offset`."""
-    scale = n_resized / n_in
+def _weights(n_in, n_resized, offset, n_out, method, ratio=1, n_full=None):
+    """Row i: weights of input pixels for output pixel i of the resized image's window at `offset`.
+    ratio > 1: the n_in input pixels are an n_full image decoded at 1/ratio (pixel j centred on full-size
+    position (j + 0.5) * ratio), and n_resized is the full image's resized size."""
+    scale = n_resized / n_in if ratio == 1 else n_resized * ratio / n_full
     support = max(1.0 / scale, 1.0)  # antialias when shrinking, as PIL
     centres = (np.arange(n_out) + offset + 0.5) / scale
     w = _kernel(method, (np.arange(n_in)[None, :] + 0.5 - centres[:, None]) / support)
     return w / w.sum(axis=1, keepdims=True)
 
 
-def ref_resize_crop(img, rh, rw, top, left, th, tw, method):
-    wy = _weights(img.shape[0], rh, top, th, method)
-    wx = _weights(img.shape[1], rw, left, tw, method)
+def ref_resize_crop(img, rh, rw, top, left, th, tw, method, ratio=1, full=None):
+    """full: (H, W) of the full image when `img` is it decoded at 1/ratio."""
+    full = full or img.shape[:2]
+    wy = _weights(img.shape[0], rh, top, th, method, ratio, full[0])
+    wx = _weights(img.shape[1], rw, left, tw, method, ratio, full[1])
     out = np.einsum("ih,hwc,jw->ijc", wy, img.astype(np.float64), wx)
     return np.clip(out, 0, 255)
 

@@ -19,6 +19,7 @@ from kestrel_trainer.errors import DataError
 
 if TYPE_CHECKING:
     from kestrel_trainer.data.decoded import DecodedImages
+    from kestrel_trainer.data.jpeg_scale import JpegScale
 
 MAX_LISTED = 20
 
@@ -106,6 +107,7 @@ def exclude_bad_images_and_cache(
     n_workers: Optional[int] = None,
     log: Callable[[str], None] = print,
     info: Callable[[str], None] = print,
+    scale: Optional[JpegScale] = None,
 ) -> tuple[list[str], list[int], int, Optional[DecodedImages]]:
     """exclude_bad_images, plus rank `rank`'s shard of the kept files decoded (data/decoded.py) when the
     cache mode and memory allow, from the same decoding pass: checking and caching cost one decode.
@@ -114,7 +116,8 @@ def exclude_bad_images_and_cache(
     each rank decodes only its own shard and the ranks exchange the indices that failed, so the check
     costs 1/size of the data set per rank instead of all of it, and every rank still drops the same files.
     Only when bad files are skipped does the shard move (the kept list is shorter), and then the new
-    shard is decoded in a second pass. `log` gets the skipped files, `info` what the cache holds.
+    shard is decoded in a second pass. `log` gets the skipped files, `info` what the cache holds. scale: the
+    training options' jpeg_scale (cached JPEGs kept at the scale the per-epoch decoding would use).
     """
     from kestrel_trainer.data.decoded import cache_budget, decode_pass, decode_shard, log_cached
     from kestrel_trainer.storage import materialize
@@ -125,18 +128,18 @@ def exclude_bad_images_and_cache(
         mine = [files[i] for i in shard]
         materialize(mine)  # a dataset staged lazily from object storage: this rank fetches only its shard
         failed_mine, decoded = decode_pass(mine, channels, np.arange(len(mine)) if budget != 0 else None,
-                                           max_bytes=budget, n_workers=n_workers, log=info)
+                                           max_bytes=budget, n_workers=n_workers, log=info, scale=scale)
         failed = sorted(set(gather([int(shard[i]) for i in failed_mine])))
     else:
         materialize(files)
         failed, decoded = decode_pass(files, channels, shard if budget != 0 else None, max_bytes=budget,
-                                      n_workers=n_workers, log=info)
+                                      n_workers=n_workers, log=info, scale=scale)
     kept_files, kept_labels, skipped = _apply_policy(files, labels, _bad_images(files, failed), skip_bad_images, log)
     if skipped:  # the shard moved: fetch what it now holds (lazily staged data; nothing for local folders)
         materialize([kept_files[i] for i in shard_indices(len(kept_files), rank, size)] if len(kept_files) >= size
                     else kept_files)
     if skipped and budget != 0:  # the shard moved: what was kept (if anything) is the wrong set
-        decoded = decode_shard(kept_files, rank, size, channels, cache, n_workers=n_workers, log=info)
+        decoded = decode_shard(kept_files, rank, size, channels, cache, n_workers=n_workers, log=info, scale=scale)
     else:
         log_cached(decoded, info)
     return kept_files, kept_labels, skipped, decoded

@@ -6,8 +6,9 @@ The options are resolved from the spec once; the dataset is four stages, in this
 1. plan (per epoch): which files this rank reads, how many batches and how they are cut (sharding.py,
    plain arithmetic); the epoch's shuffle and every image's random draws (stateless, from the seed).
 2. decode: read and decode a file (tf.io.decode_image in a parallel map; JPEGs decode only the window
-   the crop needs), or, with `decoded` (data/decoded.py: the rank's shard decoded once and kept in
-   memory), slice it from the image cache: then no epoch decodes at all.
+   the crop needs, at 1/2, 1/4 or 1/8 scale when the output allows: data/jpeg_scale.py), or, with `decoded`
+   (data/decoded.py: the rank's shard decoded once, at the same scales, and kept in memory), slice it from
+   the image cache: then no epoch decodes at all.
 3. parse: geometry (random crop, center crop or plain resize), flip and preprocessing in one
    `resample_crop` (two sparse matrix products computing only the kept pixels); colour augmentation,
    when on, runs between resampling and preprocessing; the one-hot label. From the image cache, each
@@ -34,6 +35,7 @@ import tensorflow as tf
 
 from kestrel_trainer.data import transforms as T
 from kestrel_trainer.data.decoded import DecodedImages
+from kestrel_trainer.data.jpeg_scale import JpegScale
 from kestrel_trainer.data.sharding import EpochPlan, plan_epoch
 from kestrel_trainer.spec.types import ModelSpec, TrainSpec
 
@@ -64,6 +66,19 @@ class PipelineOptions:
     n_workers: int = 0  # tf.data parallel calls of the per-image maps; 0: AUTOTUNE
     n_epochs: int = 1  # a training dataset holds epochs initial_epoch .. n_epochs - 1 (evaluation: one pass)
     with_paths: bool = False  # a third element: the batch's file paths (tf.string [B])
+    reduced_jpeg: bool = True  # decode large JPEGs at 1/2, 1/4 or 1/8 when the output allows (jpeg_scale)
+
+    @property
+    def jpeg_scale(self) -> Optional[JpegScale]:
+        """The rule that picks each JPEG's decode scale for this geometry (data/jpeg_scale.py), None when off."""
+        if not self.reduced_jpeg:
+            return None
+        if self.random_crop:
+            return JpegScale.for_geometry(self.height, self.width,
+                                          random_crop_min_fraction=T.RANDOM_CROP_MIN_FRACTION)
+        if self.center_crop:
+            return JpegScale.for_geometry(self.height, self.width, center_crop_padding=T.CROP_PADDING)
+        return JpegScale.for_geometry(self.height, self.width)
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -130,6 +145,8 @@ def make_dataset(
     if decoded is not None and (len(decoded) != len(plan.shard) or np.any(decoded.shapes[:, 2] != options.channels)):
         raise ValueError(f"decoded holds {len(decoded)} images, not rank {rank}'s shard of {len(plan.shard)} with "
                          f"{options.channels} channels")
+    if decoded is not None:
+        decoded.check_scale(options.jpeg_scale)  # the cache holds what decoding every epoch would decode
     first, count = (initial_epoch, max(options.n_epochs - initial_epoch, 1)) if options.training else (0, 1)
     stages = _Stages(options, n_classes, plan, files, labels, decoded)
     # No AutoGraph: the stages branch on Python values only (options, the plan), so converting them gains nothing
@@ -159,10 +176,13 @@ class _Stages:
         self.shard_labels = tf.constant([labels[i] for i in plan.shard], tf.int32)
         self.shard_ids = tf.constant(plan.shard, tf.int64)
         self.decoded = decoded
+        self.jpeg_scale = options.jpeg_scale
         if decoded is not None:
             self.pixels = decoded.pixels
             self.offsets = tf.constant(decoded.offsets)
             self.shapes = tf.constant(decoded.shapes)
+            self.sizes = tf.constant(decoded.sizes)
+            self.ratios = tf.constant(decoded.ratios)
 
     # -- 1. plan -------------------------------------------------------------------------------------------
 
@@ -202,27 +222,31 @@ class _Stages:
     # -- 2. decode -----------------------------------------------------------------------------------------
 
     def decode_file(self, path: tf.Tensor, u: tf.Tensor):
-        """(window, y0, x0, height, width): the decoded pixels the crop needs and where they sit in the image."""
+        """(window, y0, x0, height, width, ratio): the decoded pixels the crop needs, where they sit in the image
+        (the full image's height x width, decoded at 1/ratio: y0, x0 count the reduced image's pixels)."""
         raw = tf.io.read_file(path)
         return tf.cond(tf.io.is_jpeg(raw), lambda: self._decode_jpeg_window(raw, u), lambda: self._decode_any(raw))
 
     def _decode_jpeg_window(self, raw: tf.Tensor, u: tf.Tensor):
-        # Decode only the rows/columns the crop needs: JPEG decoding is the most expensive step.
+        # Decode only the rows/columns the crop needs, at the smallest scale the output allows (jpeg_scale):
+        # JPEG decoding is the most expensive step. The geometry is the full image's (the header's size).
         o, c = self.o, self.o.channels
         full = tf.io.extract_jpeg_shape(raw)
         rh, rw, top, left = self.geometry(full[0], full[1], u)
-        y0, hh = T.source_window(full[0], rh, top, o.height, o.resize_method)
-        x0, ww = T.source_window(full[1], rw, left, o.width, o.resize_method)
+        ratio = T.jpeg_ratio(full[0], full[1], self.jpeg_scale)
+        y0, hh = T.source_window(full[0], rh, top, o.height, o.resize_method, ratio)
+        x0, ww = T.source_window(full[1], rw, left, o.width, o.resize_method, ratio)
         # Grey models: decode RGB and convert like every other format (PIL's rounded ITU-R 601 luma, as
         # the original), not libjpeg's own Y channel, which differs by a few levels.
-        window = T.to_channels(tf.image.decode_and_crop_jpeg(raw, tf.stack([y0, x0, hh, ww]), channels=3), c)
-        return tf.ensure_shape(window, [None, None, c]), y0, x0, full[0], full[1]
+        window = T.to_channels(T.decode_jpeg_scaled(raw, ratio, tf.stack([y0, x0, hh, ww])), c)
+        return tf.ensure_shape(window, [None, None, c]), y0, x0, full[0], full[1], ratio
 
     def _decode_any(self, raw: tf.Tensor):
         c = self.o.channels
         image = T.to_channels(tf.io.decode_image(raw, channels=0, expand_animations=False), c)
         shape = tf.shape(image)
-        return tf.ensure_shape(image, [None, None, c]), tf.constant(0), tf.constant(0), shape[0], shape[1]
+        return (tf.ensure_shape(image, [None, None, c]), tf.constant(0), tf.constant(0), shape[0], shape[1],
+                tf.constant(1))
 
     def cached_window(self, position: tf.Tensor) -> tf.Tensor:
         """Image `position` of the shard from the image cache, laid out [W, C, H]."""
@@ -235,22 +259,24 @@ class _Stages:
     def parse_file(self, path: tf.Tensor, label: tf.Tensor, u: tf.Tensor):
         """Read, decode and transform one file (the path without the image cache)."""
         o = self.o
-        window, y0, x0, height, width = self.decode_file(path, u)
+        window, y0, x0, height, width, ratio = self.decode_file(path, u)
         image = T.resample_crop(window, y0, x0, height, width, *self.geometry(height, width, u), o.height, o.width,
                                 o.resize_method, flip=self.mirror(u), mode=self.folded_mode,
-                                image_mean=o.image_mean)
+                                image_mean=o.image_mean, ratio=ratio)
         return self.finish_image(image, u), self.one_hot(label), path
 
     def plan_cached_batch(self, paths: tf.Tensor, labels: tf.Tensor, positions: tf.Tensor, u: tf.Tensor):
         """A whole batch's geometry and resampling matrices in one set of ops (the image cache knows every
         size in advance): per image, that work is ~150 small ops, as costly as the resampling itself."""
         o = self.o
-        sizes = tf.gather(self.shapes, positions)
+        sizes = tf.gather(self.sizes, positions)  # the full images' (geometry), kept at 1/ratio (JPEG scaling)
+        kept = tf.gather(self.shapes, positions)
         height, width = sizes[:, 0], sizes[:, 1]
         zero = tf.zeros_like(height)
-        entries = T.resample_entries(height, width, *self.geometry(height, width, u), zero, zero, height, width,
-                                     o.height, o.width, o.channels, o.resize_method, flip=self.mirror(u),
-                                     mode=self.folded_mode, image_mean=o.image_mean)
+        entries = T.resample_entries(height, width, *self.geometry(height, width, u), zero, zero, kept[:, 0],
+                                     kept[:, 1], o.height, o.width, o.channels, o.resize_method, flip=self.mirror(u),
+                                     mode=self.folded_mode, image_mean=o.image_mean,
+                                     ratio=tf.gather(self.ratios, positions))
         return (paths, labels, positions, u, *entries)
 
     def parse_cached(self, path: tf.Tensor, label: tf.Tensor, position: tf.Tensor, u: tf.Tensor,

@@ -19,6 +19,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from kestrel_trainer.data.jpeg_scale import RATIOS, JpegScale
+
 CROP_PADDING = 32  # center crop: resize so that both sides are >= target + 32 (the original's rule)
 RANDOM_CROP_MIN_FRACTION = 0.45
 HUE_ROTATION_MAX_DEG = 25.0
@@ -61,6 +63,33 @@ def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
 
 def _f64(x) -> tf.Tensor:
     return tf.cast(x, tf.float64)
+
+
+def scaled_size(size: tf.Tensor, ratio: tf.Tensor) -> tf.Tensor:
+    """libjpeg's output size at 1/ratio, ceil(size / ratio) (jpeg_scale.scaled_size, on tensors)."""
+    size = tf.convert_to_tensor(size, tf.int32)
+    return -tf.math.floordiv(-size, tf.cast(ratio, tf.int32))
+
+
+def jpeg_ratio(height: tf.Tensor, width: tf.Tensor, scale: Optional[JpegScale]) -> tf.Tensor:
+    """jpeg_scale.JpegScale.ratio on a JPEG header's size (int32 scalar; 1 when `scale` is None)."""
+    if scale is None:
+        return tf.constant(1, tf.int32)
+    ratios, min_h, min_w = (tf.constant(v, tf.int32) for v in zip(*scale.thresholds()))
+    allowed = (tf.cast(height, tf.int32) >= min_h) & (tf.cast(width, tf.int32) >= min_w)
+    return tf.reduce_max(tf.where(allowed, ratios, 1))
+
+
+def decode_jpeg_scaled(raw: tf.Tensor, ratio: tf.Tensor, crop: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """RGB uint8 pixels of a JPEG decoded at 1/ratio (ratio a tensor in jpeg_scale.RATIOS: decode_jpeg takes
+    it as an attribute, so one branch per value); crop [y, x, h, w] in the reduced image's pixels."""
+    def branch(r: int):
+        if crop is None:
+            return lambda: tf.io.decode_jpeg(raw, channels=3, ratio=r)
+        return lambda: tf.image.decode_and_crop_jpeg(raw, crop, channels=3, ratio=r)
+
+    index = tf.reduce_sum(tf.cast(tf.cast(ratio, tf.int32) >= tf.constant(RATIOS[1:], tf.int32), tf.int32))
+    return tf.switch_case(index, [branch(r) for r in RATIOS])
 
 
 def random_crop_box(
@@ -107,14 +136,17 @@ def center_crop_box(
 _RADIUS = {"bilinear": 1.0, "bicubic": 2.0}
 
 
-def source_window(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target: int, method: str
-                  ) -> tuple[tf.Tensor, tf.Tensor]:
+def source_window(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target: int, method: str,
+                  ratio: tf.Tensor = 1) -> tuple[tf.Tensor, tf.Tensor]:
     """(start, length) of the source pixels that output pixels [offset, offset+target) of an image
     resized from `size` to `resized` depend on (kernel support, widened when shrinking, plus one
     pixel of margin). Decoding only this window of a JPEG gives the same result as decoding all of it.
+    ratio: the source is the image decoded at 1/ratio (ceil(size / ratio) pixels); start and length count
+    its pixels, the geometry (size, resized, offset) stays the full image's.
     """
-    size_f, resized_f = _f64(size), _f64(resized)
-    scale = resized_f / size_f
+    resized_f = _f64(resized)
+    scale = resized_f * _f64(ratio) / _f64(size)
+    size = scaled_size(size, ratio)
     support = _RADIUS[method] * tf.maximum(1.0 / scale, 1.0)
     first = (_f64(offset) + 0.5) / scale - 0.5 - support
     last = (_f64(offset) + _f64(target) - 0.5) / scale - 0.5 + support
@@ -135,7 +167,7 @@ def _kernel(method: str, x: tf.Tensor) -> tf.Tensor:
 
 
 def axis_taps(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target: int, method: str,
-              start: tf.Tensor, length: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+              start: tf.Tensor, length: tf.Tensor, ratio: tf.Tensor = 1) -> tuple[tf.Tensor, tf.Tensor]:
     """(taps [..., target, K] int32, weights [..., target, K] float32) of image axes, PIL-style.
 
     Output pixel i of the `target` pixels at `offset` in a `size` -> `resized` resize reads source
@@ -143,12 +175,17 @@ def axis_taps(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target: in
     kernel is widened by 1/scale when shrinking (antialiasing, as PIL). Taps outside the image get
     weight 0; K = ceil(2 * support) + 1 covers every non-zero weight. The arguments may be vectors
     (one entry per axis): computing both axes in one set of ops halves the per-image op overhead.
+    ratio: the source pixels are the image decoded at 1/ratio (libjpeg's DCT scaling: ceil(size / ratio)
+    pixels, pixel j covering full-size pixels [j * ratio, (j + 1) * ratio)); size, resized and offset stay
+    the full image's geometry, so a crop box maps to the reduced pixels by / ratio.
     """
     if method not in _RADIUS:
         raise ValueError(f"resize method must be one of {sorted(_RADIUS)}, got {method!r}")
+    full, ratio = (tf.convert_to_tensor(v, tf.int32) for v in (size, ratio))
+    ratio = tf.broadcast_to(ratio, tf.shape(full))
     size, start, length = (tf.convert_to_tensor(v, tf.int32)[..., tf.newaxis, tf.newaxis]
-                           for v in (size, start, length))
-    scale = _f64(resized) / _f64(size[..., 0, 0])
+                           for v in (scaled_size(full, ratio), start, length))
+    scale = _f64(resized) * _f64(ratio) / _f64(full)
     stretch = tf.maximum(1.0 / scale, 1.0)
     support = _RADIUS[method] * stretch
     k = tf.cast(tf.math.ceil(2.0 * tf.reduce_max(support)), tf.int32) + 1
@@ -201,18 +238,20 @@ def resample_entries(
     height: tf.Tensor, width: tf.Tensor, resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor,
     left: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, hh: tf.Tensor, ww: tf.Tensor, target_h: int, target_w: int,
     channels: int, method: str = "bilinear", *, flip: Optional[tf.Tensor] = None, mode: Optional[str] = None,
-    image_mean: Optional[Mapping[str, float]] = None,
+    image_mean: Optional[Mapping[str, float]] = None, ratio: tf.Tensor = 1,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """The two sparse matrices of resample_crop as (column indices, column values, row indices, row values).
 
     Every argument may be a vector (one image per entry): the pipeline computes a whole batch's matrices
     in one set of ops, because ~150 small ops per image cost as much as the resampling itself. The
-    source window of hh x ww pixels starts at (y0, x0) of a height x width image.
+    source window of hh x ww pixels starts at (y0, x0) of a height x width image, decoded at 1/ratio (then
+    y0, x0, hh, ww count the reduced image's pixels; the geometry stays the full size's: axis_taps).
     """
     _, scale, order = _resample_mode(channels, mode, image_mean)
+    ratio = tf.convert_to_tensor(ratio, tf.int32)
     taps, weights = axis_taps(tf.stack([height, width], -1), tf.stack([resized_h, resized_w], -1),
                               tf.stack([top, left], -1), max(target_h, target_w), method,
-                              tf.stack([y0, x0], -1), tf.stack([hh, ww], -1))
+                              tf.stack([y0, x0], -1), tf.stack([hh, ww], -1), tf.stack([ratio, ratio], -1))
     col_idx, col_val = _axis_entries(taps[..., 1, :target_w, :], weights[..., 1, :target_w, :], target_w, channels,
                                      flip, order, scale)
     row_idx, row_val = _axis_entries(taps[..., 0, :target_h, :], weights[..., 0, :target_h, :], target_h, 1,
@@ -254,11 +293,13 @@ def resample_crop(
     resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
     target_h: int, target_w: int, method: str = "bilinear", *, flip: Optional[tf.Tensor] = None,
     mode: Optional[str] = None, image_mean: Optional[Mapping[str, float]] = None, transposed: bool = False,
+    ratio: tf.Tensor = 1,
 ) -> tf.Tensor:
     """The target window at (top, left) of a height x width image resized to resized_h x resized_w,
     optionally mirrored (`flip`) and preprocessed (`mode`), from the source pixels `window` (which
     start at row y0, column x0 and must hold source_window(...) of both axes). float32 [th, tw, C].
     transposed: `window` is laid out [W, C, H] (as the decoded-image cache keeps it) instead of [H, W, C].
+    ratio: `window` comes from the image decoded at 1/ratio (JPEG DCT scaling; y0, x0 count its pixels).
 
     Two sparse matrix products (columns, then rows) compute only the kept pixels, PIL-style
     (antialiased when shrinking, bicubic clipped to 0..255). Flip, RGB -> BGR and 1/std ride in the
@@ -272,7 +313,7 @@ def resample_crop(
     shape = tf.shape(window)
     hh, ww = (shape[2], shape[0]) if transposed else (shape[0], shape[1])
     entries = resample_entries(height, width, resized_h, resized_w, top, left, y0, x0, hh, ww, target_h, target_w,
-                               channels, method, flip=flip, mode=mode, image_mean=image_mean)
+                               channels, method, flip=flip, mode=mode, image_mean=image_mean, ratio=ratio)
     return resample_apply(window, entries, target_h, target_w, method, mode=mode, image_mean=image_mean,
                           transposed=transposed)
 

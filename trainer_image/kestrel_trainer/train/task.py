@@ -160,10 +160,13 @@ class ClassificationTask:
     def _check(self, data: folders.ImageFolder, skip_bad_images: bool, cache: str, name: str):
         # Each rank decodes its own shard and the ranks share what failed (one collective per set).
         ranks = self.ranks
+        # the cache keeps large JPEGs at the scale the training pipeline decodes them at (data/jpeg_scale.py)
+        scale = PipelineOptions.for_training(self.spec.model, self.spec.train, 1).jpeg_scale
         return exclude_bad_images_and_cache(
             data.files, data.labels, skip_bad_images=skip_bad_images, channels=self.spec.model.input_channels,
             rank=ranks.rank, size=ranks.size, cache=cache, n_workers=self.spec.train.n_workers, log=log.warning,
-            info=log.info, gather=lambda failed: dist.allgather_list(ranks, failed, f"kestrel_bad_{name}"))
+            info=log.info, gather=lambda failed: dist.allgather_list(ranks, failed, f"kestrel_bad_{name}"),
+            scale=scale)
 
     def steps_per_epoch(self, data: TrainingData) -> int:
         return steps_per_epoch(len(data.train_files), self.spec.train.batch_size_per_gpu, self.ranks.size)
