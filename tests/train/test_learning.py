@@ -219,8 +219,11 @@ def test_progress_reaches_the_kubernetes_resource(run):
     assert all(r["authorization"] == "Bearer test-token" for r in requests)
     assert all(list(r["body"]) == ["status"] and list(r["body"]["status"]) == ["progress"] for r in patches)
     reports = [r["body"]["status"]["progress"] for r in patches]
-    # an epoch's own report is the last one naming it (the reports inside the next epoch name it too)
-    ends = [p for i, p in enumerate(reports) if i + 1 == len(reports) or reports[i + 1]["epoch"] != p["epoch"]]
+    # an epoch's own report is the last one naming it (the reports inside the next epoch name it too); reports
+    # inside the first epoch name epoch 0, which has no report of its own and no metrics yet
+    assert all(p["loss"] is None and p["accuracy"] is None for p in reports if p["epoch"] == 0)
+    ends = [p for i, p in enumerate(reports)
+            if p["epoch"] > 0 and (i + 1 == len(reports) or reports[i + 1]["epoch"] != p["epoch"])]
     rows = _rows(run["results"])
     assert len(ends) == len(rows) == EPOCHS
     assert [p["epoch"] for p in reports] == sorted(p["epoch"] for p in reports)
