@@ -31,6 +31,7 @@ from kestrel_operator.manifests.gpu_mapping import map_gpus
 from tests.conftest import import_fashion_subset
 from tests.distributed.conftest import write_spec
 from tests.distributed.test_data_parallel import _assert_epochs_cover_the_set_once, _assert_ranks_identical
+from tests.podman import podman_env as podman_env_of_this_machine
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "image-test-key-31"
@@ -43,12 +44,7 @@ TIMEOUT = 900
 @pytest.fixture(scope="session")
 def podman_env() -> dict[str, str]:
     """The environment podman needs on this machine (CONTAINERS_CONF), as build_images.sh sets it."""
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "build_images.sh"), "--print-env"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    env = dict(os.environ)
-    env.update(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    return env
+    return podman_env_of_this_machine()
 
 
 @pytest.fixture(scope="session")

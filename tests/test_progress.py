@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from kestrel_trainer.progress import Progress, format_duration, plain_line, progress
+from tests.terminal import read_until_closed
 
 
 class FakeTty(io.StringIO):
@@ -93,18 +94,9 @@ def test_dataset_import_draws_a_bar_on_a_terminal(tmp_path):
     env = {**os.environ, "KESTREL_PROGRESS_SECONDS": "0"}
     proc = subprocess.Popen(_import_cmd(tmp_path / "d"), stdout=subprocess.DEVNULL, stderr=worker, env=env)
     os.close(worker)
-    chunks = []
-    while True:
-        try:
-            data = os.read(controller, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    text = read_until_closed(controller).decode("utf-8", "replace")
     assert proc.wait(timeout=120) == 0
     os.close(controller)
-    text = b"".join(chunks).decode("utf-8", "replace")
     assert "import: 100%" in text and "90/90" in text and "\r" in text
     assert "elapsed, ETA" not in text  # the plain line format never appears beside the bar
 

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_driver import compile_fake_driver
+from tests.podman import podman_env
+
 REPO = Path(__file__).resolve().parents[2]
 VERSION = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
 IMAGE = os.environ.get("KESTREL_GPU_IMAGE", f"localhost/kestrel-trainer-gpu:{VERSION}")
@@ -29,14 +32,7 @@ WHEELS = "/opt/kestrel/venv/lib/python3.11/site-packages/nvidia/"
 DRIVER_DIR = "/usr/local/nvidia/lib64"  # where GKE's device plugin mounts the driver
 
 
-def _podman_env() -> dict[str, str]:
-    """The environment podman needs on this machine (CONTAINERS_CONF), as build_images.sh sets it."""
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "build_images.sh"), "--print-env"],
-                          capture_output=True, text=True, timeout=60, check=True)
-    return {**os.environ, **dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)}
-
-
-PODMAN_ENV = _podman_env()
+PODMAN_ENV = podman_env()
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +65,6 @@ def _libraries_code(need_gpu: bool) -> str:
             f"print(json.dumps([c.__dict__ for c in doctor.libraries(os.environ, need_gpu={need_gpu})]))")
 
 
-def _fake_driver(tmp_path: Path, version: int = 12040) -> Path:
-    folder = tmp_path / "nvidia-lib64"
-    folder.mkdir()
-    (tmp_path / "driver.c").write_text(f"int cuDriverGetVersion(int *v) {{ *v = {version}; return 0; }}\n")
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(folder / "libcuda.so.1"), str(tmp_path / "driver.c")],
-                   check=True)
-    folder.chmod(0o755)
-    return folder
-
-
 def test_the_nvidia_runtimes_variables_and_a_non_root_user(image):
     env = dict(item.split("=", 1) for item in image["Config"]["Env"])
     assert env["LD_LIBRARY_PATH"].split(":")[0] == DRIVER_DIR
@@ -108,7 +94,7 @@ def test_every_library_resolves_with_the_images_environment(image):
 def test_a_pod_that_replaces_ld_library_path_and_a_gke_style_driver_mount(image, tmp_path):
     """A pod spec that sets LD_LIBRARY_PATH replaces the image's: the wheels' libraries still resolve (the loader's
     cache), and the driver mounted under /usr/local/nvidia/lib64 is the one loaded."""
-    driver_dir = _fake_driver(tmp_path)
+    driver_dir = compile_fake_driver(tmp_path / "nvidia-lib64", 12040).parent
     for env in ({"LD_LIBRARY_PATH": DRIVER_DIR}, {}):
         libraries, driver = _python(_libraries_code(need_gpu=True), env=env,
                                     volumes=(f"{driver_dir}:{DRIVER_DIR}:ro",))

@@ -18,6 +18,7 @@ from kestrel_operator.kube import KubeApi, load_client_config
 from kestrel_operator.resources import InvalidSpec
 from tests.operator.conftest import TRAIN_SPEC
 from tests.operator.fake_api import FakeApi
+from tests.terminal import read_until_closed
 
 CPU_SPEC = TRAIN_SPEC  # /data/train, /data/val: the default data mount
 
@@ -300,19 +301,8 @@ def test_a_terminal_gets_the_bar_a_pipe_plain_lines():
         view.update({"status": {"phase": "Running", "progress": {"epoch": 1, "maxEpoch": 4, "percent": 25,
                                                                    "eta": "3m"}}})
         view.close()
-    # The terminal's side is closed: read all it got, until EIO. One read returned only part of it under load
-    # (the kernel hands a pty's output to the other side asynchronously).
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    drawn = read_until_closed(master).decode()  # the terminal's side is closed
     os.close(master)
-    drawn = b"".join(chunks).decode()
     assert "25%|" in drawn and "ETA 3m" in drawn, drawn
     read, write = os.pipe()
     with os.fdopen(write, "w") as pipe:

@@ -10,9 +10,9 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 from kestrel_trainer.train import doctor
+from tests.fake_driver import compile_fake_driver
 
 ZLIB = "libz.so.1"
 
@@ -28,15 +28,6 @@ def _cache_path(name: str) -> str:
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     return {**env, **extra}
-
-
-def _fake_driver(folder: Path, version: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / "driver.c"
-    source.write_text(f"int cuDriverGetVersion(int *v) {{ *v = {version}; return 0; }}\n")
-    out = folder / doctor.DRIVER_LIBRARY
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(source)], check=True)
-    return out
 
 
 def test_a_name_resolves_to_the_file_the_loaders_cache_lists():
@@ -78,11 +69,11 @@ def test_no_driver_is_information_on_the_cpu_and_a_fail_when_gpus_are_asked_for(
 def test_the_driver_in_a_device_plugins_folder_is_found_and_its_cuda_version_judged(tmp_path):
     """As GKE's device plugin mounts it: a folder first on LD_LIBRARY_PATH. 12.4 passes, 12.0 is a FAIL (older
     than 12.2), and a libcuda.so.1 without cuDriverGetVersion is not a driver."""
-    new = _fake_driver(tmp_path / "new", 12040)
+    new = compile_fake_driver(tmp_path / "new", 12040)
     line = doctor.libraries(_env(LD_LIBRARY_PATH=str(new.parent)), need_gpu=True, names=(ZLIB,))[1]
     assert (line.status, line.detail) == ("INFO", f"{new}, supports CUDA 12.4")
 
-    old = _fake_driver(tmp_path / "old", 12000)
+    old = compile_fake_driver(tmp_path / "old", 12000)
     line = doctor.libraries(_env(LD_LIBRARY_PATH=str(old.parent)), need_gpu=False, names=(ZLIB,))[1]
     assert line.status == "FAIL" and "supports CUDA 12.0" in line.detail and "needs 12.2" in line.detail
 

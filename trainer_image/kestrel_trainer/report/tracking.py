@@ -61,13 +61,32 @@ def epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(row[name]) for name in EPOCH_METRICS if row.get(name) not in (None, "")}
 
 
-class MlflowTracker:
+class _Guarded:
+    """A tracker's calls go through _call: an error is one warning (the first) and training goes on. LABEL names
+    the tracker in the warning, CONSEQUENCE says what still happens."""
+
+    LABEL = ""
+    CONSEQUENCE = "training is not affected"
+    _failed = False
+
+    def _call(self, fn):
+        try:
+            return fn()
+        except Exception as err:  # the tracker's own errors, requests', ...: never stop training
+            if not self._failed:
+                log.warning("%s: %s (%s)", self.LABEL, _one_line(err), self.CONSEQUENCE)
+            self._failed = True
+            return None
+
+
+class MlflowTracker(_Guarded):
     """One MLflow run, through MlflowClient (no global state: the fluent API's active run is not used)."""
+
+    LABEL, CONSEQUENCE = "MLflow", "tracking goes on where it can; training is not affected"
 
     def __init__(self, client: Any, tracking_uri: str, experiment_id: str, run_id: str) -> None:
         self.client, self.tracking_uri = client, tracking_uri
         self.experiment_id, self.run_id = experiment_id, run_id
-        self._failed = False
 
     @property
     def url(self) -> str:
@@ -113,16 +132,6 @@ class MlflowTracker:
         """FINISHED, FAILED or KILLED (a stop: the resumed run sets it RUNNING again)."""
         self._call(lambda: self.client.set_terminated(self.run_id, status))
 
-    def _call(self, fn):
-        """An MLflow call; an error is one warning (the first of its kind) and training goes on."""
-        try:
-            return fn()
-        except Exception as err:  # MlflowException, requests' errors, ...: never stop training
-            if not self._failed:
-                log.warning("MLflow: %s (tracking goes on where it can; training is not affected)",
-                            _one_line(err))
-            self._failed = True
-            return None
 
 
 def log_evaluation(tracker: MlflowTracker, metrics: Mapping[str, Any], results_dir: Optional[str]) -> None:
@@ -235,12 +244,13 @@ def wandb_settings(fields: Mapping[str, Any], run_name: str, results_dir: str,
     return settings
 
 
-class WandbTracker:
+class WandbTracker(_Guarded):
     """One W&B run with the MlflowTracker's methods (the loop and train command call both alike)."""
+
+    LABEL = "W&B"
 
     def __init__(self, run: Any) -> None:
         self.run = run
-        self._failed = False
 
     @property
     def url(self) -> str:
@@ -274,14 +284,6 @@ class WandbTracker:
     def finish(self, status: str = "FINISHED") -> None:
         self._call(lambda: self.run.finish(exit_code=0 if status == "FINISHED" else 1))
 
-    def _call(self, fn):
-        try:
-            return fn()
-        except Exception as err:  # never stop training
-            if not self._failed:
-                log.warning("W&B: %s (training is not affected)", _one_line(err))
-            self._failed = True
-            return None
 
 
 def open_wandb(fields: Mapping[str, Any], results_dir: str, run_name: str) -> Optional[WandbTracker]:
@@ -340,12 +342,13 @@ def clearml_settings(fields: Mapping[str, Any], enabled: bool, run_name: str) ->
             "tags": list(fields.get(f"{CLEARML}.tags") or ()) or None}
 
 
-class ClearmlTracker:
+class ClearmlTracker(_Guarded):
     """One ClearML Task with the MlflowTracker's methods."""
+
+    LABEL = "ClearML"
 
     def __init__(self, task: Any) -> None:
         self.task = task
-        self._failed = False
 
     @property
     def url(self) -> str:
@@ -400,14 +403,6 @@ class ClearmlTracker:
             self._call(lambda: self.task.mark_failed(status_reason="training failed", force=True))
         self._call(self.task.close)
 
-    def _call(self, fn):
-        try:
-            return fn()
-        except Exception as err:  # never stop training
-            if not self._failed:
-                log.warning("ClearML: %s (training is not affected)", _one_line(err))
-            self._failed = True
-            return None
 
 
 def open_clearml(fields: Mapping[str, Any], enabled: bool, results_dir: str,

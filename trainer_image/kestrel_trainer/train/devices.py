@@ -50,10 +50,15 @@ def _asked_text(asked: int, gpus: Optional[int], need: int) -> str:
     return where if need == asked else f"{where} ({need} on this rank's node)"
 
 
+def visibility(env: Mapping[str, str]) -> str:
+    """The GPU visibility variables as they are set: "CUDA_VISIBLE_DEVICES='0', NVIDIA_VISIBLE_DEVICES unset"."""
+    return ", ".join(f"{name}={env[name]!r}" if name in env else f"{name} unset" for name in VISIBLE_ENV)
+
+
 def missing_message(asked: int, need: int, seen: int, built_with_cuda: bool, env: Mapping[str, str],
                     gpus: Optional[int]) -> str:
     """The one line (pure): what was asked, what TensorFlow sees, the visibility variables, a hint."""
-    visible = ", ".join(f"{name}={env[name]!r}" if name in env else f"{name} unset" for name in VISIBLE_ENV)
+    visible = visibility(env)
     if not built_with_cuda:
         hint = ("this TensorFlow is not built with CUDA (a CPU image): use the GPU trainer image "
                 "(kestrel-trainer-gpu), or --gpus 0 / gpus: 0 for the CPU")

@@ -91,7 +91,7 @@ def environment(asked: Optional[int], env: Mapping[str, str]) -> tuple[list[Chec
     if built:
         checks.extend(libraries(env, need_gpu=bool(asked)))
     gpus = tf.config.list_physical_devices("GPU")
-    visible = ", ".join(f"{n}={env[n]!r}" if n in env else f"{n} unset" for n in devices.VISIBLE_ENV)
+    visible = devices.visibility(env)
     names = []
     for gpu in gpus:
         details = tf.config.experimental.get_device_details(gpu)
