@@ -201,6 +201,8 @@ def test_sigterm_mid_epoch_leaves_a_loadable_checkpoint_and_resumes(tmp_path, fa
     assert status[-1]["status"] == "FAILURE" and "Preempted" in status[-1]["message"]
     rows = list(csv.DictReader((results / "training.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(1, epoch))  # the cut epoch has no row
+    # the epochs done are drawn on the stop (the throttle would not have drawn them within 5 minutes)
+    assert (results / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # restart: resumes from that checkpoint and finishes the cut epoch (epochs cut to keep the test short)
     spec.write_text(spec.read_text().replace("n_epochs: 40", f"n_epochs: {epoch}"))
     again = _train(spec, results)

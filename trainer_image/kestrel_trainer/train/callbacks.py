@@ -29,6 +29,9 @@ log = logging.getLogger("kestrel.train")
 
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in STOP_SIGNALS)
 CSV_FIELDS = ("epoch", "acc", "loss", "lr", "val_acc", "val_loss")  # the original's order (Keras' CSVLogger: sorted)
+# training_curves.png costs ~1 s of CPU per drawing (matplotlib, 2 cores): drawn at most this often during training,
+# and once more at the end of training and on a graceful stop (EpochOutputs.draw_curves).
+CURVES_EVERY_SECONDS = 300.0
 
 
 def current_lr(model: tf.keras.Model) -> float:
@@ -56,8 +59,29 @@ def write_csv_rows(path: str, rows: list[dict[str, Any]]) -> None:
     write_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
+class Throttle:
+    """Whether a periodic job is due: at most once per `every_seconds` of `clock`, counted from creation."""
+
+    def __init__(self, every_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        """True (and the period restarts) when `every_seconds` have passed since the last time it was due."""
+        now = self.clock()
+        if now - self.last < self.every_seconds:
+            return False
+        self.last = now
+        return True
+
+
 class EpochOutputs(tf.keras.callbacks.Callback):
-    """Checkpoint, training.csv, status.json, LR in the logs (for TensorBoard), curves."""
+    """Checkpoint, training.csv, status.json, LR in the logs (for TensorBoard), curves.
+
+    training_curves.png is drawn when CURVES_EVERY_SECONDS have passed since the last drawing (or the start),
+    at the end of each fit() and, through draw_curves(), when a graceful stop ends the run.
+    """
 
     def __init__(
         self,
@@ -76,6 +100,9 @@ class EpochOutputs(tf.keras.callbacks.Callback):
         self.csv_path = os.path.join(results_dir, "training.csv")
         self._epoch_start = time.monotonic()
         self.last_checkpoint: Optional[str] = None
+        self.curves_throttle = Throttle(CURVES_EVERY_SECONDS)
+        self._epochs_ended = 0  # in this process
+        self._curves_drawn = -1  # _epochs_ended at the last drawing
 
     def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
         self._epoch_start = time.monotonic()
@@ -90,20 +117,33 @@ class EpochOutputs(tf.keras.callbacks.Callback):
         row = {"epoch": number, **{k: logs.get(k) for k in CSV_FIELDS[1:]}}
         row["lr"] = lr
         self.rows = [r for r in self.rows if int(r["epoch"]) < number] + [row]
+        self._epochs_ended += 1
         write_csv_rows(self.csv_path, self.rows)
         self.status.epoch(number, self.max_epoch, seconds, logs, lr)
-        try:
-            from kestrel_trainer.report.plots import training_curves
-
-            training_curves(self.rows, os.path.join(self.results_dir, "training_curves.png"))
-        except Exception as err:  # a plot must never stop training
-            log.warning("could not draw training_curves.png: %s", err)
+        if self.curves_throttle.due():
+            self.draw_curves()
         val = f", val_loss {logs['val_loss']:.4f}, val_acc {logs['val_acc']:.4f}" if "val_acc" in logs else ""
         log.info(
             "epoch %d/%d: loss %.4f, acc %.4f%s, lr %.6g, %.1f s -> %s",
             number, self.max_epoch, logs.get("loss", float("nan")), logs.get("acc", float("nan")), val, lr,
             seconds, os.path.basename(self.last_checkpoint),
         )
+
+
+    def on_train_end(self, logs: Optional[dict] = None) -> None:
+        self.draw_curves()
+
+    def draw_curves(self) -> None:
+        """training_curves.png from the rows so far, unless it already shows them all."""
+        if not self.rows or self._curves_drawn == self._epochs_ended:
+            return
+        try:
+            from kestrel_trainer.report.plots import training_curves
+
+            training_curves(self.rows, os.path.join(self.results_dir, "training_curves.png"))
+            self._curves_drawn = self._epochs_ended
+        except Exception as err:  # a plot must never stop training
+            log.warning("could not draw training_curves.png: %s", err)
 
 
 REPORTED_METRICS = ("loss", "acc", "val_loss", "val_acc")  # Keras' names (training.csv's columns)

@@ -139,6 +139,8 @@ def run_training(spec: ExperimentSpec, opts: TrainOptions) -> dict[str, Any]:
     callbacks = _callbacks(run, data, spe, start, outputs, preemption)
     _fit(run, model, data, spe, start, callbacks, preemption)
     if preemption.saved_path is not None:
+        if run.ranks.is_chief:  # fit() left without on_train_end: the curves of the epochs done
+            outputs.draw_curves()
         _stop_preempted(run, preemption)
     return _finish(run, model, data, outputs, started)
 
