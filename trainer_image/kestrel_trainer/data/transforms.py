@@ -221,11 +221,10 @@ def color_fold(mode: Optional[str], image_mean: Optional[Mapping[str, float]],
     out = clip(mix x - subtract, lo, hi). Exact: the modes are a channel reorder, positive scales and a mean,
     so clipping before them is clipping after them to the mapped bounds."""
     mean, scale, order = _resample_mode(3, mode, image_mean)
-    to_output = tf.constant(np.eye(3)[list(order)] * np.array(scale)[:, None], tf.float32)  # row c: scale[c] x_order[c]
+    to_output = np.eye(3)[list(order)] * np.array(scale)[:, None]  # row c: scale[c] * x[order[c]]
     mean_out = tf.constant([m * s for m, s in zip(mean, scale)], tf.float32)
-    matrix, offset, lo, hi = color_matrix(*color)
-    mapped = [tf.linalg.matvec(to_output, v) for v in (offset, lo, hi)]
-    return tf.matmul(to_output, matrix), mean_out - mapped[0], mapped[1] - mean_out, mapped[2] - mean_out
+    matrix, offset, lo, hi = color_matrix(*color, to_output=to_output)
+    return matrix, mean_out - offset, lo - mean_out, hi - mean_out
 
 
 def resample_entries(
@@ -352,8 +351,8 @@ def color_amounts(u: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return v[..., 0] * HUE_ROTATION_MAX_DEG, v[..., 1] * SATURATION_SHIFT_MAX, v[..., 2] * CONTRAST_SCALE_MAX
 
 
-def color_matrix(hue_deg: tf.Tensor, saturation: tf.Tensor, contrast_scale: tf.Tensor
-                 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+def color_matrix(hue_deg: tf.Tensor, saturation: tf.Tensor, contrast_scale: tf.Tensor,
+                 to_output: Optional[np.ndarray] = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """The colour augmentation as one affine map and one clip, on RGB in [0, 255]: out = clip(M x + offset, lo, hi).
 
     In the original's order (docs/data.md, "Colour augmentation"): hue rotated by `hue_deg` degrees about the
@@ -362,19 +361,22 @@ def color_matrix(hue_deg: tf.Tensor, saturation: tf.Tensor, contrast_scale: tf.T
     clipped to [0, 1]; contrast scaled about 0.5 by (1 + contrast_scale); clipped to [0, 1] again. The two clips
     are exactly one clip to per-image bounds, because the contrast map a is increasing:
     clip(a(clip(y, 0, 1)), 0, 1) = clip(a(y), max(0, a(0)), min(1, a(1))). Arguments may be vectors (a batch):
-    M [..., 3, 3], offset, lo, hi [..., 3].
+    M [..., 3, 3], offset, lo, hi [..., 3]. to_output: a constant 3x3 matrix applied after all of it (M, offset,
+    lo and hi come out multiplied by it; color_fold's preprocessing), folded in NumPy: no extra ops.
     """
+    out = np.eye(3) if to_output is None else np.asarray(to_output, np.float64)
     theta = tf.cast(hue_deg, tf.float32) * (np.pi / 180.0)
     chroma = 1.0 + tf.cast(saturation, tf.float32)
     contrast = 1.0 + tf.cast(contrast_scale, tf.float32)
-    cos, sin = (v[..., tf.newaxis, tf.newaxis] for v in (chroma * tf.cos(theta), chroma * tf.sin(theta)))
-    grey = tf.constant(GREY, tf.float32)
-    rotation = grey + cos * (tf.eye(3) - grey) + sin * tf.constant(CROSS, tf.float32)
-    matrix = contrast[..., tf.newaxis, tf.newaxis] * rotation
+    cos, sin, scale = (v[..., tf.newaxis, tf.newaxis] for v in (chroma * tf.cos(theta), chroma * tf.sin(theta),
+                                                                 contrast))
+    grey, off_grey, cross = (tf.constant(out @ m, tf.float32) for m in (GREY, np.eye(3) - GREY, CROSS))
+    matrix = scale * (grey + cos * off_grey + sin * cross)
     offset = 255.0 * CONTRAST_CENTER * (1.0 - contrast)
     lo = tf.maximum(offset, 0.0)  # a(0)
     hi = tf.minimum(255.0 * contrast + offset, 255.0)  # a(255)
-    return matrix, *(tf.repeat(v[..., tf.newaxis], 3, axis=-1) for v in (offset, lo, hi))
+    ones = tf.constant(out.sum(axis=1), tf.float32)  # out @ (1, 1, 1)
+    return matrix, *(v[..., tf.newaxis] * ones for v in (offset, lo, hi))
 
 
 def adjust_color(image: tf.Tensor, hue_deg: tf.Tensor, saturation: tf.Tensor, contrast_scale: tf.Tensor
