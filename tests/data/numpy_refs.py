@@ -65,10 +65,31 @@ def ref_preprocess(x, mode, mean=None):
     return x - (mean["l"] if mean else 117.3786)
 
 
-def ref_color(img, hue_deg, sat, contrast):
+def ref_color_hsv(img, hue_deg, sat, contrast):
+    """The original's colour augmentation (classification_tf1 utils/helper.py color_augmentation: an additive
+    shift with stddev 0, i.e. none; HSV hue rotation; HSV saturation shift clipped to [0, 1]; contrast about
+    0.5, clipped), with colorsys's HSV on RGB. (The original hands RGB to OpenCV as BGR: its hue turns the other
+    way, which its symmetric U(-25, 25) draw does not see, and a saturation increase tints greys towards channel 2
+    where colorsys tints them towards channel 0.)"""
     x = img / 255.0
     out = np.empty_like(x)
     for i in np.ndindex(x.shape[:2]):
         h, s, v = colorsys.rgb_to_hsv(*x[i])
         out[i] = colorsys.hsv_to_rgb((h + hue_deg / 360.0) % 1.0, min(max(s + sat, 0.0), 1.0), v)
+    return np.clip((out - 0.5) * (1 + contrast) + 0.5, 0, 1) * 255.0
+
+
+def ref_color_matrix(img, hue_deg, sat, contrast):
+    """Kestrel's colour augmentation from its documented formula (docs/data.md), pixel by pixel: Rodrigues'
+    rotation of the RGB vector about the grey axis k = (1, 1, 1)/sqrt(3) by hue_deg, the part off the axis
+    scaled by (1 + sat), clipped to [0, 1], contrast about 0.5, clipped again."""
+    k = np.ones(3) / np.sqrt(3.0)
+    t = np.deg2rad(hue_deg)
+    x = img.astype(np.float64) / 255.0
+    out = np.empty_like(x)
+    for i in np.ndindex(x.shape[:-1]):
+        v = x[i]
+        on_axis = k * np.dot(k, v)
+        rotated = v * np.cos(t) + np.cross(k, v) * np.sin(t) + on_axis * (1.0 - np.cos(t))
+        out[i] = np.clip(on_axis + (1.0 + sat) * (rotated - on_axis), 0.0, 1.0)
     return np.clip((out - 0.5) * (1 + contrast) + 0.5, 0, 1) * 255.0

@@ -9,7 +9,8 @@ import tensorflow as tf
 from kestrel_trainer.data import transforms as T
 from tests.data.numpy_refs import (
     ref_center_box,
-    ref_color,
+    ref_color_hsv,
+    ref_color_matrix,
     ref_preprocess,
     ref_random_box,
     ref_resize_crop,
@@ -72,11 +73,86 @@ def test_to_channels():
     np.testing.assert_array_equal(T.to_channels(tf.constant(grey), 1).numpy(), grey)
 
 
-@pytest.mark.parametrize("amounts", [(25.0, 0.2, 0.1), (-25.0, -0.2, -0.1), (7.5, 0.05, -0.03)])
-def test_color_adjustment_matches_hsv_reference(amounts):
-    img = RNG.uniform(0, 255, size=(5, 6, 3))
+COLOR_AMOUNTS = [(25.0, 0.2, 0.1), (-25.0, -0.2, -0.1), (7.5, 0.05, -0.03), (-12.0, 0.2, -0.1), (0.0, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("amounts", COLOR_AMOUNTS)
+def test_color_matrix_matches_the_documented_formula(amounts):
+    img = RNG.uniform(0, 255, size=(6, 7, 3))
+    img[0, :3] = [[0, 0, 0], [255, 255, 255], [255, 0, 0]]  # black, white and a pure colour: the clips are hit
     got = T.adjust_color(tf.constant(img, tf.float32), *amounts).numpy()
-    np.testing.assert_allclose(got, ref_color(img, *amounts), atol=0.02)
+    np.testing.assert_allclose(got, ref_color_matrix(img, *amounts), atol=2e-3)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("mode,mean", [("caffe", None), ("caffe", {"r": 120.0, "g": 110.5, "b": 100.25}),
+                                       ("torch", None), ("torch_per_channel", None), ("tf", None)])
+def test_colour_folded_into_the_resampling_weights_equals_resample_then_colour_then_preprocess(method, mode, mean):
+    """One pass: the 3x3 colour matrix and the preprocessing ride in the column weights, offset and clip after.
+    Bilinear: the same as resampling, colour augmentation and preprocessing one after the other; bicubic: the
+    same where bicubic does not overshoot 0..255 (the 8-bit clip that PIL applies before the colour map is the
+    colour map's clip here, after it)."""
+    img = RNG.integers(0, 256, size=(30, 24, 3), dtype=np.uint8)
+    if method == "bicubic":
+        img = np.clip(img, 60, 190).astype(np.uint8)  # no overshoot past 0..255 on this ramp-free image
+    amounts = (-18.0, 0.15, -0.07)
+    box = (20, 16, 3, 2)
+    z = tf.constant(0)
+    got = T.resample_crop(tf.constant(img), z, z, 30, 24, *box, 9, 8, method, flip=tf.constant(True), mode=mode,
+                          image_mean=mean, color=amounts).numpy()
+    want = ref_preprocess(ref_color_matrix(ref_resize_crop(img, *box, 9, 8, method), *amounts), mode, mean)
+    atol = 3e-3 if mode == "caffe" else 1e-4  # caffe: 0..255 units; the others: about 1/60 of them
+    np.testing.assert_allclose(got, want[:, ::-1], atol=atol)
+
+
+def test_colour_per_image_from_a_batch_of_amounts():
+    """resample_entries computes a batch's colour matrices in one set of ops: each image gets its own."""
+    img = RNG.integers(0, 256, size=(12, 10, 3), dtype=np.uint8)
+    amounts = [(20.0, -0.1, 0.05), (-5.0, 0.2, -0.1)]
+    batch = tuple(tf.constant(v, tf.float32) for v in zip(*amounts))
+    n = tf.constant([12, 12])
+    w = tf.constant([10, 10])
+    z = tf.zeros([2], tf.int32)
+    entries = T.resample_entries(n, w, tf.constant([8, 8]), tf.constant([7, 7]), z, z, z, z, n, w, 8, 7, 3,
+                                 mode="tf", color=batch)
+    for i, a in enumerate(amounts):
+        got = T.resample_apply(tf.constant(img), tuple(e[i] for e in entries), 8, 7, mode="tf").numpy()
+        want = ref_preprocess(ref_color_matrix(ref_resize_crop(img, 8, 7, 0, 0, 8, 7, "bilinear"), *a), "tf")
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("contrast", [0.1, -0.1, 0.04])
+def test_where_the_maths_is_the_same_as_the_hsv_version_the_output_is_the_same(contrast):
+    """Contrast (the whole range, clips included) and hue rotation of greys are the same maths in the original's
+    HSV transform and in the matrix: equal within float32 rounding."""
+    img = RNG.uniform(0, 255, size=(5, 6, 3))
+    got = T.adjust_color(tf.constant(img, tf.float32), 0.0, 0.0, contrast).numpy()
+    np.testing.assert_allclose(got, ref_color_hsv(img, 0.0, 0.0, contrast), atol=2e-3)
+    greys = np.repeat(RNG.uniform(0, 255, size=(5, 6, 1)), 3, axis=-1)
+    got = T.adjust_color(tf.constant(greys, tf.float32), 25.0, 0.0, contrast).numpy()
+    np.testing.assert_allclose(got, ref_color_hsv(greys, 25.0, 0.0, contrast), atol=2e-3)
+
+
+def test_where_the_maths_differs_from_the_original_hsv_transform_the_difference_is_what_the_docs_say():
+    """Hue: a rotation about the grey axis instead of HSV's hexagonal one; on uniformly random colours at the
+    largest angle (25 degrees) they differ by 13.3 levels on average (of 255; 95th percentile 32), and turn the
+    same way (the opposite rotation is 38 levels away). Saturation: a scale of the chroma by (1 + s) instead of
+    HSV's additive shift of s (15.5 / 18.9 levels on average at s = +-0.2, the opposite change ~25 levels away),
+    which keeps greys grey where the original tints them."""
+    img = RNG.uniform(0, 255, size=(40, 50, 3))
+    for hue in (25.0, -25.0):
+        ours = T.adjust_color(tf.constant(img, tf.float32), hue, 0.0, 0.0).numpy()
+        assert 10.0 < np.abs(ours - ref_color_hsv(img, hue, 0.0, 0.0)).mean() < 16.0
+        assert np.abs(ours - ref_color_hsv(img, -hue, 0.0, 0.0)).mean() > 33.0
+    for sat in (0.2, -0.2):
+        ours = T.adjust_color(tf.constant(img, tf.float32), 0.0, sat, 0.0).numpy()
+        same = np.abs(ours - ref_color_hsv(img, 0.0, sat, 0.0)).mean()
+        assert 12.0 < same < 22.0
+        assert np.abs(ours - ref_color_hsv(img, 0.0, -sat, 0.0)).mean() > same + 4.0  # the same direction
+    grey = np.full((1, 1, 3), 128.0)
+    np.testing.assert_allclose(T.adjust_color(tf.constant(grey, tf.float32), 0.0, 0.2, 0.0).numpy(), grey,
+                               atol=1e-3)
+    assert np.ptp(ref_color_hsv(grey, 0.0, 0.2, 0.0)) > 20.0  # the original's shift tints a grey pixel
 
 
 def test_color_amounts_from_uniform_draws_stay_in_range():

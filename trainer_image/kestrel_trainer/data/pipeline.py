@@ -9,9 +9,9 @@ The options are resolved from the spec once; the dataset is four stages, in this
    the crop needs, at 1/2, 1/4 or 1/8 scale when the output allows: data/jpeg_scale.py), or, with `decoded`
    (data/decoded.py: the rank's shard decoded once, at the same scales, and kept in memory), slice it from
    the image cache: then no epoch decodes at all.
-3. parse: geometry (random crop, center crop or plain resize), flip and preprocessing in one
-   `resample_crop` (two sparse matrix products computing only the kept pixels); colour augmentation,
-   when on, runs between resampling and preprocessing; the one-hot label. From the image cache, each
+3. parse: geometry (random crop, center crop or plain resize), flip, colour augmentation (one 3x3 matrix
+   per image) and preprocessing in one `resample_crop` (two sparse matrix products computing only the kept
+   pixels, then one subtraction and, with colour, one clip); the one-hot label. From the image cache, each
    batch's geometry and resampling matrices are planned in one vectorised map before the per-image work.
 4. postprocess (per batch): batching by the plan's segments, mixup, the optional paths, epochs back to
    back with a known cardinality, prefetch.
@@ -170,7 +170,6 @@ class _Stages:
         self.n_classes = n_classes
         self.plan = plan
         self.num_calls = _num_calls(options.n_workers)
-        self.folded_mode = None if options.color else options.preprocess_mode  # colour needs RGB 0..255 first
         self.base_seed = tf.constant([options.seed, 0], tf.int64)
         self.shard_paths = tf.constant([files[i] for i in plan.shard], tf.string)
         self.shard_labels = tf.constant([labels[i] for i in plan.shard], tf.int32)
@@ -219,6 +218,9 @@ class _Stages:
     def mirror(self, u: tf.Tensor) -> Optional[tf.Tensor]:
         return u[..., 3] < 0.5 if self.o.flip else None
 
+    def color(self, u: tf.Tensor) -> Optional[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+        return T.color_amounts(u[..., 4:7]) if self.o.color else None
+
     # -- 2. decode -----------------------------------------------------------------------------------------
 
     def decode_file(self, path: tf.Tensor, u: tf.Tensor):
@@ -261,9 +263,9 @@ class _Stages:
         o = self.o
         window, y0, x0, height, width, ratio = self.decode_file(path, u)
         image = T.resample_crop(window, y0, x0, height, width, *self.geometry(height, width, u), o.height, o.width,
-                                o.resize_method, flip=self.mirror(u), mode=self.folded_mode,
-                                image_mean=o.image_mean, ratio=ratio)
-        return self.finish_image(image, u), self.one_hot(label), path
+                                o.resize_method, flip=self.mirror(u), mode=o.preprocess_mode,
+                                image_mean=o.image_mean, ratio=ratio, color=self.color(u))
+        return self.finish_image(image), self.one_hot(label), path
 
     def plan_cached_batch(self, paths: tf.Tensor, labels: tf.Tensor, positions: tf.Tensor, u: tf.Tensor):
         """A whole batch's geometry and resampling matrices in one set of ops (the image cache knows every
@@ -275,8 +277,8 @@ class _Stages:
         zero = tf.zeros_like(height)
         entries = T.resample_entries(height, width, *self.geometry(height, width, u), zero, zero, kept[:, 0],
                                      kept[:, 1], o.height, o.width, o.channels, o.resize_method, flip=self.mirror(u),
-                                     mode=self.folded_mode, image_mean=o.image_mean,
-                                     ratio=tf.gather(self.ratios, positions))
+                                     mode=o.preprocess_mode, image_mean=o.image_mean,
+                                     ratio=tf.gather(self.ratios, positions), color=self.color(u))
         return (paths, labels, positions, u, *entries)
 
     def parse_cached(self, path: tf.Tensor, label: tf.Tensor, position: tf.Tensor, u: tf.Tensor,
@@ -284,13 +286,11 @@ class _Stages:
         """One image from the cache with its planned matrices: the heavy ops only."""
         o = self.o
         image = T.resample_apply(self.cached_window(position), entries, o.height, o.width, o.resize_method,
-                                 mode=self.folded_mode, image_mean=o.image_mean, transposed=True)
-        return self.finish_image(image, u), self.one_hot(label), path
+                                 mode=o.preprocess_mode, image_mean=o.image_mean, transposed=True)
+        return self.finish_image(image), self.one_hot(label), path
 
-    def finish_image(self, image: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    def finish_image(self, image: tf.Tensor) -> tf.Tensor:
         o = self.o
-        if o.color:
-            image = T.preprocess(T.adjust_color(image, *T.color_amounts(u[4:7])), o.preprocess_mode, o.image_mean)
         return tf.ensure_shape(image, [o.height, o.width, o.channels])
 
     def one_hot(self, label: tf.Tensor) -> tf.Tensor:

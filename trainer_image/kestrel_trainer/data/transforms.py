@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from kestrel_trainer.data.jpeg_scale import RATIOS, JpegScale
@@ -27,6 +28,10 @@ HUE_ROTATION_MAX_DEG = 25.0
 SATURATION_SHIFT_MAX = 0.2
 CONTRAST_SCALE_MAX = 0.1
 CONTRAST_CENTER = 0.5
+# The colour matrix works about RGB's grey axis (1, 1, 1) / sqrt(3): GREY projects onto it, CROSS is the cross
+# product with it (k x v); HSV's hue is (up to its hexagon) the angle around that axis.
+GREY = np.full((3, 3), 1.0 / 3.0)
+CROSS = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / np.sqrt(3.0)
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 CAFFE_MEAN_GRAY = 117.3786
@@ -201,18 +206,31 @@ def axis_taps(size: tf.Tensor, resized: tf.Tensor, offset: tf.Tensor, target: in
 
 
 def _axis_entries(taps: tf.Tensor, weights: tf.Tensor, target: int, channels: int, flip: Optional[tf.Tensor],
-                  order: tuple[int, ...], scale: tuple[float, ...]) -> tuple[tf.Tensor, tf.Tensor]:
+                  order: tuple[int, ...], scale: tuple[float, ...], mix: Optional[tf.Tensor] = None
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
     """(indices [..., N, 2] int64, values [..., N]) of sparse [target * C, length * C] resampling matrices.
 
     Row (i, c) holds the weights of source entries (taps[i], order[c]). Folding a horizontal flip (rows
     reversed), a channel reorder (RGB -> BGR) and per-channel scales (1 / std) into the weights makes
     them free: no pass over the pixels of their own. Leading dims (a batch) are kept.
+    mix [..., C, C]: a channel matrix instead of order and scale (the colour augmentation with them folded
+    in): row (i, c) then holds weights[i] * mix[c, c'] for every source channel c' (C times the entries).
     """
     lead = tf.shape(taps)[:-2]
     k = tf.shape(taps)[-1]
     rows = tf.range(target)
     if flip is not None:
         rows = tf.where(tf.expand_dims(flip, -1), target - 1 - rows, rows)
+    if mix is not None:
+        rows = rows[..., tf.newaxis, tf.newaxis, tf.newaxis] * channels + tf.reshape(tf.range(channels),
+                                                                                      [channels, 1, 1])
+        cols = taps[..., tf.newaxis, tf.newaxis, :] * channels + tf.reshape(tf.range(channels), [channels, 1])
+        values = weights[..., tf.newaxis, tf.newaxis, :] * mix[..., tf.newaxis, :, :, tf.newaxis]
+        shape = tf.concat([lead, [target, channels, channels, k]], axis=0)
+        flat = tf.concat([lead, [-1]], axis=0)
+        indices = tf.stack([tf.reshape(tf.broadcast_to(rows, shape), flat),
+                            tf.reshape(tf.broadcast_to(cols, shape), flat)], axis=-1)
+        return tf.cast(indices, tf.int64), tf.reshape(tf.broadcast_to(values, shape), flat)
     rows = rows[..., tf.newaxis, tf.newaxis] * channels + tf.reshape(tf.range(channels), [channels, 1])
     cols = taps[..., tf.newaxis, :] * channels + tf.reshape(tf.constant(order, tf.int32), [channels, 1])
     values = weights[..., tf.newaxis, :]
@@ -234,39 +252,61 @@ def _resample_mode(channels: int, mode: Optional[str], image_mean: Optional[Mapp
     return mean, tuple(1.0 / s for s in std), order
 
 
+def color_fold(mode: Optional[str], image_mean: Optional[Mapping[str, float]],
+               color: tuple[tf.Tensor, tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(mix [..., 3, 3], subtract, lo, hi [..., 3]): color_matrix(*color) followed by the preprocess mode, as
+    out = clip(mix x - subtract, lo, hi). Exact: the modes are a channel reorder, positive scales and a mean,
+    so clipping before them is clipping after them to the mapped bounds."""
+    mean, scale, order = _resample_mode(3, mode, image_mean)
+    to_output = np.eye(3)[list(order)] * np.array(scale)[:, None]  # row c: scale[c] * x[order[c]]
+    mean_out = tf.constant([m * s for m, s in zip(mean, scale)], tf.float32)
+    matrix, offset, lo, hi = color_matrix(*color, to_output=to_output)
+    return matrix, mean_out - offset, lo - mean_out, hi - mean_out
+
+
 def resample_entries(
     height: tf.Tensor, width: tf.Tensor, resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor,
     left: tf.Tensor, y0: tf.Tensor, x0: tf.Tensor, hh: tf.Tensor, ww: tf.Tensor, target_h: int, target_w: int,
     channels: int, method: str = "bilinear", *, flip: Optional[tf.Tensor] = None, mode: Optional[str] = None,
     image_mean: Optional[Mapping[str, float]] = None, ratio: tf.Tensor = 1,
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The two sparse matrices of resample_crop as (column indices, column values, row indices, row values).
+    color: Optional[tuple[tf.Tensor, tf.Tensor, tf.Tensor]] = None,
+) -> tuple[tf.Tensor, ...]:
+    """The two sparse matrices of resample_crop as (column indices, column values, row indices, row values),
+    plus, with `color` (color_amounts: hue, saturation, contrast), the colour map's (subtract, lo, hi).
 
     Every argument may be a vector (one image per entry): the pipeline computes a whole batch's matrices
     in one set of ops, because ~150 small ops per image cost as much as the resampling itself. The
     source window of hh x ww pixels starts at (y0, x0) of a height x width image, decoded at 1/ratio (then
-    y0, x0, hh, ww count the reduced image's pixels; the geometry stays the full size's: axis_taps).
+    y0, x0, hh, ww count the reduced image's pixels; the geometry stays the full size's: axis_taps). The
+    colour augmentation (color_fold) rides in the column weights like the preprocessing: one 3x3 channel
+    matrix per image.
     """
     _, scale, order = _resample_mode(channels, mode, image_mean)
     ratio = tf.convert_to_tensor(ratio, tf.int32)
+    if color is not None and channels != 3:
+        raise ValueError("colour augmentation needs 3 channels")
+    mix, affine = None, ()
+    if color is not None:
+        mix, *affine = color_fold(mode, image_mean, color)
     taps, weights = axis_taps(tf.stack([height, width], -1), tf.stack([resized_h, resized_w], -1),
                               tf.stack([top, left], -1), max(target_h, target_w), method,
                               tf.stack([y0, x0], -1), tf.stack([hh, ww], -1), tf.stack([ratio, ratio], -1))
     col_idx, col_val = _axis_entries(taps[..., 1, :target_w, :], weights[..., 1, :target_w, :], target_w, channels,
-                                     flip, order, scale)
+                                     flip, order, scale, mix)
     row_idx, row_val = _axis_entries(taps[..., 0, :target_h, :], weights[..., 0, :target_h, :], target_h, 1,
                                      None, (0,), (1.0,))
-    return col_idx, col_val, row_idx, row_val
+    return (col_idx, col_val, row_idx, row_val, *affine)
 
 
 def resample_apply(
-    window: tf.Tensor, entries: tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], target_h: int, target_w: int,
+    window: tf.Tensor, entries: tuple[tf.Tensor, ...], target_h: int, target_w: int,
     method: str = "bilinear", *, mode: Optional[str] = None, image_mean: Optional[Mapping[str, float]] = None,
     transposed: bool = False,
 ) -> tf.Tensor:
     """Apply one image's resample_entries to its source window ([hh, ww, C], or [ww, C, hh] when
     `transposed`, the image cache's layout): two sparse x dense products (columns, then rows), then the
-    mean. float32 [th, tw, C]."""
+    mean, or with colour augmentation its offset and clip (one subtraction and one clip, row-broadcast).
+    float32 [th, tw, C]."""
     channels = window.shape[1 if transposed else -1]
     if channels is None:
         raise ValueError("resampling needs a static channel dimension")
@@ -275,12 +315,15 @@ def resample_apply(
     hh, ww = (shape[2], shape[0]) if transposed else (shape[0], shape[1])
     if not transposed:
         window = tf.transpose(window, [1, 2, 0])
-    col_idx, col_val, row_idx, row_val = entries
+    col_idx, col_val, row_idx, row_val, *affine = entries
     x = tf.cast(tf.reshape(window, tf.stack([ww * channels, hh])), tf.float32)
     cols_matrix = tf.SparseTensor(col_idx, col_val, tf.cast(tf.stack([target_w * channels, ww * channels]), tf.int64))
     cols = tf.sparse.sparse_dense_matmul(cols_matrix, x)  # [tw * C, hh]
     rows_matrix = tf.SparseTensor(row_idx, row_val, tf.cast(tf.stack([target_h, hh]), tf.int64))
     out = tf.sparse.sparse_dense_matmul(rows_matrix, tf.transpose(cols))  # [th, tw * C]: the final layout
+    if affine:  # colour: the clip to its valid range also bounds bicubic's overshoot (after the colour map)
+        subtract, lo, hi = (tf.tile(v, [target_w]) for v in affine)
+        return tf.reshape(tf.clip_by_value(out - subtract, lo, hi), [target_h, target_w, channels])
     if method != "bilinear":  # bicubic overshoots; PIL clips to the 8-bit range
         out = tf.clip_by_value(out, 0.0, tf.constant([255.0 * s for s in scale] * target_w, tf.float32))
     if any(m != 0.0 for m in mean):  # row-broadcast: far cheaper than broadcasting over [..., C]
@@ -293,17 +336,19 @@ def resample_crop(
     resized_h: tf.Tensor, resized_w: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
     target_h: int, target_w: int, method: str = "bilinear", *, flip: Optional[tf.Tensor] = None,
     mode: Optional[str] = None, image_mean: Optional[Mapping[str, float]] = None, transposed: bool = False,
-    ratio: tf.Tensor = 1,
+    ratio: tf.Tensor = 1, color: Optional[tuple[tf.Tensor, tf.Tensor, tf.Tensor]] = None,
 ) -> tf.Tensor:
     """The target window at (top, left) of a height x width image resized to resized_h x resized_w,
-    optionally mirrored (`flip`) and preprocessed (`mode`), from the source pixels `window` (which
-    start at row y0, column x0 and must hold source_window(...) of both axes). float32 [th, tw, C].
+    optionally mirrored (`flip`), colour-augmented (`color`: color_amounts) and preprocessed (`mode`), from the
+    source pixels `window` (which start at row y0, column x0 and must hold source_window(...) of both axes).
+    float32 [th, tw, C].
     transposed: `window` is laid out [W, C, H] (as the decoded-image cache keeps it) instead of [H, W, C].
     ratio: `window` comes from the image decoded at 1/ratio (JPEG DCT scaling; y0, x0 count its pixels).
 
     Two sparse matrix products (columns, then rows) compute only the kept pixels, PIL-style
     (antialiased when shrinking, bicubic clipped to 0..255). Flip, RGB -> BGR and 1/std ride in the
-    column weights and the mean in one subtraction, so a training image costs two passes over its
+    column weights and the mean in one subtraction (with colour augmentation: its 3x3 matrix in the weights,
+    its offset and clip in one subtraction and one clip), so a training image costs two passes over its
     pixels: about twice as fast as ScaleAndTranslate or crop_and_resize followed by separate flip and
     preprocess ops (bench/data_pipeline.py).
     """
@@ -313,7 +358,8 @@ def resample_crop(
     shape = tf.shape(window)
     hh, ww = (shape[2], shape[0]) if transposed else (shape[0], shape[1])
     entries = resample_entries(height, width, resized_h, resized_w, top, left, y0, x0, hh, ww, target_h, target_w,
-                               channels, method, flip=flip, mode=mode, image_mean=image_mean, ratio=ratio)
+                               channels, method, flip=flip, mode=mode, image_mean=image_mean, ratio=ratio,
+                               color=color)
     return resample_apply(window, entries, target_h, target_w, method, mode=mode, image_mean=image_mean,
                           transposed=transposed)
 
@@ -341,27 +387,48 @@ def resize(image: tf.Tensor, target_h: int, target_w: int, method: str = "biline
                            zero, zero, target_h, target_w, method)
 
 
-def adjust_color(image: tf.Tensor, hue_deg: tf.Tensor, saturation_shift: tf.Tensor,
-                 contrast_scale: tf.Tensor) -> tf.Tensor:
-    """The original's colour augmentation with given amounts, on RGB float images in [0, 255].
-
-    In [0, 1]: rotate hue by `hue_deg` degrees, add `saturation_shift` to saturation (clipped to
-    [0, 1]), then scale contrast about 0.5 by (1 + contrast_scale) and clip.
-    """
-    x = image / 255.0
-    hsv = tf.image.rgb_to_hsv(x)
-    hue = tf.math.floormod(hsv[..., 0] + tf.cast(hue_deg, tf.float32) / 360.0, 1.0)
-    sat = tf.clip_by_value(hsv[..., 1] + tf.cast(saturation_shift, tf.float32), 0.0, 1.0)
-    x = tf.image.hsv_to_rgb(tf.stack([hue, sat, hsv[..., 2]], axis=-1))
-    x = (x - CONTRAST_CENTER) * (1.0 + tf.cast(contrast_scale, tf.float32)) + CONTRAST_CENTER
-    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
-
-
 def color_amounts(u: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Colour-augmentation amounts from three U(0, 1) draws: hue degrees ~ U(-25, 25), saturation shift
-    ~ U(-0.2, 0.2), contrast scale ~ U(-0.1, 0.1)."""
+    """Colour-augmentation amounts from three U(0, 1) draws (last axis; leading dims are kept): hue degrees
+    ~ U(-25, 25), saturation ~ U(-0.2, 0.2), contrast ~ U(-0.1, 0.1) (the original's ranges)."""
     v = 2.0 * tf.cast(u, tf.float32) - 1.0
-    return v[0] * HUE_ROTATION_MAX_DEG, v[1] * SATURATION_SHIFT_MAX, v[2] * CONTRAST_SCALE_MAX
+    return v[..., 0] * HUE_ROTATION_MAX_DEG, v[..., 1] * SATURATION_SHIFT_MAX, v[..., 2] * CONTRAST_SCALE_MAX
+
+
+def color_matrix(hue_deg: tf.Tensor, saturation: tf.Tensor, contrast_scale: tf.Tensor,
+                 to_output: Optional[np.ndarray] = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The colour augmentation as one affine map and one clip, on RGB in [0, 255]: out = clip(M x + offset, lo, hi).
+
+    In the original's order (docs/data.md, "Colour augmentation"): hue rotated by `hue_deg` degrees about the
+    grey axis (Rodrigues' rotation; positive turns red towards yellow, as HSV's hue), then the chroma (the part
+    off the grey axis) scaled by (1 + saturation); greys and each pixel's (R + G + B) / 3 are kept. The result
+    clipped to [0, 1]; contrast scaled about 0.5 by (1 + contrast_scale); clipped to [0, 1] again. The two clips
+    are exactly one clip to per-image bounds, because the contrast map a is increasing:
+    clip(a(clip(y, 0, 1)), 0, 1) = clip(a(y), max(0, a(0)), min(1, a(1))). Arguments may be vectors (a batch):
+    M [..., 3, 3], offset, lo, hi [..., 3]. to_output: a constant 3x3 matrix applied after all of it (M, offset,
+    lo and hi come out multiplied by it; color_fold's preprocessing), folded in NumPy: no extra ops.
+    """
+    out = np.eye(3) if to_output is None else np.asarray(to_output, np.float64)
+    theta = tf.cast(hue_deg, tf.float32) * (np.pi / 180.0)
+    chroma = 1.0 + tf.cast(saturation, tf.float32)
+    contrast = 1.0 + tf.cast(contrast_scale, tf.float32)
+    cos, sin, scale = (v[..., tf.newaxis, tf.newaxis] for v in (chroma * tf.cos(theta), chroma * tf.sin(theta),
+                                                                 contrast))
+    grey, off_grey, cross = (tf.constant(out @ m, tf.float32) for m in (GREY, np.eye(3) - GREY, CROSS))
+    matrix = scale * (grey + cos * off_grey + sin * cross)
+    offset = 255.0 * CONTRAST_CENTER * (1.0 - contrast)
+    lo = tf.maximum(offset, 0.0)  # a(0)
+    hi = tf.minimum(255.0 * contrast + offset, 255.0)  # a(255)
+    ones = tf.constant(out.sum(axis=1), tf.float32)  # out @ (1, 1, 1)
+    return matrix, *(v[..., tf.newaxis] * ones for v in (offset, lo, hi))
+
+
+def adjust_color(image: tf.Tensor, hue_deg: tf.Tensor, saturation: tf.Tensor, contrast_scale: tf.Tensor
+                 ) -> tf.Tensor:
+    """color_matrix applied to one float RGB image [H, W, 3] in [0, 255] (the pipeline folds the same map into
+    its resampling weights instead: resample_entries' `color`)."""
+    matrix, offset, lo, hi = color_matrix(hue_deg, saturation, contrast_scale)
+    out = tf.tensordot(tf.cast(image, tf.float32), matrix, [[2], [1]]) + offset
+    return tf.clip_by_value(out, lo, hi)
 
 
 def mixup_lambda(seed: tf.Tensor, batch: tf.Tensor, alpha: float) -> tf.Tensor:
