@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from kestrel_trainer.spec import load_spec, parse_spec_text
 from kestrel_trainer.spec.render import render_spec
@@ -59,3 +60,14 @@ def test_render_of_defaults_only_spec_parses(tmp_path):
     assert spec.model.name == "resnet18"
     text = render_spec(spec)
     assert parse_spec_text(text).model == spec.model
+
+
+def test_every_example_spec_passes_spec_check_without_warnings():
+    """The specs the README and docs tell users to run (examples/specs) parse, validate and warn about nothing."""
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples" / "specs").glob("*.txt"))
+    assert len(examples) >= 3
+    for path in examples:
+        proc = subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "spec", "check", "-e", str(path),
+                               "--task", "train"], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{path.name}: {proc.stderr}"
+        assert "warning" not in proc.stderr.lower(), f"{path.name}: {proc.stderr}"
