@@ -22,6 +22,7 @@ import tensorflow as tf
 from kestrel_trainer import storage
 from kestrel_trainer.data import folders
 from kestrel_trainer.errors import KestrelError
+from kestrel_trainer.models.conv_taps import sliced_convolutions
 from kestrel_trainer.model_io.files import save_model
 from kestrel_trainer.report.status import StatusLogger
 from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE, stopped_message
@@ -325,7 +326,8 @@ def _fit(run: _Run, model: tf.keras.Model, data: TrainingData, spe: int, start: 
                       verbose=1 if run.verbose and run.ranks.is_chief else 0)
     preemption.install()
     try:
-        _fit_epochs(model, train_data, start, run.n_epochs, spe, preemption, fit_kwargs)
+        with sliced_convolutions():  # tiny feature maps: same maths, no pathological CPU backward pass
+            _fit_epochs(model, train_data, start, run.n_epochs, spe, preemption, fit_kwargs)
     except PreemptedSignal:
         pass  # handled by the caller, after the signal handler is restored
     except KeyboardInterrupt:
