@@ -5,8 +5,6 @@
 #   bash scripts/quickstart.sh          # a small real subset (500 images per class, 5 epochs), about a minute on 2 cores after setup
 #   bash scripts/quickstart.sh --full   # the full data set (54,000 train / 6,000 val / 10,000 test): the
 #                                       # accuracy goal run (>= 0.90 test top-1), about 8 minutes of training on 2 idle cores
-#   bash scripts/quickstart.sh --full examples/specs/fashion_mnist_resnet18_15min.txt
-#                                       # the full data set with another spec (its data paths must be data/fashion-mnist/...)
 #
 # Results land in results/quickstart[-full]/; the key comes from KESTREL_KEY (a demo key is used if unset).
 set -euo pipefail
@@ -20,12 +18,7 @@ if [ "${1:-}" = "--full" ]; then
   RESULTS=results/quickstart-full
   IMPORT_ARGS=()
   SPEC=examples/specs/fashion_mnist_resnet18.txt
-  if [ -n "${2:-}" ]; then  # another spec on the full data: its own results folder
-    SPEC=$2
-    [ -f "$SPEC" ] || { echo "quickstart: spec $SPEC not found" >&2; exit 2; }
-    RESULTS=results/quickstart-full-$(basename "$SPEC" .txt)
-  fi
-  echo "quickstart: FULL run with $SPEC (goal: >= 0.90 test accuracy)"
+  echo "quickstart: FULL run (goal: >= 0.90 test accuracy)"
 else
   DATA=data/fashion-mnist-500
   RESULTS=results/quickstart

@@ -65,7 +65,7 @@ def test_render_of_defaults_only_spec_parses(tmp_path):
 def test_every_example_spec_passes_spec_check_without_warnings():
     """The specs the README and docs tell users to run (examples/specs) parse, validate and warn about nothing."""
     examples = sorted((Path(__file__).resolve().parents[2] / "examples" / "specs").glob("*.txt"))
-    assert len(examples) >= 3
+    assert len(examples) >= 2
     for path in examples:
         proc = subprocess.run([sys.executable, "-m", "kestrel_trainer.cli.main", "spec", "check", "-e", str(path),
                                "--task", "train"], capture_output=True, text=True)
