@@ -101,7 +101,7 @@ def test_a_resnet_training_step_is_the_same_and_the_saved_layers_unchanged(tmp_p
     plain_small = small_kernels()
     with sliced_convolutions():
         sliced_loss, sliced_grads = step()
-        assert small_kernels() == plain_small + 2  # stage 4 of ResNet-10: its strided 3x3 (2x2 -> 1x1) and its 3x3 on 1x1
+        assert small_kernels() == plain_small + 2  # ResNet-10 stage 4: strided 3x3 (2x2 -> 1x1), 3x3 on 1x1
     np.testing.assert_allclose(sliced_loss.numpy(), loss.numpy(), rtol=1e-5)
     for g, s in zip(grads, sliced_grads):
         np.testing.assert_allclose(s.numpy(), g.numpy(), rtol=1e-4, atol=1e-5)

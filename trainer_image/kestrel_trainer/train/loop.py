@@ -22,8 +22,8 @@ import tensorflow as tf
 from kestrel_trainer import storage
 from kestrel_trainer.data import folders
 from kestrel_trainer.errors import KestrelError
-from kestrel_trainer.models.conv_taps import sliced_convolutions
 from kestrel_trainer.model_io.files import save_model
+from kestrel_trainer.models.conv_taps import sliced_convolutions
 from kestrel_trainer.report.status import StatusLogger
 from kestrel_trainer.spec.contract import PREEMPTED_EXIT_CODE, stopped_message
 from kestrel_trainer.spec.types import ExperimentSpec
