@@ -45,22 +45,34 @@ def used_taps(size: int, kernel: int, stride: int, padding: str) -> Optional[tup
     return first, last
 
 
+def valid_window(sizes: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
+                 padding: str) -> Optional[list[tuple[int, int]]]:
+    """Per axis, the taps [first, last] to keep so that a VALID convolution of that kernel slice equals the
+    layer's own; None when nothing can be dropped or an axis still needs its padding."""
+    window = []
+    for size, k, stride in zip(sizes, kernel, strides):
+        taps = used_taps(size, k, stride, padding)
+        if taps is None:
+            if padding == "same" and k > 1:
+                return None  # every tap reads input somewhere: this axis needs its padding
+            taps = (0, k - 1)  # a 1-tap "same" axis or a "valid" one: VALID already
+        window.append(taps)
+    return None if all(t == (0, k - 1) for t, k in zip(window, kernel)) else window
+
+
 def _sliced_op(original):
     def convolution_op(self, inputs, kernel):
         shape = inputs.shape
-        if (self.rank != 2 or self.groups != 1 or tuple(self.dilation_rate) != (1, 1)
-                or self.data_format != "channels_last" or not isinstance(self.padding, str)
-                or shape.rank != 4 or shape[1] is None or shape[2] is None):
+        window = None
+        if (self.rank == 2 and self.groups == 1 and tuple(self.dilation_rate) == (1, 1)
+                and self.data_format == "channels_last" and isinstance(self.padding, str)
+                and shape.rank == 4 and shape[1] is not None and shape[2] is not None):
+            window = valid_window((shape[1], shape[2]), self.kernel_size, self.strides, self.padding)
+        if window is None:
             return original(self, inputs, kernel)
-        taps = [used_taps(shape[1 + a], self.kernel_size[a], self.strides[a], self.padding) for a in (0, 1)]
-        if taps == [None, None]:
-            return original(self, inputs, kernel)
-        rows, cols = ((t if t is not None else (0, self.kernel_size[a] - 1)) for a, t in enumerate(taps))
-        if (taps[0] is None and self.padding == "same" and self.kernel_size[0] > 1) or (
-                taps[1] is None and self.padding == "same" and self.kernel_size[1] > 1):
-            return original(self, inputs, kernel)  # the other axis still needs its padding: leave it alone
-        return tf.nn.convolution(inputs, kernel[rows[0]:rows[1] + 1, cols[0]:cols[1] + 1], strides=list(self.strides),
-                                 padding="VALID", data_format="NHWC", name=self.__class__.__name__)
+        (r0, r1), (c0, c1) = window
+        return tf.nn.convolution(inputs, kernel[r0:r1 + 1, c0:c1 + 1], strides=list(self.strides), padding="VALID",
+                                 data_format="NHWC", name=self.__class__.__name__)
 
     return convolution_op
 
